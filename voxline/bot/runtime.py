@@ -1,0 +1,148 @@
+"""The Runtime: loads the shared engines once per process and owns their lifetime.
+
+Every call's pipeline is built from engines the Runtime hands out: one Whisper
+model per model name, one Piper voice per voice, one LLM endpoint per server.
+Engines load on first use by a persona (``prepare``), so a process that serves
+one persona loads one set. Closing the Runtime stops the embedded LLM server
+and releases the engines' threads, whether it closes normally, on Ctrl-C or on
+an exception (use it as an ``async with`` block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from loguru import logger
+
+from voxline.config import ServerConfig
+from voxline.engines.llm import LlamaCppServer, LLMEndpoint, check_endpoint, warm_prefix
+from voxline.engines.piper import PiperEngine
+from voxline.engines.whisper import WhisperEngine
+from voxline.models import PiperVoiceFiles, resolve_llm_gguf, resolve_piper, resolve_whisper
+from voxline.personas import Persona
+
+
+class Runtime:
+    """Shared engines for every call served by this process.
+
+    Args:
+        config: the server configuration (engine settings, capacity).
+    """
+
+    def __init__(self, config: ServerConfig | None = None):
+        self.config = config or ServerConfig()
+        self._whisper: dict[str, WhisperEngine] = {}
+        self._piper: dict[str, PiperEngine] = {}
+        self._llm_servers: dict[str, LlamaCppServer] = {}
+        self._endpoints: dict[tuple[str | None, str], LLMEndpoint] = {}
+        self._warmed: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def prepare(self, persona: Persona) -> None:
+        """Load (once) every engine ``persona`` needs, and start or check its LLM server."""
+        async with self._lock:
+            await asyncio.to_thread(self._load_local_engines, persona)
+            await self._prepare_llm(persona)
+
+    def _load_local_engines(self, persona: Persona) -> None:
+        if persona.stt.model not in self._whisper:
+            settings = self.config.engines.whisper
+            path = resolve_whisper(persona.stt.model)
+            logger.info(f"loading whisper {persona.stt.model} from {path}")
+            self._whisper[persona.stt.model] = WhisperEngine(
+                path,
+                device=settings.device,
+                compute_type=settings.compute_type,
+                cpu_threads=settings.cpu_threads,
+                num_workers=settings.num_workers,
+            )
+            self._whisper[persona.stt.model].warm_up()
+        if persona.tts.engine == "piper" and persona.tts.voice not in self._piper:
+            files = resolve_piper(persona.tts.voice)
+            if not isinstance(files, PiperVoiceFiles):
+                files = _download_piper_voice(files)
+            logger.info(f"loading piper voice {persona.tts.voice} from {files.model}")
+            self._piper[persona.tts.voice] = PiperEngine(
+                files.model, files.config, use_cuda=self.config.engines.piper.use_cuda
+            )
+            self._piper[persona.tts.voice].warm_up()
+
+    async def _prepare_llm(self, persona: Persona) -> None:
+        key = (persona.llm.base_url, persona.llm.model)
+        if key not in self._endpoints:
+            self._endpoints[key] = await self._open_endpoint(persona)
+        if persona.name not in self._warmed:
+            seconds = await warm_prefix(self._endpoints[key], persona.system_prompt)
+            self._warmed.add(persona.name)
+            logger.info(f"persona {persona.name}: prompt prefix warmed in {seconds:.2f} s")
+
+    async def _open_endpoint(self, persona: Persona) -> LLMEndpoint:
+        """Check a configured server, or launch the embedded one for this model."""
+        if persona.llm.base_url:
+            endpoint = LLMEndpoint(base_url=persona.llm.base_url, model=persona.llm.model)
+            await check_endpoint(endpoint)
+            return endpoint
+        settings = self.config.engines.llm
+        server = LlamaCppServer(
+            resolve_llm_gguf(persona.llm.model),
+            model_alias=persona.llm.model,
+            n_threads=settings.n_threads,
+            n_ctx=settings.n_ctx,
+            startup_timeout=settings.startup_timeout_secs,
+        )
+        self._llm_servers[persona.llm.model] = server
+        return await server.start()
+
+    def whisper(self, persona: Persona) -> WhisperEngine:
+        """The shared Whisper engine for ``persona`` (after :meth:`prepare`)."""
+        return self._whisper[persona.stt.model]
+
+    def piper(self, persona: Persona) -> PiperEngine:
+        """The shared Piper voice for ``persona`` (after :meth:`prepare`)."""
+        return self._piper[persona.tts.voice]
+
+    def llm_endpoint(self, persona: Persona) -> LLMEndpoint:
+        """Where ``persona``'s chat completions are served (after :meth:`prepare`)."""
+        return self._endpoints[(persona.llm.base_url, persona.llm.model)]
+
+    @property
+    def llm_server_pids(self) -> list[int]:
+        """Process ids of the LLM servers this Runtime launched and still runs."""
+        return [pid for server in self._llm_servers.values() if (pid := server.pid) is not None]
+
+    async def close(self) -> None:
+        """Stop launched servers and release engine threads. Safe to call twice."""
+        servers, self._llm_servers = list(self._llm_servers.values()), {}
+        # Shielded so that a second Ctrl-C during shutdown still stops the servers.
+        for server in servers:
+            await asyncio.shield(server.stop())
+        engines = [*self._whisper.values(), *self._piper.values()]
+        self._whisper, self._piper, self._endpoints = {}, {}, {}
+        for engine in engines:
+            engine.close()
+
+
+def _download_piper_voice(voice: str) -> PiperVoiceFiles:
+    """Fetch a Piper voice by name into the user's cache (user machines only)."""
+    from pathlib import Path
+
+    from piper.download_voices import download_voice
+
+    cache = Path.home() / ".cache" / "voxline" / "piper"
+    cache.mkdir(parents=True, exist_ok=True)
+    model = cache / f"{voice}.onnx"
+    if not model.is_file():
+        download_voice(voice, cache)
+    return PiperVoiceFiles(model=model, config=cache / f"{voice}.onnx.json")

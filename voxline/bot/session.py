@@ -1,0 +1,148 @@
+"""Build one call's pipecat pipeline from a Persona, the shared engines and a transport.
+
+    transport in → VAD → STT → user context → LLM → chunker → TTS → transport out
+    → assistant context
+
+Each call gets its own cheap, stateful pieces (Silero VAD state, LLM context,
+chunker); the expensive models are the Runtime's shared engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from voxline.bot.runtime import Runtime
+from voxline.personas import Persona
+from voxline.processors.chunker import ChunkerProcessor
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.stt import SharedWhisperSTTService
+from voxline.processors.tts import SharedPiperTTSService
+
+STT_SAMPLE_RATE = 16_000
+
+
+@dataclass
+class Call:
+    """One running call: its pipeline worker, conversation context and latency trace."""
+
+    worker: PipelineWorker
+    context: LLMContext
+    tracer: LatencyTracer
+    persona: Persona
+
+
+def build_call(
+    persona: Persona,
+    runtime: Runtime,
+    transport: BaseTransport,
+    *,
+    tracer: LatencyTracer,
+    out_sample_rate: int,
+) -> Call:
+    """Assemble the call's pipeline. ``runtime.prepare(persona)`` must have run.
+
+    Args:
+        persona: who answers.
+        runtime: the shared engines.
+        transport: the call's wire (Twilio, WebRTC, an audio file).
+        tracer: records per-turn latency for this call.
+        out_sample_rate: the transport's output audio rate.
+    """
+    if persona.tts.engine != "piper":
+        raise NotImplementedError(f"TTS engine {persona.tts.engine!r} is not available yet")
+
+    vad = VADProcessor(
+        vad_analyzer=SileroVADAnalyzer(
+            sample_rate=STT_SAMPLE_RATE,
+            params=VADParams(
+                confidence=persona.turn.vad_confidence,
+                start_secs=persona.turn.vad_start_secs,
+                stop_secs=persona.turn.stop_secs,
+                min_volume=persona.turn.min_volume,
+            ),
+        )
+    )
+    stt = SharedWhisperSTTService(
+        engine=runtime.whisper(persona),
+        language=persona.language,
+        beam_size=persona.stt.beam_size,
+        # Whisper gets the utterance as the VAD cut it plus a little silence: enough
+        # to finish the last word without paying for half a second of nothing.
+        trailing_silence_secs=0.2,
+    )
+    endpoint = runtime.llm_endpoint(persona)
+    llm = OpenAILLMService(
+        api_key="not-needed",
+        base_url=endpoint.api_url,
+        settings=OpenAILLMService.Settings(
+            model=endpoint.model,
+            temperature=persona.llm.temperature,
+            max_tokens=persona.llm.max_tokens,
+            # First in every request and byte-identical for every call of the
+            # persona, so the server's prefix cache serves it.
+            system_instruction=persona.system_prompt,
+        ),
+    )
+    context = LLMContext()
+    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            # The turn ends when the VAD hears stop_secs of silence and the
+            # transcript is in: no end-of-turn model waiting for a fallback.
+            user_turn_strategies=UserTurnStrategies(
+                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
+            ),
+            user_idle_timeout=0,
+        ),
+    )
+    tts = SharedPiperTTSService(engine=runtime.piper(persona))
+    pipeline = Pipeline(
+        [
+            transport.input(),
+            vad,
+            stt,
+            user_aggregator,
+            llm,
+            ChunkerProcessor(),
+            tts,
+            transport.output(),
+            assistant_aggregator,
+        ]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=STT_SAMPLE_RATE,
+            audio_out_sample_rate=out_sample_rate,
+            enable_metrics=True,
+        ),
+        observers=[tracer],
+        idle_timeout_secs=persona.limits.idle_timeout_secs,
+        enable_rtvi=False,
+    )
+    if persona.greeting:
+        greeting = persona.greeting
+
+        @worker.event_handler("on_pipeline_started")
+        async def _greet(worker: PipelineWorker, frame):
+            await worker.queue_frame(TTSSpeakFrame(greeting))
+
+    return Call(worker=worker, context=context, tracer=tracer, persona=persona)

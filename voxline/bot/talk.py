@@ -1,0 +1,121 @@
+"""``voxline talk``: one call, played from an audio clip through the full pipeline.
+
+The clip is the caller. It is fed in real time after the greeting, the bot's
+audio is recorded as the caller would hear it, and every turn is returned with
+its transcript, the bot's words and the latency of each stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+from pipecat.transports.base_transport import TransportParams
+from pipecat.workers.runner import WorkerRunner
+
+from voxline.bot.runtime import Runtime
+from voxline.bot.session import STT_SAMPLE_RATE, build_call
+from voxline.engines.piper import PiperEngine
+from voxline.models import PiperVoiceFiles, resolve_piper
+from voxline.personas import Persona
+from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.transports.audiofile import AudioFileTransport
+
+CALLER_VOICE = "en_US-joe-medium"
+
+
+class TalkTimeoutError(TimeoutError):
+    """The call did not settle in time after the caller finished speaking."""
+
+
+@dataclass
+class TalkResult:
+    """What one ``talk`` call produced."""
+
+    persona: str
+    greeting: str
+    turns: list[TurnTrace]
+    audio: np.ndarray
+    sample_rate: int
+    llm_server_pids: list[int]
+
+
+def synthesize_caller(text: str) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with the packaged Piper voice, as a caller's clip."""
+    files = resolve_piper(CALLER_VOICE)
+    assert isinstance(files, PiperVoiceFiles)
+    engine = PiperEngine(files.model, files.config)
+    try:
+        pcm = np.frombuffer(engine.synthesize_all(text), dtype=np.int16)
+        return pcm.astype(np.float32) / 32768.0, engine.sample_rate
+    finally:
+        engine.close()
+
+
+async def talk(
+    persona: Persona,
+    runtime: Runtime,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    timeout: float = 120.0,
+) -> TalkResult:
+    """Run one call whose caller says ``audio``; return the turns and the bot's audio.
+
+    Raises:
+        TalkTimeoutError: the conversation did not finish within ``timeout`` seconds
+            of the caller's clip ending.
+    """
+    await runtime.prepare(persona)
+    out_rate = runtime.piper(persona).sample_rate
+    transport = AudioFileTransport(
+        audio,
+        sample_rate,
+        params=TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=STT_SAMPLE_RATE,
+            audio_out_sample_rate=out_rate,
+        ),
+        tail_secs=persona.turn.stop_secs + 1.0,
+    )
+    tracer = LatencyTracer(speech_end_at=transport.speech_end_at)
+    call = build_call(persona, runtime, transport, tracer=tracer, out_sample_rate=out_rate)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(call.worker)
+    run_task = asyncio.create_task(runner.run())
+
+    async def converse() -> None:
+        if persona.greeting:
+            await tracer.greeting_done.wait()
+        transport.caller_may_speak.set()
+        await transport.caller_finished.wait()
+        try:
+            await asyncio.wait_for(tracer.idle.wait(), timeout=timeout)
+        except TimeoutError:
+            raise TalkTimeoutError(
+                f"the bot did not finish answering within {timeout:.0f} s of the caller's last word"
+            ) from None
+
+    script = asyncio.create_task(converse())
+    try:
+        done, _ = await asyncio.wait({script, run_task}, return_when=asyncio.FIRST_COMPLETED)
+        if script in done:
+            script.result()
+            await call.worker.stop_when_done()
+        await run_task
+    except BaseException:
+        await runner.cancel()
+        raise
+    finally:
+        script.cancel()
+        await asyncio.gather(script, run_task, return_exceptions=True)
+    return TalkResult(
+        persona=persona.name,
+        greeting=persona.greeting or "",
+        turns=list(tracer.turns),
+        audio=transport.recording(),
+        sample_rate=out_rate,
+        llm_server_pids=runtime.llm_server_pids,
+    )

@@ -1,0 +1,144 @@
+"""The Persona schema: everything a business writes to define one voice bot.
+
+A persona file (``personas/<name>.yaml``) names the bot, what it knows and how it
+sounds: its system prompt (inline or from a file), greeting, TTS voice, LLM, STT
+model, turn-taking settings, the tools it may call, call limits and the lines it
+says when something is slow or fails. Unknown keys are errors, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TTSSettings(_Strict):
+    """Which TTS engine speaks for the persona, and with which voice."""
+
+    engine: Literal["piper", "orpheus"] = "piper"
+    voice: str = "en_US-joe-medium"
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible completions server (Orpheus on vLLM)."
+    )
+
+
+class LLMSettings(_Strict):
+    """The chat model that answers, and where it is served."""
+
+    model: str = Field(
+        default="smollm2", description="Embedded GGUF name or path, or the served model name."
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible server; empty means the Runtime's embedded server.",
+    )
+    temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=60, ge=1, le=4096)
+
+
+class STTSettings(_Strict):
+    """Speech recognition model for the persona's callers."""
+
+    model: str = "tiny.en"
+    beam_size: int = Field(default=1, ge=1, le=10)
+
+
+class TurnSettings(_Strict):
+    """When the caller's turn starts and ends (Silero VAD thresholds)."""
+
+    vad_confidence: float = Field(default=0.7, gt=0.0, lt=1.0)
+    vad_start_secs: float = Field(default=0.2, ge=0.0, le=2.0)
+    stop_secs: float = Field(
+        default=0.4, gt=0.0, le=3.0, description="Silence that ends the caller's turn."
+    )
+    early_secs: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=3.0,
+        description="Silence after which turn work starts speculatively.",
+    )
+    min_volume: float = Field(default=0.6, ge=0.0, le=1.0)
+    allow_interruptions: bool = True
+
+    @model_validator(mode="after")
+    def _early_before_stop(self) -> TurnSettings:
+        if self.early_secs > self.stop_secs:
+            raise ValueError(
+                f"early_secs ({self.early_secs}) must not exceed stop_secs ({self.stop_secs})"
+            )
+        return self
+
+
+class CallLimits(_Strict):
+    """Bounds on one call."""
+
+    max_call_secs: float = Field(default=900.0, gt=0)
+    idle_timeout_secs: float = Field(default=30.0, gt=0)
+
+
+class Phrases(_Strict):
+    """What the bot says when it cannot simply answer."""
+
+    filler: str = "One moment while I check that."
+    apology: str = "I'm sorry, I'm having trouble right now. Could you say that again?"
+    goodbye: str = "Thank you for calling. Goodbye."
+
+
+class Persona(_Strict):
+    """One voice bot, as loaded from ``personas/<name>.yaml``.
+
+    Exactly one of ``prompt`` (inline text) or ``prompt_file`` (a path relative to
+    the persona file) gives the system prompt; after loading, ``prompt`` always
+    holds the text.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    language: str = Field(default="en", min_length=2, max_length=5)
+    prompt: str | None = None
+    prompt_file: Path | None = None
+    greeting: str | None = None
+    tts: TTSSettings = TTSSettings()
+    llm: LLMSettings = LLMSettings()
+    stt: STTSettings = STTSettings()
+    turn: TurnSettings = TurnSettings()
+    tools: list[str] = Field(default_factory=list)
+    limits: CallLimits = CallLimits()
+    phrases: Phrases = Phrases()
+    filler_after_ms: int = Field(default=800, ge=0)
+
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base_dir = (info.context or {}).get("base_dir", Path.cwd())
+        resolved = value if value.is_absolute() else Path(base_dir) / value
+        if not resolved.is_file():
+            raise ValueError(
+                f"prompt file not found: {resolved} (paths are relative to the persona file)"
+            )
+        return resolved
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Persona:
+        if (self.prompt is None) == (self.prompt_file is None):
+            raise ValueError("give exactly one of `prompt` (inline text) or `prompt_file` (a path)")
+        if self.prompt_file is not None:
+            text = self.prompt_file.read_text(encoding="utf-8")
+            object.__setattr__(self, "prompt", text)
+        if not (self.prompt or "").strip():
+            raise ValueError("the system prompt is empty: write the persona's instructions")
+        return self
+
+    @property
+    def system_prompt(self) -> str:
+        """The system prompt text, stripped of surrounding whitespace."""
+        return (self.prompt or "").strip()

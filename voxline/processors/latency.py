@@ -1,0 +1,234 @@
+"""Per-turn latency tracer: stage timestamps for every caller turn.
+
+Watches the frames of one call (as a pipecat observer, so no processor is
+added to the pipeline) and records, for each turn, when the caller went quiet,
+when the utterance went to STT and came back, the LLM's first token, the first
+chunk handed to TTS, TTS's first audio and the first audio sent to the caller.
+All times are the pipeline clock's (nanoseconds since the call started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
+
+from voxline.processors.frames import TranscriptionSkippedFrame
+
+STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "transport", "voice_to_voice")
+
+
+@dataclass
+class TurnTrace:
+    """What happened in one caller turn, with stage times in pipeline-clock ns."""
+
+    index: int
+    caller_text: str = ""
+    bot_text: str = ""
+    speech_end: int | None = None
+    stt_request: int | None = None
+    transcribed: int | None = None
+    llm_first_token: int | None = None
+    first_chunk: int | None = None
+    tts_first_audio: int | None = None
+    audio_out: int | None = None
+    llm_done: bool = False
+    interrupted: bool = False
+    complete: bool = False
+
+    def latencies_ms(self) -> dict[str, float | None]:
+        """Each stage's duration in milliseconds (None where a stage did not happen)."""
+        spans = {
+            "stt": (self.stt_request, self.transcribed),
+            "llm_first_token": (self.transcribed, self.llm_first_token),
+            "first_chunk": (self.llm_first_token, self.first_chunk),
+            "tts_first_audio": (self.first_chunk, self.tts_first_audio),
+            "transport": (self.tts_first_audio, self.audio_out),
+            "voice_to_voice": (self.speech_end, self.audio_out),
+        }
+        return {
+            name: None if start is None or end is None else round((end - start) / 1e6, 1)
+            for name, (start, end) in spans.items()
+        }
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready summary of the turn."""
+        return {
+            "turn": self.index,
+            "caller": self.caller_text,
+            "bot": self.bot_text.strip(),
+            "interrupted": self.interrupted,
+            "latency_ms": self.latencies_ms(),
+        }
+
+
+@dataclass
+class _Utterance:
+    stt_request: int
+    speech_end: int
+
+
+@dataclass
+class CallTrace:
+    """All turns of one call, plus the greeting's text."""
+
+    greeting: str = ""
+    turns: list[TurnTrace] = field(default_factory=list)
+
+
+class LatencyTracer(BaseObserver):
+    """Records a :class:`TurnTrace` per caller turn and knows when the call is idle.
+
+    Args:
+        speech_end_at: optional ``f(vad_stop_ns, stop_secs) -> ns`` giving the time
+            of the caller's last voiced audio before a VAD stop, for transports that
+            know it exactly; otherwise it is the VAD stop time minus ``stop_secs``.
+        on_turn: called with each turn when it completes.
+    """
+
+    def __init__(
+        self,
+        *,
+        speech_end_at: Callable[[int, float], int | None] | None = None,
+        on_turn: Callable[[TurnTrace], None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(observe_every_push=False, **kwargs)
+        self.trace = CallTrace()
+        self._speech_end_at = speech_end_at
+        self._on_turn = on_turn
+        self._pending: deque[_Utterance] = deque(maxlen=64)
+        self._turn: TurnTrace | None = None
+        self._user_speaking = False
+        self._bot_speaking = False
+        self._greeting_pending = True
+        self.greeting_done = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def turns(self) -> list[TurnTrace]:
+        """Completed and in-progress turns, in order."""
+        return self.trace.turns
+
+    def _update_idle(self) -> None:
+        busy = (
+            self._user_speaking
+            or self._bot_speaking
+            or bool(self._pending)
+            or (self._turn is not None and not self._turn.complete)
+        )
+        if busy:
+            self.idle.clear()
+        else:
+            self.idle.set()
+
+    async def on_push_frame(self, data: FramePushed):
+        """Record the stage a frame marks."""
+        frame, now = data.frame, data.timestamp
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._user_speaking = True
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._user_speaking = False
+            speech_end = None
+            if self._speech_end_at is not None:
+                speech_end = self._speech_end_at(now, frame.stop_secs)
+            if speech_end is None:
+                speech_end = now - int(frame.stop_secs * 1e9)
+            self._pending.append(_Utterance(stt_request=now, speech_end=speech_end))
+        elif isinstance(frame, TranscriptionSkippedFrame):
+            if self._pending:
+                self._pending.popleft()
+        elif isinstance(frame, TranscriptionFrame):
+            self._on_transcription(frame.text, now)
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            pass
+        elif isinstance(frame, LLMTextFrame):
+            turn = self._turn
+            if turn is not None and not turn.complete:
+                if turn.llm_first_token is None:
+                    turn.llm_first_token = now
+                turn.bot_text += frame.text
+        elif isinstance(frame, AggregatedTextFrame):
+            if self._turn is not None and self._turn.first_chunk is None:
+                self._turn.first_chunk = now
+        elif isinstance(frame, TTSAudioRawFrame):
+            if self._turn is not None and self._turn.tts_first_audio is None:
+                self._turn.tts_first_audio = now
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            if self._turn is not None:
+                self._turn.llm_done = True
+                if not self._bot_speaking and self._turn.audio_out is None:
+                    # A reply with nothing to say (empty text) is still a finished turn.
+                    self._complete_if_done(force=self._turn.first_chunk is None)
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            if self._turn is not None and self._turn.audio_out is None and not self._turn.complete:
+                self._turn.audio_out = now
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            if self._greeting_pending and self._turn is None:
+                self._greeting_pending = False
+                self.greeting_done.set()
+            self._complete_if_done()
+        elif isinstance(frame, InterruptionFrame) and self._speaking_turn() is not None:
+            turn = self._speaking_turn()
+            turn.interrupted = True
+            self._finish(turn)
+        self._update_idle()
+
+    def _speaking_turn(self) -> TurnTrace | None:
+        """The turn whose reply the caller is hearing, if any."""
+        turn = self._turn
+        return turn if turn is not None and not turn.complete and turn.audio_out else None
+
+    def _on_transcription(self, text: str, now: int) -> None:
+        utterance = self._pending.popleft() if self._pending else None
+        turn = self._turn
+        if turn is not None and not turn.complete and turn.llm_first_token is None:
+            # A second utterance before the bot answered belongs to the same turn.
+            turn.caller_text = f"{turn.caller_text} {text}".strip()
+            if utterance is not None:
+                turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
+            turn.transcribed = now
+            return
+        if turn is not None and not turn.complete:
+            self._finish(turn)
+        turn = TurnTrace(index=len(self.trace.turns) + 1, caller_text=text.strip(), transcribed=now)
+        if utterance is not None:
+            turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
+        self.trace.turns.append(turn)
+        self._turn = turn
+
+    def _complete_if_done(self, force: bool = False) -> None:
+        turn = self._turn
+        if turn is None or turn.complete:
+            return
+        if force or (turn.llm_done and not self._bot_speaking and turn.audio_out is not None):
+            self._finish(turn)
+
+    def _finish(self, turn: TurnTrace) -> None:
+        turn.complete = True
+        logger.info(f"turn {turn.index}: {turn.latencies_ms()}")
+        if self._on_turn is not None:
+            self._on_turn(turn)

@@ -1,0 +1,54 @@
+"""TTS services backed by the process's shared voices."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+
+from voxline.engines.piper import PiperEngine
+
+
+class SharedPiperTTSService(TTSService):
+    """Speaks text with the shared Piper voice, streaming each sentence as it is made.
+
+    Text arrives already cut into speakable chunks by the chunker, so the first
+    (short) clause is synthesised, and heard, while later ones are still being
+    generated. Audio is resampled to the pipeline's output rate.
+
+    Args:
+        engine: the Runtime's Piper engine for this persona's voice.
+    """
+
+    def __init__(self, *, engine: PiperEngine, **kwargs):
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model=None, voice=str(engine.model_path.stem), language=None),
+            **kwargs,
+        )
+        self._engine = engine
+
+    def can_generate_metrics(self) -> bool:
+        """Time to first audio is reported as TTFB."""
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        """Synthesise ``text`` and yield its audio frames."""
+        try:
+            await self.start_tts_usage_metrics(text)
+            async for frame in self._stream_audio_frames_from_iterator(
+                self._engine.synthesize(text),
+                in_sample_rate=self._engine.sample_rate,
+                context_id=context_id,
+            ):
+                await self.stop_ttfb_metrics()
+                yield frame
+        except Exception as exc:  # a voice failure must not end the call
+            logger.error(f"{self}: synthesis failed for {text!r}: {exc}")
+            yield ErrorFrame(error=f"Piper synthesis failed: {exc}")
+        finally:
+            await self.stop_ttfb_metrics()

@@ -1,0 +1,205 @@
+"""A transport that plays an audio file as the caller and records the bot.
+
+``voxline talk`` uses it to run a whole call without a phone or a browser: the
+caller's audio is fed into the pipeline as 20 ms frames paced in real time (as a
+microphone would send them, silence before and after), and every audio frame
+the bot sends out is placed on the call's timeline, so the recording sounds like
+what the caller heard. The input side knows exactly when the caller's speech
+ends, which is what voice-to-voice latency is measured from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+
+import numpy as np
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+FRAME_SECS = 0.02
+# A 20 ms frame louder than this (about -45 dBFS) counts as the caller's voice.
+VOICED_RMS = 32768 * 10 ** (-45 / 20)
+
+
+class AudioFileInput(BaseInputTransport):
+    """Feeds the caller's audio into the call in real time, then silence."""
+
+    def __init__(self, transport: AudioFileTransport, params: TransportParams, **kwargs):
+        super().__init__(params, **kwargs)
+        self._transport = transport
+        self._feed_task: asyncio.Task | None = None
+
+    async def start(self, frame: StartFrame):
+        """Start feeding audio once the pipeline starts."""
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        if self._feed_task is None:
+            self._feed_task = self.create_task(self._feed())
+
+    async def stop(self, frame: EndFrame):
+        """Stop the microphone."""
+        await self._stop_feed()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame):
+        """Stop the microphone at once."""
+        await self._stop_feed()
+        await super().cancel(frame)
+
+    async def _stop_feed(self):
+        if self._feed_task is not None:
+            await self.cancel_task(self._feed_task)
+            self._feed_task = None
+
+    async def _feed(self):
+        transport = self._transport
+        rate = self.sample_rate
+        samples_per_frame = int(rate * FRAME_SECS)
+        audio = transport.caller_audio(rate)
+        silence = bytes(samples_per_frame * 2)
+        tail_frames = int(transport.tail_secs / FRAME_SECS)
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        position = 0
+        sent = 0
+        after_end = 0
+        while True:
+            # Pace like a sound card: frame n leaves at start + n * 20 ms.
+            await asyncio.sleep(max(0.0, started_at + sent * FRAME_SECS - loop.time()))
+            sent += 1
+            chunk = silence
+            if transport.caller_may_speak.is_set() and position < audio.size:
+                piece = audio[position : position + samples_per_frame]
+                position += samples_per_frame
+                chunk = piece.tobytes().ljust(samples_per_frame * 2, b"\0")
+                if float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) > VOICED_RMS:
+                    transport.note_voiced(self.get_clock().get_time())
+            elif position >= audio.size:
+                after_end += 1
+                if after_end == tail_frames:
+                    transport.caller_finished.set()
+            await self.push_audio_frame(
+                InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1)
+            )
+
+
+class AudioFileOutput(BaseOutputTransport):
+    """Plays the bot's audio in real time and records it on the call's timeline."""
+
+    def __init__(self, transport: AudioFileTransport, params: TransportParams, **kwargs):
+        super().__init__(params, **kwargs)
+        self._transport = transport
+        self._next_write = 0.0
+
+    async def start(self, frame: StartFrame):
+        """Ready to play once the pipeline starts."""
+        await super().start(frame)
+        self._transport.out_sample_rate = self.sample_rate
+        await self.set_transport_ready(frame)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        """Record the frame at the current playback time, pacing like a speaker."""
+        self._transport.record(self.get_clock().get_time(), frame.audio)
+        loop = asyncio.get_running_loop()
+        duration = len(frame.audio) / 2 / max(1, frame.sample_rate)
+        now = loop.time()
+        wait = self._next_write - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+            self._next_write += duration
+        else:
+            self._next_write = now + duration
+        return True
+
+
+class AudioFileTransport(BaseTransport):
+    """A call whose caller is an audio clip.
+
+    Args:
+        audio: the caller's audio, mono float samples in [-1, 1].
+        sample_rate: the clip's sample rate.
+        tail_secs: silence after the clip before ``caller_finished`` is set (give the
+            VAD time to notice the end of speech).
+        params: transport parameters (audio in/out must be enabled).
+    """
+
+    def __init__(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        params: TransportParams,
+        tail_secs: float = 1.5,
+    ):
+        super().__init__()
+        self._audio = np.asarray(audio, dtype=np.float32)
+        self._rate = sample_rate
+        self._params = params
+        self.tail_secs = tail_secs
+        self.out_sample_rate = params.audio_out_sample_rate or 24_000
+        self.caller_may_speak = asyncio.Event()
+        self.caller_finished = asyncio.Event()
+        self._voiced: list[int] = []
+        self._recorded: list[tuple[int, bytes]] = []
+        self._input: AudioFileInput | None = None
+        self._output: AudioFileOutput | None = None
+
+    def input(self) -> FrameProcessor:
+        """The caller's side: the clip, paced in real time."""
+        if self._input is None:
+            self._input = AudioFileInput(self, self._params, name="audio-file-input")
+        return self._input
+
+    def output(self) -> FrameProcessor:
+        """The bot's side: recorded."""
+        if self._output is None:
+            self._output = AudioFileOutput(self, self._params, name="audio-file-output")
+        return self._output
+
+    def caller_audio(self, rate: int) -> np.ndarray:
+        """The clip as 16-bit samples at ``rate``."""
+        audio = self._audio
+        if rate != self._rate:
+            import soxr
+
+            audio = soxr.resample(audio, self._rate, rate)
+        return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+    def note_voiced(self, clock_ns: int) -> None:
+        """Remember that caller speech was sent at ``clock_ns``."""
+        self._voiced.append(clock_ns)
+
+    def speech_end_at(self, vad_stop_ns: int, stop_secs: float) -> int | None:
+        """When the last voiced caller frame before a VAD stop ended (pipeline clock)."""
+        index = bisect.bisect_right(self._voiced, vad_stop_ns)
+        if index == 0:
+            return None
+        return self._voiced[index - 1] + int(FRAME_SECS * 1e9)
+
+    def record(self, clock_ns: int, audio: bytes) -> None:
+        """Keep one frame of bot audio with the time it was played."""
+        self._recorded.append((clock_ns, audio))
+
+    def recording(self) -> np.ndarray:
+        """The bot's audio as heard, int16 at :attr:`out_sample_rate`, silence between."""
+        rate = self.out_sample_rate
+        pieces: list[np.ndarray] = []
+        length = 0
+        for clock_ns, audio in self._recorded:
+            samples = np.frombuffer(audio, dtype=np.int16)
+            start = max(length, round(clock_ns * rate / 1e9))
+            if start > length:
+                pieces.append(np.zeros(start - length, dtype=np.int16))
+            pieces.append(samples)
+            length = start + samples.size
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
