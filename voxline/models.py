@@ -42,7 +42,10 @@ def downloads_allowed() -> bool:
 
 def _package_dir(module: str) -> Path | None:
     """The directory of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))

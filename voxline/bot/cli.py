@@ -1,7 +1,8 @@
 """The ``voxline`` command: ``talk`` runs one call from an audio clip; ``check`` validates files.
 
 Exit codes: 0 success, 1 a failure while running, 2 bad input (a persona or
-config that fails validation, a missing or unusable audio file), 130 Ctrl-C.
+config that fails validation, a missing or unusable audio file), 130 Ctrl-C,
+143 SIGTERM.
 Bad input is reported as one line on stderr, never a traceback.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from loguru import logger
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _not_known_noise(record) -> bool:
@@ -135,7 +136,7 @@ def _talk(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except asyncio.CancelledError:
-        return _fail("terminated", EXIT_INTERRUPTED)
+        return _fail("terminated", EXIT_TERMINATED)
     except ModelNotAvailableError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     except (LLMServerError, TalkTimeoutError) as exc:

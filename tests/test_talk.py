@@ -1,0 +1,137 @@
+"""``voxline talk`` end to end, and the embedded LLM server's lifetime.
+
+These run the real pipeline in real time: Piper speaks the caller, Silero cuts
+the utterance, Whisper transcribes it, SmolLM2 on a real llama.cpp server
+answers, Piper speaks the reply, and Whisper checks what the caller heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from tests.conftest import BANK_PERSONA, VOXLINE
+from tests.speech import rms_dbfs, synthesize_wav, wer
+from voxline.bot.runtime import Runtime
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.models import resolve_whisper
+from voxline.personas import load_persona
+
+QUESTION = "Hi, what is my account balance?"
+SERVER_PID = re.compile(r"llama\.cpp server pid (\d+) starting")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead but not yet reaped by its parent.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def transcribe(audio: np.ndarray, rate: int) -> str:
+    engine = WhisperEngine(resolve_whisper("tiny.en"))
+    try:
+        samples = audio.astype(np.float32) / 32768.0
+        samples = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+        return asyncio.run(engine.transcribe(samples, language="en")).text
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_talk_answers_a_spoken_question(tmp_path, voxline_env):
+    caller = synthesize_wav(QUESTION, tmp_path / "caller.wav")
+    output = tmp_path / "reply.wav"
+    result = subprocess.run(
+        [VOXLINE, "talk", "--persona", str(BANK_PERSONA), "--input", str(caller),
+         "--output", str(output), "--json"],
+        capture_output=True, text=True, env=voxline_env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["persona"] == "bank_support"
+    assert len(document["turns"]) == 1, document
+    turn = document["turns"][0]
+    print(f"\ncaller: {turn['caller']}\nbot: {turn['bot']}\nlatency: {turn['latency_ms']}")
+
+    assert wer(QUESTION, turn["caller"]) <= 0.2, turn["caller"]
+    assert turn["bot"], "the bot said nothing"
+    for stage in ("stt", "llm_first_token", "tts_first_audio", "voice_to_voice"):
+        assert turn["latency_ms"][stage] is not None and turn["latency_ms"][stage] > 0, stage
+
+    audio, rate = soundfile.read(str(output), dtype="int16")
+    assert rate == 22050
+    assert audio.size / rate == pytest.approx(document["output_secs"], abs=0.05)
+    assert rms_dbfs(audio) > -40, "the reply WAV holds no speech"
+    heard = transcribe(audio, rate)
+    said = f"{document['greeting']} {turn['bot']}"
+    print(f"heard in reply.wav: {heard}")
+    assert wer(said, heard) <= 0.35, (said, heard)
+
+    pids = [int(pid) for pid in SERVER_PID.findall(result.stderr)]
+    assert len(pids) == 1, result.stderr
+    assert not process_alive(pids[0]), "the llama.cpp server outlived voxline talk"
+
+
+def start_talk(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """Start ``talk`` and return once its LLM server answers, with the server's pid."""
+    caller = synthesize_wav(QUESTION, tmp_path / "caller.wav")
+    process = subprocess.Popen(
+        [VOXLINE, "talk", "--persona", str(BANK_PERSONA), "--input", str(caller),
+         "--output", str(tmp_path / "reply.wav")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    server_pid = None
+    deadline = time.monotonic() + 120
+    for line in process.stderr:
+        if match := SERVER_PID.search(line):
+            server_pid = int(match.group(1))
+        if "llama.cpp server ready" in line:
+            break
+        assert time.monotonic() < deadline, "the LLM server did not start"
+    assert server_pid is not None and process_alive(server_pid)
+    return process, server_pid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_talk_stops_the_llm_server(tmp_path, voxline_env, signum, code):
+    process, server_pid = start_talk(tmp_path, voxline_env)
+    try:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert not process_alive(server_pid), "the llama.cpp server outlived voxline talk"
+
+
+@pytest.mark.slow
+async def test_runtime_stops_the_llm_server_on_an_exception():
+    persona = load_persona(BANK_PERSONA)
+    server_pid = None
+    with pytest.raises(RuntimeError, match="boom"):
+        async with Runtime() as runtime:
+            await runtime.prepare(persona)
+            [server_pid] = runtime.llm_server_pids
+            assert process_alive(server_pid)
+            raise RuntimeError("boom")
+    assert server_pid is not None
+    assert not process_alive(server_pid)
