@@ -78,24 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
     if args.command == "check":
-        return _check(args.paths)
+        from voxline.bot.check import check_paths
+
+        return check_paths(args.paths)
     return _talk(args)
-
-
-def _check(paths: list[Path]) -> int:
-    from voxline.personas import load_persona
-    from voxline.yamlfile import ConfigError
-
-    failed = False
-    for path in paths:
-        try:
-            persona = load_persona(path)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            failed = True
-        else:
-            print(f"{path}: ok (persona {persona.name})")
-    return EXIT_BAD_INPUT if failed else EXIT_OK
 
 
 def _talk(args: argparse.Namespace) -> int:
