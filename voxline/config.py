@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from voxline.yamlfile import load_yaml_model
 
@@ -52,11 +52,51 @@ class EnginesConfig(_Strict):
     llm: EmbeddedLLMConfig = EmbeddedLLMConfig()
 
 
+class TwilioConfig(_Strict):
+    """Phone calls through Twilio (credentials come from the environment, never from here)."""
+
+    rest_base_url: str = Field(
+        default="https://api.twilio.com",
+        description="Twilio's REST root; point it at a local stand-in for tests.",
+    )
+    stream_token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
+
+
 class ServerConfig(_Strict):
-    """The whole ``voxline.yaml``."""
+    """The whole ``voxline.yaml``.
+
+    Persona paths are relative to the config file.
+    """
 
     engines: EnginesConfig = EnginesConfig()
     max_calls: int = Field(default=4, ge=1)
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#]+$",
+        description="How Twilio reaches this server: scheme and host, no path.",
+    )
+    default_persona: Path | None = None
+    numbers: dict[str, Path] = Field(
+        default_factory=dict, description="Called number (E.164) -> persona file."
+    )
+    twilio: TwilioConfig = TwilioConfig()
+
+    @field_validator("default_persona", "numbers", mode="after")
+    @classmethod
+    def _relative_to_config(cls, value, info: ValidationInfo):
+        base_dir = Path((info.context or {}).get("base_dir", "."))
+
+        def resolve(path: Path) -> Path:
+            return path if path.is_absolute() else base_dir / path
+
+        if isinstance(value, dict):
+            return {number: resolve(path) for number, path in value.items()}
+        return None if value is None else resolve(value)
+
+    def persona_paths(self) -> list[Path]:
+        """Every persona file the server answers with, default first, without repeats."""
+        paths = [self.default_persona, *self.numbers.values()]
+        return list(dict.fromkeys(path for path in paths if path is not None))
 
 
 def load_config(path: Path | str | None) -> ServerConfig:

@@ -68,6 +68,25 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the bot after the caller ends",
     )
 
+    serve = commands.add_parser("serve", help="serve phone calls (Twilio) on the shared engines")
+    serve.add_argument("--config", type=Path, help="server config (voxline.yaml)")
+    serve.add_argument("--persona", type=Path, help="the default persona (overrides the config's)")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+
+    dial = commands.add_parser("dial", help="call a voxline server the way Twilio does")
+    dial.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
+    dial_source = dial.add_mutually_exclusive_group(required=True)
+    dial_source.add_argument("--input", type=Path, help="what the caller says (WAV)")
+    dial_source.add_argument("--say", metavar="TEXT", help="caller's words, spoken by Piper")
+    dial.add_argument("--number", default="+15550100000", help="the called number")
+    dial.add_argument("--dtmf", default="", help="keypad digits to press after speaking")
+    dial.add_argument("--output", type=Path, help="write what the caller heard (WAV, 8 kHz)")
+    dial.add_argument(
+        "--webhook-url", help="the URL Twilio signs (the server's public_url + /twilio/voice)"
+    )
+    dial.add_argument("--json", action="store_true", help="print the result as one JSON document")
+
     check = commands.add_parser("check", help="validate persona and config files")
     check.add_argument("paths", nargs="+", type=Path, help="persona YAML files")
     return parser
@@ -77,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``voxline`` console script."""
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if args.command == "serve":
+        from voxline.bot.serve import serve
+
+        return serve(args)
+    if args.command == "dial":
+        from voxline.bot.dial import dial
+
+        return dial(args)
     if args.command == "check":
         from voxline.bot.check import check_paths
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
@@ -47,6 +50,19 @@ class Call:
     context: LLMContext
     tracer: LatencyTracer
     persona: Persona
+
+
+def dtmf_processors(persona: Persona) -> list[FrameProcessor]:
+    """Keypad digits become the caller's words ("Caller pressed 1 2 3 #"), if enabled."""
+    if not persona.dtmf.enabled:
+        return []
+    return [
+        DTMFAggregator(
+            timeout=persona.dtmf.timeout_secs,
+            termination_digit=KeypadEntry(persona.dtmf.terminator),
+            prefix=persona.dtmf.prefix,
+        )
+    ]
 
 
 def build_call(
@@ -119,6 +135,7 @@ def build_call(
             transport.input(),
             vad,
             stt,
+            *dtmf_processors(persona),
             user_aggregator,
             llm,
             ChunkerProcessor(),

@@ -10,6 +10,7 @@ All times are the pipeline clock's (nanoseconds since the call started).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,6 +230,6 @@ class LatencyTracer(BaseObserver):
 
     def _finish(self, turn: TurnTrace) -> None:
         turn.complete = True
-        logger.info(f"turn {turn.index}: {turn.latencies_ms()}")
+        logger.info(f"turn {json.dumps(turn.as_dict())}")
         if self._on_turn is not None:
             self._on_turn(turn)

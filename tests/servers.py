@@ -1,0 +1,85 @@
+"""Start and stop real servers for tests: voxline serve, the Twilio REST stand-in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from voxline.engines.llm import free_port
+
+
+class ServerProcess:
+    """A subprocess whose output is collected line by line; stopped by its process id."""
+
+    def __init__(self, command: list[str], *, env: dict[str, str], ready_marker: str):
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._marker = ready_marker
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if self._marker in line:
+                self._ready.set()
+        self._ready.set()  # exited: wake the waiter
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the ready marker is printed; fail with the output if it never is."""
+        if not self._ready.wait(timeout) or self.process.poll() is not None:
+            raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-40:]))
+
+    @property
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the process group, then SIGKILL; return the exit code."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode
+
+
+def start_rest_standin(log_path: Path) -> tuple[ServerProcess, str]:
+    """The Twilio REST stand-in on a free port; returns it and its base URL."""
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "-m", "tests.twilio_rest_standin", str(port), str(log_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        ready_marker="ready",
+    )
+    server.wait_ready(30)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def start_voxline(config: Path, env: dict[str, str], port: int) -> ServerProcess:
+    """``voxline serve`` with ``config`` on ``port``, once every persona is ready."""
+    voxline = str(Path(sys.executable).parent / "voxline")
+    server = ServerProcess(
+        [voxline, "serve", "--config", str(config), "--port", str(port)],
+        env=env,
+        ready_marker="voxline ready",
+    )
+    server.wait_ready(240)
+    return server

@@ -1,0 +1,318 @@
+"""Phone calls end to end: ``voxline serve`` on loopback, called by the Twilio-protocol caller.
+
+One server (with its real llama.cpp, Whisper and Piper) serves every test in
+this module; a local stand-in plays Twilio's REST API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import textwrap
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import soxr
+import websockets
+
+from tests.conftest import BANK_PERSONA
+from tests.servers import ServerProcess, start_rest_standin, start_voxline
+from tests.speech import caller_voice, wer
+from voxline.engines.llm import free_port
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.models import resolve_whisper
+from voxline.personas import load_persona
+from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
+
+pytestmark = pytest.mark.slow
+
+AUTH_TOKEN = "test-auth-token-0123456789"
+ACCOUNT_SID = "AC" + "1" * 32
+SHORT_NUMBER = "+15550100001"
+QUESTION = "Hi, what is my account balance?"
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory, request) -> Iterator[dict]:
+    """A voxline server with two personas, its REST stand-in, and how to reach them."""
+    tmp = tmp_path_factory.mktemp("phone")
+    rest_log = tmp / "rest.jsonl"
+    rest, rest_url = start_rest_standin(rest_log)
+    (tmp / "short.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: short_call
+            prompt: You are a brief phone assistant.
+            limits: {max_call_secs: 3}
+            phrases: {goodbye: Our time is up. Goodbye.}
+            """
+        )
+    )
+    port = free_port()
+    config = tmp / "voxline.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            public_url: http://127.0.0.1:{port}
+            default_persona: {BANK_PERSONA}
+            numbers:
+              "{SHORT_NUMBER}": short.yaml
+            twilio:
+              rest_base_url: {rest_url}
+              stream_token_ttl_secs: 2
+            """
+        )
+    )
+    env = {
+        **__import__("os").environ,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "VOXLINE_LOG_LEVEL": "INFO",
+        "VOXLINE_OFFLINE": "1",
+    }
+    server = start_voxline(config, env, port)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "server": server, "rest_log": rest_log}
+    code = server.stop()
+    rest.stop()
+    # uvicorn re-raises SIGTERM after its graceful shutdown
+    assert code in (0, -15), server.output[-3000:]
+    pids = [int(pid) for pid in re.findall(r"llama\.cpp server pid (\d+) stopped", server.output)]
+    assert pids, "the server did not stop its LLM server"
+
+
+def speech(text: str) -> tuple[np.ndarray, int]:
+    voice = caller_voice()
+    pcm = np.frombuffer(voice.synthesize_all(text), dtype=np.int16)
+    return pcm.astype(np.float32) / 32768.0, voice.sample_rate
+
+
+def caller(phone: dict, **kwargs) -> TwilioCaller:
+    return TwilioCaller(phone["url"], auth_token=AUTH_TOKEN, **kwargs)
+
+
+def transcribe(audio: np.ndarray) -> str:
+    engine = WhisperEngine(resolve_whisper("tiny.en"))
+    try:
+        samples = soxr.resample(audio.astype(np.float32) / 32768.0, RATE, SAMPLE_RATE)
+        return asyncio.run(engine.transcribe(samples.astype(np.float32), language="en")).text
+    finally:
+        engine.close()
+
+
+def call_log(server: ServerProcess, call_sid: str) -> dict[str, str]:
+    """The server's end-of-call lines for one call: its events and its LLM context."""
+    found = {}
+    for line in server.lines:
+        if f"call {call_sid} ended: events " in line:
+            found["events"] = line.split("ended: events ", 1)[1].split(";")[0]
+        if f"call {call_sid} context " in line:
+            found["context"] = line.split(" context ", 1)[1]
+    return found
+
+
+def wait_for_log(server: ServerProcess, needle: str, timeout: float = 20.0) -> None:
+    """Wait until the server has logged ``needle`` (the end of a call is logged after hang-up)."""
+
+    async def poll() -> None:
+        while not any(needle in line for line in server.lines):
+            await asyncio.sleep(0.1)
+
+    asyncio.run(asyncio.wait_for(poll(), timeout))
+
+
+def turns_logged(server: ServerProcess) -> list[dict]:
+    """Every turn the server's latency tracer logged, as JSON documents."""
+    lines = [line for line in server.lines if " - turn {" in line]
+    return [json.loads(line.split(" - turn ", 1)[1]) for line in lines]
+
+
+def test_full_call(phone):
+    audio, rate = speech(QUESTION)
+    dialer = caller(phone)
+    result = asyncio.run(dialer.call(audio, rate))
+    server = phone["server"]
+    wait_for_log(server, f"call {dialer.call_sid} context")
+
+    assert len(result.turns) == 1
+    turn = result.turns[0]
+    print(f"\nvoice-to-voice as heard by the caller: {turn.latency_ms} ms")
+    assert turn.latency_ms is not None and turn.latency_ms > 0
+    greeting = load_persona(BANK_PERSONA).greeting or ""
+    heard_greeting = transcribe(result.heard[: int(turn.caller_end * RATE)])
+    assert wer(greeting, heard_greeting) <= 0.35, heard_greeting
+    heard_reply = transcribe(result.heard[int(turn.caller_end * RATE) :])
+    assert heard_reply, "the caller heard no reply"
+    assert result.marks_echoed >= 2  # the greeting's chunk and at least one reply chunk
+
+    caller_text = turns_logged(server)[-1]["caller"]
+    assert wer(QUESTION, caller_text) <= 0.25, caller_text
+
+    events = call_log(server, dialer.call_sid)["events"].split()
+    names = [event.split("*")[0] for event in events]
+    assert names[:3] == ["connected", "start", "media"], events
+    assert names[-1] == "stop", events
+    assert "mark" in names and names.index("mark") > names.index("media")
+
+    context = json.loads(call_log(server, dialer.call_sid)["context"])
+    assert context[0]["role"] == "assistant" and "Northwind" in context[0]["content"]
+    assert context[1]["role"] == "user"
+
+
+def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):
+    audio, rate = speech("Can you tell me about your branch opening hours and your card services?")
+    interruption, _ = speech("Wait, stop. I have another question.")
+    dialer = caller(phone)
+    result = asyncio.run(
+        dialer.call(audio, rate, barge_in=interruption, barge_in_after_secs=1.5, timeout=180)
+    )
+    server = phone["server"]
+    wait_for_log(server, f"call {dialer.call_sid} context")
+
+    assert len(result.speech_onsets) >= 2
+    onset = result.speech_onsets[1]
+    clears = [at for at in result.clear_times if at >= onset]
+    assert clears, f"no clear after the barge-in at {onset:.2f} s: {result.received[-20:]}"
+    print(f"\nclear received {1e3 * (clears[0] - onset):.0f} ms after the caller's speech onset")
+    assert result.received.index("clear") > result.received.index("media")
+
+    context = json.loads(call_log(server, dialer.call_sid)["context"])
+    interrupted = [turn for turn in turns_logged(server) if turn["interrupted"]]
+    assert interrupted, "the server saw no interrupted turn"
+    full_reply = interrupted[-1]["bot"]
+    first_user = next(i for i, message in enumerate(context) if message["role"] == "user")
+    after = context[first_user + 1] if first_user + 1 < len(context) else None
+    if after is not None and after["role"] == "assistant":
+        kept = after["content"].split()
+        assert len(kept) < len(full_reply.split()), (after["content"], full_reply)
+        assert full_reply.split()[: len(kept)] == kept
+
+
+def test_dtmf_reaches_the_conversation(phone):
+    dialer = caller(phone)
+    result = asyncio.run(dialer.call(np.zeros(0, dtype=np.float32), RATE, dtmf="123#"))
+    assert "dtmf" in result.sent
+    server = phone["server"]
+    wait_for_log(server, f"call {dialer.call_sid} context")
+    context = json.loads(call_log(server, dialer.call_sid)["context"])
+    assert any(
+        message["role"] == "user" and "Caller pressed 123#" in message["content"]
+        for message in context
+    ), context
+
+
+def test_max_call_secs_hangs_up_through_the_rest_api(phone):
+    dialer = caller(phone, number=SHORT_NUMBER)
+    result = asyncio.run(dialer.call(np.zeros(0, dtype=np.float32), RATE, timeout=60))
+    wait_for_log(phone["server"], f"call {dialer.call_sid} context")
+    records = [json.loads(line) for line in phone["rest_log"].read_text().splitlines()]
+    [record] = [r for r in records if r["call"] == dialer.call_sid]
+    assert record["form"] == {"Status": "completed"}
+    assert record["account"] == ACCOUNT_SID and record["user"] == ACCOUNT_SID
+    assert "Our time is up" in transcribe(result.heard) or result.marks_echoed >= 1
+
+
+def test_unsigned_and_wrongly_signed_webhooks_are_refused(phone):
+    with pytest.raises(DialError, match="HTTP 403"):
+        asyncio.run(caller(phone).request_stream(signature=""))
+    with pytest.raises(DialError, match="HTTP 403"):
+        asyncio.run(caller(phone).request_stream(signature="bm90IGEgc2lnbmF0dXJl"))
+    with pytest.raises(DialError, match="HTTP 403"):
+        asyncio.run(TwilioCaller(phone["url"], auth_token="wrong-token").request_stream())
+
+
+def test_expired_stream_token_is_refused(phone):
+    dialer = caller(phone)
+    stream = asyncio.run(dialer.request_stream())
+
+    async def late_call():
+        await asyncio.sleep(2.5)  # the test server's tokens live 2 s
+        return await dialer.call(np.zeros(0, dtype=np.float32), RATE, stream=stream, timeout=20)
+
+    result = asyncio.run(late_call())
+    assert result.close_code == 1008
+    assert "media" not in result.received
+    assert any("stream token expired" in line for line in phone["server"].lines)
+
+
+def test_bad_frames_are_dropped_and_the_call_goes_on(phone):
+    bad = [
+        "this is not json",
+        b"\x00\x01\x02 binary",
+        '{"event": "teleport"}',
+        '{"event": "media"}',
+        '{"event": "media", "media": {"payload": "@@@not-base64@@@"}}',
+        json.dumps({"event": "media", "media": {"payload": "A" * 90000}}),
+        json.dumps({"event": "media", "media": {"payload": "/w=="}}),  # one byte: odd length
+        "[1, 2, 3]",
+    ]
+    audio, rate = speech(QUESTION)
+    dialer = caller(phone)
+    result = asyncio.run(dialer.call(audio, rate, extra_messages=bad))
+    server = phone["server"]
+    wait_for_log(server, f"call {dialer.call_sid} context")
+    assert len(result.turns) == 1 and result.turns[0].latency_ms is not None, "no reply"
+    dropped = [line for line in server.lines if "dropped message" in line]
+    assert len(dropped) >= 6
+    assert not any("Traceback" in line for line in server.lines)
+
+
+def test_stop_in_the_middle_of_a_reply(phone):
+    audio, rate = speech("Please tell me everything about your savings accounts.")
+    dialer = caller(phone)
+    result = asyncio.run(dialer.call(audio, rate, hang_up_after_quiet=-1.0))
+    assert result.sent[-1] == "stop"
+    wait_for_log(phone["server"], f"call {dialer.call_sid} context")
+    assert_idle(phone)
+
+
+def assert_idle(phone: dict) -> None:
+    async def poll() -> None:
+        async with httpx.AsyncClient() as client:
+            while True:
+                ready = (await client.get(phone["url"] + "/health/ready")).json()
+                if ready["calls"] == 0:
+                    return
+                await asyncio.sleep(0.2)
+
+    asyncio.run(asyncio.wait_for(poll(), 15))
+
+
+def test_socket_closed_without_stop_and_a_flood_of_dropped_connections(phone):
+    dialer = caller(phone)
+    url, params = asyncio.run(dialer.request_stream())
+    ws_url = phone["url"].replace("http://", "ws://") + "/twilio/stream"
+
+    async def vanish() -> None:
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"event": "connected"}))
+            start = {"streamSid": "MZ1", "callSid": dialer.call_sid, "customParameters": params}
+            await ws.send(json.dumps({"event": "start", "start": start}))
+            await ws.send(json.dumps({"event": "media", "media": {"payload": "/w=="}}))
+        # closed here without a stop
+
+    async def flood() -> None:
+        async def one(i: int) -> None:
+            try:
+                async with websockets.connect(ws_url, open_timeout=20) as ws:
+                    if i % 3 == 0:
+                        await ws.send("garbage")
+                    elif i % 3 == 1:
+                        await ws.send(json.dumps({"event": "media", "media": {"payload": "/w=="}}))
+            except (OSError, websockets.WebSocketException):
+                pass
+
+        await asyncio.gather(*(one(i) for i in range(100)))
+
+    asyncio.run(vanish())
+    asyncio.run(flood())
+    assert_idle(phone)
+    health = httpx.get(phone["url"] + "/health/live")
+    assert health.status_code == 200
+    # The server still answers a real call afterwards.
+    audio, rate = speech(QUESTION)
+    result = asyncio.run(caller(phone).call(audio, rate))
+    assert result.turns and result.turns[0].latency_ms is not None

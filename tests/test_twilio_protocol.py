@@ -1,0 +1,185 @@
+"""Twilio Media Streams protocol: parsing every event and every edge, tokens, TwiML, mark gate."""
+
+from __future__ import annotations
+
+import base64
+import json
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+from pipecat.frames.frames import LLMFullResponseEndFrame, TTSTextFrame, UserSpeakingFrame
+from twilio.request_validator import RequestValidator
+
+from voxline.transports.twilio import (
+    MarkGate,
+    StreamTokenError,
+    StreamTokens,
+    connect_twiml,
+    dial_twiml,
+    signature_is_valid,
+)
+from voxline.transports.twilio_protocol import (
+    DTMF,
+    Connected,
+    Mark,
+    Media,
+    ProtocolError,
+    Start,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_message,
+)
+
+SID = "MZ00000000000000000000000000000000"
+
+
+def media(payload: str) -> str:
+    return json.dumps({"event": "media", "streamSid": SID, "media": {"payload": payload}})
+
+
+def test_every_inbound_event_parses():
+    start = {
+        "event": "start",
+        "start": {
+            "streamSid": SID, "callSid": "CA1", "accountSid": "AC1",
+            "customParameters": {"persona": "bank", "token": "t"},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    }  # fmt: skip
+    assert isinstance(parse_message('{"event": "connected", "protocol": "Call"}'), Connected)
+    parsed = parse_message(json.dumps(start))
+    assert isinstance(parsed, Start)
+    assert parsed.start.custom_parameters == {"persona": "bank", "token": "t"}
+    assert parsed.start.media_format.sample_rate == 8000
+    message = parse_message(media(base64.b64encode(b"\xff" * 160).decode()))
+    assert isinstance(message, Media) and message.audio() == b"\xff" * 160
+    dtmf = parse_message(json.dumps({"event": "dtmf", "dtmf": {"digit": "#"}}))
+    assert isinstance(dtmf, DTMF) and dtmf.dtmf.digit == "#"
+    mark = parse_message(json.dumps({"event": "mark", "mark": {"name": "chunk-1"}}))
+    assert isinstance(mark, Mark) and mark.mark.name == "chunk-1"
+    assert isinstance(parse_message('{"event": "stop", "streamSid": "MZ"}'), Stop)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\x00\x01binary", "binary frame"),
+        ("not json", "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"event": "bogus"}', "unknown event 'bogus'"),
+        ('{"no": "event"}', "unknown event None"),
+        ('{"event": "media"}', "media message"),
+        ('{"event": "start", "start": {"streamSid": "MZ"}}', "callSid"),
+        ('{"event": "dtmf", "dtmf": {"digit": "x"}}', "digit"),
+        ('{"event": "mark", "mark": {}}', "name"),
+    ],
+)
+def test_malformed_messages_are_protocol_errors(raw, reason):
+    with pytest.raises(ProtocolError, match=reason.replace("(", r"\(")):
+        parse_message(raw)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("@@not base64@@", "not valid base64"),
+        (base64.b64encode(bytes(65536)).decode(), "65536 bytes"),
+    ],
+)
+def test_bad_media_payloads(payload, reason):
+    message = parse_message(media(payload))
+    assert isinstance(message, Media)
+    with pytest.raises(ProtocolError, match=reason):
+        message.audio()
+
+
+def test_odd_length_payload_is_valid_mulaw():
+    message = parse_message(media(base64.b64encode(b"\x7f" * 161).decode()))
+    assert isinstance(message, Media) and len(message.audio()) == 161
+
+
+def test_outbound_messages_match_twilio_format():
+    payload = base64.b64encode(b"\xff\x7f").decode()
+    assert json.loads(media_message(SID, b"\xff\x7f")) == {
+        "event": "media", "streamSid": SID, "media": {"payload": payload},
+    }  # fmt: skip
+    assert json.loads(mark_message(SID, "m1")) == {
+        "event": "mark",
+        "streamSid": SID,
+        "mark": {"name": "m1"},
+    }
+    assert json.loads(clear_message(SID)) == {"event": "clear", "streamSid": SID}
+
+
+def test_connect_twiml_carries_parameters():
+    root = ElementTree.fromstring(
+        connect_twiml("wss://h/twilio/stream", {"persona": "a", "token": "t"})
+    )
+    stream = root.find("./Connect/Stream")
+    assert stream is not None and stream.get("url") == "wss://h/twilio/stream"
+    params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert params == {"persona": "a", "token": "t"}
+
+
+def test_dial_twiml():
+    root = ElementTree.fromstring(dial_twiml("+15551234567"))
+    dial = root.find("./Dial")
+    assert dial is not None and dial.text == "+15551234567"
+
+
+def test_signature_validation():
+    url, params = "https://voice.example.com/twilio/voice", {"CallSid": "CA1", "To": "+1555"}
+    good = RequestValidator("secret").compute_signature(url, params)
+    assert signature_is_valid("secret", url, params, good)
+    assert not signature_is_valid("secret", url, params, "")
+    assert not signature_is_valid("secret", url, params, good[:-2] + "xx")
+    assert not signature_is_valid("other", url, params, good)
+    assert not signature_is_valid("secret", url + "?x=1", params, good)
+    assert not signature_is_valid("", url, params, good)
+
+
+def test_stream_tokens_are_single_use_and_expire():
+    tokens = StreamTokens(secret=b"k" * 32, ttl_secs=60)
+    token = tokens.issue("bank", "CA1", now=1000.0)
+    with pytest.raises(StreamTokenError, match="does not match"):
+        tokens.redeem(token, "bank", "CA2", now=1001.0)
+    with pytest.raises(StreamTokenError, match="does not match"):
+        tokens.redeem(token, "other", "CA1", now=1001.0)
+    with pytest.raises(StreamTokenError, match="malformed"):
+        tokens.redeem("garbage", "bank", "CA1", now=1001.0)
+    tokens.redeem(token, "bank", "CA1", now=1001.0)
+    with pytest.raises(StreamTokenError, match="already used"):
+        tokens.redeem(token, "bank", "CA1", now=1002.0)
+    late = tokens.issue("bank", "CA3", now=1000.0)
+    with pytest.raises(StreamTokenError, match="expired"):
+        tokens.redeem(late, "bank", "CA3", now=1061.0)
+
+
+async def test_mark_gate_releases_text_only_once_played():
+    sent, released = [], []
+
+    async def send_mark(name: str) -> None:
+        sent.append(name)
+
+    async def release(frame) -> None:
+        released.append(frame)
+
+    gate = MarkGate(send_mark)
+    gate.bind(release)
+    first, second, end = (
+        TTSTextFrame("Your balance is", text_type="sentence"),
+        TTSTextFrame("forty two dollars.", text_type="sentence"),
+        LLMFullResponseEndFrame(),
+    )
+    assert await gate.admit(first) and await gate.admit(second) and await gate.admit(end)
+    assert not await gate.admit(UserSpeakingFrame())  # system frames never wait
+    assert sent == ["chunk-1", "chunk-2"] and released == []
+    await gate.on_mark("chunk-1")
+    assert released == [first]
+    await gate.interrupt()  # chunk-2 was never confirmed: its text is dropped, order kept
+    assert released == [first, end]
+    assert gate.heard == ["Your balance is"]
+    await gate.on_mark("chunk-2")  # Twilio echoes cleared marks too: ignored
+    assert released == [first, end]

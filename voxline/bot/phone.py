@@ -1,0 +1,291 @@
+"""Phone calls: the Twilio voice webhook and the media stream that carries one call.
+
+The webhook checks Twilio's signature against the public URL, picks the persona
+for the called number and answers TwiML that connects a media stream, passing
+the persona and a short-lived single-use token as stream parameters. The media
+stream reads Twilio's ``connected``/``start`` messages itself, checks the token,
+and only then builds the call's pipeline on the shared engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+import httpx
+from fastapi import WebSocket
+from loguru import logger
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.workers.runner import WorkerRunner
+
+from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.runtime import Runtime
+from voxline.bot.session import build_call
+from voxline.config import ServerConfig
+from voxline.personas import Persona
+from voxline.processors.latency import LatencyTracer
+from voxline.transports.twilio import (
+    TWILIO_RATE,
+    StreamTokenError,
+    StreamTokens,
+    TwilioMediaSerializer,
+    TwilioRestClient,
+    TwilioStream,
+    TwilioTransport,
+    connect_twiml,
+    dial_twiml,
+    signature_is_valid,
+    twilio_params,
+)
+from voxline.transports.twilio_protocol import ProtocolError, Start, parse_message
+
+START_TIMEOUT_SECS = 10.0
+POLICY_VIOLATION = 1008
+
+
+class WebhookRejected(Exception):
+    """The webhook is refused; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class PhoneLine:
+    """Everything phone calls need, shared by all of them.
+
+    Attributes:
+        config: the server config (public URL, numbers, Twilio REST root).
+        runtime: the shared engines.
+        personas: loaded personas by name; the first is the default.
+        numbers: called number -> persona name.
+        admission: the cap on concurrent calls.
+    """
+
+    config: ServerConfig
+    runtime: Runtime
+    personas: dict[str, Persona]
+    numbers: dict[str, str]
+    admission: Admission
+    tokens: StreamTokens
+
+    @property
+    def auth_token(self) -> str:
+        """``TWILIO_AUTH_TOKEN``: signs webhooks and authorises REST calls."""
+        return os.environ.get("TWILIO_AUTH_TOKEN", "")
+
+    def rest_client(self) -> TwilioRestClient | None:
+        """A REST client when both credentials are set, else None."""
+        account_sid = os.environ.get("TWILIO_ACCOUNT_SID", "")
+        if not (account_sid and self.auth_token):
+            return None
+        return TwilioRestClient(account_sid, self.auth_token, self.config.twilio.rest_base_url)
+
+    def public_url(self, fallback: str) -> str:
+        """The URL Twilio uses to reach us (``public_url``, else the request's own)."""
+        return (self.config.public_url or fallback).rstrip("/")
+
+    def persona_for(self, called: str) -> Persona:
+        """The persona answering ``called``, or the default one."""
+        name = self.numbers.get(called)
+        return self.personas[name] if name else next(iter(self.personas.values()))
+
+    def answer_webhook(self, url: str, params: dict[str, str], signature: str) -> str:
+        """Validate a voice webhook and return the TwiML that connects the stream.
+
+        Args:
+            url: the public URL Twilio posted to (what it signed).
+            params: the form fields.
+            signature: the ``X-Twilio-Signature`` header.
+
+        Raises:
+            WebhookRejected: 403 for a missing or wrong signature, 400 for a
+                request without a CallSid.
+        """
+        if not self.auth_token:
+            logger.error("TWILIO_AUTH_TOKEN is not set: every voice webhook is refused")
+            raise WebhookRejected(403, "webhook signature cannot be checked")
+        if not signature_is_valid(self.auth_token, url, params, signature):
+            raise WebhookRejected(403, "invalid X-Twilio-Signature")
+        call_sid = params.get("CallSid", "")
+        if not call_sid:
+            raise WebhookRejected(400, "CallSid is missing")
+        persona = self.persona_for(params.get("To", ""))
+        base = url.split("/twilio/")[0]
+        stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        token = self.tokens.issue(persona.name, call_sid)
+        logger.info(f"call {call_sid} to {params.get('To', '?')}: persona {persona.name}")
+        return connect_twiml(
+            f"{stream_url}/twilio/stream", {"persona": persona.name, "token": token}
+        )
+
+    async def serve_stream(self, websocket: WebSocket) -> None:
+        """Run one call over an accepted media-stream websocket until it ends."""
+        start = await self._read_start(websocket)
+        if start is None:
+            return
+        params = start.start.custom_parameters
+        persona = self.personas.get(params.get("persona", ""))
+        try:
+            if persona is None:
+                raise StreamTokenError(f"unknown persona {params.get('persona')!r}")
+            self.tokens.redeem(params.get("token", ""), persona.name, start.start.call_sid)
+        except StreamTokenError as exc:
+            logger.warning(f"stream for call {start.start.call_sid} refused: {exc}")
+            await websocket.close(code=POLICY_VIOLATION, reason=str(exc))
+            return
+        try:
+            async with self.admission.admit():
+                await self._run_call(websocket, persona, start)
+        except CallRejected as exc:
+            logger.warning(f"call {start.start.call_sid} refused: {exc}")
+            await websocket.close(code=POLICY_VIOLATION, reason=str(exc))
+
+    async def _read_start(self, websocket: WebSocket) -> Start | None:
+        """Read until ``start``; drop (and log) anything else that comes first."""
+
+        async def read() -> Start:
+            while True:
+                data = await websocket.receive()
+                if data.get("type") == "websocket.disconnect":
+                    raise ConnectionError("closed before start")
+                text = data.get("text")
+                raw = text if text is not None else data.get("bytes") or b""
+                try:
+                    message = parse_message(raw)
+                except ProtocolError as exc:
+                    logger.warning(f"twilio stream: dropped message before start: {exc}")
+                    continue
+                if isinstance(message, Start):
+                    return message
+                if message.event != "connected":
+                    logger.warning(f"twilio stream: {message.event} before start, dropped")
+
+        try:
+            return await asyncio.wait_for(read(), timeout=START_TIMEOUT_SECS)
+        except (TimeoutError, ConnectionError) as exc:
+            logger.warning(f"twilio stream closed without a valid start: {exc or 'timeout'}")
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=POLICY_VIOLATION, reason="expected a start message")
+            return None
+
+    async def _run_call(self, websocket: WebSocket, persona: Persona, start: Start) -> None:
+        info = start.start
+        stream = TwilioStream(stream_sid=info.stream_sid, call_sid=info.call_sid)
+        stream.events.extend(["connected", "start"])
+        serializer = TwilioMediaSerializer(stream)
+        transport = TwilioTransport(websocket, stream, params=twilio_params(serializer))
+        tracer = LatencyTracer()
+        control = TwilioCallControl(self, transport, persona)
+        extra = {"call_control": control} if _accepts_call_control() else {}
+        call = build_call(
+            persona, self.runtime, transport, tracer=tracer, out_sample_rate=TWILIO_RATE, **extra
+        )
+        control.worker = call.worker
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(call.worker)
+
+        async def on_stop() -> None:
+            await call.worker.cancel(reason="caller hung up")
+
+        stream.on_stop = on_stop
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(_transport, _websocket) -> None:
+            await call.worker.cancel(reason="media stream closed")
+
+        limit = asyncio.get_running_loop().call_later(
+            persona.limits.max_call_secs,
+            lambda: asyncio.ensure_future(self._end_call(call.worker, transport, persona)),
+        )
+        try:
+            await runner.run()
+        finally:
+            limit.cancel()
+            logger.info(
+                f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
+                f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
+            )
+            logger.info(f"call {info.call_sid} context {json.dumps(call.context.get_messages())}")
+
+    async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
+        logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")
+        await say_goodbye_and_hang_up(self, transport, worker, persona.phrases.goodbye)
+
+
+GOODBYE_TIMEOUT_SECS = 15.0
+
+
+async def say_goodbye_and_hang_up(
+    line: PhoneLine, transport: TwilioTransport, worker, goodbye: str
+) -> None:
+    """Say ``goodbye``, wait until Twilio confirms it played, then end the call.
+
+    With Twilio credentials the call is completed through the REST API; without
+    them, ending the ``<Connect>`` stream ends the call.
+    """
+    played = transport.gate.next_drain()
+    await worker.queue_frame(TTSSpeakFrame(goodbye))
+    try:
+        await asyncio.wait_for(played, timeout=GOODBYE_TIMEOUT_SECS)
+    except TimeoutError:
+        logger.warning(f"call {transport.stream.call_sid}: goodbye not confirmed; hanging up")
+    stream = transport.stream
+    client = line.rest_client()
+    if client is not None:
+        try:
+            await client.hang_up(stream.call_sid)
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            logger.error(f"call {stream.call_sid}: REST hang-up failed ({exc}); closing the stream")
+    # Twilio closes the stream after a REST hang-up; without REST access, ending
+    # the <Connect> stream is what ends the call. Either way the pipeline ends.
+    await worker.queue_frame(EndFrame())
+
+
+class TwilioCallControl:
+    """What the built-in tools do on a phone call: hang up, transfer, press keys."""
+
+    def __init__(self, line: PhoneLine, transport: TwilioTransport, persona: Persona):
+        self._line = line
+        self._transport = transport
+        self._stream = transport.stream
+        self._persona = persona
+        self.worker = None
+
+    async def end_call(self, goodbye: str) -> None:
+        """Say goodbye, then hang up."""
+        if self.worker is not None:
+            goodbye = goodbye or self._persona.phrases.goodbye
+            await say_goodbye_and_hang_up(self._line, self._transport, self.worker, goodbye)
+
+    async def transfer_call(self, number: str) -> None:
+        """Redirect the live call to ``number`` with TwiML ``<Dial>``."""
+        client = self._line.rest_client()
+        if client is None:
+            raise RuntimeError("transfer needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        await client.redirect(self._stream.call_sid, dial_twiml(number))
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Media streams cannot play keypad tones back to Twilio natively."""
+        raise RuntimeError("sending DTMF is not supported on Twilio media streams")
+
+
+def run_lengths(events) -> str:
+    """``connected start media*250 mark ...``: the event log, compressed, in order."""
+    runs: list[list] = []
+    for event in events:
+        if runs and runs[-1][0] == event:
+            runs[-1][1] += 1
+        else:
+            runs.append([event, 1])
+    return " ".join(name if count == 1 else f"{name}*{count}" for name, count in runs)
+
+
+def _accepts_call_control() -> bool:
+    import inspect
+
+    return "call_control" in inspect.signature(build_call).parameters

@@ -1,0 +1,97 @@
+"""The voxline server: FastAPI routes over plain functions, one Runtime for all calls.
+
+POST /twilio/voice     Twilio voice webhook (signed) -> TwiML <Connect><Stream>
+WS   /twilio/stream    Twilio media stream: one call
+GET  /health/live      the process is up
+GET  /health/ready     every persona's engines are loaded and its LLM answers
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from loguru import logger
+
+from voxline.bot.admission import Admission
+from voxline.bot.phone import PhoneLine, WebhookRejected
+from voxline.bot.runtime import Runtime
+from voxline.config import ServerConfig
+from voxline.personas import Persona
+from voxline.transports.twilio import StreamTokens
+
+TWIML = "application/xml"
+BUSY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
+
+
+def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Runtime) -> FastAPI:
+    """Build the ASGI app. The Runtime is prepared for every persona at start-up.
+
+    Args:
+        config: the server config.
+        personas: the personas this server answers with, by file; the first is the default.
+        runtime: shared engines; the app closes it on shutdown.
+    """
+    by_name = {persona.name: persona for persona in personas.values()}
+    numbers = {number: personas[path].name for number, path in config.numbers.items()}
+    line = PhoneLine(
+        config=config,
+        runtime=runtime,
+        personas=by_name,
+        numbers=numbers,
+        admission=Admission(config.max_calls),
+        tokens=StreamTokens(ttl_secs=config.twilio.stream_token_ttl_secs),
+    )
+    ready = {"value": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            for persona in by_name.values():
+                await runtime.prepare(persona)
+            ready["value"] = True
+            logger.info(f"voxline ready: personas {', '.join(by_name)}")
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(title="voxline", lifespan=lifespan)
+    app.state.phone = line
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def health_ready() -> JSONResponse:
+        body = {
+            "ready": ready["value"],
+            "calls": line.admission.active,
+            "max_calls": line.admission.max_calls,
+        }
+        return JSONResponse(body, status_code=200 if ready["value"] else 503)
+
+    @app.post("/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        form = await request.form()
+        params = {key: str(value) for key, value in form.items()}
+        url = line.public_url(str(request.base_url)) + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        if line.admission.full:
+            return Response(BUSY_TWIML, media_type=TWIML)
+        try:
+            twiml = line.answer_webhook(url, params, request.headers.get("X-Twilio-Signature", ""))
+        except WebhookRejected as exc:
+            logger.warning(f"voice webhook refused ({exc.status}): {exc}")
+            return Response(str(exc), status_code=exc.status, media_type="text/plain")
+        return Response(twiml, media_type=TWIML)
+
+    @app.websocket("/twilio/stream")
+    async def twilio_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await line.serve_stream(websocket)
+
+    return app

@@ -1,0 +1,418 @@
+"""Phone calls through Twilio: media-stream serializer, mark gate, TwiML, signatures, REST.
+
+A call arrives as a signed voice webhook, is answered with TwiML that connects
+a Media Stream, and then runs over one websocket. What the caller has actually
+heard is tracked with marks: each spoken chunk's text is held back from the LLM
+context until Twilio echoes the mark sent after its audio, so on barge-in (when
+voxline sends ``clear``) the context keeps only the words that were played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from loguru import logger
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.audio.utils import create_stream_resampler, pcm_to_ulaw, ulaw_to_pcm
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+    StartFrame,
+    SystemFrame,
+    TTSTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketOutputTransport,
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, Dial, Parameter, Stream, VoiceResponse
+
+from voxline.transports.twilio_protocol import (
+    DTMF,
+    Mark,
+    Media,
+    ProtocolError,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_message,
+)
+
+TWILIO_RATE = 8000
+
+
+# --- webhook: signatures, TwiML, stream tokens ------------------------------------------
+
+
+def signature_is_valid(auth_token: str, url: str, params: dict[str, str], signature: str) -> bool:
+    """Check ``X-Twilio-Signature`` for a form-encoded webhook at its public ``url``."""
+    if not auth_token or not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+    """TwiML that connects the call to a bidirectional Media Stream."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=stream_url)
+    for name, value in parameters.items():
+        stream.append(Parameter(name=name, value=value))
+    connect.append(stream)
+    response.append(connect)
+    return str(response)
+
+
+def dial_twiml(number: str) -> str:
+    """TwiML that transfers the live call to ``number``."""
+    response = VoiceResponse()
+    response.append(Dial(number))
+    return str(response)
+
+
+class StreamTokenError(ValueError):
+    """A stream token is malformed, forged, expired or already used."""
+
+
+class StreamTokens:
+    """Short-lived, single-use tokens that tie a media stream to the webhook that created it.
+
+    The token travels in the TwiML ``<Parameter>`` (Stream URLs take no query
+    string) and comes back in ``start.customParameters``.
+
+    Args:
+        secret: the HMAC key; random per process unless given (give one when
+            several server processes share a number).
+        ttl_secs: how long a token is valid after the webhook answered.
+    """
+
+    def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
+        self._secret = secret or secrets.token_bytes(32)
+        self.ttl_secs = ttl_secs
+        self._used: dict[str, float] = {}
+
+    def _mac(self, persona: str, call_sid: str, expires: int) -> str:
+        message = f"{persona}|{call_sid}|{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def issue(self, persona: str, call_sid: str, now: float | None = None) -> str:
+        """A token for ``call_sid`` answered by ``persona``."""
+        expires = int((now or time.time()) + self.ttl_secs)
+        return f"{expires}.{self._mac(persona, call_sid, expires)}"
+
+    def redeem(self, token: str, persona: str, call_sid: str, now: float | None = None) -> None:
+        """Accept a token once.
+
+        Raises:
+            StreamTokenError: saying why the token is refused.
+        """
+        now = now or time.time()
+        for used, expiry in list(self._used.items()):
+            if expiry < now:
+                del self._used[used]
+        expires_text, _, mac = token.partition(".")
+        if not expires_text.isdigit() or not mac:
+            raise StreamTokenError("malformed stream token")
+        if not hmac.compare_digest(mac, self._mac(persona, call_sid, int(expires_text))):
+            raise StreamTokenError("stream token does not match this call")
+        if int(expires_text) < now:
+            raise StreamTokenError("stream token expired")
+        if token in self._used:
+            raise StreamTokenError("stream token already used")
+        self._used[token] = float(expires_text)
+
+
+# --- REST: hang up and transfer ---------------------------------------------------------
+
+
+class TwilioRestClient:
+    """The two calls voxline makes to Twilio's REST API: hang up and redirect.
+
+    Args:
+        account_sid: ``TWILIO_ACCOUNT_SID``.
+        auth_token: ``TWILIO_AUTH_TOKEN``.
+        base_url: Twilio's API root; configurable so tests use a local stand-in.
+    """
+
+    def __init__(self, account_sid: str, auth_token: str, base_url: str, timeout: float = 10.0):
+        self._account_sid = account_sid
+        self._auth = (account_sid, auth_token)
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+
+    async def _update_call(self, call_sid: str, form: dict[str, str]) -> None:
+        url = f"{self._base_url}/2010-04-01/Accounts/{self._account_sid}/Calls/{call_sid}.json"
+        async with httpx.AsyncClient(timeout=self._timeout, auth=self._auth) as client:
+            response = await client.post(url, data=form)
+        if response.status_code >= 400:
+            raise RuntimeError(f"Twilio REST {url} answered HTTP {response.status_code}")
+
+    async def hang_up(self, call_sid: str) -> None:
+        """End the call."""
+        await self._update_call(call_sid, {"Status": "completed"})
+
+    async def redirect(self, call_sid: str, twiml: str) -> None:
+        """Replace the live call's instructions with ``twiml`` (e.g. a ``<Dial>``)."""
+        await self._update_call(call_sid, {"Twiml": twiml})
+
+
+# --- media stream: serializer and mark gate ---------------------------------------------
+
+
+@dataclass
+class TwilioStream:
+    """One media stream's identity and protocol log.
+
+    Attributes:
+        stream_sid: Twilio's stream id (every outbound message carries it).
+        call_sid: the call's id, for REST hang-up and transfer.
+        events: the inbound event names in arrival order (bounded).
+        dropped: messages dropped as invalid, with the reason.
+        audio_outstanding: audio was sent that Twilio may not have played yet.
+    """
+
+    stream_sid: str
+    call_sid: str
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=10_000))
+    dropped: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
+    audio_outstanding: bool = False
+    on_mark: Callable[[str], Awaitable[None]] | None = None
+    on_stop: Callable[[], Awaitable[None]] | None = None
+
+
+class TwilioMediaSerializer(FrameSerializer):
+    """Frames to and from Twilio Media Streams messages.
+
+    Every inbound event is handled: ``media`` becomes input audio (µ-law 8 kHz to
+    16-bit PCM at the pipeline rate), ``dtmf`` a keypad frame, ``mark`` echoes go
+    to the mark gate, ``stop`` ends the call. A malformed message is logged and
+    dropped; it never ends the call.
+    """
+
+    def __init__(self, stream: TwilioStream, **kwargs):
+        super().__init__(**kwargs)
+        self.stream = stream
+        self._in_rate = 16000
+        self._out_rate = TWILIO_RATE
+        self._in_resampler = create_stream_resampler()
+        self._out_resampler = create_stream_resampler()
+
+    async def setup(self, frame: StartFrame):
+        """Learn the pipeline's audio rates."""
+        await super().setup(frame)
+        self._in_rate = frame.audio_in_sample_rate
+        self._out_rate = frame.audio_out_sample_rate
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        """Outbound audio as ``media``, interruptions as ``clear``, marks as ``mark``."""
+        sid = self.stream.stream_sid
+        if isinstance(frame, InterruptionFrame):
+            # Only audio Twilio may still be playing needs clearing.
+            if not self.stream.audio_outstanding:
+                return None
+            self.stream.audio_outstanding = False
+            return clear_message(sid)
+        if isinstance(frame, OutputAudioRawFrame):
+            self.stream.audio_outstanding = True
+            mulaw = await pcm_to_ulaw(
+                frame.audio, frame.sample_rate, TWILIO_RATE, self._out_resampler
+            )
+            return media_message(sid, mulaw) if mulaw else None
+        if isinstance(frame, (OutputTransportMessageFrame, OutputTransportMessageUrgentFrame)):
+            message = frame.message
+            if isinstance(message, dict) and message.get("voxline") == "mark":
+                return mark_message(sid, str(message["name"]))
+        return None
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        """One inbound message to a frame, or None (after logging) if there is none to push."""
+        try:
+            message = parse_message(data)
+            if isinstance(message, Media):
+                audio = message.audio()
+        except ProtocolError as exc:
+            self.stream.dropped.append(str(exc))
+            logger.warning(f"twilio stream {self.stream.stream_sid}: dropped message: {exc}")
+            return None
+        self.stream.events.append(message.event)
+        if isinstance(message, Media):
+            if not audio:
+                return None
+            pcm = await ulaw_to_pcm(audio, TWILIO_RATE, self._in_rate, self._in_resampler)
+            return InputAudioRawFrame(audio=pcm, sample_rate=self._in_rate, num_channels=1)
+        if isinstance(message, DTMF):
+            return InputDTMFFrame(button=KeypadEntry(message.dtmf.digit))
+        if isinstance(message, Mark):
+            if self.stream.on_mark is not None:
+                await self.stream.on_mark(message.mark.name)
+            return None
+        if isinstance(message, Stop):
+            logger.info(f"twilio stream {self.stream.stream_sid}: stop")
+            if self.stream.on_stop is not None:
+                await self.stream.on_stop()
+            return None
+        return None  # connected / a repeated start: nothing to push
+
+
+class MarkGate:
+    """Holds each spoken chunk's text until Twilio confirms its audio played.
+
+    The output transport pushes a chunk's ``TTSTextFrame`` right after writing
+    the chunk's audio; the gate sends a mark there and holds the text (and every
+    later downstream frame, to keep their order) until the mark is echoed. On an
+    interruption the unconfirmed texts are dropped, so the assistant's turn in
+    the LLM context ends with the last words the caller heard.
+    """
+
+    def __init__(
+        self,
+        send_mark: Callable[[str], Awaitable[None]],
+        on_drained: Callable[[], None] | None = None,
+    ):
+        self._send_mark = send_mark
+        self._on_drained = on_drained
+        self._held: deque[tuple[Frame, str | None]] = deque()
+        self._sequence = 0
+        self._release: Callable[[Frame], Awaitable[None]] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.heard: list[str] = []
+
+    def next_drain(self) -> asyncio.Future[None]:
+        """Resolves when every chunk spoken so far (and the next ones) has played."""
+        future = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(future)
+        return future
+
+    def bind(self, release: Callable[[Frame], Awaitable[None]]) -> None:
+        """Where released frames go (the transport's downstream push)."""
+        self._release = release
+
+    async def admit(self, frame: Frame) -> bool:
+        """Take a downstream frame; False means pass it on now, True means it is held."""
+        if isinstance(frame, SystemFrame):
+            return False
+        if isinstance(frame, TTSTextFrame):
+            self._sequence += 1
+            name = f"chunk-{self._sequence}"
+            self._held.append((frame, name))
+            await self._send_mark(name)
+            return True
+        if self._held:
+            self._held.append((frame, None))
+            return True
+        return False
+
+    async def on_mark(self, name: str) -> None:
+        """Release everything up to and including the chunk whose mark was echoed."""
+        if not any(mark == name for _, mark in self._held):
+            return  # an echo for audio that was cleared
+        while self._held:
+            frame, mark = self._held.popleft()
+            if isinstance(frame, TTSTextFrame):
+                self.heard.append(frame.text)
+            await self._emit(frame)
+            if mark == name:
+                break
+        while self._held and self._held[0][1] is None:
+            await self._emit(self._held.popleft()[0])
+        if not self._held:
+            if self._on_drained is not None:
+                self._on_drained()
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def interrupt(self) -> None:
+        """Drop unplayed text; keep the order of every other held frame."""
+        held, self._held = self._held, deque()
+        for frame, mark in held:
+            if mark is None:
+                await self._emit(frame)
+
+    async def _emit(self, frame: Frame) -> None:
+        if self._release is not None:
+            await self._release(frame)
+
+
+class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
+    """The websocket output transport with a :class:`MarkGate` on its downstream side."""
+
+    def __init__(self, *args, gate: MarkGate, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        gate.bind(self._release)
+
+    async def _release(self, frame: Frame) -> None:
+        await super().push_frame(frame, FrameDirection.DOWNSTREAM)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        """Hold frames behind unconfirmed chunks; everything else flows as usual."""
+        if direction == FrameDirection.DOWNSTREAM and await self._gate.admit(frame):
+            return
+        await super().push_frame(frame, direction)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """On barge-in, drop unplayed text before ``clear`` goes out."""
+        if isinstance(frame, InterruptionFrame):
+            await self._gate.interrupt()
+        await super().process_frame(frame, direction)
+
+
+class TwilioTransport(FastAPIWebsocketTransport):
+    """pipecat's FastAPI websocket transport speaking Twilio Media Streams with marks."""
+
+    def __init__(self, websocket, stream: TwilioStream, *, params: FastAPIWebsocketParams):
+        super().__init__(websocket, params)
+        self.stream = stream
+        self.gate = MarkGate(self._send_mark, on_drained=self._played_all)
+        stream.on_mark = self.gate.on_mark
+        self._output = TwilioOutputTransport(
+            self, self._client, self._params, gate=self.gate, name=self._output_name
+        )
+
+    def _played_all(self) -> None:
+        self.stream.audio_outstanding = False
+
+    async def _send_mark(self, name: str) -> None:
+        await self._client.send(mark_message(self.stream.stream_sid, name))
+
+
+def twilio_params(serializer: TwilioMediaSerializer) -> FastAPIWebsocketParams:
+    """Transport parameters for a Twilio call: 8 kHz out in 20 ms frames, 16 kHz in."""
+    return FastAPIWebsocketParams(
+        audio_in_enabled=True,
+        audio_out_enabled=True,
+        audio_in_sample_rate=16000,
+        audio_out_sample_rate=TWILIO_RATE,
+        audio_out_10ms_chunks=2,
+        add_wav_header=False,
+        serializer=serializer,
+        allowed_origins=[],
+    )
+
+
+async def wait_first(*awaitables: Awaitable[object]) -> None:
+    """Wait until any of ``awaitables`` finishes, then cancel the rest."""
+    tasks = [asyncio.ensure_future(item) for item in awaitables]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
