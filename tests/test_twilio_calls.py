@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 import textwrap
 from collections.abc import Iterator
 
@@ -18,7 +20,7 @@ import pytest
 import soxr
 import websockets
 
-from tests.conftest import BANK_PERSONA
+from tests.conftest import BANK_PERSONA, VOXLINE
 from tests.servers import ServerProcess, start_rest_standin, start_voxline
 from tests.speech import caller_voice, wer
 from voxline.engines.llm import free_port
@@ -67,7 +69,7 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
         )
     )
     env = {
-        **__import__("os").environ,
+        **os.environ,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "VOXLINE_LOG_LEVEL": "INFO",
@@ -316,3 +318,20 @@ def test_socket_closed_without_stop_and_a_flood_of_dropped_connections(phone):
     audio, rate = speech(QUESTION)
     result = asyncio.run(caller(phone).call(audio, rate))
     assert result.turns and result.turns[0].latency_ms is not None
+
+
+def test_dial_command_prints_what_the_caller_heard(phone, tmp_path):
+    output = tmp_path / "heard.wav"
+    command = [
+        VOXLINE,
+        "dial", phone["url"], "--say", QUESTION, "--json", "--output", str(output),
+    ]  # fmt: skip
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "VOXLINE_OFFLINE": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert "Northwind" in document["greeting_heard"].replace(" ", "")
+    [turn] = document["turns"]
+    assert turn["bot_heard"] and turn["voice_to_voice_ms"] > 0
+    assert document["marks_echoed"] >= 2
+    assert output.stat().st_size > 8000
