@@ -183,3 +183,48 @@ async def test_mark_gate_releases_text_only_once_played():
     assert gate.heard == ["Your balance is"]
     await gate.on_mark("chunk-2")  # Twilio echoes cleared marks too: ignored
     assert released == [first, end]
+
+
+@pytest.fixture
+def rest_standin(tmp_path):
+    from tests.servers import start_rest_standin
+
+    log = tmp_path / "rest.jsonl"
+    server, url = start_rest_standin(log)
+    yield url, log
+    server.stop()
+
+
+async def test_transfer_call_redirects_the_live_call_with_dial(rest_standin):
+    from voxline.bot.phone_control import TwilioCallControl
+    from voxline.transports.twilio import TwilioRestClient, TwilioStream
+
+    url, log = rest_standin
+    account = "AC" + "2" * 32
+    control = TwilioCallControl(
+        stream=TwilioStream(stream_sid="MZ1", call_sid="CA42"),
+        gate=MarkGate(lambda name: None),
+        rest=TwilioRestClient(account, "token", url),
+        goodbye="Goodbye.",
+    )
+    await control.transfer_call("+15551234567")
+    [record] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert record["call"] == "CA42" and record["account"] == account and record["user"] == account
+    dial = ElementTree.fromstring(record["form"]["Twiml"]).find("./Dial")
+    assert dial is not None and dial.text == "+15551234567"
+
+
+async def test_transfer_without_credentials_is_a_clear_error():
+    from voxline.bot.phone_control import TwilioCallControl
+    from voxline.transports.twilio import TwilioStream
+
+    control = TwilioCallControl(
+        stream=TwilioStream(stream_sid="MZ1", call_sid="CA42"),
+        gate=MarkGate(lambda name: None),
+        rest=None,
+        goodbye="Goodbye.",
+    )
+    with pytest.raises(RuntimeError, match="TWILIO_ACCOUNT_SID"):
+        await control.transfer_call("+15551234567")
+    with pytest.raises(RuntimeError, match="not supported"):
+        await control.send_dtmf("1")

@@ -15,13 +15,12 @@ import json
 import os
 from dataclasses import dataclass
 
-import httpx
 from fastapi import WebSocket
 from loguru import logger
-from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
 from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import build_call
 from voxline.config import ServerConfig
@@ -36,7 +35,6 @@ from voxline.transports.twilio import (
     TwilioStream,
     TwilioTransport,
     connect_twiml,
-    dial_twiml,
     signature_is_valid,
     twilio_params,
 )
@@ -180,7 +178,12 @@ class PhoneLine:
         serializer = TwilioMediaSerializer(stream)
         transport = TwilioTransport(websocket, stream, params=twilio_params(serializer))
         tracer = LatencyTracer()
-        control = TwilioCallControl(self, transport, persona)
+        control = TwilioCallControl(
+            stream=stream,
+            gate=transport.gate,
+            rest=self.rest_client(),
+            goodbye=persona.phrases.goodbye,
+        )
         extra = {"call_control": control} if _accepts_call_control() else {}
         call = build_call(
             persona, self.runtime, transport, tracer=tracer, out_sample_rate=TWILIO_RATE, **extra
@@ -214,75 +217,9 @@ class PhoneLine:
 
     async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
         logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")
-        await say_goodbye_and_hang_up(self, transport, worker, persona.phrases.goodbye)
-
-
-GOODBYE_TIMEOUT_SECS = 15.0
-
-
-async def say_goodbye_and_hang_up(
-    line: PhoneLine, transport: TwilioTransport, worker, goodbye: str
-) -> None:
-    """Say ``goodbye``, wait until Twilio confirms it played, then end the call.
-
-    With Twilio credentials the call is completed through the REST API; without
-    them, ending the ``<Connect>`` stream ends the call.
-    """
-    played = transport.gate.next_drain()
-    await worker.queue_frame(TTSSpeakFrame(goodbye))
-    try:
-        await asyncio.wait_for(played, timeout=GOODBYE_TIMEOUT_SECS)
-    except TimeoutError:
-        logger.warning(f"call {transport.stream.call_sid}: goodbye not confirmed; hanging up")
-    stream = transport.stream
-    client = line.rest_client()
-    if client is not None:
-        try:
-            await client.hang_up(stream.call_sid)
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:
-            logger.error(f"call {stream.call_sid}: REST hang-up failed ({exc}); closing the stream")
-    # Twilio closes the stream after a REST hang-up; without REST access, ending
-    # the <Connect> stream is what ends the call. Either way the pipeline ends.
-    await worker.queue_frame(EndFrame())
-
-
-class TwilioCallControl:
-    """What the built-in tools do on a phone call: hang up, transfer, press keys."""
-
-    def __init__(self, line: PhoneLine, transport: TwilioTransport, persona: Persona):
-        self._line = line
-        self._transport = transport
-        self._stream = transport.stream
-        self._persona = persona
-        self.worker = None
-
-    async def end_call(self, goodbye: str) -> None:
-        """Say goodbye, then hang up."""
-        if self.worker is not None:
-            goodbye = goodbye or self._persona.phrases.goodbye
-            await say_goodbye_and_hang_up(self._line, self._transport, self.worker, goodbye)
-
-    async def transfer_call(self, number: str) -> None:
-        """Redirect the live call to ``number`` with TwiML ``<Dial>``."""
-        client = self._line.rest_client()
-        if client is None:
-            raise RuntimeError("transfer needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
-        await client.redirect(self._stream.call_sid, dial_twiml(number))
-
-    async def send_dtmf(self, digits: str) -> None:
-        """Media streams cannot play keypad tones back to Twilio natively."""
-        raise RuntimeError("sending DTMF is not supported on Twilio media streams")
-
-
-def run_lengths(events) -> str:
-    """``connected start media*250 mark ...``: the event log, compressed, in order."""
-    runs: list[list] = []
-    for event in events:
-        if runs and runs[-1][0] == event:
-            runs[-1][1] += 1
-        else:
-            runs.append([event, 1])
-    return " ".join(name if count == 1 else f"{name}*{count}" for name, count in runs)
+        await say_goodbye_and_hang_up(
+            worker, transport.stream, transport.gate, self.rest_client(), persona.phrases.goodbye
+        )
 
 
 def _accepts_call_control() -> bool:
