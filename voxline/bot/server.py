@@ -8,6 +8,7 @@ GET  /health/ready     every persona's engines are loaded and its LLM answers
 
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             for persona in by_name.values():
                 await runtime.prepare(persona)
             ready["value"] = True
-            logger.info(f"voxline ready: personas {', '.join(by_name)}")
+            # Printed whatever the log level: scripts and people wait for this line.
+            print(f"voxline ready: personas {', '.join(by_name)}", file=sys.stderr, flush=True)
             yield
         finally:
             await runtime.close()
