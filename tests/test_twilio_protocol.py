@@ -10,14 +10,7 @@ import pytest
 from pipecat.frames.frames import LLMFullResponseEndFrame, TTSTextFrame, UserSpeakingFrame
 from twilio.request_validator import RequestValidator
 
-from voxline.transports.twilio import (
-    MarkGate,
-    StreamTokenError,
-    StreamTokens,
-    connect_twiml,
-    dial_twiml,
-    signature_is_valid,
-)
+from voxline.transports.twilio import MarkGate
 from voxline.transports.twilio_protocol import (
     DTMF,
     Connected,
@@ -30,6 +23,13 @@ from voxline.transports.twilio_protocol import (
     mark_message,
     media_message,
     parse_message,
+)
+from voxline.transports.twilio_webhook import (
+    StreamTokenError,
+    StreamTokens,
+    connect_twiml,
+    dial_twiml,
+    signature_is_valid,
 )
 
 SID = "MZ00000000000000000000000000000000"
@@ -197,7 +197,8 @@ def rest_standin(tmp_path):
 
 async def test_transfer_call_redirects_the_live_call_with_dial(rest_standin):
     from voxline.bot.phone_control import TwilioCallControl
-    from voxline.transports.twilio import TwilioRestClient, TwilioStream
+    from voxline.transports.twilio import TwilioStream
+    from voxline.transports.twilio_webhook import TwilioRestClient
 
     url, log = rest_standin
     account = "AC" + "2" * 32

@@ -28,17 +28,19 @@ from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
 from voxline.transports.twilio import (
     TWILIO_RATE,
-    StreamTokenError,
-    StreamTokens,
     TwilioMediaSerializer,
-    TwilioRestClient,
     TwilioStream,
     TwilioTransport,
-    connect_twiml,
-    signature_is_valid,
     twilio_params,
 )
 from voxline.transports.twilio_protocol import ProtocolError, Start, parse_message
+from voxline.transports.twilio_webhook import (
+    StreamTokenError,
+    StreamTokens,
+    TwilioRestClient,
+    connect_twiml,
+    signature_is_valid,
+)
 
 START_TIMEOUT_SECS = 10.0
 POLICY_VIOLATION = 1008

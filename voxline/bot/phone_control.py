@@ -13,7 +13,8 @@ from loguru import logger
 from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineWorker
 
-from voxline.transports.twilio import MarkGate, TwilioRestClient, TwilioStream, dial_twiml
+from voxline.transports.twilio import MarkGate, TwilioStream
+from voxline.transports.twilio_webhook import TwilioRestClient, dial_twiml
 
 GOODBYE_TIMEOUT_SECS = 15.0
 

@@ -21,7 +21,7 @@ from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
 from voxline.personas import Persona
-from voxline.transports.twilio import StreamTokens
+from voxline.transports.twilio_webhook import StreamTokens
 
 TWIML = "application/xml"
 BUSY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
