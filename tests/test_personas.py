@@ -128,3 +128,21 @@ def test_missing_file(tmp_path):
 def test_early_secs_must_not_exceed_stop_secs(tmp_path):
     message = load_error(write(tmp_path, VALID + "turn:\n  stop_secs: 0.3\n  early_secs: 0.5\n"))
     assert "early_secs" in message
+
+
+def test_builtin_tools_are_accepted(tmp_path):
+    persona = load_persona(write(tmp_path, VALID + "tools: [end_call, transfer_call]\n"))
+    assert persona.tools == ["end_call", "transfer_call"]
+
+
+def test_unknown_tool_names_the_builtins(tmp_path):
+    message = load_error(write(tmp_path, VALID + "tools: [end_call, teleport]\n"))
+    assert "tools: " in message and "teleport" in message
+    assert "end_call, transfer_call, send_dtmf" in message
+
+
+def test_forced_tool_choice_must_be_a_listed_tool(tmp_path):
+    text = VALID.replace("max_tokens: 40", "max_tokens: 40\n  tool_choice: end_call")
+    message = load_error(write(tmp_path, text))
+    assert "llm.tool_choice 'end_call' is not one of the persona's tools" in message
+    assert load_persona(write(tmp_path, text + "tools: [end_call]\n")).llm.tool_choice == "end_call"

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "1" * 32
 SHORT_NUMBER = "+15550100001"
+CLOSER_NUMBER = "+15550100002"
 QUESTION = "Hi, what is my account balance?"
 
 
@@ -53,6 +54,17 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
             """
         )
     )
+    (tmp / "closer.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: closer
+            prompt: You end calls.
+            tools: [end_call]
+            llm: {tool_choice: end_call}
+            phrases: {goodbye: Thank you for calling. Goodbye.}
+            """
+        )
+    )
     port = free_port()
     config = tmp / "voxline.yaml"
     config.write_text(
@@ -62,6 +74,7 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
             default_persona: {BANK_PERSONA}
             numbers:
               "{SHORT_NUMBER}": short.yaml
+              "{CLOSER_NUMBER}": closer.yaml
             twilio:
               rest_base_url: {rest_url}
               stream_token_ttl_secs: 2
@@ -215,6 +228,21 @@ def test_max_call_secs_hangs_up_through_the_rest_api(phone):
     assert record["form"] == {"Status": "completed"}
     assert record["account"] == ACCOUNT_SID and record["user"] == ACCOUNT_SID
     assert "Our time is up" in transcribe(result.heard) or result.marks_echoed >= 1
+
+
+def test_end_call_tool_says_goodbye_and_hangs_up_through_the_rest_api(phone):
+    audio, rate = speech("Thanks, that is all. Goodbye.")
+    dialer = caller(phone, number=CLOSER_NUMBER)
+    result = asyncio.run(dialer.call(audio, rate, timeout=90))
+    wait_for_log(phone["server"], f"call {dialer.call_sid} context")
+    records = [json.loads(line) for line in phone["rest_log"].read_text().splitlines()]
+    [record] = [r for r in records if r["call"] == dialer.call_sid]
+    assert record["form"] == {"Status": "completed"}
+    context = json.loads(call_log(phone["server"], dialer.call_sid)["context"])
+    calls = [m for m in context if m["role"] == "assistant" and m.get("tool_calls")]
+    assert calls and calls[0]["tool_calls"][0]["function"]["name"] == "end_call"
+    heard = transcribe(result.heard[int(result.turns[0].caller_end * RATE) :])
+    assert wer("Thank you for calling. Goodbye.", heard) <= 0.35, heard
 
 
 def test_unsigned_and_wrongly_signed_webhooks_are_refused(phone):

@@ -186,9 +186,13 @@ class PhoneLine:
             rest=self.rest_client(),
             goodbye=persona.phrases.goodbye,
         )
-        extra = {"call_control": control} if _accepts_call_control() else {}
         call = build_call(
-            persona, self.runtime, transport, tracer=tracer, out_sample_rate=TWILIO_RATE, **extra
+            persona,
+            self.runtime,
+            transport,
+            tracer=tracer,
+            out_sample_rate=TWILIO_RATE,
+            call_control=control,
         )
         control.worker = call.worker
         runner = WorkerRunner(handle_sigint=False)
@@ -222,9 +226,3 @@ class PhoneLine:
         await say_goodbye_and_hang_up(
             worker, transport.stream, transport.gate, self.rest_client(), persona.phrases.goodbye
         )
-
-
-def _accepts_call_control() -> bool:
-    import inspect
-
-    return "call_control" in inspect.signature(build_call).parameters

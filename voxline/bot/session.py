@@ -25,19 +25,22 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
     SpeechTimeoutUserTurnStopStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
+from voxline.bot.tool_wiring import persona_context, register_tools
 from voxline.personas import Persona
 from voxline.processors.chunker import ChunkerProcessor
 from voxline.processors.latency import LatencyTracer
+from voxline.processors.llm import VoxlineLLMService
 from voxline.processors.stt import SharedWhisperSTTService
 from voxline.processors.tts import SharedPiperTTSService
+from voxline.tools.builtins import CallControl
 
 STT_SAMPLE_RATE = 16_000
 
@@ -72,6 +75,7 @@ def build_call(
     *,
     tracer: LatencyTracer,
     out_sample_rate: int,
+    call_control: CallControl | None = None,
 ) -> Call:
     """Assemble the call's pipeline. ``runtime.prepare(persona)`` must have run.
 
@@ -81,6 +85,8 @@ def build_call(
         transport: the call's wire (Twilio, WebRTC, an audio file).
         tracer: records per-turn latency for this call.
         out_sample_rate: the transport's output audio rate.
+        call_control: what the built-in tools do to the call (hang up, transfer);
+            by default, ``end_call`` ends the pipeline after the goodbye.
     """
     if persona.tts.engine != "piper":
         raise NotImplementedError(f"TTS engine {persona.tts.engine!r} is not available yet")
@@ -105,10 +111,10 @@ def build_call(
         trailing_silence_secs=0.2,
     )
     endpoint = runtime.llm_endpoint(persona)
-    llm = OpenAILLMService(
+    llm = VoxlineLLMService(
         api_key="not-needed",
         base_url=endpoint.api_url,
-        settings=OpenAILLMService.Settings(
+        settings=VoxlineLLMService.Settings(
             model=endpoint.model,
             temperature=persona.llm.temperature,
             max_tokens=persona.llm.max_tokens,
@@ -117,7 +123,9 @@ def build_call(
             system_instruction=persona.system_prompt,
         ),
     )
-    context = LLMContext()
+    control = call_control or PipelineCallControl(persona.phrases.goodbye)
+    context = persona_context(persona)
+    register_tools(llm, persona, control)
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -162,4 +170,6 @@ def build_call(
         async def _greet(worker: PipelineWorker, frame):
             await worker.queue_frame(TTSSpeakFrame(greeting))
 
+    if isinstance(control, PipelineCallControl):
+        control.worker = worker
     return Call(worker=worker, context=context, tracer=tracer, persona=persona)

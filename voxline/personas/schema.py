@@ -41,6 +41,11 @@ class LLMSettings(_Strict):
     )
     temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     max_tokens: int = Field(default=60, ge=1, le=4096)
+    tool_choice: str = Field(
+        default="auto",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="auto, none, required, or the name of a tool to call on every reply.",
+    )
 
 
 class STTSettings(_Strict):
@@ -101,6 +106,7 @@ class Phrases(_Strict):
     filler: str = "One moment while I check that."
     apology: str = "I'm sorry, I'm having trouble right now. Could you say that again?"
     goodbye: str = "Thank you for calling. Goodbye."
+    transfer: str = "Please hold while I transfer your call."
 
 
 class Persona(_Strict):
@@ -126,6 +132,27 @@ class Persona(_Strict):
     phrases: Phrases = Phrases()
     filler_after_ms: int = Field(default=800, ge=0)
     dtmf: DTMFSettings = DTMFSettings()
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, names: list[str]) -> list[str]:
+        from voxline.tools.builtins import BUILTINS, unknown_tools
+
+        if unknown := unknown_tools(names):
+            raise ValueError(
+                f"unknown tool(s) {', '.join(unknown)}: the built-in tools are "
+                f"{', '.join(BUILTINS)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("a tool is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _tool_choice_is_listed(self) -> Persona:
+        choice = self.llm.tool_choice
+        if choice not in ("auto", "none", "required") and choice not in self.tools:
+            raise ValueError(f"llm.tool_choice {choice!r} is not one of the persona's tools")
+        return self
 
     @field_validator("prompt_file")
     @classmethod
