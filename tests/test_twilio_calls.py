@@ -340,6 +340,7 @@ def test_socket_closed_without_stop_and_a_flood_of_dropped_connections(phone):
     asyncio.run(vanish())
     asyncio.run(flood())
     assert_idle(phone)
+    assert any("media before start, dropped" in line for line in phone["server"].lines)
     health = httpx.get(phone["url"] + "/health/live")
     assert health.status_code == 200
     # The server still answers a real call afterwards.

@@ -63,15 +63,19 @@ class Connected(_Message):
     protocol: str = "Call"
 
 
-class Start(_Message):
-    event: Literal["start"]
+class _StreamMessage(_Message):
+    """Every message after ``connected`` names its stream."""
+
     stream_sid: str = Field("", alias="streamSid")
+
+
+class Start(_StreamMessage):
+    event: Literal["start"]
     start: StartInfo
 
 
-class Media(_Message):
+class Media(_StreamMessage):
     event: Literal["media"]
-    stream_sid: str = Field("", alias="streamSid")
     media: MediaInfo
 
     def audio(self) -> bytes:
@@ -89,21 +93,18 @@ class Media(_Message):
         return audio
 
 
-class DTMF(_Message):
+class DTMF(_StreamMessage):
     event: Literal["dtmf"]
-    stream_sid: str = Field("", alias="streamSid")
     dtmf: DTMFInfo
 
 
-class Mark(_Message):
+class Mark(_StreamMessage):
     event: Literal["mark"]
-    stream_sid: str = Field("", alias="streamSid")
     mark: MarkInfo
 
 
-class Stop(_Message):
+class Stop(_StreamMessage):
     event: Literal["stop"]
-    stream_sid: str = Field("", alias="streamSid")
 
 
 TwilioMessage = Annotated[
