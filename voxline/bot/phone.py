@@ -38,6 +38,7 @@ from voxline.transports.twilio_webhook import (
     StreamTokenError,
     StreamTokens,
     TwilioRestClient,
+    busy_twiml,
     connect_twiml,
     signature_is_valid,
 )
@@ -102,6 +103,9 @@ class PhoneLine:
             params: the form fields.
             signature: the ``X-Twilio-Signature`` header.
 
+        Returns:
+            TwiML connecting the stream, or rejecting the call as busy at capacity.
+
         Raises:
             WebhookRejected: 403 for a missing or wrong signature, 400 for a
                 request without a CallSid.
@@ -114,6 +118,9 @@ class PhoneLine:
         call_sid = params.get("CallSid", "")
         if not call_sid:
             raise WebhookRejected(400, "CallSid is missing")
+        if self.admission.full:
+            logger.warning(f"call {call_sid} rejected: {self.admission.active} calls in progress")
+            return busy_twiml()
         persona = self.persona_for(params.get("To", ""))
         base = url.split("/twilio/")[0]
         stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)

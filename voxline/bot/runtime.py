@@ -11,6 +11,7 @@ an exception (use it as an ``async with`` block).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import TracebackType
 
 from loguru import logger
@@ -136,8 +137,6 @@ class Runtime:
 
 def _download_piper_voice(voice: str) -> PiperVoiceFiles:
     """Fetch a Piper voice by name into the user's cache (user machines only)."""
-    from pathlib import Path
-
     from piper.download_voices import download_voice
 
     cache = Path.home() / ".cache" / "voxline" / "piper"

@@ -24,7 +24,6 @@ from voxline.personas import Persona
 from voxline.transports.twilio_webhook import StreamTokens
 
 TWIML = "application/xml"
-BUSY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
 
 
 def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Runtime) -> FastAPI:
@@ -82,8 +81,6 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         url = line.public_url(str(request.base_url)) + request.url.path
         if request.url.query:
             url += "?" + request.url.query
-        if line.admission.full:
-            return Response(BUSY_TWIML, media_type=TWIML)
         try:
             twiml = line.answer_webhook(url, params, request.headers.get("X-Twilio-Signature", ""))
         except WebhookRejected as exc:

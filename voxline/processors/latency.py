@@ -22,7 +22,6 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -162,8 +161,6 @@ class LatencyTracer(BaseObserver):
                 self._pending.popleft()
         elif isinstance(frame, TranscriptionFrame):
             self._on_transcription(frame.text, now)
-        elif isinstance(frame, LLMFullResponseStartFrame):
-            pass
         elif isinstance(frame, LLMTextFrame):
             turn = self._turn
             if turn is not None and not turn.complete:

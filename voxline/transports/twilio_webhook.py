@@ -36,6 +36,13 @@ def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
     return str(response)
 
 
+def busy_twiml() -> str:
+    """TwiML that rejects the call with a busy signal (the server is at capacity)."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return str(response)
+
+
 def dial_twiml(number: str) -> str:
     """TwiML that transfers the live call to ``number``."""
     response = VoiceResponse()

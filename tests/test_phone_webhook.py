@@ -1,0 +1,79 @@
+"""The voice webhook's decisions: signature first, persona by number, busy at capacity."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import BANK_PERSONA
+from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.phone import PhoneLine, WebhookRejected
+from voxline.bot.runtime import Runtime
+from voxline.config import ServerConfig
+from voxline.personas import Persona, load_persona
+from voxline.transports.twilio_webhook import StreamTokens
+
+URL = "https://voice.example.com/twilio/voice"
+TOKEN = "webhook-test-token"
+
+
+@pytest.fixture
+def line(monkeypatch) -> PhoneLine:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    bank = load_persona(BANK_PERSONA)
+    other = Persona(name="other", prompt="You take restaurant bookings.")
+    return PhoneLine(
+        config=ServerConfig(),
+        runtime=Runtime(),
+        personas={bank.name: bank, other.name: other},
+        numbers={"+15550100009": "other"},
+        admission=Admission(max_calls=1),
+        tokens=StreamTokens(),
+    )
+
+
+def signed(params: dict[str, str]) -> str:
+    return RequestValidator(TOKEN).compute_signature(URL, params)
+
+
+def stream_parameters(twiml: str) -> dict[str, str]:
+    stream = ElementTree.fromstring(twiml).find("./Connect/Stream")
+    assert stream is not None and stream.get("url") == "wss://voice.example.com/twilio/stream"
+    return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+
+
+def test_persona_is_chosen_by_the_called_number(line):
+    params = {"CallSid": "CA1", "To": "+15550100009"}
+    assert stream_parameters(line.answer_webhook(URL, params, signed(params)))["persona"] == "other"
+    params = {"CallSid": "CA2", "To": "+15550000000"}
+    chosen = stream_parameters(line.answer_webhook(URL, params, signed(params)))
+    assert chosen["persona"] == "bank_support"  # the default
+    assert chosen["token"]
+
+
+async def test_busy_at_capacity_but_only_for_signed_requests(line):
+    params = {"CallSid": "CA3", "To": "+15550000000"}
+    async with line.admission.admit():
+        twiml = line.answer_webhook(URL, params, signed(params))
+        assert ElementTree.fromstring(twiml).find("./Reject").get("reason") == "busy"
+        with pytest.raises(WebhookRejected) as refused:
+            line.answer_webhook(URL, params, "forged")
+        assert refused.value.status == 403
+        with pytest.raises(CallRejected, match="busy: 1 of 1"):
+            async with line.admission.admit():
+                pass
+    assert line.admission.refused == 1
+
+
+def test_missing_call_sid_and_missing_auth_token(line, monkeypatch):
+    params = {"To": "+15550000000"}
+    with pytest.raises(WebhookRejected) as refused:
+        line.answer_webhook(URL, params, signed(params))
+    assert refused.value.status == 400
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN")
+    params = {"CallSid": "CA4"}
+    with pytest.raises(WebhookRejected) as refused:
+        line.answer_webhook(URL, params, signed(params))
+    assert refused.value.status == 403
