@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,13 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"voxline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+    if not os.environ.get("TWILIO_AUTH_TOKEN"):
+        print(
+            "voxline: warning: TWILIO_AUTH_TOKEN is not set: Twilio voice webhooks will be "
+            "refused with 403 (their signatures cannot be checked)",
+            file=sys.stderr,
+        )
 
     import uvicorn
 
