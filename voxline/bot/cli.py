@@ -180,6 +180,8 @@ def _print_turns(greeting: str, turns: list[dict], output: Path) -> None:
         print(f"\nturn {turn['turn']}")
         print(f"  caller: {turn['caller']}")
         print(f"  bot:    {turn['bot']}{'  [interrupted]' if turn['interrupted'] else ''}")
+        if turn.get("error"):
+            print(f"  error:  {turn['error']} (the caller heard the persona's apology)")
         latency = "  ".join(
             f"{name}={'-' if value is None else f'{value:.0f}ms'}"
             for name, value in turn["latency_ms"].items()

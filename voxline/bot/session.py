@@ -9,12 +9,14 @@ chunker); the expensive models are the Runtime's shared engines.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -66,6 +68,30 @@ def dtmf_processors(persona: Persona) -> list[FrameProcessor]:
             prefix=persona.dtmf.prefix,
         )
     ]
+
+
+APOLOGY_INTERVAL_SECS = 5.0
+
+
+def apologise_on_failure(
+    worker: PipelineWorker, persona: Persona, *, failing: tuple[FrameProcessor, ...]
+) -> None:
+    """When STT or the LLM fails, the caller hears the persona's apology and the call goes on.
+
+    At most one apology per few seconds, so a server that keeps failing does not
+    turn the call into a loop of apologies.
+    """
+    last = {"at": -APOLOGY_INTERVAL_SECS}
+
+    @worker.event_handler("on_pipeline_error")
+    async def _apologise(worker: PipelineWorker, frame: ErrorFrame) -> None:
+        if frame.processor not in failing:
+            return
+        logger.warning(f"{frame.processor} failed: {frame.error}; apologising to the caller")
+        now = time.monotonic()
+        if now - last["at"] >= APOLOGY_INTERVAL_SECS:
+            last["at"] = now
+            await worker.queue_frame(TTSSpeakFrame(persona.phrases.apology))
 
 
 def build_call(
@@ -163,6 +189,7 @@ def build_call(
         idle_timeout_secs=persona.limits.idle_timeout_secs,
         enable_rtvi=False,
     )
+    apologise_on_failure(worker, persona, failing=(stt, llm))
     if persona.greeting:
         greeting = persona.greeting
 

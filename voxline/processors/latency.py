@@ -20,6 +20,7 @@ from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
@@ -51,6 +52,7 @@ class TurnTrace:
     tts_first_audio: int | None = None
     audio_out: int | None = None
     llm_done: bool = False
+    error: str | None = None
     interrupted: bool = False
     complete: bool = False
 
@@ -76,6 +78,7 @@ class TurnTrace:
             "caller": self.caller_text,
             "bot": self.bot_text.strip(),
             "interrupted": self.interrupted,
+            "error": self.error,
             "latency_ms": self.latencies_ms(),
         }
 
@@ -144,6 +147,11 @@ class LatencyTracer(BaseObserver):
     async def on_push_frame(self, data: FramePushed):
         """Record the stage a frame marks."""
         frame, now = data.frame, data.timestamp
+        if isinstance(frame, ErrorFrame):
+            # The turn's answer is now the apology the session speaks for it.
+            if self._turn is not None and not self._turn.complete:
+                self._turn.error = frame.error
+            return
         if data.direction != FrameDirection.DOWNSTREAM:
             return
         if isinstance(frame, VADUserStartedSpeakingFrame):
@@ -178,7 +186,8 @@ class LatencyTracer(BaseObserver):
                 self._turn.llm_done = True
                 if not self._bot_speaking and self._turn.audio_out is None:
                     # A reply with nothing to say (empty text) is still a finished turn.
-                    self._complete_if_done(force=self._turn.first_chunk is None)
+                    failed = self._turn.error is not None
+                    self._complete_if_done(force=self._turn.first_chunk is None and not failed)
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
             if self._turn is not None and self._turn.audio_out is None and not self._turn.complete:
