@@ -26,9 +26,9 @@ from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
+from voxline.transports.levels import is_voiced
+
 FRAME_SECS = 0.02
-# A 20 ms frame louder than this (about -45 dBFS) counts as the caller's voice.
-VOICED_RMS = 32768 * 10 ** (-45 / 20)
 
 
 class AudioFileInput(BaseInputTransport):
@@ -82,7 +82,7 @@ class AudioFileInput(BaseInputTransport):
                 piece = audio[position : position + samples_per_frame]
                 position += samples_per_frame
                 chunk = piece.tobytes().ljust(samples_per_frame * 2, b"\0")
-                if float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) > VOICED_RMS:
+                if is_voiced(piece):
                     transport.note_voiced(self.get_clock().get_time())
             elif position >= audio.size:
                 after_end += 1

@@ -286,11 +286,3 @@ def twilio_params(serializer: TwilioMediaSerializer) -> FastAPIWebsocketParams:
         serializer=serializer,
         allowed_origins=[],
     )
-
-
-async def wait_first(*awaitables: Awaitable[object]) -> None:
-    """Wait until any of ``awaitables`` finishes, then cancel the rest."""
-    tasks = [asyncio.ensure_future(item) for item in awaitables]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()

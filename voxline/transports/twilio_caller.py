@@ -17,7 +17,6 @@ import base64
 import contextlib
 import json
 import secrets
-import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 
@@ -27,10 +26,11 @@ import soxr
 import websockets
 from twilio.request_validator import RequestValidator
 
+from voxline.transports.levels import is_voiced
+
 RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_SECS = FRAME_SAMPLES / RATE
-VOICED_RMS = 32768 * 10 ** (-45 / 20)
 REPLY_TIMEOUT_SECS = 30.0
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1}
 
@@ -69,25 +69,24 @@ class DialResult:
     close_code: int | None = None
 
 
-def _mulaw_frames(audio: np.ndarray, rate: int) -> list[bytes]:
+def _mulaw_frames(audio: np.ndarray, rate: int) -> list[tuple[bytes, bool]]:
+    """20 ms µ-law frames of the caller's words, each with whether it is voiced."""
     if not audio.size:
         return []
     samples = audio if rate == RATE else soxr.resample(audio, rate, RATE)
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     pad = (-pcm.size) % FRAME_SAMPLES
     pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
-    return [
-        audioop.lin2ulaw(pcm[i : i + FRAME_SAMPLES].tobytes(), 2)
-        for i in range(0, pcm.size, FRAME_SAMPLES)
-    ]
+    frames = (pcm[i : i + FRAME_SAMPLES] for i in range(0, pcm.size, FRAME_SAMPLES))
+    return [(audioop.lin2ulaw(frame.tobytes(), 2), is_voiced(frame)) for frame in frames]
 
 
 @dataclass
 class _Plan:
     """What the caller says: µ-law frames, and an optional barge-in."""
 
-    first: list[bytes]
-    second: list[bytes]
+    first: list[tuple[bytes, bool]]
+    second: list[tuple[bytes, bool]]
     second_after: float
     extra: list[str | bytes]
 
@@ -247,8 +246,7 @@ class TwilioCaller:
                         start = max(now, playhead)
                         playhead = start + pcm.size / RATE
                         played.append((start, pcm))
-                        voiced = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > VOICED_RMS
-                        if voiced:
+                        if is_voiced(pcm):
                             activity.set()
                             for turn in result.turns:
                                 if turn.bot_start is None and start >= turn.caller_end:
@@ -313,10 +311,9 @@ class TwilioCaller:
                     while not ready(clock()):
                         await tick(silence)
                     last_voiced: float | None = None
-                    for payload in frames:
+                    for payload, voiced in frames:
                         now = clock()
-                        pcm = np.frombuffer(audioop.ulaw2lin(payload, 2), dtype=np.int16)
-                        if float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > VOICED_RMS:
+                        if voiced:
                             if last_voiced is None or now - last_voiced > 0.5:
                                 result.speech_onsets.append(now)
                             last_voiced = now + FRAME_SECS
@@ -386,8 +383,3 @@ def _timeline(played: list[tuple[float, np.ndarray]]) -> np.ndarray:
         at = int(start * RATE)
         out[at : at + pcm.size] = pcm[: out.size - at]
     return out
-
-
-def now_ms() -> float:
-    """Wall-clock milliseconds, for logs."""
-    return time.time() * 1e3
