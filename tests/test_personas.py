@@ -146,3 +146,8 @@ def test_forced_tool_choice_must_be_a_listed_tool(tmp_path):
     message = load_error(write(tmp_path, text))
     assert "llm.tool_choice 'end_call' is not one of the persona's tools" in message
     assert load_persona(write(tmp_path, text + "tools: [end_call]\n")).llm.tool_choice == "end_call"
+
+
+def test_unavailable_tts_engine_is_refused_at_load(tmp_path):
+    message = load_error(write(tmp_path, VALID + "tts:\n  engine: orpheus\n"))
+    assert "tts.engine" in message and "'piper'" in message

@@ -114,9 +114,6 @@ def build_call(
         call_control: what the built-in tools do to the call (hang up, transfer);
             by default, ``end_call`` ends the pipeline after the goodbye.
     """
-    if persona.tts.engine != "piper":
-        raise NotImplementedError(f"TTS engine {persona.tts.engine!r} is not available yet")
-
     vad = VADProcessor(
         vad_analyzer=SileroVADAnalyzer(
             sample_rate=STT_SAMPLE_RATE,

@@ -22,7 +22,9 @@ class _Strict(BaseModel):
 class TTSSettings(_Strict):
     """Which TTS engine speaks for the persona, and with which voice."""
 
-    engine: Literal["piper", "orpheus"] = "piper"
+    engine: Literal["piper"] = Field(
+        default="piper", description="The TTS engine; Orpheus on vLLM is not available yet."
+    )
     voice: str = "en_US-joe-medium"
     base_url: str | None = Field(
         default=None, description="OpenAI-compatible completions server (Orpheus on vLLM)."
