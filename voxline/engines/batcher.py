@@ -13,6 +13,7 @@ No pipecat imports here: engines are usable and benchmarkable on their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -184,10 +185,8 @@ class MicroBatcher(Generic[Item, Result]):
             if len(self._queue) >= self.max_batch or due <= 0:
                 break
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=due)
-            except TimeoutError:
-                pass
         size = min(self.max_batch, len(self._queue))
         return [self._queue.popleft() for _ in range(size)]
 
