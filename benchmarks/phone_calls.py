@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import percentile, rss_mb  # noqa: E402
 from tests.servers import ServerProcess, start_voxline  # noqa: E402
 from tests.speech import caller_voice  # noqa: E402
 from voxline.engines.llm import free_port  # noqa: E402
@@ -41,32 +42,6 @@ QUESTIONS = [
     "My card was declined at the store, why?",
 ]
 TOKEN = "benchmark-token"
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the LLM server), in MB."""
-    total = 0
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().split()[3]) == pid:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError):
-                continue
-    for each in pids:
-        try:
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def place_calls(url: str, count: int) -> list[float | None]:

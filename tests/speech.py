@@ -65,3 +65,12 @@ def rms_dbfs(samples: np.ndarray) -> float:
         audio /= 32768.0
     rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
     return 20 * np.log10(max(rms, 1e-12))
+
+
+def speech_16k(text: str) -> np.ndarray:
+    """``text`` spoken by Piper as 16 kHz float32 samples, ready for Whisper."""
+    import soxr
+
+    voice = caller_voice()
+    pcm = np.frombuffer(voice.synthesize_all(text), dtype=np.int16).astype(np.float32) / 32768
+    return soxr.resample(pcm, voice.sample_rate, 16_000).astype(np.float32)

@@ -7,7 +7,6 @@ answers, Piper speaks the reply, and Whisper checks what the caller heard.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -44,12 +43,9 @@ def process_alive(pid: int) -> bool:
 
 def transcribe(audio: np.ndarray, rate: int) -> str:
     engine = WhisperEngine(resolve_whisper("tiny.en"))
-    try:
-        samples = audio.astype(np.float32) / 32768.0
-        samples = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
-        return asyncio.run(engine.transcribe(samples, language="en")).text
-    finally:
-        engine.close()
+    samples = audio.astype(np.float32) / 32768.0
+    samples = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+    return engine.transcribe_blocking(samples, language="en").text
 
 
 @pytest.mark.slow

@@ -111,11 +111,8 @@ def caller(phone: dict, **kwargs) -> TwilioCaller:
 
 def transcribe(audio: np.ndarray) -> str:
     engine = WhisperEngine(resolve_whisper("tiny.en"))
-    try:
-        samples = soxr.resample(audio.astype(np.float32) / 32768.0, RATE, SAMPLE_RATE)
-        return asyncio.run(engine.transcribe(samples.astype(np.float32), language="en")).text
-    finally:
-        engine.close()
+    samples = soxr.resample(audio.astype(np.float32) / 32768.0, RATE, SAMPLE_RATE)
+    return engine.transcribe_blocking(samples.astype(np.float32), language="en").text
 
 
 def call_log(server: ServerProcess, call_sid: str) -> dict[str, str]:

@@ -25,8 +25,18 @@ class WhisperConfig(_Strict):
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(default=1, ge=1)
-    num_workers: int = Field(default=2, ge=1)
+    cpu_threads: int = Field(default=1, ge=1, description="Threads inside one model run.")
+    num_workers: int = Field(default=2, ge=1, description="Model runs (batches) at once.")
+    max_batch: int = Field(default=8, ge=1, description="Utterances decoded in one run.")
+    max_wait_ms: float = Field(
+        default=10.0, ge=0, le=1000, description="How long an utterance waits for companions."
+    )
+    max_queue: int = Field(
+        default=64, ge=1, description="Waiting utterances beyond which new ones are refused."
+    )
+    min_window_secs: int = Field(
+        default=15, ge=1, le=30, description="Shortest encoder window; 30 is plain Whisper."
+    )
 
 
 class PiperConfig(_Strict):

@@ -30,13 +30,10 @@ def _transcribe_segments(heard: np.ndarray, cuts: list[float]) -> list[str]:
     engine = WhisperEngine(resolve_whisper("tiny.en"))
     bounds = [0.0, *cuts, heard.size / RATE]
     texts = []
-    try:
-        for start, end in itertools.pairwise(bounds):
-            piece = heard[int(start * RATE) : int(end * RATE)].astype(np.float32) / 32768.0
-            piece = soxr.resample(piece, RATE, SAMPLE_RATE).astype(np.float32)
-            texts.append(asyncio.run(engine.transcribe(piece, language="en")).text)
-    finally:
-        engine.close()
+    for start, end in itertools.pairwise(bounds):
+        piece = heard[int(start * RATE) : int(end * RATE)].astype(np.float32) / 32768.0
+        piece = soxr.resample(piece, RATE, SAMPLE_RATE).astype(np.float32)
+        texts.append(engine.transcribe_blocking(piece, language="en").text)
     return texts
 
 

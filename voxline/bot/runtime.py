@@ -68,6 +68,10 @@ class Runtime:
                 compute_type=settings.compute_type,
                 cpu_threads=settings.cpu_threads,
                 num_workers=settings.num_workers,
+                max_batch=settings.max_batch,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+                min_window_secs=settings.min_window_secs,
             )
             self._whisper[persona.stt.model].warm_up()
         if persona.tts.engine == "piper" and persona.tts.voice not in self._piper:
@@ -129,10 +133,12 @@ class Runtime:
         # Shielded so that a second Ctrl-C during shutdown still stops the servers.
         for server in servers:
             await asyncio.shield(server.stop())
-        engines = [*self._whisper.values(), *self._piper.values()]
+        whisper, piper = list(self._whisper.values()), list(self._piper.values())
         self._whisper, self._piper, self._endpoints = {}, {}, {}
-        for engine in engines:
-            engine.close()
+        for whisper_engine in whisper:
+            await whisper_engine.close()
+        for piper_engine in piper:
+            piper_engine.close()
 
 
 def _download_piper_voice(voice: str) -> PiperVoiceFiles:

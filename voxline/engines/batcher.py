@@ -107,6 +107,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._free_workers: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
@@ -142,7 +143,10 @@ class MicroBatcher(Generic[Item, Result]):
     async def close(self) -> None:
         """Refuse new work, fail queued items, let running batches finish."""
         self._closed = True
-        if self._dispatcher is not None:
+        if self._loop is not asyncio.get_running_loop():
+            self._queue.clear()
+            self._running = set()
+        elif self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         while self._queue:
@@ -154,6 +158,12 @@ class MicroBatcher(Generic[Item, Result]):
         self._executor.shutdown(wait=True)
 
     def _ensure_dispatcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A new event loop (asyncio.run called again): what the old one queued is gone.
+            self._loop, self._dispatcher = loop, None
+            self._queue.clear()
+            self._running = set()
         if self._dispatcher is None or self._dispatcher.done():
             self._arrived = asyncio.Event()
             self._free_workers = asyncio.Semaphore(self.workers)

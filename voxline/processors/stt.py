@@ -18,6 +18,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
+from voxline.engines.batcher import BatcherClosed, Overloaded
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.processors.frames import TranscriptionSkippedFrame
 
@@ -73,6 +74,9 @@ class SharedWhisperSTTService(SegmentedSTTService):
             )
         except ValueError as exc:
             yield ErrorFrame(f"utterance rejected: {exc}")
+            return
+        except (Overloaded, BatcherClosed) as exc:
+            yield ErrorFrame(f"speech recognition unavailable: {exc}")
             return
         finally:
             await self.stop_processing_metrics()

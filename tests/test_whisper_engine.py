@@ -1,0 +1,94 @@
+"""The shared Whisper engine: utterances of different calls decoded in one batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from speech import speech_16k, wer
+
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.models import resolve_whisper
+
+TEXTS = [
+    "I would like to check the balance of my savings account.",
+    "Please send the statement to my home address.",
+    "My card was declined at the grocery store this morning.",
+    "Can you tell me when the branch opens on Saturday?",
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = WhisperEngine(resolve_whisper("tiny.en"), max_batch=8, max_wait_ms=200)
+    yield engine
+    asyncio.run(engine.close())
+
+
+@pytest.fixture(scope="module")
+def utterances() -> list[np.ndarray]:
+    return [speech_16k(text) for text in TEXTS]
+
+
+def test_a_batch_of_four_calls_returns_each_caller_its_own_transcript(engine, utterances):
+    async def four_calls():
+        return await asyncio.gather(*(engine.transcribe(u) for u in utterances))
+
+    transcripts = asyncio.run(four_calls())
+    for text, transcript in zip(TEXTS, transcripts, strict=True):
+        assert wer(text, transcript.text) <= 0.2, (text, transcript.text)
+    assert [t.batch_size for t in transcripts] == [4, 4, 4, 4]
+    assert engine.batch_records[-1].size == 4
+
+
+def test_batched_and_one_at_a_time_transcripts_are_identical(engine, utterances):
+    async def together():
+        return await asyncio.gather(*(engine.transcribe(u) for u in utterances))
+
+    batched = [t.text for t in asyncio.run(together())]
+    alone = [engine.transcribe_blocking(u).text for u in utterances]
+    assert batched == alone
+
+
+def test_silence_and_white_noise_give_empty_text(engine):
+    silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    noise = np.random.default_rng(7).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+
+    async def both():
+        return await asyncio.gather(engine.transcribe(silence), engine.transcribe(noise))
+
+    quiet, hiss = asyncio.run(both())
+    assert quiet.text == "" and quiet.skipped == "silence"
+    assert hiss.text == "", hiss
+
+
+def test_bad_input_fails_only_its_own_caller(engine, utterances):
+    good = utterances[0]
+    long = np.concatenate([utterances[1]] * 2 + [np.zeros(60 * SAMPLE_RATE, np.float32)])
+    long = long[: 60 * SAMPLE_RATE]
+    nan = good.copy()
+    nan[100] = np.nan
+    inputs = [
+        good,
+        np.zeros(0, dtype=np.float32),
+        good[: int(0.05 * SAMPLE_RATE)],
+        long,
+        nan,
+        (good * 32767).astype(np.int16),
+        np.zeros(200 * SAMPLE_RATE, dtype=np.float32),
+        np.stack([good, good]),
+    ]
+
+    async def together():
+        return await asyncio.gather(*(engine.transcribe(x) for x in inputs), return_exceptions=True)
+
+    ok, empty, short, sixty, with_nan, ints, too_long, stereo = asyncio.run(together())
+    assert wer(TEXTS[0], ok.text) <= 0.2
+    assert empty.text == "" and short.text == "" and short.skipped == "too short"
+    # 60 s is two 30 s windows: both spoken sentences are heard.
+    assert wer(f"{TEXTS[1]} {TEXTS[1]}", sixty.text) <= 0.2, sixty.text
+    assert isinstance(with_nan, ValueError) and "NaN" in str(with_nan)
+    assert isinstance(ints, ValueError) and "dtype int16" in str(ints)
+    assert isinstance(too_long, ValueError) and "longer than" in str(too_long)
+    assert isinstance(stereo, ValueError) and "mono" in str(stereo)
