@@ -26,7 +26,9 @@ class WhisperConfig(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = Field(default=1, ge=1, description="Threads inside one model run.")
-    num_workers: int = Field(default=2, ge=1, description="Model runs (batches) at once.")
+    num_workers: int | None = Field(
+        default=None, ge=1, description="Model runs (batches) at once. Default: one per core."
+    )
     max_batch: int = Field(default=8, ge=1, description="Utterances decoded in one run.")
     max_wait_ms: float = Field(
         default=10.0, ge=0, le=1000, description="How long an utterance waits for companions."

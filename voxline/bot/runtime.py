@@ -11,6 +11,7 @@ an exception (use it as an ``async with`` block).
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from types import TracebackType
 
@@ -67,7 +68,7 @@ class Runtime:
                 device=settings.device,
                 compute_type=settings.compute_type,
                 cpu_threads=settings.cpu_threads,
-                num_workers=settings.num_workers,
+                num_workers=settings.num_workers or os.cpu_count() or 1,
                 max_batch=settings.max_batch,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
