@@ -54,6 +54,12 @@ class EmbeddedLLMConfig(_Strict):
     n_threads: int | None = Field(default=None, ge=1, description="Default: all cores.")
     n_ctx: int = Field(default=4096, ge=512)
     startup_timeout_secs: float = Field(default=120.0, gt=0)
+    max_concurrent: int = Field(
+        default=4, ge=1, description="Requests sent at once to each LLM server."
+    )
+    max_waiting: int = Field(
+        default=32, ge=0, description="Requests waiting for a slot before new ones are refused."
+    )
 
 
 class EnginesConfig(_Strict):

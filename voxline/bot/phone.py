@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import WebSocket
 from loguru import logger
@@ -126,9 +127,10 @@ class PhoneLine:
         stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         token = self.tokens.issue(persona.name, call_sid)
         logger.info(f"call {call_sid} to {params.get('To', '?')}: persona {persona.name}")
-        return connect_twiml(
-            f"{stream_url}/twilio/stream", {"persona": persona.name, "token": token}
-        )
+        parameters = {"persona": persona.name, "token": token}
+        if caller := params.get("From", ""):
+            parameters["caller"] = caller
+        return connect_twiml(f"{stream_url}/twilio/stream", parameters)
 
     async def serve_stream(self, websocket: WebSocket) -> None:
         """Run one call over an accepted media-stream websocket until it ends."""
@@ -200,6 +202,11 @@ class PhoneLine:
             tracer=tracer,
             out_sample_rate=TWILIO_RATE,
             call_control=control,
+            facts={
+                "Caller's number": info.custom_parameters.get("caller", ""),
+                "Call id": info.call_sid,
+                "Time (UTC)": datetime.now(UTC).strftime("%A %d %B %Y, %H:%M"),
+            },
         )
         control.worker = call.worker
         runner = WorkerRunner(handle_sigint=False)

@@ -17,8 +17,15 @@ from types import TracebackType
 
 from loguru import logger
 
+from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
-from voxline.engines.llm import LlamaCppServer, LLMEndpoint, check_endpoint, warm_prefix
+from voxline.engines.llm import (
+    LlamaCppServer,
+    LLMBackend,
+    LLMEndpoint,
+    check_endpoint,
+    warm_prefix,
+)
 from voxline.engines.piper import PiperEngine
 from voxline.engines.whisper import WhisperEngine
 from voxline.models import PiperVoiceFiles, resolve_llm_gguf, resolve_piper, resolve_whisper
@@ -37,7 +44,7 @@ class Runtime:
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}
         self._llm_servers: dict[str, LlamaCppServer] = {}
-        self._endpoints: dict[tuple[str | None, str], LLMEndpoint] = {}
+        self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
         self._lock = asyncio.Lock()
 
@@ -87,12 +94,37 @@ class Runtime:
 
     async def _prepare_llm(self, persona: Persona) -> None:
         key = (persona.llm.base_url, persona.llm.model)
-        if key not in self._endpoints:
-            self._endpoints[key] = await self._open_endpoint(persona)
-        if persona.name not in self._warmed:
-            seconds = await warm_prefix(self._endpoints[key], persona.system_prompt)
-            self._warmed.add(persona.name)
-            logger.info(f"persona {persona.name}: prompt prefix warmed in {seconds:.2f} s")
+        if key not in self._backends:
+            self._backends[key] = await self._open_backend(persona)
+        prefix = persona_prefix(persona)
+        if prefix.digest not in self._warmed:
+            # A new persona, or an edited one (another prompt or tools): its prefix
+            # is computed once now, not by its first caller.
+            seconds = await warm_prefix(
+                self._backends[key].endpoint, persona.system_prompt, tools=prefix.tools
+            )
+            self._warmed.add(prefix.digest)
+            logger.info(
+                f"persona {persona.name}: prompt prefix {prefix.digest[:12]} warmed in "
+                f"{seconds:.2f} s"
+            )
+
+    async def _open_backend(self, persona: Persona) -> LLMBackend:
+        settings = self.config.engines.llm
+        server: LlamaCppServer | None = None
+        if persona.llm.base_url:
+            endpoint = LLMEndpoint(base_url=persona.llm.base_url, model=persona.llm.model)
+            await check_endpoint(endpoint)
+        else:
+            endpoint = await self._open_endpoint(persona)
+            server = self._llm_servers[persona.llm.model]
+        return LLMBackend(
+            endpoint,
+            kind="llama_cpp" if server else "external",
+            max_concurrent=settings.max_concurrent,
+            max_waiting=settings.max_waiting,
+            prefix_counter=server.prefix_counters if server else None,
+        )
 
     async def _open_endpoint(self, persona: Persona) -> LLMEndpoint:
         """Check a configured server, or launch the embedded one for this model."""
@@ -119,9 +151,18 @@ class Runtime:
         """The shared Piper voice for ``persona`` (after :meth:`prepare`)."""
         return self._piper[persona.tts.voice]
 
+    def llm_backend(self, persona: Persona) -> LLMBackend:
+        """The shared LLM server (client and cap) for ``persona`` (after :meth:`prepare`)."""
+        return self._backends[(persona.llm.base_url, persona.llm.model)]
+
     def llm_endpoint(self, persona: Persona) -> LLMEndpoint:
         """Where ``persona``'s chat completions are served (after :meth:`prepare`)."""
-        return self._endpoints[(persona.llm.base_url, persona.llm.model)]
+        return self.llm_backend(persona).endpoint
+
+    @property
+    def llm_backends(self) -> list[LLMBackend]:
+        """Every LLM server in use, for metrics."""
+        return list(self._backends.values())
 
     @property
     def llm_server_pids(self) -> list[int]:
@@ -135,7 +176,10 @@ class Runtime:
         for server in servers:
             await asyncio.shield(server.stop())
         whisper, piper = list(self._whisper.values()), list(self._piper.values())
-        self._whisper, self._piper, self._endpoints = {}, {}, {}
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            await backend.close()
+        self._whisper, self._piper = {}, {}
         for whisper_engine in whisper:
             await whisper_engine.close()
         for piper_engine in piper:

@@ -102,6 +102,7 @@ def build_call(
     tracer: LatencyTracer,
     out_sample_rate: int,
     call_control: CallControl | None = None,
+    facts: dict[str, str] | None = None,
 ) -> Call:
     """Assemble the call's pipeline. ``runtime.prepare(persona)`` must have run.
 
@@ -113,6 +114,8 @@ def build_call(
         out_sample_rate: the transport's output audio rate.
         call_control: what the built-in tools do to the call (hang up, transfer);
             by default, ``end_call`` ends the pipeline after the goodbye.
+        facts: what the bot may know about this call (caller number, call id, time);
+            they follow the persona's cached prompt prefix.
     """
     vad = VADProcessor(
         vad_analyzer=SileroVADAnalyzer(
@@ -133,21 +136,19 @@ def build_call(
         # to finish the last word without paying for half a second of nothing.
         trailing_silence_secs=0.2,
     )
-    endpoint = runtime.llm_endpoint(persona)
+    backend = runtime.llm_backend(persona)
     llm = VoxlineLLMService(
+        backend=backend,
         api_key="not-needed",
-        base_url=endpoint.api_url,
+        base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(
-            model=endpoint.model,
+            model=backend.endpoint.model,
             temperature=persona.llm.temperature,
             max_tokens=persona.llm.max_tokens,
-            # First in every request and byte-identical for every call of the
-            # persona, so the server's prefix cache serves it.
-            system_instruction=persona.system_prompt,
         ),
     )
     control = call_control or PipelineCallControl(persona.phrases.goodbye)
-    context = persona_context(persona)
+    context = persona_context(persona, facts)
     register_tools(llm, persona, control)
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
         context,

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.adapters.llm.services.open_ai_adapter import OpenAILLMAdapter
 from pipecat.frames.frames import FunctionCallResultProperties, TTSSpeakFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
 from voxline.personas import Persona
+from voxline.processors.llm import INVALID_ARGUMENTS
 from voxline.tools.builtins import (
     BUILTINS,
     CallControl,
@@ -21,48 +28,142 @@ from voxline.tools.builtins import (
     parse_arguments,
     perform,
 )
+from voxline.tools.runner import ToolRunner
 
 
-def persona_context(persona: Persona) -> LLMContext:
-    """An empty conversation that offers the persona's tools to the LLM."""
+def persona_tool_schemas(persona: Persona) -> ToolsSchema | None:
+    """The persona's tools as pipecat describes them to the LLM, in the persona's order."""
     if not persona.tools:
-        return LLMContext()
-    schemas = [
-        FunctionSchema(
-            name=name,
-            description=BUILTINS[name].description,
-            properties=BUILTINS[name].parameters()["properties"],
-            required=BUILTINS[name].parameters()["required"],
+        return None
+    specs = persona.tool_specs
+    schemas = []
+    for name in persona.tools:
+        if name in BUILTINS:
+            description, parameters = BUILTINS[name].description, BUILTINS[name].parameters()
+        else:
+            spec = specs[name][0]
+            description, parameters = spec.description, spec.parameters
+        schemas.append(
+            FunctionSchema(
+                name=name,
+                description=description,
+                properties=parameters.get("properties", {}),
+                required=parameters.get("required", []),
+            )
         )
-        for name in persona.tools
-    ]
+    return ToolsSchema(standard_tools=schemas)
+
+
+def openai_tools(persona: Persona) -> list[dict[str, Any]]:
+    """The ``tools`` list every request of the persona sends, exactly as pipecat sends it."""
+    schemas = persona_tool_schemas(persona)
+    if schemas is None:
+        return []
+    return [dict(tool) for tool in OpenAILLMAdapter().to_provider_tools_format(schemas)]
+
+
+@dataclass(frozen=True)
+class PersonaPrefix:
+    """What every request of a persona starts with, and a digest that changes with it."""
+
+    system_prompt: str
+    tools: list[dict[str, Any]]
+    digest: str
+
+
+def persona_prefix(persona: Persona) -> PersonaPrefix:
+    """The persona's frozen request prefix: its system prompt and its tools."""
+    tools = openai_tools(persona)
+    rendered = json.dumps([persona.system_prompt, tools], sort_keys=True)
+    digest = hashlib.sha256(rendered.encode()).hexdigest()
+    return PersonaPrefix(persona.system_prompt, tools, digest)
+
+
+def call_facts(persona: Persona, facts: dict[str, str]) -> str:
+    """The per-call system message that follows the persona's cached prefix."""
+    lines = [f"{key}: {value}" for key, value in facts.items() if value]
+    return "Facts about this call:\n" + "\n".join(lines)
+
+
+def persona_context(persona: Persona, facts: dict[str, str] | None = None) -> LLMContext:
+    """A new conversation: the persona's frozen prefix, then this call's facts.
+
+    The first message (the system prompt) and the tools are byte-identical for
+    every call of the persona, so the LLM server's prefix cache serves them; what
+    differs per call (caller number, time, call id) comes after them.
+    """
+    messages: list[dict[str, Any]] = [{"role": "system", "content": persona.system_prompt}]
+    if facts:
+        messages.append({"role": "system", "content": call_facts(persona, facts)})
+    schemas = persona_tool_schemas(persona)
+    if schemas is None:
+        return LLMContext(messages=messages)
     choice = persona.llm.tool_choice
     tool_choice = (
         choice
         if choice in ("auto", "none", "required")
         else {"type": "function", "function": {"name": choice}}
     )
-    return LLMContext(tools=ToolsSchema(standard_tools=schemas), tool_choice=tool_choice)
+    return LLMContext(messages=messages, tools=schemas, tool_choice=tool_choice)
+
+
+async def run_with_filler(
+    work: Awaitable[dict[str, Any]], persona: Persona, speak: Callable[[str], Awaitable[None]]
+) -> dict[str, Any]:
+    """Await a tool; if it takes longer than ``filler_after_ms``, say the filler line."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=persona.filler_after_ms / 1000)
+        if not done:
+            await speak(persona.phrases.filler)
+        return await task
+    finally:
+        task.cancel()
 
 
 def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> None:
-    """Run each listed tool against the call's controls when the LLM calls it.
+    """Run each listed tool when the LLM calls it.
 
-    Bad arguments and refused actions go back to the LLM as error results, so it
-    can apologise; the call goes on.
+    Built-in tools act on the call through ``control``; YAML tools run their
+    Python or HTTP handler. Bad arguments, unknown tools, failing or slow
+    handlers and refused actions go back to the LLM as error results, so it can
+    apologise; the call goes on.
     """
 
     hang_ups: set[asyncio.Future] = set()
+    runners = {
+        name: ToolRunner(spec, base_dir) for name, (spec, base_dir) in persona.tool_specs.items()
+    }
 
     async def handler(params: FunctionCallParams) -> None:
         async def answer(result: dict, speak_again: bool) -> None:
             properties = FunctionCallResultProperties(run_llm=speak_again)
             await params.result_callback(result, properties=properties)
 
+        name, raw = params.function_name, params.arguments
+        if isinstance(raw, dict) and INVALID_ARGUMENTS in raw:
+            logger.warning(f"tool {name}: arguments {raw[INVALID_ARGUMENTS]}")
+            await answer({"error": f"invalid arguments for {name}: {raw[INVALID_ARGUMENTS]}"}, True)
+            return
+        if name in runners:
+
+            async def speak(text: str) -> None:
+                await params.llm.push_frame(TTSSpeakFrame(text))
+
+            result = await run_with_filler(runners[name].run(raw), persona, speak)
+            if "error" in result:
+                logger.warning(f"tool {name}: {result['error']}")
+            await answer(result, True)
+            return
+        if name not in persona.tools:
+            known = ", ".join(persona.tools)
+            logger.warning(f"LLM called unknown tool {name!r}")
+            await answer({"error": f"there is no tool {name!r}; the tools are {known}"}, True)
+            return
         try:
-            arguments = parse_arguments(params.function_name, params.arguments)
+            arguments = parse_arguments(name, raw)
         except ToolArgumentError as exc:
-            logger.warning(f"tool {params.function_name}: {exc}")
+            logger.warning(f"tool {name}: {exc}")
             await answer({"error": str(exc)}, True)
             return
         if isinstance(arguments, EndCallArguments):
@@ -80,10 +181,12 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
             await params.llm.push_frame(TTSSpeakFrame(persona.phrases.transfer))
         result = await perform(arguments, control, goodbye=persona.phrases.goodbye)
         if "error" in result:
-            logger.warning(f"tool {params.function_name}: {result['error']}")
+            logger.warning(f"tool {name}: {result['error']}")
         await answer(result, "error" in result)
 
     for name in persona.tools:
         # Synchronous tools (cancelled by a barge-in): asynchronous ones would make
         # pipecat add a note to the system prompt and break its cached prefix.
         llm.register_function(name, handler)
+    # Names the LLM invents reach the same handler, which answers with an error.
+    llm.register_function(None, handler)

@@ -12,40 +12,33 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from loguru import logger
 
+from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one import for callers)
+    ConcurrencyCap,
+    LLMBackend,
+    LLMBusy,
+    LLMEndpoint,
+)
+
 READY_MARKER = "Uvicorn running on"
+_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
+_PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
+# Verbose lines that would crowd the useful ones out of the error tail.
+_CHATTY = ("state_write_data", "Llama.save_state", "llama_perf_context_print")
 
 
 class LLMServerError(RuntimeError):
     """An LLM server could not be started or reached."""
-
-
-@dataclass(frozen=True)
-class LLMEndpoint:
-    """Where chat completions are served.
-
-    Attributes:
-        base_url: the server root, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
-        model: the model name to send in requests.
-    """
-
-    base_url: str
-    model: str
-
-    @property
-    def api_url(self) -> str:
-        """The OpenAI API root (``…/v1``)."""
-        return self.base_url.rstrip("/") + "/v1"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,11 +73,17 @@ async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
         )
 
 
-async def warm_prefix(endpoint: LLMEndpoint, system_prompt: str, timeout: float = 120.0) -> float:
+async def warm_prefix(
+    endpoint: LLMEndpoint,
+    system_prompt: str,
+    *,
+    tools: list[dict] | None = None,
+    timeout: float = 120.0,
+) -> float:
     """Compute a persona's system prompt once on the server so calls find it cached.
 
-    Sends a one-token request that starts with the same system message every
-    call sends. Returns the seconds it took (the cold prefix cost).
+    Sends a one-token request that starts with the same system message and
+    offers the same tools as every call does. Returns the seconds it took (the cold prefix cost).
 
     Raises:
         LLMServerError: the server failed the request.
@@ -99,6 +98,8 @@ async def warm_prefix(endpoint: LLMEndpoint, system_prompt: str, timeout: float 
         "max_tokens": 1,
         "temperature": 0.0,
     }
+    if tools:
+        body["tools"] = tools
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.post(endpoint.api_url + "/chat/completions", json=body)
@@ -141,6 +142,8 @@ class LlamaCppServer:
         self._process: asyncio.subprocess.Process | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._tail: deque[str] = deque(maxlen=20)
+        self.prompt_tokens_cached = 0
+        self.prompt_tokens_evaluated = 0
 
     @property
     def endpoint(self) -> LLMEndpoint:
@@ -166,7 +169,11 @@ class LlamaCppServer:
             # A new request must not end another call's reply that is still
             # streaming (the library's default does exactly that).
             "--interrupt_requests", "False",
-            "--verbose", "False",
+            # The RAM prompt cache restores a persona's evaluated prefix even after
+            # another persona's call used the model in between.
+            "--cache", "True",
+            # Verbose: the server logs how much of each prompt its cache served.
+            "--verbose", "True",
         ]  # fmt: skip
 
     async def start(self) -> LLMEndpoint:
@@ -220,8 +227,21 @@ class LlamaCppServer:
         assert self._process is not None and self._process.stdout is not None
         while line := await self._process.stdout.readline():
             text = line.decode(errors="replace").rstrip()
-            self._tail.append(text)
+            self._count_prompt_tokens(text)
+            if not text.startswith(_CHATTY):
+                self._tail.append(text)
             logger.trace(f"llama.cpp: {text}")
+
+    def _count_prompt_tokens(self, line: str) -> None:
+        if match := _PREFIX_HIT.search(line):
+            self.prompt_tokens_cached += int(match.group(1))
+        elif match := _PROMPT_EVAL.search(line):
+            self.prompt_tokens_evaluated += int(match.group(1))
+
+    async def prefix_counters(self) -> tuple[float, float]:
+        """(queried, hit) prompt tokens: every prompt token, and those its cache served."""
+        cached, evaluated = self.prompt_tokens_cached, self.prompt_tokens_evaluated
+        return float(cached + evaluated), float(cached)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop the server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""

@@ -12,7 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from voxline.tools.spec import ToolSpec
 
 
 class _Strict(BaseModel):
@@ -129,25 +139,42 @@ class Persona(_Strict):
     llm: LLMSettings = LLMSettings()
     stt: STTSettings = STTSettings()
     turn: TurnSettings = TurnSettings()
-    tools: list[str] = Field(default_factory=list)
+    tools_dir: Path = Field(
+        default=Path("../tools"),
+        validate_default=True,
+        description="Where `<name>.yaml` tool specs are found, relative to the persona file.",
+    )
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Built-in tools (end_call, transfer_call, send_dtmf) or tool spec names.",
+    )
     limits: CallLimits = CallLimits()
     phrases: Phrases = Phrases()
     filler_after_ms: int = Field(default=800, ge=0)
     dtmf: DTMFSettings = DTMFSettings()
 
+    _tool_specs: dict[str, tuple[ToolSpec, Path]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("tools_dir")
+    @classmethod
+    def _resolve_tools_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        base_dir = (info.context or {}).get("base_dir", Path.cwd())
+        return value if value.is_absolute() else (Path(base_dir) / value).resolve()
+
     @field_validator("tools")
     @classmethod
-    def _known_tools(cls, names: list[str]) -> list[str]:
-        from voxline.tools.builtins import BUILTINS, unknown_tools
-
-        if unknown := unknown_tools(names):
-            raise ValueError(
-                f"unknown tool(s) {', '.join(unknown)}: the built-in tools are "
-                f"{', '.join(BUILTINS)}"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError("a tool is listed twice")
+    def _tools_resolve(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"tool(s) listed twice: {', '.join(duplicates)}")
+        tools_dir = info.data.get("tools_dir")
+        if tools_dir is not None:
+            _load_tool_specs(names, tools_dir)
         return names
+
+    @model_validator(mode="after")
+    def _keep_tool_specs(self) -> Persona:
+        self._tool_specs = _load_tool_specs(self.tools, self.tools_dir)
+        return self
 
     @model_validator(mode="after")
     def _tool_choice_is_listed(self) -> Persona:
@@ -184,3 +211,38 @@ class Persona(_Strict):
     def system_prompt(self) -> str:
         """The system prompt text, stripped of surrounding whitespace."""
         return (self.prompt or "").strip()
+
+    @property
+    def tool_specs(self) -> dict[str, tuple[ToolSpec, Path]]:
+        """The persona's YAML-defined tools: name -> (spec, the spec's folder)."""
+        return dict(self._tool_specs)
+
+
+def _load_tool_specs(names: list[str], tools_dir: Path) -> dict[str, tuple[ToolSpec, Path]]:
+    """Load the spec of every listed tool that is not built in.
+
+    Raises:
+        ValueError: naming the tool and the spec file's own problem.
+    """
+    from voxline.tools.builtins import BUILTINS
+    from voxline.tools.spec import load_tool_spec
+    from voxline.yamlfile import ConfigError
+
+    specs: dict[str, tuple[ToolSpec, Path]] = {}
+    for name in names:
+        if name in BUILTINS:
+            continue
+        path = tools_dir / f"{name}.yaml"
+        if not path.is_file():
+            raise ValueError(
+                f"unknown tool {name!r}: it is not built in ({', '.join(BUILTINS)}) and "
+                f"{path} does not exist (write the tool spec there or set `tools_dir`)"
+            )
+        try:
+            spec = load_tool_spec(path)
+        except ConfigError as exc:
+            raise ValueError(f"tool {name!r}: {exc}") from None
+        if spec.name != name:
+            raise ValueError(f"tool {name!r}: {path} defines a tool named {spec.name!r}")
+        specs[name] = (spec, path.parent)
+    return specs

@@ -21,8 +21,11 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     ErrorFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -55,6 +58,9 @@ class TurnTrace:
     error: str | None = None
     interrupted: bool = False
     complete: bool = False
+    tool_calls: list[dict[str, object]] = field(default_factory=list)
+    tools_running: int = 0
+    follow_up_expected: bool = False
 
     def latencies_ms(self) -> dict[str, float | None]:
         """Each stage's duration in milliseconds (None where a stage did not happen)."""
@@ -79,6 +85,7 @@ class TurnTrace:
             "bot": self.bot_text.strip(),
             "interrupted": self.interrupted,
             "error": self.error,
+            "tools": self.tool_calls,
             "latency_ms": self.latencies_ms(),
         }
 
@@ -181,8 +188,18 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, TTSAudioRawFrame):
             if self._turn is not None and self._turn.tts_first_audio is None:
                 self._turn.tts_first_audio = now
+        elif isinstance(frame, FunctionCallsStartedFrame):
+            if self._turn is not None and not self._turn.complete:
+                self._turn.tools_running += len(frame.function_calls)
+        elif isinstance(frame, FunctionCallResultFrame):
+            self._on_tool_result(frame)
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            if self._turn is not None:
+                self._turn.follow_up_expected = False
         elif isinstance(frame, LLMFullResponseEndFrame):
             if self._turn is not None:
+                if self._turn.tools_running or self._turn.follow_up_expected:
+                    return  # the reply comes from the completion after the tool results
                 self._turn.llm_done = True
                 if not self._bot_speaking and self._turn.audio_out is None:
                     # A reply with nothing to say (empty text) is still a finished turn.
@@ -202,6 +219,23 @@ class LatencyTracer(BaseObserver):
             turn = self._speaking_turn()
             turn.interrupted = True
             self._finish(turn)
+        self._update_idle()
+
+    def _on_tool_result(self, frame: FunctionCallResultFrame) -> None:
+        turn = self._turn
+        if turn is None or turn.complete:
+            return
+        turn.tools_running = max(0, turn.tools_running - 1)
+        turn.tool_calls.append(
+            {"name": frame.function_name, "arguments": frame.arguments, "result": frame.result}
+        )
+        run_llm = frame.run_llm if frame.properties is None else frame.properties.run_llm
+        if run_llm is False:
+            if not turn.tools_running:
+                turn.llm_done = True
+                self._complete_if_done(force=not self._bot_speaking and turn.audio_out is None)
+        else:
+            turn.follow_up_expected = True
         self._update_idle()
 
     def _speaking_turn(self) -> TurnTrace | None:

@@ -1,44 +1,129 @@
-"""The call's LLM service: pipecat's OpenAI-compatible service, tolerant of llama.cpp's stream.
+"""The call's LLM service: pipecat's OpenAI-compatible service behind voxline's backend.
 
-llama.cpp's server repeats a tool call's function name in every streamed delta
-(OpenAI sends it once), and pipecat joins the pieces, so ``end_call`` arrived
-as ``end_callend_callend_call``. The stream is normalised here, for every
-server, before pipecat reads it.
+Every request first takes a slot from the shared :class:`~voxline.engines.llm.LLMBackend`
+(the per-server concurrency cap, with a bounded wait), and holds it until its
+stream closes. The stream is normalised for every server before pipecat reads it:
+
+* llama.cpp's server repeats a tool call's function name in every streamed delta
+  (OpenAI sends it once), which pipecat joined into ``end_callend_call…``;
+* a model may stream arguments that are not a JSON object (broken JSON, or vLLM's
+  hermes parser giving ``"12345"``), which pipecat drops silently, leaving the
+  caller in silence. They reach the tool handler marked as invalid instead, so the
+  LLM hears an error and can apologise.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import (
+    Choice,
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
 
+from voxline.engines.llm import LLMBackend
 
-class NamedOnceStream:
-    """Wraps a chunk stream so each tool call's name appears only in its first delta."""
+INVALID_ARGUMENTS = "_voxline_invalid_arguments"
+"""Key under which arguments that were not a JSON object reach the tool handler."""
 
-    def __init__(self, stream):
+
+def repair_arguments(raw: str) -> str:
+    """A JSON object for any streamed arguments: as is, ``{}``, or marked invalid."""
+    if not raw.strip():
+        return "{}"
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return json.dumps({INVALID_ARGUMENTS: f"not valid JSON: {raw[:200]}"})
+    if not isinstance(value, dict):
+        return json.dumps({INVALID_ARGUMENTS: f"not a JSON object: {raw[:200]}"})
+    return raw
+
+
+class ToolCallStream:
+    """Wraps a chunk stream: each tool call named once, its arguments given whole and valid.
+
+    Args:
+        stream: the server's chunk stream.
+        on_close: called once when the stream is closed (releases the backend slot).
+    """
+
+    def __init__(self, stream, on_close: Callable[[], Awaitable[None]] | None = None):
         self._stream = stream
+        self._on_close = on_close
         self._iterator: AsyncIterator[ChatCompletionChunk] | None = None
         self._named: set[int] = set()
+        self._arguments: dict[int, str] = {}
+        self._open_index: int | None = None
+        self._ready: deque[ChatCompletionChunk] = deque()
+        self._template: ChatCompletionChunk | None = None
+        self._finished = False
 
-    def __aiter__(self) -> NamedOnceStream:
+    def __aiter__(self) -> ToolCallStream:
         self._iterator = self._stream.__aiter__()
         return self
 
     async def __anext__(self) -> ChatCompletionChunk:
         assert self._iterator is not None
-        chunk = await self._iterator.__anext__()
+        while not self._ready:
+            if self._finished:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._iterator.__anext__()
+            except StopAsyncIteration:
+                self._finished = True
+                self._flush_arguments()
+                continue
+            self._take(chunk)
+        return self._ready.popleft()
+
+    def _take(self, chunk: ChatCompletionChunk) -> None:
+        self._template = self._template or chunk
         for choice in chunk.choices:
             for call in choice.delta.tool_calls or []:
-                if call.function is None or not call.function.name:
+                if self._open_index is not None and call.index != self._open_index:
+                    self._flush_arguments()
+                self._open_index = call.index
+                if call.function is None:
                     continue
-                if call.index in self._named:
-                    call.function.name = None
-                else:
-                    self._named.add(call.index)
-        return chunk
+                if call.function.name:
+                    if call.index in self._named:
+                        call.function.name = None
+                    else:
+                        self._named.add(call.index)
+                if call.function.arguments:
+                    self._arguments[call.index] = (
+                        self._arguments.get(call.index, "") + call.function.arguments
+                    )
+                    call.function.arguments = None
+        self._ready.append(chunk)
+
+    def _flush_arguments(self) -> None:
+        """Emit the open tool call's whole arguments, repaired, as one delta."""
+        index, self._open_index = self._open_index, None
+        if index is None or self._template is None:
+            return
+        arguments = repair_arguments(self._arguments.pop(index, ""))
+        call = ChoiceDeltaToolCall(
+            index=index, function=ChoiceDeltaToolCallFunction(arguments=arguments)
+        )
+        self._ready.append(
+            ChatCompletionChunk(
+                id=self._template.id,
+                created=self._template.created,
+                model=self._template.model,
+                object="chat.completion.chunk",
+                choices=[Choice(index=0, delta=ChoiceDelta(tool_calls=[call]))],
+            )
+        )
 
     async def aclose(self) -> None:
         """Close the underlying iterator (pipecat closes it on cancellation)."""
@@ -46,14 +131,54 @@ class NamedOnceStream:
             await self._iterator.aclose()
 
     async def close(self) -> None:
-        """Release the HTTP stream."""
-        if hasattr(self._stream, "close"):
-            await self._stream.close()
+        """Release the HTTP stream, which stops the server generating, and the slot."""
+        try:
+            if hasattr(self._stream, "close"):
+                await self._stream.close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                await on_close()
 
 
 class VoxlineLLMService(OpenAILLMService):
-    """pipecat's OpenAI-compatible LLM service with the stream normalised."""
+    """pipecat's OpenAI-compatible LLM service, capped by the backend, stream normalised.
+
+    Args:
+        backend: the shared server this call's requests go to (its concurrency cap).
+        **kwargs: passed to pipecat's ``OpenAILLMService``.
+    """
+
+    def __init__(self, *, backend: LLMBackend | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._backend = backend
+
+    def build_chat_completion_params(self, params_from_context) -> dict:
+        """A tool choice that names a tool forces it in answers to the caller only.
+
+        The completion that follows a tool's result must be free to speak, or a
+        forced choice would call the tool again, forever.
+        """
+        params = super().build_chat_completion_params(params_from_context)
+        messages = params.get("messages") or []
+        forced = isinstance(params.get("tool_choice"), dict)
+        if forced and messages and messages[-1].get("role") == "tool":
+            params["tool_choice"] = "auto"
+        return params
 
     async def get_chat_completions(self, context: LLMContext):
-        """Stream completions; each tool call's name is given once."""
-        return NamedOnceStream(await super().get_chat_completions(context))
+        """Take a backend slot, then stream; the slot is released when the stream closes."""
+        if self._backend is None:
+            return ToolCallStream(await super().get_chat_completions(context))
+        slot = self._backend.slot()
+        await slot.__aenter__()
+        try:
+            stream = await super().get_chat_completions(context)
+        except BaseException as exc:
+            await slot.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+        async def release() -> None:
+            await slot.__aexit__(None, None, None)
+
+        return ToolCallStream(stream, on_close=release)
