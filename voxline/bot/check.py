@@ -1,29 +1,57 @@
-"""``voxline check``: validate persona files before they reach a call."""
+"""``voxline check``: validate persona files and tool specs before they reach a call."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
+_TOOL_KEYS = {"python", "http", "parameters"}
 
 
 def check_paths(paths: list[Path]) -> int:
     """Validate each file; print ``ok`` or every problem (file, field, expectation).
 
+    A file with a ``python``, ``http`` or ``parameters`` key is a tool spec: its
+    schema must be valid JSON Schema and its handler must import. Anything else
+    is a persona: its tools must resolve to built-ins or valid specs.
+
     Returns:
         0 when every file is valid, 2 otherwise.
     """
     from voxline.personas import load_persona
-    from voxline.yamlfile import ConfigError
+    from voxline.tools.spec import load_tool_spec
+    from voxline.yamlfile import ConfigError, read_yaml
 
     failed = False
+    names: dict[str, Path] = {}
     for path in paths:
         try:
-            persona = load_persona(path)
+            document = read_yaml(path)
+            if isinstance(document, dict) and _TOOL_KEYS & document.keys():
+                spec = load_tool_spec(path)
+                if spec.name in names:
+                    raise ConfigError(
+                        path, [f"name: tool {spec.name!r} is also defined in {names[spec.name]}"]
+                    )
+                names[spec.name] = path
+                handler = spec.python or ""
+                if spec.http is not None:
+                    handler = f"{spec.http.method} {spec.http.url}"
+                    unset = [name for name in spec.http.env_names() if name not in os.environ]
+                    if unset:
+                        print(
+                            f"{path}: warning: http: {', '.join(unset)} not set in this "
+                            "environment; the tool fails until the server has them",
+                            file=sys.stderr,
+                        )
+                print(f"{path}: ok (tool {spec.name} -> {handler})")
+            else:
+                persona = load_persona(path)
+                tools = ", ".join(persona.tools) or "no tools"
+                print(f"{path}: ok (persona {persona.name}; {tools})")
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed = True
-        else:
-            print(f"{path}: ok (persona {persona.name})")
     return EXIT_BAD_INPUT if failed else EXIT_OK
