@@ -48,6 +48,10 @@ def repair_arguments(raw: str) -> str:
     return raw
 
 
+class EmptyCompletionError(RuntimeError):
+    """The server accepted the request and streamed nothing at all."""
+
+
 class ToolCallStream:
     """Wraps a chunk stream: each tool call named once, its arguments given whole and valid.
 
@@ -79,6 +83,12 @@ class ToolCallStream:
             try:
                 chunk = await self._iterator.__anext__()
             except StopAsyncIteration:
+                if self._template is None:
+                    # llama.cpp answers 200 and sends nothing when it fails to render
+                    # the prompt: silence the caller would otherwise get.
+                    raise EmptyCompletionError(
+                        "the LLM server ended the stream without a single chunk"
+                    ) from None
                 self._finished = True
                 self._flush_arguments()
                 continue
@@ -161,6 +171,11 @@ class VoxlineLLMService(OpenAILLMService):
         """
         params = super().build_chat_completion_params(params_from_context)
         messages = params.get("messages") or []
+        for message in messages:
+            # Chat templates (llama.cpp's jinja ones) read every message's content;
+            # an assistant message that only calls tools has none.
+            if isinstance(message, dict) and message.get("content") is None:
+                message["content"] = ""
         forced = isinstance(params.get("tool_choice"), dict)
         if forced and messages and messages[-1].get("role") == "tool":
             params["tool_choice"] = "auto"
