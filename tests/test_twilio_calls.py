@@ -170,8 +170,16 @@ def test_full_call(phone):
     assert "mark" in names and names.index("mark") > names.index("media")
 
     context = json.loads(call_log(server, dialer.call_sid)["context"])
-    assert context[0]["role"] == "assistant" and "Northwind" in context[0]["content"]
-    assert context[1]["role"] == "user"
+    facts = context[0]
+    assert facts["role"] == "system" and f"Call id: {dialer.call_sid}" in facts["content"]
+    assert context[1]["role"] == "assistant" and "Northwind" in context[1]["content"]
+    assert context[2]["role"] == "user"
+
+    metrics = httpx.get(phone["url"] + "/metrics", timeout=10).text
+    print(metrics)
+    assert "voxline_calls_active 0.0" in metrics
+    assert 'voxline_llm_prefix_cache_hit_ratio{kind="llama_cpp"' in metrics
+    assert "voxline_whisper_batch_size_mean" in metrics
 
 
 def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):

@@ -233,7 +233,9 @@ class PhoneLine:
                 f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
                 f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
             )
-            logger.info(f"call {info.call_sid} context {json.dumps(call.context.get_messages())}")
+            # The persona's own prompt is left out: it is the same in every call.
+            messages = call.context.get_messages()[1:]
+            logger.info(f"call {info.call_sid} context {json.dumps(messages)}")
 
     async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
         logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")

@@ -160,6 +160,11 @@ class Runtime:
         return self.llm_backend(persona).endpoint
 
     @property
+    def whisper_engines(self) -> dict[str, WhisperEngine]:
+        """Every loaded Whisper engine by model name, for metrics."""
+        return dict(self._whisper)
+
+    @property
     def llm_backends(self) -> list[LLMBackend]:
         """Every LLM server in use, for metrics."""
         return list(self._backends.values())

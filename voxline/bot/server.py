@@ -4,6 +4,7 @@ POST /twilio/voice     Twilio voice webhook (signed) -> TwiML <Connect><Stream>
 WS   /twilio/stream    Twilio media stream: one call
 GET  /health/live      the process is up
 GET  /health/ready     every persona's engines are loaded and its LLM answers
+GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 
 from voxline.bot.admission import Admission
+from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
@@ -73,6 +75,12 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             "max_calls": line.admission.max_calls,
         }
         return JSONResponse(body, status_code=200 if ready["value"] else 503)
+
+    registry = metrics_registry(runtime, line.admission)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(await render_metrics(runtime, registry), media_type=CONTENT_TYPE)
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
