@@ -95,7 +95,7 @@ def test_short_and_invalid_streams(decoder):
     assert OrpheusFrames().finish() == []
     with pytest.raises(ValueError, match="whole frames"):
         decoder.decode_blocking(np.zeros(5, dtype=np.int64))
-    with pytest.raises(ValueError, match="0..4095"):
+    with pytest.raises(ValueError, match=r"0\.\.4095"):
         decoder.decode_blocking(np.full(7, 4096))
 
 

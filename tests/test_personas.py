@@ -148,6 +148,14 @@ def test_forced_tool_choice_must_be_a_listed_tool(tmp_path):
     assert load_persona(write(tmp_path, text + "tools: [end_call]\n")).llm.tool_choice == "end_call"
 
 
-def test_unavailable_tts_engine_is_refused_at_load(tmp_path):
-    message = load_error(write(tmp_path, VALID + "tts:\n  engine: orpheus\n"))
-    assert "tts.engine" in message and "'piper'" in message
+def test_tts_engines_and_their_voices_are_checked_at_load(tmp_path):
+    message = load_error(write(tmp_path, VALID + "tts:\n  engine: espeak\n"))
+    assert "tts.engine" in message and "'piper' or 'orpheus'" in message
+    message = load_error(write(tmp_path, VALID + "tts:\n  engine: orpheus\n  voice: tara\n"))
+    assert "tts: " in message and "engine orpheus needs `base_url`" in message
+    orpheus = "tts:\n  engine: orpheus\n  base_url: http://127.0.0.1:8001\n  voice: bob\n"
+    message = load_error(write(tmp_path, VALID + orpheus))
+    assert "unknown Orpheus voice 'bob': choose one of tara, leah" in message
+    persona = load_persona(write(tmp_path, VALID + orpheus.replace("bob", "leo")))
+    assert persona.tts.voice == "leo" and persona.tts.temperature == 0.6
+    assert load_persona(write(tmp_path, VALID)).tts.voice == "en_US-joe-medium"

@@ -62,12 +62,26 @@ class EmbeddedLLMConfig(_Strict):
     )
 
 
+class SNACConfig(_Strict):
+    """The shared SNAC decoder behind Orpheus voices."""
+
+    model: str = Field(
+        default="hubertsiuzdak/snac_24khz",
+        description="Hugging Face name or local directory; random:SEED for tests (not speech).",
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_batch: int = Field(default=16, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    max_queue: int = Field(default=256, ge=1)
+
+
 class EnginesConfig(_Strict):
     """Settings of the engines shared by all calls."""
 
     whisper: WhisperConfig = WhisperConfig()
     piper: PiperConfig = PiperConfig()
     llm: EmbeddedLLMConfig = EmbeddedLLMConfig()
+    snac: SNACConfig = SNACConfig()
 
 
 class TwilioConfig(_Strict):

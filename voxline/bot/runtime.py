@@ -27,6 +27,7 @@ from voxline.engines.llm import (
     warm_prefix,
 )
 from voxline.engines.piper import PiperEngine
+from voxline.engines.snac import SNACDecoder, load_snac
 from voxline.engines.whisper import WhisperEngine
 from voxline.models import PiperVoiceFiles, resolve_llm_gguf, resolve_piper, resolve_whisper
 from voxline.personas import Persona
@@ -43,6 +44,7 @@ class Runtime:
         self.config = config or ServerConfig()
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}
+        self._snac: SNACDecoder | None = None
         self._llm_servers: dict[str, LlamaCppServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
@@ -60,10 +62,13 @@ class Runtime:
         await self.close()
 
     async def prepare(self, persona: Persona) -> None:
-        """Load (once) every engine ``persona`` needs, and start or check its LLM server."""
+        """Load (once) every engine ``persona`` needs, and start or check its servers."""
         async with self._lock:
             await asyncio.to_thread(self._load_local_engines, persona)
             await self._prepare_llm(persona)
+            if persona.tts.engine == "orpheus" and persona.tts.base_url:
+                # Fail at start, naming the URL, rather than in the first caller's ear.
+                await check_endpoint(LLMEndpoint(persona.tts.base_url, persona.tts.model))
 
     def _load_local_engines(self, persona: Persona) -> None:
         if persona.stt.model not in self._whisper:
@@ -82,6 +87,17 @@ class Runtime:
                 min_window_secs=settings.min_window_secs,
             )
             self._whisper[persona.stt.model].warm_up()
+        if persona.tts.engine == "orpheus" and self._snac is None:
+            settings = self.config.engines.snac
+            logger.info(f"loading SNAC decoder {settings.model} on {settings.device}")
+            self._snac = SNACDecoder(
+                load_snac(settings.model, device=settings.device),
+                device=settings.device,
+                max_batch=settings.max_batch,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+            )
+            self._snac.warm_up()
         if persona.tts.engine == "piper" and persona.tts.voice not in self._piper:
             files = resolve_piper(persona.tts.voice)
             if not isinstance(files, PiperVoiceFiles):
@@ -151,6 +167,12 @@ class Runtime:
         """The shared Piper voice for ``persona`` (after :meth:`prepare`)."""
         return self._piper[persona.tts.voice]
 
+    def snac(self) -> SNACDecoder:
+        """The shared SNAC decoder (after :meth:`prepare` of an Orpheus persona)."""
+        if self._snac is None:
+            raise RuntimeError("no Orpheus persona was prepared: the SNAC decoder is not loaded")
+        return self._snac
+
     def llm_backend(self, persona: Persona) -> LLMBackend:
         """The shared LLM server (client and cap) for ``persona`` (after :meth:`prepare`)."""
         return self._backends[(persona.llm.base_url, persona.llm.model)]
@@ -189,6 +211,9 @@ class Runtime:
             await whisper_engine.close()
         for piper_engine in piper:
             piper_engine.close()
+        snac, self._snac = self._snac, None
+        if snac is not None:
+            await snac.close()
 
 
 def _download_piper_voice(voice: str) -> PiperVoiceFiles:

@@ -27,6 +27,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
     SpeechTimeoutUserTurnStopStrategy,
@@ -36,12 +37,14 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
 from voxline.bot.tool_wiring import persona_context, register_tools
+from voxline.engines.orpheus import OrpheusSampling
 from voxline.personas import Persona
 from voxline.processors.chunker import ChunkerProcessor
 from voxline.processors.latency import LatencyTracer
 from voxline.processors.llm import VoxlineLLMService
 from voxline.processors.stt import SharedWhisperSTTService
 from voxline.processors.tts import SharedPiperTTSService
+from voxline.processors.tts_orpheus import OrpheusTTSService
 from voxline.tools.builtins import CallControl
 
 STT_SAMPLE_RATE = 16_000
@@ -68,6 +71,25 @@ def dtmf_processors(persona: Persona) -> list[FrameProcessor]:
             prefix=persona.dtmf.prefix,
         )
     ]
+
+
+def persona_tts(persona: Persona, runtime: Runtime) -> TTSService:
+    """The persona's voice: Piper on the shared voice, or Orpheus on the shared SNAC."""
+    if persona.tts.engine == "orpheus":
+        assert persona.tts.base_url is not None and persona.tts.voice is not None
+        return OrpheusTTSService(
+            decoder=runtime.snac(),
+            base_url=persona.tts.base_url,
+            model=persona.tts.model,
+            voice=persona.tts.voice,
+            sampling=OrpheusSampling(
+                temperature=persona.tts.temperature,
+                top_p=persona.tts.top_p,
+                repetition_penalty=persona.tts.repetition_penalty,
+                max_tokens=persona.tts.max_tokens,
+            ),
+        )
+    return SharedPiperTTSService(engine=runtime.piper(persona))
 
 
 APOLOGY_INTERVAL_SECS = 5.0
@@ -161,7 +183,7 @@ def build_call(
             user_idle_timeout=0,
         ),
     )
-    tts = SharedPiperTTSService(engine=runtime.piper(persona))
+    tts = persona_tts(persona, runtime)
     pipeline = Pipeline(
         [
             transport.input(),

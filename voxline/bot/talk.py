@@ -16,6 +16,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
+from voxline.engines.orpheus import SAMPLE_RATE as ORPHEUS_RATE
 from voxline.engines.piper import PiperEngine
 from voxline.models import PiperVoiceFiles, resolve_piper
 from voxline.personas import Persona
@@ -68,7 +69,7 @@ async def talk(
             of the caller's clip ending.
     """
     await runtime.prepare(persona)
-    out_rate = runtime.piper(persona).sample_rate
+    out_rate = runtime.piper(persona).sample_rate if persona.tts.engine == "piper" else ORPHEUS_RATE
     transport = AudioFileTransport(
         audio,
         sample_rate,

@@ -30,15 +30,44 @@ class _Strict(BaseModel):
 
 
 class TTSSettings(_Strict):
-    """Which TTS engine speaks for the persona, and with which voice."""
+    """Which TTS engine speaks for the persona, and with which voice.
 
-    engine: Literal["piper"] = Field(
-        default="piper", description="The TTS engine; Orpheus on vLLM is not available yet."
+    ``piper`` (embedded, offline) takes a Piper voice name; ``orpheus`` takes an
+    Orpheus voice and the completions server that serves the Orpheus model.
+    """
+
+    engine: Literal["piper", "orpheus"] = "piper"
+    voice: str | None = Field(
+        default=None, description="Piper voice (default en_US-joe-medium) or Orpheus voice."
     )
-    voice: str = "en_US-joe-medium"
     base_url: str | None = Field(
-        default=None, description="OpenAI-compatible completions server (Orpheus on vLLM)."
+        default=None,
+        pattern=r"^https?://",
+        description="OpenAI-compatible completions server (Orpheus on vLLM), no /v1.",
     )
+    model: str = Field(
+        default="canopylabs/orpheus-3b-0.1-ft", description="The served Orpheus model name."
+    )
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    max_tokens: int = Field(default=2048, ge=28, le=8192)
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> TTSSettings:
+        from voxline.engines.orpheus import VOICES
+
+        if self.engine == "piper":
+            if self.voice is None:
+                object.__setattr__(self, "voice", "en_US-joe-medium")
+            return self
+        if self.base_url is None:
+            raise ValueError("engine orpheus needs `base_url`: the server that serves Orpheus")
+        if self.voice not in VOICES:
+            raise ValueError(
+                f"unknown Orpheus voice {self.voice!r}: choose one of {', '.join(VOICES)}"
+            )
+        return self
 
 
 class LLMSettings(_Strict):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
+import numpy as np
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from voxline.engines.piper import PiperEngine
+from voxline.processors.resample import resample_utterance
 
 
 class SharedPiperTTSService(TTSService):
@@ -40,10 +42,11 @@ class SharedPiperTTSService(TTSService):
         """Synthesise ``text`` and yield its audio frames."""
         try:
             await self.start_tts_usage_metrics(text)
+            audio = resample_utterance(
+                _floats(self._engine.synthesize(text)), self._engine.sample_rate, self.sample_rate
+            )
             async for frame in self._stream_audio_frames_from_iterator(
-                self._engine.synthesize(text),
-                in_sample_rate=self._engine.sample_rate,
-                context_id=context_id,
+                audio, in_sample_rate=self.sample_rate, context_id=context_id
             ):
                 await self.stop_ttfb_metrics()
                 yield frame
@@ -52,3 +55,8 @@ class SharedPiperTTSService(TTSService):
             yield ErrorFrame(error=f"Piper synthesis failed: {exc}")
         finally:
             await self.stop_ttfb_metrics()
+
+
+async def _floats(pieces: AsyncIterator[bytes]) -> AsyncIterator[np.ndarray]:
+    async for piece in pieces:
+        yield np.frombuffer(piece, dtype=np.int16).astype(np.float32) / 32768

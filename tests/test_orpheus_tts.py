@@ -1,0 +1,188 @@
+"""The Orpheus TTS service in a pipecat pipeline, against a streaming completions server on
+loopback: audio frames, when the first one comes, cancellation, and failing servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from orpheus_server import OrpheusReplayServer, Replay
+from pipecat.frames.frames import (
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStoppedFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from voxline.engines.orpheus import CODES_PER_FRAME, SAMPLES_PER_FRAME
+from voxline.engines.snac import SNACDecoder, load_snac
+from voxline.processors.tts_orpheus import OrpheusTTSService
+
+OUT_RATE = 16_000
+
+
+def orpheus_tokens(frames: int, seed: int = 5) -> list[int]:
+    codes = np.random.default_rng(seed).integers(0, 4096, frames * CODES_PER_FRAME)
+    return [int(code) + 10 + (i % 7) * 4096 for i, code in enumerate(codes)] + [2]
+
+
+class Recorder(FrameProcessor):
+    """The end of the pipeline: keeps audio frames with their arrival time, and errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio: list[tuple[float, TTSAudioRawFrame]] = []
+        self.errors: list[ErrorFrame] = []
+        self.stopped = asyncio.Event()
+        self.first_audio = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame):
+            self.audio.append((time.perf_counter(), frame))
+            self.first_audio.set()
+        elif isinstance(frame, ErrorFrame):
+            self.errors.append(frame)
+            self.stopped.set()
+        elif isinstance(frame, TTSStoppedFrame):
+            self.stopped.set()
+        await self.push_frame(frame, direction)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return SNACDecoder(load_snac("random:3"), max_wait_ms=2)
+
+
+class Call:
+    """One pipeline: the Orpheus service and a recorder, running until closed."""
+
+    def __init__(self, decoder: SNACDecoder, server: OrpheusReplayServer, voice: str = "tara"):
+        self.recorder = Recorder()
+        self.tts = OrpheusTTSService(
+            decoder=decoder, base_url=server.url, model="orpheus", voice=voice
+        )
+        self.worker = PipelineWorker(
+            Pipeline([self.tts, self.recorder]),
+            params=PipelineParams(audio_out_sample_rate=OUT_RATE),
+            enable_rtvi=False,
+        )
+        self.runner = WorkerRunner(handle_sigint=False)
+        self.task: asyncio.Task | None = None
+
+        @self.worker.event_handler("on_pipeline_error")
+        async def _error(worker: PipelineWorker, frame: ErrorFrame) -> None:
+            self.recorder.errors.append(frame)
+            self.recorder.stopped.set()
+
+    async def __aenter__(self) -> Call:
+        await self.runner.add_workers(self.worker)
+        self.task = asyncio.create_task(self.runner.run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.worker.queue_frame(EndFrame())
+        await asyncio.wait_for(self.task, 20)
+
+    async def say(self, text: str) -> None:
+        await self.worker.queue_frame(TTSSpeakFrame(text))
+
+    def samples(self) -> int:
+        return sum(len(frame.audio) // 2 for _, frame in self.recorder.audio)
+
+
+async def serve(replay: Replay) -> OrpheusReplayServer:
+    return await OrpheusReplayServer(replay).start()
+
+
+async def test_audio_starts_at_the_28th_token_and_every_frame_is_heard(decoder):
+    frames = 10
+    server = await serve(Replay(orpheus_tokens(frames), tokens_per_sec=10))
+    try:
+        async with Call(decoder, server) as call:
+            await call.say("Your balance is one thousand two hundred dollars.")
+            await asyncio.wait_for(call.recorder.stopped.wait(), 30)
+            first_audio = call.recorder.audio[0][0]
+            sent = server.replay.sent_at
+            before = sum(1 for at in sent if at <= first_audio)
+            print(f"\nfirst audio after {before} tokens had been sent")
+            assert before >= 28, "audio came before 4 frames of codes existed"
+            assert before < 35, "the first window was not decoded at the 28th token"
+            assert call.recorder.errors == []
+        # Counted after the pipeline ended: every frame of the utterance was delivered.
+        expected = frames * SAMPLES_PER_FRAME * OUT_RATE // 24_000
+        assert abs(call.samples() - expected) <= 2 * OUT_RATE // 100, call.samples()
+        request = server.replay.requests[0]
+        assert request["prompt"].startswith("<custom_token_3><|begin_of_text|>tara: Your balance")
+        assert request["stream"] is True and request["stop_token_ids"] == [128258]
+    finally:
+        await server.stop()
+
+
+async def test_an_interruption_cancels_the_stream_on_the_server(decoder):
+    server = await serve(Replay(orpheus_tokens(400), tokens_per_sec=100))
+    try:
+        async with Call(decoder, server) as call:
+            await call.say("A very long answer that the caller interrupts.")
+            await asyncio.wait_for(call.recorder.first_audio.wait(), 30)
+            await call.worker.queue_frame(InterruptionFrame())
+            await asyncio.wait_for(server.replay.client_gone.wait(), 5)
+            sent = len(server.replay.sent_at)
+            assert sent < len(server.replay.tokens) - 100, "the server kept generating"
+            assert not server.replay.finished.is_set()
+            # The call goes on: the next reply is spoken.
+            server.replay.tokens = orpheus_tokens(5)
+            call.recorder.first_audio.clear()
+            await call.say("Sorry, go ahead.")
+            await asyncio.wait_for(call.recorder.first_audio.wait(), 30)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "tokens", "expected"),
+    [
+        ("http_error", orpheus_tokens(6), "answered HTTP 500: CUDA out of memory"),
+        ("close_mid", orpheus_tokens(20), "Orpheus stream from"),
+        ("not_json", orpheus_tokens(6), "an event that is not JSON"),
+        ("ok", [10 + 4096 * 9] * 40 + [2], "the stream held no audio tokens"),
+    ],
+)
+async def test_failing_servers_end_the_turn_with_an_error_and_the_call_goes_on(
+    decoder, mode, tokens, expected
+):
+    server = await serve(Replay(tokens, mode=mode))
+    try:
+        async with Call(decoder, server) as call:
+            await call.say("Hello there.")
+            await asyncio.wait_for(call.recorder.stopped.wait(), 30)
+            assert call.recorder.errors, "no error was reported"
+            assert expected in call.recorder.errors[0].error
+            server.replay.mode, server.replay.tokens = "ok", orpheus_tokens(5)
+            call.recorder.first_audio.clear()
+            await call.say("Still here.")
+            await asyncio.wait_for(call.recorder.first_audio.wait(), 30)  # the next turn speaks
+    finally:
+        await server.stop()
+
+
+async def test_a_stream_shorter_than_one_window_is_still_spoken(decoder):
+    server = await serve(Replay(orpheus_tokens(2)))
+    try:
+        async with Call(decoder, server) as call:
+            await call.say("Hi.")
+            await asyncio.wait_for(call.recorder.stopped.wait(), 30)
+            assert call.recorder.errors == []
+        expected = 2 * SAMPLES_PER_FRAME * OUT_RATE // 24_000
+        assert abs(call.samples() - expected) <= OUT_RATE // 100
+    finally:
+        await server.stop()
