@@ -192,7 +192,11 @@ def build_call(
             *dtmf_processors(persona),
             user_aggregator,
             llm,
-            ChunkerProcessor(),
+            ChunkerProcessor(
+                min_first_words=persona.chunking.min_first_words,
+                max_wait_ms=persona.chunking.max_wait_ms,
+                max_chars=persona.chunking.max_chars,
+            ),
             tts,
             transport.output(),
             assistant_aggregator,

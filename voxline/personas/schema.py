@@ -125,6 +125,16 @@ class TurnSettings(_Strict):
         return self
 
 
+class ChunkingSettings(_Strict):
+    """How the LLM's reply is cut for TTS (docs/tts.md)."""
+
+    min_first_words: int = Field(default=4, ge=1, le=20)
+    max_wait_ms: float = Field(
+        default=400, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
+    )
+    max_chars: int = Field(default=250, ge=40, le=2000)
+
+
 class CallLimits(_Strict):
     """Bounds on one call."""
 
@@ -168,6 +178,7 @@ class Persona(_Strict):
     llm: LLMSettings = LLMSettings()
     stt: STTSettings = STTSettings()
     turn: TurnSettings = TurnSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
     tools_dir: Path = Field(
         default=Path("../tools"),
         validate_default=True,

@@ -2,14 +2,17 @@
 
 The first chunk of a reply goes to TTS at its first clause boundary (``,`` ``;``
 ``:`` or a dash) once it holds ``min_first_words`` words, or at its first sentence
-end, whichever comes first: the caller hears the bot after a few words instead of
-a whole sentence. Later chunks are whole sentences, which sound more natural.
-Sentence ends inside abbreviations (Dr., e.g.), numbers ($3.50, 1,200) and
-times (10:30) are not boundaries.
+end, or when ``max_wait_ms`` pass without either — whichever comes first: the
+caller hears the bot after a few words instead of a whole sentence. Later chunks
+are whole sentences (or lines of a list), at most ``max_chars`` long, which sound
+more natural. Sentence ends inside abbreviations (Dr., e.g., U.S.), numbers
+($3.50, 1,200), times (10:30), e-mail addresses and URLs are not boundaries, and
+markdown, list bullets and emoji are removed: a voice must not read them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from pipecat.frames.frames import (
@@ -32,12 +35,20 @@ ABBREVIATIONS = frozenset(
 )
 SENTENCE_END = ".!?"
 CLAUSE_END = ",;:"
-CLOSERS = "\"')]}»”’"
-MARKDOWN = re.compile(r"[*_#`~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
+CLOSERS = "\"')]}»”’*_`~"
+MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+MARKDOWN = re.compile(
+    r"\*{1,3}|`+|~~|__|^[ \t]*#{1,6}[ \t]+|^[ \t]*>[ \t]?|^[ \t]*(?:[-•+]|\d+[.)])[ \t]+",
+    re.MULTILINE,
+)
+EMOJI = re.compile("[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d]+")
+LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+$")
 
 
 def clean_for_speech(text: str) -> str:
-    """Remove markdown a voice must not read, and fold white space."""
+    """Remove markdown, bullets and emoji a voice must not read, and fold white space."""
+    text = MARKDOWN_LINK.sub(r"\1", text)
+    text = EMOJI.sub(" ", text)
     return " ".join(MARKDOWN.sub(" ", text).split())
 
 
@@ -50,6 +61,8 @@ class SentenceChunker:
     """
 
     def __init__(self, *, min_first_words: int = 4, max_chars: int = 250):
+        if min_first_words < 1 or max_chars < 20:
+            raise ValueError("min_first_words must be >= 1 and max_chars >= 20")
         self.min_first_words = min_first_words
         self.max_chars = max_chars
         self._buffer = ""
@@ -72,6 +85,25 @@ class SentenceChunker:
                 self._first = False
         return chunks
 
+    @property
+    def waiting_for_first(self) -> bool:
+        """Whether the reply has text but its first chunk has not gone out yet."""
+        return self._first and bool(self._buffer.strip())
+
+    def take_first_words(self) -> str | None:
+        """The first chunk now, up to the last whole word (``max_wait_ms`` passed)."""
+        if not self.waiting_for_first:
+            return None
+        space = max(self._buffer.rfind(" "), self._buffer.rfind("\n"))
+        if space <= 0:
+            return None
+        chunk = clean_for_speech(self._buffer[:space])
+        self._buffer = self._buffer[space:]
+        if not chunk:
+            return None
+        self._first = False
+        return chunk
+
     def flush(self) -> str | None:
         """The rest of the reply, at its end; the chunker is then ready for the next one."""
         rest = clean_for_speech(self._buffer)
@@ -81,7 +113,10 @@ class SentenceChunker:
     def _next_cut(self) -> int | None:
         """Index just past the next chunk's end, or None if no chunk is complete yet."""
         text = self._buffer
-        for i, char in enumerate(text):
+        for i in range(min(len(text), self.max_chars)):
+            char = text[i]
+            if char == "\n" and text[:i].strip():
+                return i + 1  # a line of a list or a paragraph is a chunk of its own
             end = i + 1
             while end < len(text) and text[end] in CLOSERS:
                 end += 1
@@ -89,6 +124,8 @@ class SentenceChunker:
                 # A boundary needs the character after it: "3." may become "3.50".
                 continue
             if char in SENTENCE_END and not self._is_abbreviation(text, i):
+                if char == "." and LIST_MARKER.search(text[:i]):
+                    continue  # "2." that numbers a list item
                 return end
             is_clause_end = char in CLAUSE_END or _is_dash(text, i)
             if self._first and is_clause_end and len(text[:i].split()) >= self.min_first_words:
@@ -118,27 +155,59 @@ class ChunkerProcessor(FrameProcessor):
     """Turns streamed ``LLMTextFrame``s into ``AggregatedTextFrame`` chunks for TTS.
 
     Sits between the LLM and the TTS service; TTS speaks each chunk as it comes.
-    A new reply or an interruption resets it; the end of a reply flushes it.
+    A new reply or an interruption resets it; the end of a reply flushes it. If
+    the first chunk has no boundary ``max_wait_ms`` after the reply's first token,
+    the words so far go out as the first chunk.
 
     Args:
         min_first_words: words the first chunk needs before a clause boundary ends it.
+        max_wait_ms: the longest the first chunk waits for a boundary.
+        max_chars: the longest chunk.
     """
 
-    def __init__(self, *, min_first_words: int = 4, **kwargs):
+    def __init__(
+        self, *, min_first_words: int = 4, max_wait_ms: float = 400, max_chars: int = 250, **kwargs
+    ):
         super().__init__(**kwargs)
-        self._chunker = SentenceChunker(min_first_words=min_first_words)
+        self._chunker = SentenceChunker(min_first_words=min_first_words, max_chars=max_chars)
+        self._max_wait_secs = max_wait_ms / 1000
+        self._deadline: asyncio.Task[None] | None = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Chunk LLM text; pass every other frame through."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMTextFrame) and not frame.skip_tts:
-            for chunk in self._chunker.push(frame.text):
+            chunks = self._chunker.push(frame.text)
+            if chunks:
+                self._cancel_deadline()
+            elif self._chunker.waiting_for_first and self._deadline is None:
+                self._deadline = self.create_task(self._first_chunk_deadline())
+            for chunk in chunks:
                 await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
             return
         if isinstance(frame, LLMFullResponseEndFrame):
+            self._cancel_deadline()
             rest = self._chunker.flush()
             if rest:
                 await self.push_frame(AggregatedTextFrame(rest, TextType.SENTENCE))
         elif isinstance(frame, (LLMFullResponseStartFrame, InterruptionFrame)):
+            self._cancel_deadline()
             self._chunker.reset()
         await self.push_frame(frame, direction)
+
+    async def _first_chunk_deadline(self) -> None:
+        await asyncio.sleep(self._max_wait_secs)  # a deadline, not synchronisation
+        self._deadline = None
+        chunk = self._chunker.take_first_words()
+        if chunk:
+            await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    async def cleanup(self) -> None:
+        """Stop the first-chunk timer with the pipeline."""
+        self._cancel_deadline()
+        await super().cleanup()

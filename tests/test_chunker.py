@@ -1,0 +1,212 @@
+# ruff: noqa: E501  (the table reads best one case to a line)
+"""The chunker: where a streamed reply is cut for TTS, and what a voice must not read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    EndFrame,
+    Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from voxline.processors.chunker import ChunkerProcessor, SentenceChunker
+
+LONG = " ".join(["word"] * 80)
+
+CASES: list[tuple[str, list[str]]] = [
+    # first chunk: a clause once it has four words, or a sentence
+    (
+        "Sure, I can help with that, just a moment.",
+        ["Sure, I can help with that,", "just a moment."],
+    ),
+    ("Yes. Your card is blocked now.", ["Yes.", "Your card is blocked now."]),
+    ("Okay, sure, no problem.", ["Okay, sure, no problem."]),
+    (
+        "Your balance is fine; nothing is due this month.",
+        ["Your balance is fine;", "nothing is due this month."],
+    ),
+    (
+        "Here is what I found: two payments yesterday.",
+        ["Here is what I found:", "two payments yesterday."],
+    ),
+    (
+        "Let me be clear — the branch is closed today.",
+        ["Let me be clear —", "the branch is closed today."],
+    ),
+    ("I checked it for you - the card works now.", ["I checked it for you -", "the card works now."]),
+    ("Wait, what? Really!", ["Wait, what?", "Really!"]),
+    # later chunks are whole sentences, not clauses
+    (
+        "Hello. First, second, third, fourth, fifth. Done.",
+        ["Hello.", "First, second, third, fourth, fifth.", "Done."],
+    ),
+    # abbreviations and initials
+    ("Dr. Smith will call you at noon today.", ["Dr. Smith will call you at noon today."]),
+    ("Mr. and Mrs. Lee are both on the account.", ["Mr. and Mrs. Lee are both on the account."]),
+    (
+        "Bring an ID, e.g. a passport, to the branch.",
+        ["Bring an ID, e.g. a passport,", "to the branch."],
+    ),
+    (
+        "That is, i.e. the savings account, the one.",
+        ["That is, i.e. the savings account,", "the one."],
+    ),
+    ("We only ship in the U.S. at the moment.", ["We only ship in the U.S. at the moment."]),
+    ("Ask J. Smith at the desk.", ["Ask J. Smith at the desk."]),
+    ("It opens at 9 a.m. on weekdays.", ["It opens at 9 a.m. on weekdays."]),
+    ("We sell pens, paper, ink etc. at the shop.", ["We sell pens, paper,", "ink etc. at the shop."]),
+    ("Our office is at 12 Main St. in town.", ["Our office is at 12 Main St. in town."]),
+    # numbers, money, times
+    ("The fee is $3.50 per month. That is all.", ["The fee is $3.50 per month.", "That is all."]),
+    (
+        "You have 1,200 points and 3.5 percent interest.",
+        ["You have 1,200 points and 3.5 percent interest."],
+    ),
+    ("It costs €1,234.56 in total.", ["It costs €1,234.56 in total."]),
+    ("The rate went from 3.9 to 4.2. Good news.", ["The rate went from 3.9 to 4.2.", "Good news."]),
+    ("We open at 10:30 and close at 17:00 sharp.", ["We open at 10:30 and close at 17:00 sharp."]),
+    ("Call 555-1234 any time.", ["Call 555-1234 any time."]),
+    ("Version 2.0.1 fixed it.", ["Version 2.0.1 fixed it."]),
+    # e-mail addresses and URLs
+    (
+        "Write to help.desk@northwind.example.com today.",
+        ["Write to help.desk@northwind.example.com today."],
+    ),
+    (
+        "Visit www.northwind.example.com/cards for details.",
+        ["Visit www.northwind.example.com/cards for details."],
+    ),
+    (
+        "See https://example.com/a.b?x=1. It has the form.",
+        ["See https://example.com/a.b?x=1.", "It has the form."],
+    ),
+    # quotes and brackets stay with their sentence
+    ('He said "call me." Then he left.', ['He said "call me."', "Then he left."]),
+    ("Your card (the blue one.) is blocked.", ["Your card (the blue one.)", "is blocked."]),
+    # markdown, lists, emoji
+    ("**Good news!** Your refund is on its way.", ["Good news!", "Your refund is on its way."]),
+    ("Use `reset` to start over.", ["Use reset to start over."]),
+    ("Read [our guide](https://example.com/guide) first.", ["Read our guide first."]),
+    ("## Options\n- Savings\n- Checking\n", ["Options", "Savings", "Checking"]),
+    (
+        "You can pick:\n1. Savings at 4%.\n2. Checking, no fee.\n",
+        ["You can pick:", "Savings at 4%.", "Checking, no fee."],
+    ),
+    ("* first item\n* second item\n", ["first item", "second item"]),
+    ("Great news 🎉 your card is on its way 🚚.", ["Great news your card is on its way ."]),
+    ("> Quoted line here.", ["Quoted line here."]),
+    ("~~old~~ new price", ["old new price"]),
+    # very long text without punctuation is cut at a space before max_chars
+    (LONG, [" ".join(["word"] * 50), " ".join(["word"] * 30)]),
+    # nothing to say
+    ("", []),
+    ("   \n  ", []),
+    ("🙂", []),
+    ("**", []),
+]
+
+
+def chunks_of(text: str, pieces: list[str]) -> list[str]:
+    chunker = SentenceChunker(min_first_words=4, max_chars=250)
+    out: list[str] = []
+    for piece in pieces:
+        out.extend(chunker.push(piece))
+    rest = chunker.flush()
+    return out + ([rest] if rest else [])
+
+
+def words(text: str) -> list[str]:
+    """Split the way an LLM streams: each word with its leading space."""
+    return [piece for piece in text.replace(" ", "\0 ").split("\0") if piece]
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES, ids=[c[0][:40] for c in CASES])
+def test_chunks(text: str, expected: list[str]):
+    assert chunks_of(text, [text]) == expected
+    assert chunks_of(text, words(text)) == expected
+    assert chunks_of(text, list(text)) == expected, "one character at a time"
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 40
+
+
+VOCABULARY = ["Sure,", "the", "fee", "is", "$3.50.", "Dr.", "Lee", "said:", "e.g.", "10:30",
+              "U.S.", "call", "help@x.com", "now!", "—", "really?", "1,200", "**ok**", "\n-",
+              "item", "🎉", "www.a.com/b."]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tokens=st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30),
+)
+def test_any_token_boundaries_give_the_same_chunks(tokens: list[str], cuts: list[int]):
+    text = " ".join(tokens)
+    points = sorted({c for c in cuts if 0 < c < len(text)})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    assert chunks_of(text, pieces) == chunks_of(text, [text]) == chunks_of(text, list(text))
+
+
+def test_take_first_words_and_reset():
+    chunker = SentenceChunker()
+    assert chunker.take_first_words() is None
+    chunker.push("Let me look that up for")
+    assert chunker.waiting_for_first
+    assert chunker.take_first_words() == "Let me look that up"
+    assert not chunker.waiting_for_first
+    assert chunker.push(" you, okay. Next one.") == ["for you, okay."]
+    chunker.reset()
+    assert chunker.push("One, two, three, four, five.") == ["One, two, three, four,"]
+    assert chunker.flush() == "five."
+
+
+class Collect(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[tuple[float, str]] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, AggregatedTextFrame):
+            self.chunks.append((time.perf_counter(), frame.text))
+        await self.push_frame(frame, direction)
+
+
+async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
+    collect = Collect()
+    worker = PipelineWorker(
+        Pipeline([ChunkerProcessor(max_wait_ms=200), collect]),
+        params=PipelineParams(),
+        enable_rtvi=False,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await worker.queue_frame(LLMFullResponseStartFrame())
+    started = time.perf_counter()
+    for token in ["Well", " let", " me", " think", " about"]:  # no boundary, slow tokens
+        await worker.queue_frame(LLMTextFrame(token))
+        await asyncio.sleep(0.1)  # the LLM's token rate
+    for token in [" it", " for", " you."]:
+        await worker.queue_frame(LLMTextFrame(token))
+    await worker.queue_frame(LLMFullResponseEndFrame())
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 10)
+    texts = [text for _, text in collect.chunks]
+    assert texts[0] in ("Well", "Well let", "Well let me"), texts  # whole words only
+    assert " ".join(texts) == "Well let me think about it for you."
+    assert collect.chunks[0][0] - started < 0.45, "the deadline did not fire"
