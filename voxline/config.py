@@ -70,7 +70,9 @@ class SNACConfig(_Strict):
         description="Hugging Face name or local directory; random:SEED for tests (not speech).",
     )
     device: Literal["cpu", "cuda"] = "cpu"
-    max_batch: int = Field(default=16, ge=1)
+    max_batch: int = Field(
+        default=8, ge=1, description="Windows per run; 8 on CPU (16 loses here), 32+ on a GPU."
+    )
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     max_queue: int = Field(default=256, ge=1)
 

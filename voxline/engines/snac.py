@@ -68,7 +68,7 @@ class SNACDecoder:
         model: Any,
         *,
         device: str = "cpu",
-        max_batch: int = 16,
+        max_batch: int = 8,
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
     ):

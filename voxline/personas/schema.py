@@ -130,7 +130,7 @@ class ChunkingSettings(_Strict):
 
     min_first_words: int = Field(default=4, ge=1, le=20)
     max_wait_ms: float = Field(
-        default=400, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
+        default=250, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
     )
     max_chars: int = Field(default=250, ge=40, le=2000)
 

@@ -166,7 +166,7 @@ class ChunkerProcessor(FrameProcessor):
     """
 
     def __init__(
-        self, *, min_first_words: int = 4, max_wait_ms: float = 400, max_chars: int = 250, **kwargs
+        self, *, min_first_words: int = 4, max_wait_ms: float = 250, max_chars: int = 250, **kwargs
     ):
         super().__init__(**kwargs)
         self._chunker = SentenceChunker(min_first_words=min_first_words, max_chars=max_chars)

@@ -1,0 +1,137 @@
+"""From the LLM's first token to the first audio frame: sentence-only vs clause-aware chunking.
+
+Replays 20 replies as an LLM streams them (one word every --token-ms) through the
+chunker and the shared Piper voice in a pipecat pipeline, once with sentence-only
+chunking (the first chunk waits for a sentence end) and once with voxline's
+clause-aware chunker at the persona defaults (a clause boundary once the reply has
+four words, or whatever whole words exist after 250 ms). Prints p50/p95
+of first-token-to-first-audio for each and the ratio, measured in the same run.
+
+    .venv/bin/python benchmarks/tts_first_audio.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipecat.frames.frames import (  # noqa: E402
+    EndFrame,
+    Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
+from pipecat.workers.runner import WorkerRunner  # noqa: E402
+
+from benchmarks.common import percentile  # noqa: E402
+from voxline.engines.piper import PiperEngine  # noqa: E402
+from voxline.models import PiperVoiceFiles, resolve_piper  # noqa: E402
+from voxline.processors.chunker import ChunkerProcessor  # noqa: E402
+from voxline.processors.tts import SharedPiperTTSService  # noqa: E402
+
+REPLIES = [
+    "Sure, I can help with that, your balance is four thousand two hundred dollars today.",
+    "Of course, let me check the branch hours for you, we open at nine on weekdays.",
+    "I'm sorry to hear that, I have blocked the card and a new one is on its way.",
+    "Yes, you can transfer money abroad, the fee is fifteen dollars for each transfer.",
+    "Thanks for waiting, I found two payments to that shop on the twentieth of November.",
+    "Good question, the savings rate is four percent and it is paid every month.",
+    "No problem at all, I will connect you to an agent who can review the request.",
+    "Let me see, your last payment was forty three dollars at the Green Grocer on Friday.",
+    "Certainly, a new card usually arrives within five business days of the request.",
+    "Right away, I have updated your address, you will get a confirmation by mail.",
+    "I understand, for security I need the last four digits of your card and your birthday.",
+    "Happy to help, the branch on Main Street is open on Saturday mornings until noon.",
+    "That's correct, there is no monthly fee on the checking account if you keep it active.",
+    "One moment please, I am looking at the transactions from the last two weeks now.",
+    "Unfortunately I can't give investment advice, but a specialist can call you back.",
+    "Great, the transfer of two hundred dollars to your savings account is done now.",
+    "Just to confirm, you want to close the old card ending in four eight two one.",
+    "You're welcome, is there anything else I can help you with on your account today?",
+    "I see the problem, the payment was declined because the card had expired last month.",
+    "Absolutely, I can send you the statement for October to your registered email address.",
+]
+
+
+class FirstAudio(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: float | None = None
+        self.got = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame) and self.first is None:
+            self.first = time.perf_counter()
+            self.got.set()
+        await self.push_frame(frame, direction)
+
+
+async def first_audio_ms(voice: PiperEngine, reply: str, clause_aware: bool, token_ms: float):
+    probe = FirstAudio()
+    chunker = (
+        ChunkerProcessor()  # the persona defaults: 4 words, 250 ms deadline
+        if clause_aware
+        else ChunkerProcessor(min_first_words=10_000, max_wait_ms=5000)
+    )
+    worker = PipelineWorker(
+        Pipeline([chunker, SharedPiperTTSService(engine=voice), probe]),
+        params=PipelineParams(audio_out_sample_rate=8000),
+        enable_rtvi=False,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await worker.queue_frame(LLMFullResponseStartFrame())
+    first_token = time.perf_counter()
+    for token in [piece for piece in reply.replace(" ", "\0 ").split("\0") if piece]:
+        await worker.queue_frame(LLMTextFrame(token))
+        await asyncio.sleep(token_ms / 1000)  # the LLM's generation rate
+    await worker.queue_frame(LLMFullResponseEndFrame())
+    await asyncio.wait_for(probe.got.wait(), 30)
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, 30)
+    # The voice's worker may still be finishing this reply's last sentence: let it, so
+    # the next measurement does not queue behind it.
+    async for _ in voice.synthesize("Done."):
+        pass
+    assert probe.first is not None
+    return 1000 * (probe.first - first_token)
+
+
+async def main(args: argparse.Namespace) -> None:
+    files = resolve_piper("en_US-joe-medium")
+    assert isinstance(files, PiperVoiceFiles)
+    voice = PiperEngine(files.model, files.config)
+    voice.warm_up()
+    sentence_only: list[float] = []
+    clause_aware: list[float] = []
+    for reply in REPLIES:
+        sentence_only.append(await first_audio_ms(voice, reply, False, args.token_ms))
+        clause_aware.append(await first_audio_ms(voice, reply, True, args.token_ms))
+    print(f"{len(REPLIES)} replies, one word every {args.token_ms:g} ms, Piper en_US-joe-medium")
+    for name, values in (("sentence-only", sentence_only), ("clause-aware", clause_aware)):
+        print(
+            f"{name:14} first token -> first audio: p50 {statistics.median(values):.0f} ms, "
+            f"p95 {percentile(values, 0.95):.0f} ms"
+        )
+    ratio = statistics.median(sentence_only) / statistics.median(clause_aware)
+    print(f"ratio={ratio:.2f} (sentence-only / clause-aware, p50)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--token-ms", type=float, default=30.0, help="ms between LLM words")
+    asyncio.run(main(parser.parse_args()))
