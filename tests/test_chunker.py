@@ -46,7 +46,10 @@ CASES: list[tuple[str, list[str]]] = [
         "Let me be clear — the branch is closed today.",
         ["Let me be clear —", "the branch is closed today."],
     ),
-    ("I checked it for you - the card works now.", ["I checked it for you -", "the card works now."]),
+    (
+        "I checked it for you - the card works now.",
+        ["I checked it for you -", "the card works now."],
+    ),
     ("Wait, what? Really!", ["Wait, what?", "Really!"]),
     # later chunks are whole sentences, not clauses
     (
@@ -67,7 +70,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("We only ship in the U.S. at the moment.", ["We only ship in the U.S. at the moment."]),
     ("Ask J. Smith at the desk.", ["Ask J. Smith at the desk."]),
     ("It opens at 9 a.m. on weekdays.", ["It opens at 9 a.m. on weekdays."]),
-    ("We sell pens, paper, ink etc. at the shop.", ["We sell pens, paper,", "ink etc. at the shop."]),
+    (
+        "We sell pens, paper, ink etc. at the shop.",
+        ["We sell pens, paper,", "ink etc. at the shop."],
+    ),
     ("Our office is at 12 Main St. in town.", ["Our office is at 12 Main St. in town."]),
     # numbers, money, times
     ("The fee is $3.50 per month. That is all.", ["The fee is $3.50 per month.", "That is all."]),
