@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the table reads best one case to a line)
 """The chunker: where a streamed reply is cut for TTS, and what a voice must not read."""
 
 from __future__ import annotations

@@ -186,3 +186,35 @@ async def test_a_stream_shorter_than_one_window_is_still_spoken(decoder):
         assert abs(call.samples() - expected) <= OUT_RATE // 100
     finally:
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_an_orpheus_persona_answers_a_whole_call(tmp_path):
+    """Runtime + session wiring: an Orpheus persona speaks its greeting and its reply."""
+    from speech import speech_16k
+
+    from voxline.bot.runtime import Runtime
+    from voxline.bot.talk import talk
+    from voxline.config import EnginesConfig, ServerConfig, SNACConfig
+    from voxline.personas import load_persona
+
+    server = await serve(Replay(orpheus_tokens(12), tokens_per_sec=400))
+    persona_file = tmp_path / "orpheus.yaml"
+    persona_file.write_text(
+        "name: orpheus_desk\nprompt: You are a brief phone assistant.\n"
+        "greeting: Hello, how can I help?\n"
+        f"tts: {{engine: orpheus, voice: leo, base_url: '{server.url}'}}\n"
+    )
+    config = ServerConfig(engines=EnginesConfig(snac=SNACConfig(model="random:1")))
+    try:
+        async with Runtime(config) as runtime:
+            persona = load_persona(persona_file)
+            result = await talk(persona, runtime, speech_16k("What time do you open?"), 16_000)
+        [turn] = result.turns
+        assert turn.caller_text and turn.bot_text.strip() and turn.error is None
+        assert turn.tts_first_audio is not None and turn.audio_out is not None
+        assert result.sample_rate == 24_000 and result.audio.size > 24_000
+        prompts = [request["prompt"] for request in server.replay.requests]
+        assert any("leo: Hello, how can I help?" in prompt for prompt in prompts), prompts
+    finally:
+        await server.stop()
