@@ -8,20 +8,14 @@ the server also receives SIGTERM if the voxline process dies without cleaning up
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
 import os
 import re
-import signal
 import socket
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import httpx
-from loguru import logger
 
 from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one import for callers)
     ConcurrencyCap,
@@ -29,16 +23,10 @@ from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one impor
     LLMBusy,
     LLMEndpoint,
 )
+from voxline.engines.server_process import LLMServerError, SupervisedServer
 
-READY_MARKER = "Uvicorn running on"
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 _PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
-# Verbose lines that would crowd the useful ones out of the error tail.
-_CHATTY = ("state_write_data", "Llama.save_state", "llama_perf_context_print")
-
-
-class LLMServerError(RuntimeError):
-    """An LLM server could not be started or reached."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,15 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: ask Linux to send SIGTERM when the parent process dies."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
@@ -109,7 +88,7 @@ async def warm_prefix(
     return time.monotonic() - started
 
 
-class LlamaCppServer:
+class LlamaCppServer(SupervisedServer):
     """A supervised ``llama_cpp.server`` process serving one GGUF model.
 
     Args:
@@ -120,6 +99,8 @@ class LlamaCppServer:
         n_ctx: context window in tokens.
         startup_timeout: seconds to wait for the server to answer.
     """
+
+    chatty_prefixes = ("state_write_data", "Llama.save_state", "llama_perf_context_print")
 
     def __init__(
         self,
@@ -132,28 +113,18 @@ class LlamaCppServer:
         n_ctx: int = 4096,
         startup_timeout: float = 120.0,
     ):
+        super().__init__(
+            name="llama.cpp server",
+            host=host,
+            port=port or free_port(host),
+            model_alias=model_alias,
+            startup_timeout=startup_timeout,
+        )
         self.model_path = Path(model_path)
-        self.model_alias = model_alias
-        self.host = host
-        self.port = port or free_port(host)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_ctx = n_ctx
-        self.startup_timeout = startup_timeout
-        self._process: asyncio.subprocess.Process | None = None
-        self._drain_task: asyncio.Task[None] | None = None
-        self._tail: deque[str] = deque(maxlen=20)
         self.prompt_tokens_cached = 0
         self.prompt_tokens_evaluated = 0
-
-    @property
-    def endpoint(self) -> LLMEndpoint:
-        """The server's URL and model name."""
-        return LLMEndpoint(base_url=f"http://{self.host}:{self.port}", model=self.model_alias)
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs."""
-        return self._process.pid if self._process and self._process.returncode is None else None
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
@@ -176,63 +147,8 @@ class LlamaCppServer:
             "--verbose", "True",
         ]  # fmt: skip
 
-    async def start(self) -> LLMEndpoint:
-        """Start the server and return once it answers requests.
-
-        Raises:
-            LLMServerError: the process exited or did not answer in time; the
-                message carries the server's last output lines.
-        """
-        started = time.monotonic()
-        self._process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        logger.info(
-            f"llama.cpp server pid {self._process.pid} starting on {self.endpoint.base_url}"
-        )
-        try:
-            await asyncio.wait_for(self._wait_ready(), timeout=self.startup_timeout)
-            await check_endpoint(self.endpoint)
-        except (TimeoutError, LLMServerError) as exc:
-            tail = "\n".join(self._tail)
-            await self.stop()
-            reason = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
-            raise LLMServerError(f"llama.cpp server {reason}; its last output:\n{tail}") from None
-        except BaseException:
-            await self.stop()
-            raise
-        self._drain_task = asyncio.create_task(self._drain())
-        logger.info(f"llama.cpp server ready in {time.monotonic() - started:.1f} s")
-        return self.endpoint
-
-    async def _wait_ready(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        while True:
-            line = await self._process.stdout.readline()
-            if not line:
-                code = await self._process.wait()
-                raise LLMServerError(f"exited with code {code} before it was ready")
-            text = line.decode(errors="replace").rstrip()
-            self._tail.append(text)
-            if READY_MARKER in text:
-                return
-
-    async def _drain(self) -> None:
-        """Keep reading the server's output so its pipe never fills and blocks it."""
-        assert self._process is not None and self._process.stdout is not None
-        while line := await self._process.stdout.readline():
-            text = line.decode(errors="replace").rstrip()
-            self._count_prompt_tokens(text)
-            if not text.startswith(_CHATTY):
-                self._tail.append(text)
-            logger.trace(f"llama.cpp: {text}")
-
-    def _count_prompt_tokens(self, line: str) -> None:
+    def on_output(self, line: str) -> None:
+        """Count the prompt tokens the cache served and those evaluated."""
         if match := _PREFIX_HIT.search(line):
             self.prompt_tokens_cached += int(match.group(1))
         elif match := _PROMPT_EVAL.search(line):
@@ -242,25 +158,3 @@ class LlamaCppServer:
         """(queried, hit) prompt tokens: every prompt token, and those its cache served."""
         cached, evaluated = self.prompt_tokens_cached, self.prompt_tokens_evaluated
         return float(cached + evaluated), float(cached)
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop the server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-        if self._drain_task is not None:
-            self._drain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain_task
-            self._drain_task = None
-        logger.info(f"llama.cpp server pid {process.pid} stopped")
-        self._process = None

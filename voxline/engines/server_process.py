@@ -1,0 +1,169 @@
+"""A supervised model server process: started, awaited until it answers, stopped by group.
+
+The Runtime launches OpenAI-compatible servers (llama.cpp, vLLM) as child
+processes on 127.0.0.1. Each runs in its own process group, so stopping it stops
+everything it started; on Linux it also receives SIGTERM if voxline dies without
+cleaning up. Its output is drained continuously (a full pipe would block it) and
+the last lines are kept for error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+from loguru import logger
+
+from voxline.engines.llm_backend import LLMEndpoint
+
+
+class LLMServerError(RuntimeError):
+    """An LLM server could not be started or reached."""
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the parent process dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class SupervisedServer:
+    """Base of the launchers: subclasses give the command line and the ready marker.
+
+    Args:
+        name: used in logs and errors ("llama.cpp server", "vLLM server").
+        host: the address it listens on.
+        port: its port.
+        model_alias: the name clients send as ``model``.
+        startup_timeout: seconds to wait for the server to answer.
+    """
+
+    ready_marker = "Uvicorn running on"
+    # Lines that would crowd the useful ones out of the error tail.
+    chatty_prefixes: tuple[str, ...] = ()
+
+    def __init__(
+        self, *, name: str, host: str, port: int, model_alias: str, startup_timeout: float
+    ):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.model_alias = model_alias
+        self.startup_timeout = startup_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._tail: deque[str] = deque(maxlen=20)
+
+    @property
+    def endpoint(self) -> LLMEndpoint:
+        """The server's URL and model name."""
+        return LLMEndpoint(base_url=f"http://{self.host}:{self.port}", model=self.model_alias)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process and self._process.returncode is None else None
+
+    def command(self) -> list[str]:
+        """The command line that starts the server."""
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment."""
+        return dict(os.environ)
+
+    def on_output(self, line: str) -> None:
+        """Called with every line the server prints (counters, for example)."""
+
+    async def start(self) -> LLMEndpoint:
+        """Start the server and return once it answers requests.
+
+        Raises:
+            LLMServerError: the process could not start, exited or did not answer in
+                time; the message carries the server's last output lines.
+        """
+        from voxline.engines.llm import check_endpoint
+
+        started = time.monotonic()
+        command = self.command()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise LLMServerError(f"{self.name} could not start ({command[0]}): {exc}") from None
+        logger.info(f"{self.name} pid {self._process.pid} starting on {self.endpoint.base_url}")
+        try:
+            await asyncio.wait_for(self._wait_ready(), timeout=self.startup_timeout)
+            await check_endpoint(self.endpoint)
+        except (TimeoutError, LLMServerError) as exc:
+            tail = "\n".join(self._tail)
+            await self.stop()
+            reason = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            raise LLMServerError(f"{self.name} {reason}; its last output:\n{tail}") from None
+        except BaseException:
+            await self.stop()
+            raise
+        self._drain_task = asyncio.create_task(self._drain())
+        logger.info(f"{self.name} ready in {time.monotonic() - started:.1f} s")
+        return self.endpoint
+
+    def _keep(self, line: bytes) -> str:
+        text = line.decode(errors="replace").rstrip()
+        self.on_output(text)
+        if not text.startswith(self.chatty_prefixes):
+            self._tail.append(text)
+        return text
+
+    async def _wait_ready(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        while True:
+            line = await self._process.stdout.readline()
+            if not line:
+                code = await self._process.wait()
+                raise LLMServerError(f"exited with code {code} before it was ready")
+            if self.ready_marker in self._keep(line):
+                return
+
+    async def _drain(self) -> None:
+        """Keep reading the server's output so its pipe never fills and blocks it."""
+        assert self._process is not None and self._process.stdout is not None
+        while line := await self._process.stdout.readline():
+            logger.trace(f"{self.name}: {self._keep(line)}")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop the server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
+        logger.info(f"{self.name} pid {process.pid} stopped")
+        self._process = None
