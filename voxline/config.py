@@ -8,6 +8,7 @@ from the environment.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -48,8 +49,12 @@ class PiperConfig(_Strict):
 
 
 class EmbeddedLLMConfig(_Strict):
-    """The llama.cpp server the Runtime launches for personas without ``llm.base_url``."""
+    """The LLM server the Runtime launches for personas without ``llm.base_url``."""
 
+    backend: Literal["llama_cpp", "vllm"] = Field(
+        default="llama_cpp",
+        description="llama_cpp (light, one request at a time) or vllm (batches calls).",
+    )
     model: str = "smollm2"
     n_threads: int | None = Field(default=None, ge=1, description="Default: all cores.")
     n_ctx: int = Field(default=4096, ge=512)
@@ -60,6 +65,27 @@ class EmbeddedLLMConfig(_Strict):
     max_waiting: int = Field(
         default=32, ge=0, description="Requests waiting for a slot before new ones are refused."
     )
+
+
+def _default_vllm_python() -> Path:
+    # scripts/install.sh --vllm puts vLLM's environment beside voxline's (.venv).
+    return Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+
+
+class VLLMConfig(_Strict):
+    """How the Runtime launches vLLM when ``engines.llm.backend`` is ``vllm``."""
+
+    python: Path = Field(
+        default_factory=_default_vllm_python, description="The vLLM environment's Python."
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_model_len: int = Field(default=4096, ge=256)
+    cpu_threads: int | None = Field(default=None, ge=1, description="Default: all cores.")
+    kv_cache_gib: int = Field(default=1, ge=1, description="KV cache on a CPU, whole GiB.")
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    tool_call_parser: str = "hermes"
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_secs: float = Field(default=180.0, gt=0)
 
 
 class SNACConfig(_Strict):
@@ -84,6 +110,7 @@ class EnginesConfig(_Strict):
     piper: PiperConfig = PiperConfig()
     llm: EmbeddedLLMConfig = EmbeddedLLMConfig()
     snac: SNACConfig = SNACConfig()
+    vllm: VLLMConfig = VLLMConfig()
 
 
 class TwilioConfig(_Strict):

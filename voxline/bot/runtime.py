@@ -26,10 +26,19 @@ from voxline.engines.llm import (
     check_endpoint,
     warm_prefix,
 )
+from voxline.engines.llm_backend import BackendKind
 from voxline.engines.piper import PiperEngine
+from voxline.engines.server_process import SupervisedServer
 from voxline.engines.snac import SNACDecoder, load_snac
+from voxline.engines.vllm import VLLMServer, prepare_vllm_model
 from voxline.engines.whisper import WhisperEngine
-from voxline.models import PiperVoiceFiles, resolve_llm_gguf, resolve_piper, resolve_whisper
+from voxline.models import (
+    ModelNotAvailableError,
+    PiperVoiceFiles,
+    resolve_llm_gguf,
+    resolve_piper,
+    resolve_whisper,
+)
 from voxline.personas import Persona
 
 
@@ -45,7 +54,7 @@ class Runtime:
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}
         self._snac: SNACDecoder | None = None
-        self._llm_servers: dict[str, LlamaCppServer] = {}
+        self._llm_servers: dict[str, SupervisedServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
         self._lock = asyncio.Lock()
@@ -127,35 +136,54 @@ class Runtime:
 
     async def _open_backend(self, persona: Persona) -> LLMBackend:
         settings = self.config.engines.llm
-        server: LlamaCppServer | None = None
+        server: SupervisedServer | None = None
         if persona.llm.base_url:
             endpoint = LLMEndpoint(base_url=persona.llm.base_url, model=persona.llm.model)
             await check_endpoint(endpoint)
         else:
             endpoint = await self._open_endpoint(persona)
             server = self._llm_servers[persona.llm.model]
+        kind: BackendKind = "external"
+        if isinstance(server, LlamaCppServer):
+            kind = "llama_cpp"
+        elif isinstance(server, VLLMServer):
+            kind = "vllm"
         return LLMBackend(
             endpoint,
-            kind="llama_cpp" if server else "external",
+            kind=kind,
             max_concurrent=settings.max_concurrent,
             max_waiting=settings.max_waiting,
-            prefix_counter=server.prefix_counters if server else None,
+            prefix_counter=server.prefix_counters if isinstance(server, LlamaCppServer) else None,
         )
 
     async def _open_endpoint(self, persona: Persona) -> LLMEndpoint:
-        """Check a configured server, or launch the embedded one for this model."""
-        if persona.llm.base_url:
-            endpoint = LLMEndpoint(base_url=persona.llm.base_url, model=persona.llm.model)
-            await check_endpoint(endpoint)
-            return endpoint
+        """Launch the embedded server (llama.cpp or vLLM) for this persona's model."""
         settings = self.config.engines.llm
-        server = LlamaCppServer(
-            resolve_llm_gguf(persona.llm.model),
-            model_alias=persona.llm.model,
-            n_threads=settings.n_threads,
-            n_ctx=settings.n_ctx,
-            startup_timeout=settings.startup_timeout_secs,
-        )
+        server: SupervisedServer
+        if settings.backend == "vllm":
+            vllm = self.config.engines.vllm
+            gguf = _packaged_gguf(persona.llm.model)
+            server = VLLMServer(
+                await prepare_vllm_model(persona.llm.model, vllm.python, gguf),
+                python=vllm.python,
+                model_alias=persona.llm.model,
+                device=vllm.device,
+                max_model_len=vllm.max_model_len,
+                cpu_threads=vllm.cpu_threads,
+                kv_cache_gib=vllm.kv_cache_gib,
+                gpu_memory_utilization=vllm.gpu_memory_utilization,
+                tool_call_parser=vllm.tool_call_parser,
+                extra_args=vllm.extra_args,
+                startup_timeout=vllm.startup_timeout_secs,
+            )
+        else:
+            server = LlamaCppServer(
+                resolve_llm_gguf(persona.llm.model),
+                model_alias=persona.llm.model,
+                n_threads=settings.n_threads,
+                n_ctx=settings.n_ctx,
+                startup_timeout=settings.startup_timeout_secs,
+            )
         self._llm_servers[persona.llm.model] = server
         return await server.start()
 
@@ -214,6 +242,14 @@ class Runtime:
         snac, self._snac = self._snac, None
         if snac is not None:
             await snac.close()
+
+
+def _packaged_gguf(model: str) -> Path | None:
+    """The GGUF file behind an embedded model name, or None for a vLLM-native model."""
+    try:
+        return resolve_llm_gguf(model)
+    except ModelNotAvailableError:
+        return None
 
 
 def _download_piper_voice(voice: str) -> PiperVoiceFiles:

@@ -27,6 +27,7 @@ from voxline.engines.server_process import LLMServerError, SupervisedServer
 
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 _PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
+_GENERATED = re.compile(r"\beval time =\s*[\d.]+ ms /\s*(\d+) runs")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,6 +126,7 @@ class LlamaCppServer(SupervisedServer):
         self.n_ctx = n_ctx
         self.prompt_tokens_cached = 0
         self.prompt_tokens_evaluated = 0
+        self.tokens_generated = 0
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
@@ -153,6 +155,8 @@ class LlamaCppServer(SupervisedServer):
             self.prompt_tokens_cached += int(match.group(1))
         elif match := _PROMPT_EVAL.search(line):
             self.prompt_tokens_evaluated += int(match.group(1))
+        elif match := _GENERATED.search(line):
+            self.tokens_generated += int(match.group(1))
 
     async def prefix_counters(self) -> tuple[float, float]:
         """(queried, hit) prompt tokens: every prompt token, and those its cache served."""

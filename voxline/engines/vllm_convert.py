@@ -1,0 +1,49 @@
+"""Dequantize a GGUF model into a safetensors checkpoint vLLM can serve.
+
+Run by the vLLM virtual environment's Python (it has transformers, gguf and
+accelerate; voxline's own environment need not):
+
+    .venv-vllm/bin/python voxline/engines/vllm_convert.py MODEL.gguf OUT_DIR
+
+The checkpoint is written to a temporary folder beside ``OUT_DIR`` and renamed
+into place at the end, so an interrupted conversion never leaves half a model.
+This file imports nothing from voxline: it runs outside voxline's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def convert(gguf: Path, out_dir: Path) -> None:
+    """Write ``gguf`` as a bf16 safetensors checkpoint (model, config, tokenizer) to ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
+        )
+        # Loaded from GGUF the model remembers a quantizer; the weights are plain now.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(
+            staging
+        )
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: vllm_convert.py MODEL.gguf OUT_DIR")
+    convert(Path(sys.argv[1]), Path(sys.argv[2]))
