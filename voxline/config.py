@@ -8,6 +8,7 @@ from the environment.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -123,6 +124,42 @@ class TwilioConfig(_Strict):
     stream_token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
 
 
+class WidgetConfig(_Strict):
+    """One embeddable widget: which persona answers it and which sites may embed it."""
+
+    persona: Path | None = Field(
+        default=None, description="Persona file; default_persona if unset."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Pages that may start calls (scheme://host[:port]); empty = this server only.",
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://shop.example.com")
+        return origins
+
+
+class IceServerConfig(_Strict):
+    """A STUN or TURN server the browser and the server use to find a path to each other."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRTCConfig(_Strict):
+    """Browser calls: ICE servers and limits on the signaling endpoint."""
+
+    ice_servers: list[IceServerConfig] = Field(default_factory=list)
+    max_sdp_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    offers_per_minute_per_ip: int = Field(default=10, ge=1)
+
+
 class ServerConfig(_Strict):
     """The whole ``voxline.yaml``.
 
@@ -141,6 +178,25 @@ class ServerConfig(_Strict):
         default_factory=dict, description="Called number (E.164) -> persona file."
     )
     twilio: TwilioConfig = TwilioConfig()
+    widgets: dict[str, WidgetConfig] = Field(
+        default_factory=lambda: {"demo": WidgetConfig()},
+        description="Widget key -> persona and allowed origins; `demo` is the / page's.",
+    )
+    webrtc: WebRTCConfig = WebRTCConfig()
+
+    @field_validator("widgets", mode="after")
+    @classmethod
+    def _widget_personas(cls, widgets: dict[str, WidgetConfig], info: ValidationInfo):
+        base_dir = Path((info.context or {}).get("base_dir", "."))
+        resolved = {}
+        for key, widget in widgets.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key):
+                raise ValueError(f"widget key {key!r}: use letters, digits, - and _ only")
+            persona = widget.persona
+            if persona is not None and not persona.is_absolute():
+                persona = base_dir / persona
+            resolved[key] = widget.model_copy(update={"persona": persona})
+        return resolved
 
     @field_validator("default_persona", "numbers", mode="after")
     @classmethod
@@ -156,7 +212,11 @@ class ServerConfig(_Strict):
 
     def persona_paths(self) -> list[Path]:
         """Every persona file the server answers with, default first, without repeats."""
-        paths = [self.default_persona, *self.numbers.values()]
+        paths = [
+            self.default_persona,
+            *self.numbers.values(),
+            *(widget.persona for widget in self.widgets.values()),
+        ]
         return list(dict.fromkeys(path for path in paths if path is not None))
 
 

@@ -5,6 +5,11 @@ WS   /twilio/stream    Twilio media stream: one call
 GET  /health/live      the process is up
 GET  /health/ready     every persona's engines are loaded and its LLM answers
 GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches
+GET  /                 demo page with the widget (the `demo` key)
+GET  /widget.js        the embeddable widget
+GET  /webrtc/config    ICE servers for a widget key
+POST /webrtc/offer     SDP offer in, answer out (a browser call starts)
+PATCH /webrtc/offer    trickled ICE candidates
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from voxline.bot.admission import Admission
 from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime
+from voxline.bot.webrtc_call import WebRTCLine
+from voxline.bot.webrtc_routes import add_webrtc_routes
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.transports.twilio_webhook import StreamTokens
@@ -37,13 +44,23 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         runtime: shared engines; the app closes it on shutdown.
     """
     by_name = {persona.name: persona for persona in personas.values()}
+    default_path = next(iter(personas))
+    admission = Admission(config.max_calls)
+    web = WebRTCLine(
+        config=config,
+        runtime=runtime,
+        personas={
+            key: personas[widget.persona or default_path] for key, widget in config.widgets.items()
+        },
+        admission=admission,
+    )
     numbers = {number: personas[path].name for number, path in config.numbers.items()}
     line = PhoneLine(
         config=config,
         runtime=runtime,
         personas=by_name,
         numbers=numbers,
-        admission=Admission(config.max_calls),
+        admission=admission,
         tokens=StreamTokens(ttl_secs=config.twilio.stream_token_ttl_secs),
     )
     ready = {"value": False}
@@ -58,6 +75,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             print(f"voxline ready: personas {', '.join(by_name)}", file=sys.stderr, flush=True)
             yield
         finally:
+            await web.close()
             await runtime.close()
 
     app = FastAPI(title="voxline", lifespan=lifespan)
@@ -81,6 +99,8 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(await render_metrics(runtime, registry), media_type=CONTENT_TYPE)
+
+    add_webrtc_routes(app, web, config)
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:

@@ -1,0 +1,254 @@
+"""Browser calls: a widget's offer becomes one call pipeline on the shared engines.
+
+Each accepted offer gets a pipecat SmallWebRTC connection (aiortc) and a call
+built from the widget key's persona, exactly as a phone call is. The page hears
+the bot on the connection's audio track and receives, on its data channel, what
+both sides said, when turns start and stop, and each turn's latency. When the
+browser hangs up or vanishes (ICE fails), the call's pipeline is cancelled and
+its admission slot released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    TranscriptionFrame,
+    TTSTextFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_transport import TransportParams
+from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
+from pipecat.transports.smallwebrtc.request_handler import (
+    IceCandidate,
+    SmallWebRTCPatchRequest,
+    SmallWebRTCRequest,
+    SmallWebRTCRequestHandler,
+)
+from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+from pipecat.workers.runner import WorkerRunner
+
+from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.runtime import Runtime
+from voxline.bot.session import STT_SAMPLE_RATE, build_call
+from voxline.config import ServerConfig
+from voxline.personas import Persona
+from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.transports.webrtc import (
+    CandidatePatch,
+    Offer,
+    RateLimiter,
+    SignalingError,
+    check_origin,
+    is_mdns_candidate,
+    strip_mdns_candidates,
+)
+
+OUT_SAMPLE_RATE = 24_000
+
+
+class PageEvents(BaseObserver):
+    """Tells the page, over the data channel, what happens in the call."""
+
+    def __init__(self, connection: SmallWebRTCConnection):
+        super().__init__(observe_every_push=False)
+        self._connection = connection
+
+    def send(self, message: dict) -> None:
+        """Queue one JSON message for the page (buffered until the channel opens)."""
+        self._connection.send_app_message({"source": "voxline", **message})
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        """Forward transcripts, spoken text and turn boundaries."""
+        frame = data.frame
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, TranscriptionFrame):
+            self.send({"type": "user-transcript", "text": frame.text})
+        elif isinstance(frame, TTSTextFrame):
+            self.send({"type": "bot-text", "text": frame.text})
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self.send({"type": "user-started"})
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self.send({"type": "user-stopped"})
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self.send({"type": "bot-started"})
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.send({"type": "bot-stopped"})
+
+    def turn(self, turn: TurnTrace) -> None:
+        """Send a finished turn with the latency of each stage."""
+        self.send({"type": "turn", **turn.as_dict()})
+
+
+@dataclass
+class WebRTCLine:
+    """Answers widget offers with calls.
+
+    Attributes:
+        config: the server config (widget keys, ICE servers, limits).
+        runtime: the shared engines.
+        personas: persona by widget key.
+        admission: the server's call capacity, shared with phone calls.
+    """
+
+    config: ServerConfig
+    runtime: Runtime
+    personas: dict[str, Persona]
+    admission: Admission
+    _handler: SmallWebRTCRequestHandler = field(init=False)
+    _limiter: RateLimiter = field(init=False)
+    _calls: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        ice = [
+            IceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.config.webrtc.ice_servers
+        ]
+        self._handler = SmallWebRTCRequestHandler(ice_servers=ice)
+        self._limiter = RateLimiter(self.config.webrtc.offers_per_minute_per_ip)
+
+    @property
+    def active_calls(self) -> int:
+        """Browser calls whose pipeline is still running."""
+        return len(self._calls)
+
+    def check_page(self, key: str, origin: str | None, own_origin: str) -> str | None:
+        """The CORS origin to answer with for ``key`` from ``origin``.
+
+        Raises:
+            SignalingError: 404 unknown key, 403 disallowed origin.
+        """
+        widget = self.config.widgets.get(key)
+        if widget is None or key not in self.personas:
+            raise SignalingError(404, f"unknown widget key {key!r}")
+        return check_origin(widget, origin, own_origin)
+
+    async def answer(self, offer: Offer, client_ip: str) -> dict:
+        """Accept an offer: start the call and return the SDP answer.
+
+        Raises:
+            SignalingError: 429 too many offers from this address, 503 busy, 400 bad SDP.
+        """
+        if not self._limiter.allow(client_ip):
+            raise SignalingError(429, "too many offers from this address; try again in a minute")
+        if offer.pc_id is None and self.admission.full:
+            self.admission.refused += 1
+            raise SignalingError(503, "busy: every line is taken, please try again shortly")
+        persona = self.personas[offer.key]
+        request = SmallWebRTCRequest(
+            sdp=strip_mdns_candidates(offer.sdp),
+            type=offer.type,
+            pc_id=offer.pc_id,
+            restart_pc=offer.restart_pc,
+        )
+
+        async def start(connection: SmallWebRTCConnection) -> None:
+            task = asyncio.create_task(self._run_call(connection, persona))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+        try:
+            answer = await self._handler.handle_web_request(request, start)
+        except ValueError as exc:  # aiortc's SDP parser
+            raise SignalingError(400, f"malformed SDP: {exc}") from None
+        except Exception as exc:
+            if getattr(exc, "status_code", None):
+                raise SignalingError(int(exc.status_code), str(exc)) from None
+            raise SignalingError(400, f"the offer could not be answered: {exc}") from None
+        if answer is None:
+            raise SignalingError(400, "the offer produced no answer")
+        return answer
+
+    async def add_candidates(self, patch: CandidatePatch) -> None:
+        """Trickled ICE candidates for a connection (mDNS ones are dropped).
+
+        Raises:
+            SignalingError: 404 when the connection is unknown.
+        """
+        request = SmallWebRTCPatchRequest(
+            pc_id=patch.pc_id,
+            candidates=[
+                IceCandidate(c.candidate, c.sdp_mid, c.sdp_mline_index)
+                for c in patch.candidates
+                if not is_mdns_candidate(c.candidate)
+            ],
+        )
+        try:
+            await self._handler.handle_patch_request(request)
+        except Exception as exc:
+            status = int(getattr(exc, "status_code", 400))
+            raise SignalingError(status, f"candidates refused: {exc}") from None
+
+    async def _run_call(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
+        try:
+            async with self.admission.admit():
+                await self._serve(connection, persona)
+        except CallRejected as exc:
+            logger.warning(f"browser call refused: {exc}")
+            await connection.disconnect()
+        except Exception:
+            logger.exception(f"browser call {connection.pc_id} failed")
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+
+    async def _serve(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
+        transport = SmallWebRTCTransport(
+            connection,
+            TransportParams(
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                audio_in_sample_rate=STT_SAMPLE_RATE,
+                audio_out_sample_rate=OUT_SAMPLE_RATE,
+            ),
+        )
+        events = PageEvents(connection)
+        tracer = LatencyTracer(on_turn=events.turn)
+        call = build_call(
+            persona,
+            self.runtime,
+            transport,
+            tracer=tracer,
+            out_sample_rate=OUT_SAMPLE_RATE,
+            facts={"Channel": "web browser", "Call id": connection.pc_id},
+        )
+        call.worker.add_observer(events)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(call.worker)
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(_transport, _connection) -> None:
+            await call.worker.cancel(reason="browser disconnected")
+
+        @connection.event_handler("failed")
+        async def _failed(_connection) -> None:
+            await call.worker.cancel(reason="browser vanished (ICE failed)")
+
+        events.send({"type": "call-started", "persona": persona.name})
+        logger.info(f"browser call {connection.pc_id}: persona {persona.name}")
+        limit = asyncio.get_running_loop().call_later(
+            persona.limits.max_call_secs,
+            lambda: asyncio.ensure_future(call.worker.cancel(reason="call time limit")),
+        )
+        try:
+            await runner.run()
+        finally:
+            limit.cancel()
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+            logger.info(f"browser call {connection.pc_id} ended")
+
+    async def close(self) -> None:
+        """Hang up every browser call (server shutdown)."""
+        await self._handler.close()
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
