@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    InputAudioRawFrame,
     TranscriptionFrame,
     TTSTextFrame,
     VADUserStartedSpeakingFrame,
@@ -53,14 +55,21 @@ from voxline.transports.webrtc import (
 )
 
 OUT_SAMPLE_RATE = 24_000
+# A browser sends audio packets continuously, silence included; none for this long means
+# it is gone (ICE consent freshness alone takes ~30 s to notice a vanished peer).
+SILENT_PEER_SECS = 6.0
 
 
 class PageEvents(BaseObserver):
-    """Tells the page, over the data channel, what happens in the call."""
+    """Tells the page, over the data channel, what happens in the call.
+
+    Also notes when the browser's audio last arrived, for the vanished-peer watchdog.
+    """
 
     def __init__(self, connection: SmallWebRTCConnection):
         super().__init__(observe_every_push=False)
         self._connection = connection
+        self.last_audio = time.monotonic()
 
     def send(self, message: dict) -> None:
         """Queue one JSON message for the page (buffered until the channel opens)."""
@@ -71,7 +80,9 @@ class PageEvents(BaseObserver):
         frame = data.frame
         if data.direction != FrameDirection.DOWNSTREAM:
             return
-        if isinstance(frame, TranscriptionFrame):
+        if isinstance(frame, InputAudioRawFrame):
+            self.last_audio = time.monotonic()
+        elif isinstance(frame, TranscriptionFrame):
             self.send({"type": "user-transcript", "text": frame.text})
         elif isinstance(frame, TTSTextFrame):
             self.send({"type": "bot-text", "text": frame.text})
@@ -238,10 +249,21 @@ class WebRTCLine:
             persona.limits.max_call_secs,
             lambda: asyncio.ensure_future(call.worker.cancel(reason="call time limit")),
         )
+
+        async def watch_peer() -> None:
+            while True:
+                await asyncio.sleep(1.0)  # a periodic check, not synchronisation
+                if time.monotonic() - events.last_audio > SILENT_PEER_SECS:
+                    logger.warning(f"browser call {connection.pc_id}: no audio, peer gone")
+                    await call.worker.cancel(reason="browser stopped sending audio")
+                    return
+
+        watchdog = asyncio.create_task(watch_peer())
         try:
             await runner.run()
         finally:
             limit.cancel()
+            watchdog.cancel()
             with contextlib.suppress(Exception):
                 await connection.disconnect()
             logger.info(f"browser call {connection.pc_id} ended")

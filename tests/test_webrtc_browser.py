@@ -1,0 +1,225 @@
+"""The widget in a real headless Chromium against a real voxline server on loopback.
+
+Chromium's fake microphone plays a Piper WAV asking a question; the page connects over
+WebRTC, the server transcribes and answers, and the page plays the answer and shows both
+sides of the conversation. Timing is measured in the page and printed, not asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from browser import Chromium
+from conftest import BANK_PERSONA, ROOT
+from playwright.async_api import async_playwright
+from servers import ServerProcess, start_voxline
+from speech import synthesize_wav, wer
+
+from voxline.engines.llm import free_port
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = ROOT / "test-artifacts"
+CONNECTED = "['connected', 'speaking', 'listening'].includes(window.voxline.state)"
+QUESTION = "What time does the branch open on Saturday?"
+OTHER_QUESTION = "I lost my card yesterday, what should I do?"
+# Levels measured in the page with Web Audio, for the latency of each side as heard there.
+METER = """
+() => {
+  const v = window.voxline;
+  const context = new AudioContext();
+  const meter = (stream) => {
+    const analyser = context.createAnalyser();
+    analyser.fftSize = 1024;
+    context.createMediaStreamSource(stream).connect(analyser);
+    return analyser;
+  };
+  const mic = meter(v.micStream), bot = meter(v.remoteStream);
+  const data = new Float32Array(1024);
+  const rms = (analyser) => {
+    analyser.getFloatTimeDomainData(data);
+    let sum = 0; for (const x of data) sum += x * x; return Math.sqrt(sum / data.length);
+  };
+  v.levels = [];
+  v.meterTimer = setInterval(() => v.levels.push([performance.now(), rms(mic), rms(bot)]), 20);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("widget")
+    config = tmp / "voxline.yaml"
+    config.write_text(f"default_persona: {BANK_PERSONA}\nmax_calls: 4\n")
+    port = free_port()
+    env = {**os.environ, "VOXLINE_OFFLINE": "1", "VOXLINE_LOG_LEVEL": "INFO"}
+    process: ServerProcess = start_voxline(config, env, port)
+    yield {"url": f"http://127.0.0.1:{port}", "process": process, "tmp": tmp}
+    process.stop()
+
+
+def microphone(tmp: Path, text: str, name: str) -> Path:
+    # The question starts after the greeting has been played (about 4 s after connecting).
+    return synthesize_wav(text, tmp / f"{name}.wav", lead_secs=6.0)
+
+
+async def call_from_browser(url: str, wav: Path, *, timeout: float = 90.0) -> dict:
+    """Open the demo page, start a call, wait for the first answered turn; report the page."""
+    browser = Chromium(wav)
+    try:
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
+            page = await chromium.contexts[0].new_page()
+            loaded = time.perf_counter()
+            await page.goto(url + "/")
+            await page.evaluate("window.voxline.start()")
+            await page.wait_for_function(CONNECTED, timeout=30_000)
+            connected = time.perf_counter() - loaded
+            await page.evaluate(METER)
+            await page.wait_for_function(
+                "(window.voxline.events || []).some(e => e.type === 'turn')",
+                timeout=timeout * 1000,
+            )
+            # Let the reply play for a while so the page hears it.
+            await page.wait_for_function(
+                "window.voxline.events.filter(e => e.type === 'bot-stopped').length >= 2",
+                timeout=30_000,
+            )
+            report = await page.evaluate(
+                """() => {
+                  const v = window.voxline;
+                  clearInterval(v.meterTimer);
+                  const log = [...v.root.querySelectorAll('.log p')]
+                    .map(p => [p.className, p.textContent]);
+                  return {events: v.events, levels: v.levels, log, connectMs: v.connectMs,
+                          state: v.state};
+                }"""
+            )
+            report["connected_secs"] = connected
+            await page.evaluate("window.voxline.hangUp()")
+            await chromium.close()
+            return report
+    finally:
+        browser.stop()
+
+
+def heard_latency_ms(levels: list[list[float]]) -> float | None:
+    """From the caller's last voiced mic sample to the first voiced bot sample after it."""
+    voiced_mic = [t for t, mic, _ in levels if mic > 0.01]
+    if not voiced_mic:
+        return None
+    last = voiced_mic[-1]
+    after = [t for t, _, bot in levels if t > last and bot > 0.01]
+    return after[0] - last if after else None
+
+
+def check_conversation(report: dict, question: str) -> None:
+    turn = next(e for e in report["events"] if e["type"] == "turn")
+    print(
+        f"\npage connected in {report['connectMs']:.0f} ms (load+connect "
+        f"{report['connected_secs']:.2f} s); caller: {turn['caller']!r}; bot: {turn['bot']!r}; "
+        f"server voice-to-voice {turn['latency_ms']['voice_to_voice']} ms; heard in the page "
+        f"{heard_latency_ms(report['levels'])} ms"
+    )
+    assert wer(question, turn["caller"]) <= 0.2, turn["caller"]
+    assert turn["bot"].strip()
+    assert max(bot for _, _, bot in report["levels"]) > 0.01, "the page heard no bot audio"
+    kinds = [kind for kind, _ in report["log"]]
+    assert "user" in kinds and "bot" in kinds, report["log"]
+    user_line = next(text for kind, text in report["log"] if kind == "user")
+    assert wer(question, user_line) <= 0.2
+
+
+def test_a_browser_call_end_to_end(server):
+    wav = microphone(server["tmp"], QUESTION, "question")
+    report = asyncio.run(call_from_browser(server["url"], wav))
+    check_conversation(report, QUESTION)
+
+
+def test_two_browsers_get_independent_conversations(server):
+    first = microphone(server["tmp"], QUESTION, "first")
+    second = microphone(server["tmp"], OTHER_QUESTION, "second")
+
+    async def both():
+        return await asyncio.gather(
+            call_from_browser(server["url"], first), call_from_browser(server["url"], second)
+        )
+
+    one, two = asyncio.run(both())
+    check_conversation(one, QUESTION)
+    check_conversation(two, OTHER_QUESTION)
+
+
+def test_the_widget_fits_a_phone_screen(server):
+    wav = microphone(server["tmp"], QUESTION, "phone")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "widget-375px.png"
+
+    async def render():
+        browser = Chromium(wav, width=375, height=740)
+        try:
+            async with async_playwright() as playwright:
+                chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
+                page = await chromium.contexts[0].new_page()
+                await page.set_viewport_size({"width": 375, "height": 740})
+                await page.goto(server["url"] + "/")
+                box = await page.evaluate(
+                    """() => {
+                      const r = window.voxline.root.querySelector('.panel').getBoundingClientRect();
+                      const b = window.voxline.root.querySelector('button.call');
+                      return {left: r.left, right: r.right, width: r.width,
+                              label: b.getAttribute('aria-label'),
+                              height: b.getBoundingClientRect().height};
+                    }"""
+                )
+                await page.keyboard.press("Tab")
+                focused = await page.evaluate("(window.voxline.root.activeElement || {}).className")
+                await page.screenshot(path=str(shot), full_page=True)
+                await chromium.close()
+                return box, focused
+        finally:
+            browser.stop()
+
+    box, focused = asyncio.run(render())
+    print(f"\nscreenshot: {shot}; panel {box}")
+    assert box["left"] >= 0 and box["right"] <= 375 and box["width"] > 200
+    assert box["label"] == "Start a voice call" and box["height"] >= 44
+    assert focused == "call", "the call button is not reachable with the keyboard"
+    assert shot.stat().st_size > 1000
+
+
+def test_a_browser_that_vanishes_releases_its_call(server):
+    wav = microphone(server["tmp"], QUESTION, "vanish")
+    process = server["process"]
+
+    async def vanish():
+        browser = Chromium(wav)
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
+            page = await chromium.contexts[0].new_page()
+            await page.goto(server["url"] + "/")
+            await page.evaluate("window.voxline.start()")
+            await page.wait_for_function("window.voxline.pcId", timeout=30_000)
+            pc_id = await page.evaluate("window.voxline.pcId")
+            await page.wait_for_function(CONNECTED, timeout=30_000)
+            browser.kill()  # no hang-up, no goodbye: the machine is gone
+            browser.stop()
+            return pc_id
+
+    pc_id = asyncio.run(vanish())
+    gone = time.monotonic()
+    deadline = gone + 60
+    while time.monotonic() < deadline:
+        if any(f"browser call {pc_id} ended" in line for line in process.lines):
+            break
+        time.sleep(0.2)  # polling the server's log, with a deadline
+    released = time.monotonic() - gone
+    print(f"\nthe vanished browser's call was released {released:.1f} s after it vanished")
+    assert any(f"browser call {pc_id} ended" in line for line in process.lines)
+    metrics = httpx.get(server["url"] + "/metrics", timeout=10).text
+    assert re.search(r"^voxline_calls_active 0\.0$", metrics, re.MULTILINE), metrics
