@@ -22,7 +22,7 @@ for argument in "$@"; do
 done
 
 system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1)
-(( with_tests )) && system_packages+=(espeak-ng sox)
+(( with_tests )) && system_packages+=(espeak-ng sox chromium)
 
 if command -v apt-get >/dev/null 2>&1; then
     missing=()

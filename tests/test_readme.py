@@ -14,7 +14,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_run_command_uses_shipped_files():
     readme = (ROOT / "README.md").read_text()
-    run_line = next(line for line in readme.splitlines() if "voxline talk --persona" in line)
+    run_line = next(line for line in readme.splitlines() if "voxline serve --persona" in line)
     assert "bash scripts/install.sh &&" in run_line
+    assert "http://127.0.0.1:8080/" in readme  # the demo page the command serves
     assert (ROOT / "personas" / "bank_support.yaml").is_file()
     assert (ROOT / "scripts" / "install.sh").is_file()
