@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Caller questions for the bank persona, one per simulated call or round.
+QUESTIONS = [
+    "What is my account balance?",
+    "What time does the branch open on Saturday?",
+    "I lost my card yesterday, what should I do?",
+    "Can I speak to a human agent please?",
+    "How long does a new card take to arrive?",
+    "Do you charge a fee for international transfers?",
+    "Is the branch open on Sunday?",
+    "My card was declined at the store, why?",
+]
+
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (the LLM server), in MB."""

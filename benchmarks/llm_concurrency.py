@@ -22,8 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile  # noqa: E402
-from benchmarks.llm_prefix import QUESTIONS  # noqa: E402
+from benchmarks.common import QUESTIONS, percentile  # noqa: E402
 from voxline.config import VLLMConfig  # noqa: E402
 from voxline.engines.llm import LlamaCppServer, LLMBackend, warm_prefix  # noqa: E402
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model  # noqa: E402

@@ -28,23 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile  # noqa: E402
+from benchmarks.common import QUESTIONS, percentile  # noqa: E402
 from voxline.bot.tool_wiring import openai_tools  # noqa: E402
 from voxline.config import EmbeddedLLMConfig  # noqa: E402
 from voxline.engines.llm import LlamaCppServer, LLMBackend, warm_prefix  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
 from voxline.personas import load_persona  # noqa: E402
-
-QUESTIONS = [
-    "What is my account balance?",
-    "What time does the branch open on Saturday?",
-    "I lost my card yesterday, what should I do?",
-    "Can I speak to a human agent please?",
-    "How long does a new card take to arrive?",
-    "Do you charge a fee for international transfers?",
-    "Is the branch open on Sunday?",
-    "My card was declined at the store, why?",
-]
 
 
 async def one_request(backend: LLMBackend, system: str, question: str, tools, max_tokens: int):

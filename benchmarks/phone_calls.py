@@ -25,22 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile, rss_mb  # noqa: E402
+from benchmarks.common import QUESTIONS, percentile, rss_mb  # noqa: E402
 from tests.servers import ServerProcess, start_voxline  # noqa: E402
 from tests.speech import caller_voice  # noqa: E402
 from voxline.engines.llm import free_port  # noqa: E402
 from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
 
-QUESTIONS = [
-    "Hi, what is my account balance?",
-    "What time does the branch open on Saturday?",
-    "I lost my card yesterday, what should I do?",
-    "Can I speak to a human agent please?",
-    "How long does a new card take to arrive?",
-    "Do you charge a fee for international transfers?",
-    "Is the branch open on Sunday?",
-    "My card was declined at the store, why?",
-]
 TOKEN = "benchmark-token"
 
 

@@ -23,19 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipecat.frames.frames import (  # noqa: E402
-    EndFrame,
     Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from benchmarks.common import percentile  # noqa: E402
+from tests.pipelines import RunningPipeline  # noqa: E402
 from voxline.engines.piper import PiperEngine  # noqa: E402
 from voxline.models import PiperVoiceFiles, resolve_piper  # noqa: E402
 from voxline.processors.chunker import ChunkerProcessor  # noqa: E402
@@ -86,23 +83,14 @@ async def first_audio_ms(voice: PiperEngine, reply: str, clause_aware: bool, tok
         if clause_aware
         else ChunkerProcessor(min_first_words=10_000, max_wait_ms=5000)
     )
-    worker = PipelineWorker(
-        Pipeline([chunker, SharedPiperTTSService(engine=voice), probe]),
-        params=PipelineParams(audio_out_sample_rate=8000),
-        enable_rtvi=False,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await worker.queue_frame(LLMFullResponseStartFrame())
-    first_token = time.perf_counter()
-    for token in [piece for piece in reply.replace(" ", "\0 ").split("\0") if piece]:
-        await worker.queue_frame(LLMTextFrame(token))
-        await asyncio.sleep(token_ms / 1000)  # the LLM's generation rate
-    await worker.queue_frame(LLMFullResponseEndFrame())
-    await asyncio.wait_for(probe.got.wait(), 30)
-    await worker.queue_frame(EndFrame())
-    await asyncio.wait_for(task, 30)
+    async with RunningPipeline([chunker, SharedPiperTTSService(engine=voice), probe]) as run:
+        await run.queue(LLMFullResponseStartFrame())
+        first_token = time.perf_counter()
+        for token in [piece for piece in reply.replace(" ", "\0 ").split("\0") if piece]:
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(token_ms / 1000)  # the LLM's generation rate
+        await run.queue(LLMFullResponseEndFrame())
+        await asyncio.wait_for(probe.got.wait(), 30)
     # The voice's worker may still be finishing this reply's last sentence: let it, so
     # the next measurement does not queue behind it.
     async for _ in voice.synthesize("Done."):

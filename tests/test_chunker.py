@@ -10,16 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pipecat.frames.frames import (
     AggregatedTextFrame,
-    EndFrame,
     Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipelines import RunningPipeline
 
 from voxline.processors.chunker import ChunkerProcessor, SentenceChunker
 
@@ -193,24 +190,14 @@ class Collect(FrameProcessor):
 
 async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
     collect = Collect()
-    worker = PipelineWorker(
-        Pipeline([ChunkerProcessor(max_wait_ms=200), collect]),
-        params=PipelineParams(),
-        enable_rtvi=False,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await worker.queue_frame(LLMFullResponseStartFrame())
-    started = time.perf_counter()
-    for token in ["Well", " let", " me", " think", " about"]:  # no boundary, slow tokens
-        await worker.queue_frame(LLMTextFrame(token))
-        await asyncio.sleep(0.1)  # the LLM's token rate
-    for token in [" it", " for", " you."]:
-        await worker.queue_frame(LLMTextFrame(token))
-    await worker.queue_frame(LLMFullResponseEndFrame())
-    await worker.queue_frame(EndFrame())
-    await asyncio.wait_for(task, 10)
+    async with RunningPipeline([ChunkerProcessor(max_wait_ms=200), collect]) as run:
+        await run.queue(LLMFullResponseStartFrame())
+        started = time.perf_counter()
+        for token in ["Well", " let", " me", " think", " about"]:  # no boundary, slow tokens
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        await run.queue(*(LLMTextFrame(t) for t in [" it", " for", " you."]))
+        await run.queue(LLMFullResponseEndFrame())
     texts = [text for _, text in collect.chunks]
     assert texts[0] in ("Well", "Well let", "Well let me"), texts  # whole words only
     assert " ".join(texts) == "Well let me think about it for you."

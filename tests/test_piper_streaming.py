@@ -6,17 +6,14 @@ import asyncio
 import time
 
 from pipecat.frames.frames import (
-    EndFrame,
     Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipelines import RunningPipeline
 from speech import caller_voice
 
 from voxline.processors.chunker import ChunkerProcessor
@@ -49,24 +46,15 @@ async def test_first_clause_is_heard_before_the_sentence_is_written():
     whole_sentence_secs = time.perf_counter() - started
 
     probe = FirstAudio()
-    worker = PipelineWorker(
-        Pipeline([ChunkerProcessor(), SharedPiperTTSService(engine=voice), probe]),
-        params=PipelineParams(audio_out_sample_rate=16_000),
-        enable_rtvi=False,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await worker.queue_frame(LLMFullResponseStartFrame())
-    first_token = time.perf_counter()
-    tokens = [piece for piece in REPLY.replace(" ", "\0 ").split("\0") if piece]
-    for token in tokens:
-        await worker.queue_frame(LLMTextFrame(token))
-        await asyncio.sleep(0.03)  # the LLM's token rate
-    last_token = time.perf_counter()
-    await worker.queue_frame(LLMFullResponseEndFrame())
-    await worker.queue_frame(EndFrame())
-    await asyncio.wait_for(task, 30)
+    tts = SharedPiperTTSService(engine=voice)
+    async with RunningPipeline([ChunkerProcessor(), tts, probe]) as run:
+        await run.queue(LLMFullResponseStartFrame())
+        first_token = time.perf_counter()
+        for token in [piece for piece in REPLY.replace(" ", "\0 ").split("\0") if piece]:
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.03)  # the LLM's token rate
+        last_token = time.perf_counter()
+        await run.queue(LLMFullResponseEndFrame())
 
     assert probe.first is not None, "no audio"
     print(
