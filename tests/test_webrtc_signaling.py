@@ -133,6 +133,20 @@ def test_a_real_offer_is_answered_then_a_second_call_is_busy(server):
             await asyncio.sleep(0.5)  # the call task takes its admission slot
             busy = post(server["url"], {"key": "demo", "type": "offer", "sdp": second_sdp})
             assert busy.status_code == 503 and "busy" in busy.json()["error"]
+            trickle = httpx.patch(
+                server["url"] + "/webrtc/offer",
+                json={
+                    "pc_id": answer["pc_id"],
+                    "candidates": [
+                        {"candidate": "candidate:1 1 UDP 2122252543 192.0.2.9 50000 typ host",
+                         "sdp_mid": "0", "sdp_mline_index": 0},
+                        {"candidate": "candidate:2 1 UDP 2122252543 4c1d-9a.local 50001 typ host",
+                         "sdp_mid": "0", "sdp_mline_index": 0},
+                    ],
+                },
+                timeout=10,
+            )  # fmt: skip
+            assert trickle.status_code == 200, trickle.text
             unknown = httpx.patch(
                 server["url"] + "/webrtc/offer",
                 json={"pc_id": "nope", "candidates": []},
