@@ -112,3 +112,11 @@ def test_eight_concurrent_streams_through_the_batcher_equal_eight_alone(decoder)
     assert decoder.batch_records[-1].size == 8
     for one, many in zip(alone, batched, strict=True):
         np.testing.assert_allclose(many, one, atol=1e-5)
+
+
+def test_snac_from_a_hub_is_refused_clearly_when_downloads_are_off(monkeypatch):
+    from voxline.models import ModelNotAvailableError
+
+    monkeypatch.setenv("VOXLINE_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match=r"set engines\.snac\.model to a directory"):
+        load_snac("hubertsiuzdak/snac_24khz")

@@ -125,8 +125,10 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
     @app.patch("/webrtc/offer")
     async def candidates(request: Request) -> Response:
         origin = request.headers.get("origin")
-        if origin is not None and origin != _own_origin(request) and not (
-            origin in listed or "*" in listed
+        if (
+            origin is not None
+            and origin != _own_origin(request)
+            and not (origin in listed or "*" in listed)
         ):
             return _refusal(SignalingError(403, f"origin {origin} may not patch"), None)
         try:

@@ -11,6 +11,7 @@ GPU that is where batching pays; on this CPU it at least does not lose
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,15 @@ def load_snac(model: str, *, device: str = "cpu") -> Any:
     import torch
     from snac import SNAC
 
+    from voxline.models import ModelNotAvailableError, downloads_allowed
+
+    local = model.startswith(RANDOM_PREFIX) or Path(model).is_dir()
+    if not local and not downloads_allowed():
+        raise ModelNotAvailableError(
+            f"SNAC model {model!r} is not a local directory and downloads are off "
+            "(VOXLINE_OFFLINE/HF_HUB_OFFLINE): set engines.snac.model to a directory "
+            "holding the snac_24khz weights"
+        )
     if model.startswith(RANDOM_PREFIX):
         seed = int(model.removeprefix(RANDOM_PREFIX) or 0)
         torch.manual_seed(seed)
