@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
+from typing import TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from voxline.bot.webrtc_call import WebRTCLine
 from voxline.config import ServerConfig
@@ -25,6 +26,7 @@ from voxline.transports.webrtc import (
 )
 
 WIDGET = files("voxline.transports") / "widget"
+Message = TypeVar("Message", bound=BaseModel)
 
 
 def _own_origin(request: Request) -> str:
@@ -63,10 +65,15 @@ async def _read_json(request: Request, limit: int) -> object:
         raise SignalingError(400, "the body is not JSON") from None
 
 
-def _invalid(exc: ValidationError) -> SignalingError:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return SignalingError(400, f"{where}: {first['msg']}")
+async def _parse(request: Request, model: type[Message], limit: int) -> Message:
+    """The request's JSON body as ``model``, or a 400/413 naming what is wrong."""
+    document = await _read_json(request, limit)
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise SignalingError(400, f"{where}: {first['msg']}") from None
 
 
 def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> None:
@@ -108,11 +115,7 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
         origin = request.headers.get("origin")
         allowed = None
         try:
-            document = await _read_json(request, config.webrtc.max_sdp_bytes)
-            try:
-                parsed = Offer.model_validate(document)
-            except ValidationError as exc:
-                raise _invalid(exc) from None
+            parsed = await _parse(request, Offer, config.webrtc.max_sdp_bytes)
             allowed = line.check_page(parsed.key, origin, _own_origin(request))
             client = request.client.host if request.client else "unknown"
             answer = await line.answer(parsed, client)
@@ -132,11 +135,7 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
         ):
             return _refusal(SignalingError(403, f"origin {origin} may not patch"), None)
         try:
-            document = await _read_json(request, config.webrtc.max_sdp_bytes)
-            try:
-                patch = CandidatePatch.model_validate(document)
-            except ValidationError as exc:
-                raise _invalid(exc) from None
+            patch = await _parse(request, CandidatePatch, config.webrtc.max_sdp_bytes)
             await line.add_candidates(patch)
         except SignalingError as exc:
             return _refusal(exc, origin)
