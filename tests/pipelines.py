@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from pipecat.frames.frames import EndFrame, Frame
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
@@ -18,10 +19,17 @@ class RunningPipeline:
     gone through the pipeline.
     """
 
-    def __init__(self, processors: list[FrameProcessor], *, out_sample_rate: int = 16_000):
+    def __init__(
+        self,
+        processors: list[FrameProcessor],
+        *,
+        out_sample_rate: int = 16_000,
+        observers: list[BaseObserver] | None = None,
+    ):
         self.worker = PipelineWorker(
             Pipeline(processors),
             params=PipelineParams(audio_out_sample_rate=out_sample_rate),
+            observers=observers,
             enable_rtvi=False,
         )
         self._runner = WorkerRunner(handle_sigint=False)

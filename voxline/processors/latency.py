@@ -5,6 +5,13 @@ added to the pipeline) and records, for each turn, when the caller went quiet,
 when the utterance went to STT and came back, the LLM's first token, the first
 chunk handed to TTS, TTS's first audio and the first audio sent to the caller.
 All times are the pipeline clock's (nanoseconds since the call started).
+
+The first audio sent is the output transport's ``BotStartedSpeakingFrame`` when
+the bot was silent. When the reply is queued behind audio still playing (the
+greeting, or a reply that had not finished), no new speaking period starts, so
+the tracer counts seconds of audio: what TTS produced before the reply, and
+what the transport has written since, and the reply starts with the chunk that
+crosses that mark.
 """
 
 from __future__ import annotations
@@ -34,8 +41,14 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_output import BaseOutputTransport
 
 from voxline.processors.frames import TranscriptionSkippedFrame
+
+
+def _seconds(frame: TTSAudioRawFrame) -> float:
+    return len(frame.audio) / (2 * max(1, frame.num_channels) * max(1, frame.sample_rate))
+
 
 STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "transport", "voice_to_voice")
 
@@ -130,6 +143,12 @@ class LatencyTracer(BaseObserver):
         self._user_speaking = False
         self._bot_speaking = False
         self._greeting_pending = True
+        # Seconds of bot audio produced by TTS and written by the output transport,
+        # and where in the produced audio the current turn's reply starts, if it was
+        # queued behind audio already playing.
+        self._produced_secs = 0.0
+        self._written_secs = 0.0
+        self._reply_starts_at: float | None = None
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -186,8 +205,10 @@ class LatencyTracer(BaseObserver):
             if self._turn is not None and self._turn.first_chunk is None:
                 self._turn.first_chunk = now
         elif isinstance(frame, TTSAudioRawFrame):
-            if self._turn is not None and self._turn.tts_first_audio is None:
-                self._turn.tts_first_audio = now
+            if isinstance(data.source, BaseOutputTransport):
+                self._on_audio_written(frame, now)
+            else:
+                self._on_audio_produced(frame, now)
         elif isinstance(frame, FunctionCallsStartedFrame):
             if self._turn is not None and not self._turn.complete:
                 self._turn.tools_running += len(frame.function_calls)
@@ -211,15 +232,38 @@ class LatencyTracer(BaseObserver):
                 self._turn.audio_out = now
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
+            self._written_secs = self._produced_secs  # the transport's queue ran dry
             if self._greeting_pending and self._turn is None:
                 self._greeting_pending = False
                 self.greeting_done.set()
             self._complete_if_done()
-        elif isinstance(frame, InterruptionFrame) and self._speaking_turn() is not None:
+        elif isinstance(frame, InterruptionFrame):
+            # The transport drops what it had queued; nothing produced is left to play.
+            self._written_secs = self._produced_secs
+            self._reply_starts_at = None
             turn = self._speaking_turn()
-            turn.interrupted = True
-            self._finish(turn)
+            if turn is not None:
+                turn.interrupted = True
+                self._finish(turn)
         self._update_idle()
+
+    def _on_audio_produced(self, frame: TTSAudioRawFrame, now: int) -> None:
+        turn = self._turn
+        if turn is not None and turn.tts_first_audio is None:
+            turn.tts_first_audio = now
+            if self._bot_speaking and turn.audio_out is None:
+                self._reply_starts_at = self._produced_secs
+        self._produced_secs += _seconds(frame)
+
+    def _on_audio_written(self, frame: TTSAudioRawFrame, now: int) -> None:
+        self._written_secs += _seconds(frame)
+        starts_at, turn = self._reply_starts_at, self._turn
+        # A millisecond of slack: the transport's chunks need not align with TTS frames.
+        if starts_at is None or self._written_secs <= starts_at + 1e-3:
+            return
+        self._reply_starts_at = None
+        if turn is not None and turn.audio_out is None and not turn.complete:
+            turn.audio_out = now
 
     def _on_tool_result(self, frame: FunctionCallResultFrame) -> None:
         turn = self._turn
@@ -255,6 +299,7 @@ class LatencyTracer(BaseObserver):
             return
         if turn is not None and not turn.complete:
             self._finish(turn)
+        self._reply_starts_at = None
         turn = TurnTrace(index=len(self.trace.turns) + 1, caller_text=text.strip(), transcribed=now)
         if utterance is not None:
             turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
