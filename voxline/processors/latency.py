@@ -47,7 +47,7 @@ from voxline.processors.frames import TranscriptionSkippedFrame
 
 
 def _seconds(frame: TTSAudioRawFrame) -> float:
-    return len(frame.audio) / (2 * max(1, frame.num_channels) * max(1, frame.sample_rate))
+    return frame.num_frames / max(1, frame.sample_rate)
 
 
 STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "transport", "voice_to_voice")

@@ -111,7 +111,7 @@ class AudioFileOutput(BaseOutputTransport):
         """Record the frame at the current playback time, pacing like a speaker."""
         self._transport.record(self.get_clock().get_time(), frame.audio)
         loop = asyncio.get_running_loop()
-        duration = len(frame.audio) / 2 / max(1, frame.sample_rate)
+        duration = frame.num_frames / max(1, frame.sample_rate)
         now = loop.time()
         wait = self._next_write - now
         if wait > 0:
