@@ -13,6 +13,7 @@ from num2words import num2words
 
 from voxline.engines.piper import PiperEngine
 from voxline.models import PiperVoiceFiles, resolve_piper
+from voxline.transports.levels import is_voiced
 
 
 @cache
@@ -65,6 +66,13 @@ def rms_dbfs(samples: np.ndarray) -> float:
         audio /= 32768.0
     rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
     return 20 * np.log10(max(rms, 1e-12))
+
+
+def voiced_secs(samples: np.ndarray, rate: int) -> float:
+    """Seconds of int16 ``samples`` that are voiced, counted in 20 ms frames."""
+    size = rate // 50
+    frames = samples[: samples.size // size * size].reshape(-1, size)
+    return sum(is_voiced(frame) for frame in frames) / 50
 
 
 def speech_16k(text: str) -> np.ndarray:

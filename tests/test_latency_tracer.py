@@ -1,4 +1,4 @@
-"""The latency tracer marks when each reply reaches the caller, even behind other audio."""
+"""The latency tracer: when each reply reaches the caller, and which completion answers a turn."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import numpy as np
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_transport import TransportParams
 
 from tests.pipelines import RunningPipeline
@@ -71,3 +77,76 @@ async def test_a_reply_queued_behind_the_greeting_is_marked_when_it_plays():
     assert reply_start - greeting_start > 0.9e9  # it played after the greeting
     assert abs(turn.audio_out - reply_start) < 0.06e9
     assert turn.complete and not turn.interrupted
+
+
+class _Feed:
+    """Frames shown to a tracer in the order a call's pipeline pushes them."""
+
+    def __init__(self, tracer: LatencyTracer) -> None:
+        self.tracer = tracer
+        self.pipeline = FrameProcessor()
+        params = TransportParams(audio_out_enabled=True, audio_out_sample_rate=RATE)
+        self.output = AudioFileTransport(np.zeros(RATE // 10, np.float32), RATE, params=params)
+        self.clock = 0
+
+    async def __call__(self, *frames: Frame, written: bool = False) -> None:
+        source = self.output.output() if written else self.pipeline
+        for frame in frames:
+            self.clock += 10_000_000
+            await self.tracer.on_push_frame(
+                FramePushed(
+                    source=source,
+                    destination=self.pipeline,
+                    frame=frame,
+                    direction=FrameDirection.DOWNSTREAM,
+                    timestamp=self.clock,
+                )
+            )
+
+
+def _reply(text: str) -> list[Frame]:
+    return [LLMFullResponseStartFrame(), LLMTextFrame(text), AggregatedTextFrame(text, "sentence")]
+
+
+async def _answer(feed: _Feed, text: str) -> None:
+    await feed(*_reply(text), _tone(REPLY_LEVEL, 0.2))
+    await feed(BotStartedSpeakingFrame(), _tone(REPLY_LEVEL, 0.2), written=True)
+    await feed(LLMFullResponseEndFrame(), BotStoppedSpeakingFrame())
+
+
+async def test_a_completion_cancelled_by_the_callers_next_words_is_not_the_answer():
+    # Measured on a call: the caller paused mid-question, the LLM started on the first
+    # half, and the second half's transcript interrupted it before its first token.
+    done: list[TurnTrace] = []
+    feed = _Feed(LatencyTracer(on_turn=done.append))
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(VADUserStartedSpeakingFrame(), TranscriptionFrame("I lost my card.", "c", "t"))
+    await feed(VADUserStoppedSpeakingFrame(stop_secs=0.2), LLMFullResponseStartFrame())
+    await feed(TranscriptionFrame("What should I do?", "c", "t"), InterruptionFrame())
+    await feed(LLMFullResponseEndFrame())
+    assert not done, "the cancelled completion ended the turn"
+
+    await _answer(feed, "Call us to block it.")
+    [turn] = done
+    assert turn.caller_text == "I lost my card. What should I do?"
+    assert turn.bot_text == "Call us to block it."
+    assert not turn.interrupted
+    assert turn.latencies_ms()["voice_to_voice"] is not None
+    assert feed.tracer.idle.is_set()
+
+
+async def test_a_half_generated_answer_the_caller_talked_over_is_an_interrupted_turn():
+    done: list[TurnTrace] = []
+    feed = _Feed(LatencyTracer(on_turn=done.append))
+    await feed(VADUserStoppedSpeakingFrame(stop_secs=0.2), TranscriptionFrame("Hi.", "c", "t"))
+    await feed(*_reply("Hello, how"))
+    await feed(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame("What is my balance?", "c", "t"), InterruptionFrame())
+    await feed(LLMFullResponseEndFrame())
+    [first] = done
+    assert first.caller_text == "Hi." and first.interrupted
+
+    await _answer(feed, "Ten dollars.")
+    second = done[1]
+    assert second.caller_text == "What is my balance?" and second.bot_text == "Ten dollars."
+    assert not second.interrupted and second.audio_out is not None

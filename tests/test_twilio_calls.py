@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import websockets
 
 from tests.conftest import BANK_PERSONA, VOXLINE
 from tests.servers import ServerProcess, start_rest_standin, start_voxline
-from tests.speech import caller_voice, wer
+from tests.speech import caller_voice, normalize, voiced_secs, wer
 from voxline.engines.llm import free_port
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
@@ -36,6 +37,7 @@ ACCOUNT_SID = "AC" + "1" * 32
 SHORT_NUMBER = "+15550100001"
 CLOSER_NUMBER = "+15550100002"
 QUESTION = "Hi, what is my account balance?"
+GOODBYE = "Thank you for calling. Goodbye."
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +58,12 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
     )
     (tmp / "closer.yaml").write_text(
         textwrap.dedent(
-            """\
+            f"""\
             name: closer
             prompt: You end calls.
             tools: [end_call]
-            llm: {tool_choice: end_call}
-            phrases: {goodbye: Thank you for calling. Goodbye.}
+            llm: {{tool_choice: end_call}}
+            phrases: {{goodbye: {GOODBYE}}}
             """
         )
     )
@@ -103,6 +105,12 @@ def speech(text: str) -> tuple[np.ndarray, int]:
     voice = caller_voice()
     pcm = np.frombuffer(voice.synthesize_all(text), dtype=np.int16)
     return pcm.astype(np.float32) / 32768.0, voice.sample_rate
+
+
+def at_phone_rate(text: str) -> np.ndarray:
+    """``text`` spoken by the bot's Piper voice, as int16 samples at the phone's rate."""
+    audio, rate = speech(text)
+    return (soxr.resample(audio, rate, RATE) * 32767).astype(np.int16)
 
 
 def caller(phone: dict, **kwargs) -> TwilioCaller:
@@ -246,8 +254,14 @@ def test_end_call_tool_says_goodbye_and_hangs_up_through_the_rest_api(phone):
     context = json.loads(call_log(phone["server"], dialer.call_sid)["context"])
     calls = [m for m in context if m["role"] == "assistant" and m.get("tool_calls")]
     assert calls and calls[0]["tool_calls"][0]["function"]["name"] == "end_call"
-    heard = transcribe(result.heard[int(result.turns[0].caller_end * RATE) :])
-    assert wer("Thank you for calling. Goodbye.", heard) <= 0.35, heard
+    after_turn = result.heard[int(result.turns[0].caller_end * RATE) :]
+    heard = normalize(transcribe(after_turn))
+    assert heard.startswith("thank you for calling"), heard
+    # tiny.en sometimes drops or mishears the one-word "Goodbye." sentence (Piper's voice
+    # varies from run to run), so its presence is measured as sound: a goodbye cut short
+    # by the hang-up would be about a third shorter than the whole line spoken.
+    spoken = statistics.median(voiced_secs(at_phone_rate(GOODBYE), RATE) for _ in range(3))
+    assert voiced_secs(after_turn, RATE) >= 0.85 * spoken, (heard, spoken)
 
 
 def test_unsigned_and_wrongly_signed_webhooks_are_refused(phone):

@@ -26,8 +26,8 @@ from voxline.engines.llm import free_port
 pytestmark = pytest.mark.slow
 ARTIFACTS = ROOT / "test-artifacts"
 CONNECTED = "['connected', 'speaking', 'listening'].includes(window.voxline.state)"
-QUESTION = "What time does the branch open on Saturday?"
-OTHER_QUESTION = "I lost my card yesterday, what should I do?"
+QUESTION = "Can you tell me what time the branch opens on Saturday?"
+OTHER_QUESTION = "I would like to check the balance of my savings account."
 # Levels measured in the page with Web Audio, for the latency of each side as heard there.
 METER = """
 () => {
@@ -64,8 +64,10 @@ def server(tmp_path_factory) -> Iterator[dict]:
 
 
 def microphone(tmp: Path, text: str, name: str) -> Path:
-    # The question starts after the greeting has been played (about 4 s after connecting).
-    return synthesize_wav(text, tmp / f"{name}.wav", lead_secs=6.0)
+    # The question starts after the greeting has been played: it ends 3.5-4.6 s after the
+    # microphone opens with two browsers at once. Speech over the greeting's last words
+    # loses its first words to the page's echo cancellation, so the margin is wide.
+    return synthesize_wav(text, tmp / f"{name}.wav", lead_secs=8.0)
 
 
 async def call_from_browser(url: str, wav: Path, *, timeout: float = 90.0) -> dict:
@@ -82,7 +84,7 @@ async def call_from_browser(url: str, wav: Path, *, timeout: float = 90.0) -> di
             connected = time.perf_counter() - loaded
             await page.evaluate(METER)
             await page.wait_for_function(
-                "(window.voxline.events || []).some(e => e.type === 'turn')",
+                "(window.voxline.events || []).some(e => e.type === 'turn' && !e.interrupted)",
                 timeout=timeout * 1000,
             )
             # Let the reply play for a while so the page hears it.
@@ -119,20 +121,25 @@ def heard_latency_ms(levels: list[list[float]]) -> float | None:
 
 
 def check_conversation(report: dict, question: str) -> None:
-    turn = next(e for e in report["events"] if e["type"] == "turn")
+    turns = [e for e in report["events"] if e["type"] == "turn"]
+    answered = next(i for i, turn in enumerate(turns) if not turn["interrupted"])
+    # A question said with a pause can reach the server as two turns, the first cut
+    # off by the second half: the caller's side is every turn up to the answer.
+    caller = " ".join(turn["caller"] for turn in turns[: answered + 1])
+    turn = turns[answered]
     print(
         f"\npage connected in {report['connectMs']:.0f} ms (load+connect "
-        f"{report['connected_secs']:.2f} s); caller: {turn['caller']!r}; bot: {turn['bot']!r}; "
+        f"{report['connected_secs']:.2f} s); caller: {caller!r}; bot: {turn['bot']!r}; "
         f"server voice-to-voice {turn['latency_ms']['voice_to_voice']} ms; heard in the page "
         f"{heard_latency_ms(report['levels'])} ms"
     )
-    assert wer(question, turn["caller"]) <= 0.2, turn["caller"]
+    assert wer(question, caller) <= 0.2, caller
     assert turn["bot"].strip()
     assert max(bot for _, _, bot in report["levels"]) > 0.01, "the page heard no bot audio"
     kinds = [kind for kind, _ in report["log"]]
     assert "user" in kinds and "bot" in kinds, report["log"]
-    user_line = next(text for kind, text in report["log"] if kind == "user")
-    assert wer(question, user_line) <= 0.2
+    shown = " ".join(text for kind, text in report["log"] if kind == "user")
+    assert wer(question, shown) <= 0.2, report["log"]
 
 
 def test_a_browser_call_end_to_end(server):

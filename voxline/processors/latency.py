@@ -149,6 +149,10 @@ class LatencyTracer(BaseObserver):
         self._produced_secs = 0.0
         self._written_secs = 0.0
         self._reply_starts_at: float | None = None
+        # An LLM response is being generated; an interruption cancels it, and the
+        # end frame pushed on its way out does not end the turn's answer.
+        self._llm_responding = False
+        self._llm_interrupted = False
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -215,15 +219,20 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, FunctionCallResultFrame):
             self._on_tool_result(frame)
         elif isinstance(frame, LLMFullResponseStartFrame):
+            self._llm_responding, self._llm_interrupted = True, False
             if self._turn is not None:
                 self._turn.follow_up_expected = False
+                self._turn.llm_done = False
         elif isinstance(frame, LLMFullResponseEndFrame):
+            cancelled = self._llm_interrupted
+            self._llm_responding, self._llm_interrupted = False, False
             if self._turn is not None:
                 if self._turn.tools_running or self._turn.follow_up_expected:
                     return  # the reply comes from the completion after the tool results
                 self._turn.llm_done = True
-                if not self._bot_speaking and self._turn.audio_out is None:
-                    # A reply with nothing to say (empty text) is still a finished turn.
+                if not self._bot_speaking and self._turn.audio_out is None and not cancelled:
+                    # A reply with nothing to say (empty text) is still a finished turn;
+                    # a cancelled one is not a reply: the next completion answers.
                     failed = self._turn.error is not None
                     self._complete_if_done(force=self._turn.first_chunk is None and not failed)
         elif isinstance(frame, BotStartedSpeakingFrame):
@@ -239,6 +248,7 @@ class LatencyTracer(BaseObserver):
             self._complete_if_done()
         elif isinstance(frame, InterruptionFrame):
             # The transport drops what it had queued; nothing produced is left to play.
+            self._llm_interrupted = self._llm_responding
             self._written_secs = self._produced_secs
             self._reply_starts_at = None
             turn = self._speaking_turn()
@@ -298,6 +308,8 @@ class LatencyTracer(BaseObserver):
             turn.transcribed = now
             return
         if turn is not None and not turn.complete:
+            # The caller spoke again before this turn's answer was over.
+            turn.interrupted = True
             self._finish(turn)
         self._reply_starts_at = None
         turn = TurnTrace(index=len(self.trace.turns) + 1, caller_text=text.strip(), transcribed=now)

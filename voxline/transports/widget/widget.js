@@ -52,7 +52,9 @@
   var log = root.querySelector(".log");
   var audio = root.querySelector("audio.remote");
 
-  var pc = null, mic = null, channel = null, botLine = null, callStarted = 0;
+  // The lines being written: a turn's words arrive in pieces, and each side's
+  // pieces stay on one line until the other side speaks.
+  var pc = null, mic = null, channel = null, botLine = null, userLine = null, callStarted = 0;
   var page = (window.voxline = window.voxline || {});
   page.events = page.events || [];
 
@@ -77,8 +79,10 @@
     page.events.push(message);
     if (message.type === "user-transcript") {
       botLine = null;
-      say("user", message.text);
+      if (!userLine) { userLine = say("user", message.text); }
+      else { userLine.textContent += " " + message.text; }
     } else if (message.type === "bot-text") {
+      userLine = null;
       if (!botLine) { botLine = say("bot", message.text); }
       else { botLine.textContent += " " + message.text; }
     } else if (message.type === "user-started") {
@@ -189,7 +193,7 @@
     if (channel) { try { channel.close(); } catch (e) { /* closing anyway */ } }
     if (pc) { pc.close(); }
     if (mic) { mic.getTracks().forEach(function (track) { track.stop(); }); }
-    pc = null; mic = null; channel = null; botLine = null;
+    pc = null; mic = null; channel = null; botLine = null; userLine = null;
     audio.srcObject = null;
     button.disabled = false;
     button.textContent = "Talk to us";
