@@ -208,7 +208,13 @@ def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):
     assert result.received.index("clear") > result.received.index("media")
 
     context = json.loads(call_log(server, dialer.call_sid)["context"])
-    interrupted = [turn for turn in turns_logged(server) if turn["interrupted"]]
+    # The barge-in cut off a reply the caller was hearing; a reply cut off before it was
+    # heard (the barge-in said with a pause, answered after its first half) is not it.
+    interrupted = [
+        turn
+        for turn in turns_logged(server)
+        if turn["interrupted"] and turn["latency_ms"]["voice_to_voice"] is not None
+    ]
     assert interrupted, "the server saw no interrupted turn"
     full_reply = interrupted[-1]["bot"]
     first_user = next(i for i, message in enumerate(context) if message["role"] == "user")
