@@ -72,6 +72,12 @@
     return line;
   }
 
+  function extend(line, kind, text) {
+    if (!line) { return say(kind, text); }
+    line.textContent += " " + text;
+    return line;
+  }
+
   function onMessage(event) {
     var message;
     try { message = JSON.parse(event.data); } catch (e) { return; }
@@ -79,12 +85,10 @@
     page.events.push(message);
     if (message.type === "user-transcript") {
       botLine = null;
-      if (!userLine) { userLine = say("user", message.text); }
-      else { userLine.textContent += " " + message.text; }
+      userLine = extend(userLine, "user", message.text);
     } else if (message.type === "bot-text") {
       userLine = null;
-      if (!botLine) { botLine = say("bot", message.text); }
-      else { botLine.textContent += " " + message.text; }
+      botLine = extend(botLine, "bot", message.text);
     } else if (message.type === "user-started") {
       botLine = null;
       setState("Listening…", "listening");
