@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,10 @@ from pipecat.transports.smallwebrtc.request_handler import (
     SmallWebRTCRequest,
     SmallWebRTCRequestHandler,
 )
-from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+from pipecat.transports.smallwebrtc.transport import (
+    SmallWebRTCOutputTransport,
+    SmallWebRTCTransport,
+)
 from pipecat.workers.runner import WorkerRunner
 
 from voxline.bot.admission import Admission, CallRejected
@@ -44,6 +48,7 @@ from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.transports.playout import PlayoutGateMixin
 from voxline.transports.webrtc import (
     CandidatePatch,
     Offer,
@@ -58,6 +63,57 @@ OUT_SAMPLE_RATE = 24_000
 # A browser sends audio packets continuously, silence included; none for this long means
 # it is gone (ICE consent freshness alone takes ~30 s to notice a vanished peer).
 SILENT_PEER_SECS = 6.0
+
+
+class PlayoutOutputTransport(PlayoutGateMixin, SmallWebRTCOutputTransport):
+    """SmallWebRTC's output with a playout gate: text reaches the context once sent.
+
+    pipecat's outgoing track (``RawAudioTrack``) queues each written frame as 10 ms
+    pieces that aiortc takes one by one, in real time, to encode and send; the
+    write returns when the frame's last piece is taken. The playout position is
+    the audio written minus the pieces still queued on the track.
+    """
+
+    def __init__(self, client, params: TransportParams, **kwargs):
+        super().__init__(client, params, **kwargs)
+        self._written = 0.0
+        self._init_gate(self)
+
+    def written_secs(self) -> float:
+        """Seconds of bot audio handed to the outgoing track."""
+        return self._written
+
+    def played_secs(self) -> float:
+        """Seconds of bot audio sent to the browser: written minus still queued."""
+        return max(0.0, self._written - self._queued_secs())
+
+    def _queued_secs(self) -> float:
+        track = getattr(self._client, "_audio_output_track", None)
+        queue = getattr(track, "_chunk_queue", None)
+        return 0.01 * len(queue) if queue else 0.0
+
+    async def write_audio_frame(self, frame) -> bool:
+        """Count the frame as written while the track holds it; report the new position."""
+        duration = frame.num_frames / max(1, frame.sample_rate)
+        self._written += duration
+        written = await super().write_audio_frame(frame)
+        if not written:
+            self._written -= duration  # no peer to send it to: nobody heard it
+        await self._audio_written()
+        return written
+
+
+class PlayoutWebRTCTransport(SmallWebRTCTransport):
+    """pipecat's SmallWebRTC transport whose output is :class:`PlayoutOutputTransport`."""
+
+    def output(self) -> PlayoutOutputTransport:
+        """The output transport, with the playout gate."""
+        if not self._output:
+            self._output = PlayoutOutputTransport(
+                self._client, self._params, name=self._output_name
+            )
+        assert isinstance(self._output, PlayoutOutputTransport)
+        return self._output
 
 
 class PageEvents(BaseObserver):
@@ -212,7 +268,7 @@ class WebRTCLine:
                 await connection.disconnect()
 
     async def _serve(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
-        transport = SmallWebRTCTransport(
+        transport = PlayoutWebRTCTransport(
             connection,
             TransportParams(
                 audio_in_enabled=True,
@@ -267,6 +323,12 @@ class WebRTCLine:
             with contextlib.suppress(Exception):
                 await connection.disconnect()
             logger.info(f"browser call {connection.pc_id} ended")
+            # What the bot said (every chunk written) and what went into the context (the
+            # chunks the browser was sent before any barge-in); the persona's prompt is left out.
+            gate = transport.output().gate
+            logger.info(f"browser call {connection.pc_id} spoken {json.dumps(gate.spoken)}")
+            messages = call.context.get_messages()[1:]
+            logger.info(f"browser call {connection.pc_id} context {json.dumps(messages)}")
 
     async def close(self) -> None:
         """Hang up every browser call (server shutdown)."""

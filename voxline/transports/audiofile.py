@@ -27,6 +27,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from voxline.transports.levels import is_voiced
+from voxline.transports.playout import PlayoutGateMixin
 
 FRAME_SECS = 0.02
 
@@ -93,13 +94,30 @@ class AudioFileInput(BaseInputTransport):
             )
 
 
-class AudioFileOutput(BaseOutputTransport):
-    """Plays the bot's audio in real time and records it on the call's timeline."""
+class AudioFileOutput(PlayoutGateMixin, BaseOutputTransport):
+    """Plays the bot's audio in real time and records it on the call's timeline.
+
+    The speaker is modelled exactly: a frame starts when the one before it ends,
+    so the playout position (:meth:`played_secs`) is the audio written minus what
+    is still queued for the speaker; a :class:`~voxline.transports.playout.PlayoutGate`
+    lets each chunk's text into the context only once that position passes it.
+    """
 
     def __init__(self, transport: AudioFileTransport, params: TransportParams, **kwargs):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._next_write = 0.0
+        self._written = 0.0
+        self._init_gate(self)
+
+    def written_secs(self) -> float:
+        """Seconds of bot audio handed to the speaker."""
+        return self._written
+
+    def played_secs(self) -> float:
+        """Seconds of bot audio the caller has heard: written minus still queued."""
+        queued = max(0.0, self._next_write - asyncio.get_running_loop().time())
+        return max(0.0, self._written - queued)
 
     async def start(self, frame: StartFrame):
         """Ready to play once the pipeline starts."""
@@ -108,17 +126,17 @@ class AudioFileOutput(BaseOutputTransport):
         await self.set_transport_ready(frame)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Record the frame at the current playback time, pacing like a speaker."""
+        """Record the frame where it plays, pacing like a speaker (returns as it starts)."""
         self._transport.record(self.get_clock().get_time(), frame.audio)
         loop = asyncio.get_running_loop()
         duration = frame.num_frames / max(1, frame.sample_rate)
         now = loop.time()
-        wait = self._next_write - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-            self._next_write += duration
-        else:
-            self._next_write = now + duration
+        starts = max(now, self._next_write)
+        self._next_write = starts + duration
+        self._written += duration
+        if starts > now:
+            await asyncio.sleep(starts - now)
+        await self._audio_written()
         return True
 
 

@@ -9,7 +9,6 @@ voxline sends ``clear``) the context keeps only the words that were played.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from pipecat.frames.frames import (
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
     StartFrame,
-    SystemFrame,
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
@@ -37,6 +35,7 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketTransport,
 )
 
+from voxline.transports.playout import HeardTextGate
 from voxline.transports.twilio_protocol import (
     DTMF,
     Mark,
@@ -150,14 +149,15 @@ class TwilioMediaSerializer(FrameSerializer):
         return None  # connected / a repeated start: nothing to push
 
 
-class MarkGate:
+class MarkGate(HeardTextGate):
     """Holds each spoken chunk's text until Twilio confirms its audio played.
 
     The output transport pushes a chunk's ``TTSTextFrame`` right after writing
     the chunk's audio; the gate sends a mark there and holds the text (and every
     later downstream frame, to keep their order) until the mark is echoed. On an
     interruption the unconfirmed texts are dropped, so the assistant's turn in
-    the LLM context ends with the last words the caller heard.
+    the LLM context ends with the last words the caller heard. The holding and
+    ordering are :class:`~voxline.transports.playout.HeardTextGate`'s.
     """
 
     def __init__(
@@ -165,70 +165,23 @@ class MarkGate:
         send_mark: Callable[[str], Awaitable[None]],
         on_drained: Callable[[], None] | None = None,
     ):
+        super().__init__(on_drained)
         self._send_mark = send_mark
-        self._on_drained = on_drained
-        self._held: deque[tuple[Frame, str | None]] = deque()
         self._sequence = 0
-        self._release: Callable[[Frame], Awaitable[None]] | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self.heard: list[str] = []
 
-    def next_drain(self) -> asyncio.Future[None]:
-        """Resolves when every chunk spoken so far (and the next ones) has played."""
-        future = asyncio.get_running_loop().create_future()
-        self._drain_waiters.append(future)
-        return future
+    def _key(self, frame: TTSTextFrame) -> object:
+        self._sequence += 1
+        return f"chunk-{self._sequence}"
 
-    def bind(self, release: Callable[[Frame], Awaitable[None]]) -> None:
-        """Where released frames go (the transport's downstream push)."""
-        self._release = release
-
-    async def admit(self, frame: Frame) -> bool:
-        """Take a downstream frame; False means pass it on now, True means it is held."""
-        if isinstance(frame, SystemFrame):
-            return False
-        if isinstance(frame, TTSTextFrame):
-            self._sequence += 1
-            name = f"chunk-{self._sequence}"
-            self._held.append((frame, name))
-            await self._send_mark(name)
-            return True
-        if self._held:
-            self._held.append((frame, None))
-            return True
-        return False
+    async def _after_hold(self, key: object) -> None:
+        await self._send_mark(str(key))
 
     async def on_mark(self, name: str) -> None:
         """Release everything up to and including the chunk whose mark was echoed."""
-        if not any(mark == name for _, mark in self._held):
+        keys = self._held_keys()
+        if name not in keys:
             return  # an echo for audio that was cleared
-        while self._held:
-            frame, mark = self._held.popleft()
-            if isinstance(frame, TTSTextFrame):
-                self.heard.append(frame.text)
-            await self._emit(frame)
-            if mark == name:
-                break
-        while self._held and self._held[0][1] is None:
-            await self._emit(self._held.popleft()[0])
-        if not self._held:
-            if self._on_drained is not None:
-                self._on_drained()
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def interrupt(self) -> None:
-        """Drop unplayed text; keep the order of every other held frame."""
-        held, self._held = self._held, deque()
-        for frame, mark in held:
-            if mark is None:
-                await self._emit(frame)
-
-    async def _emit(self, frame: Frame) -> None:
-        if self._release is not None:
-            await self._release(frame)
+        await self._release_texts(keys.index(name) + 1)
 
 
 class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
