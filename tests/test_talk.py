@@ -21,11 +21,12 @@ import soundfile
 import soxr
 
 from tests.conftest import BANK_PERSONA, VOXLINE
-from tests.speech import rms_dbfs, synthesize_wav, wer
+from tests.speech import rms_dbfs, speech_16k, synthesize_wav, wer
 from voxline.bot.runtime import Runtime
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import load_persona
+from voxline.processors.chunker import SentenceChunker
 
 QUESTION = "Hi, what is my account balance?"
 SERVER_PID = re.compile(r"llama\.cpp server pid (\d+) starting")
@@ -131,3 +132,75 @@ async def test_runtime_stops_the_llm_server_on_an_exception():
             raise RuntimeError("boom")
     assert server_pid is not None
     assert not process_alive(server_pid)
+
+
+def words(text: str) -> list[str]:
+    return [w for w in re.sub(r"[^a-z0-9' ]", " ", text.lower()).split() if w]
+
+
+@pytest.mark.slow
+async def test_barge_in_leaves_in_the_context_only_the_chunks_the_caller_heard():
+    """The caller talks over the reply: the reply's assistant message keeps the chunks
+    whose audio played and ends within one chunk of where the audio stopped."""
+    from voxline.bot.talk import talk
+
+    persona = load_persona(BANK_PERSONA)
+    question = speech_16k("Can you tell me about your branch opening hours and your card services?")
+    interruption = speech_16k("Wait, stop. I have another question.")
+    async with Runtime() as runtime:
+        result = await talk(
+            persona,
+            runtime,
+            question,
+            16_000,
+            barge_in=interruption,
+            barge_in_after_secs=4.0,
+            timeout=120,
+        )
+        # The interrupted reply, cut into chunks as the chunker cut it for TTS, and how
+        # long the persona's voice takes to say each.
+        [reply] = [turn for turn in result.turns if turn.interrupted]
+        chunker = SentenceChunker(
+            min_first_words=persona.chunking.min_first_words,
+            max_chars=persona.chunking.max_chars,
+        )
+        reply_chunks = [*chunker.push(reply.bot_text), *filter(None, [chunker.flush()])]
+        voice = runtime.piper(persona)
+        reply_secs = [
+            len(voice.synthesize_all(chunk)) / 2 / voice.sample_rate for chunk in reply_chunks
+        ]
+
+    # The caller's two utterances on the call's clock: the question, then the barge-in.
+    voiced = result.caller_voiced
+    gap = next(i for i in range(1, len(voiced)) if voiced[i] - voiced[i - 1] > 1.0)
+    question_end, barge_in_start, barge_in_end = voiced[gap - 1], voiced[gap], voiced[-1]
+    # What the caller heard of the reply: the bot audio played after the question and
+    # before the answer to the barge-in (which takes more than a second to come).
+    heard = sum(
+        secs for start, secs in result.bot_frames if question_end < start < barge_in_end + 0.5
+    )
+
+    messages = [m for m in result.context if m["role"] in ("user", "assistant")]
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    after = messages[first_user + 1] if first_user + 1 < len(messages) else None
+    kept = after["content"] if after is not None and after["role"] == "assistant" else ""
+    kept_words = words(kept)
+    count = 0
+    while count < len(reply_chunks) and len(words(" ".join(reply_chunks[:count]))) < len(
+        kept_words
+    ):
+        count += 1
+    print(
+        f"\nreply chunks: {reply_chunks}\nchunk secs: {[round(s, 2) for s in reply_secs]}"
+        f"\nbarge-in at {barge_in_start - question_end:.2f} s after the question; "
+        f"heard {heard:.2f} s of the reply\nkept in the context: {kept!r}"
+    )
+    assert heard > 1.5, "the caller heard too little of the reply for a barge-in"
+    assert words(" ".join(reply_chunks[:count])) == kept_words, (kept, reply_chunks)
+    played_of_kept = sum(reply_secs[:count])
+    with_next = sum(reply_secs[: count + 1])
+    # Every kept chunk was played; the chunk playing when the caller spoke is the only
+    # heard one left out.
+    assert played_of_kept <= heard + 0.3, (played_of_kept, heard)
+    assert heard <= with_next + 0.3, (heard, with_next)
+    assert count < len(reply_chunks), "the barge-in came after the whole reply"

@@ -8,7 +8,7 @@ its transcript, the bot's words and the latency of each stage.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pipecat.transports.base_transport import TransportParams
@@ -40,6 +40,15 @@ class TalkResult:
     audio: np.ndarray
     sample_rate: int
     llm_server_pids: list[int]
+    context: list[dict] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)
+    bot_frames: list[tuple[float, float]] = field(default_factory=list)
+    caller_voiced: list[float] = field(default_factory=list)
+    """``context``: the call's LLM context at the end (the persona's prompt first).
+    ``spoken``: every chunk of text the bot's audio was written for, heard or not.
+    ``bot_frames``: each bot audio frame played, (start, duration) in seconds, and
+    ``caller_voiced``: when each voiced caller frame was sent, both on the call's clock
+    (the timeline of ``audio``)."""
 
 
 def synthesize_caller(text: str) -> tuple[np.ndarray, int]:
@@ -61,8 +70,13 @@ async def talk(
     sample_rate: int,
     *,
     timeout: float = 120.0,
+    barge_in: np.ndarray | None = None,
+    barge_in_after_secs: float = 1.0,
 ) -> TalkResult:
     """Run one call whose caller says ``audio``; return the turns and the bot's audio.
+
+    With ``barge_in`` (more words, at ``sample_rate``), the caller says them over the
+    reply once ``barge_in_after_secs`` of it have played.
 
     Raises:
         TalkTimeoutError: the conversation did not finish within ``timeout`` seconds
@@ -92,6 +106,13 @@ async def talk(
             await tracer.greeting_done.wait()
         transport.caller_may_speak.set()
         await transport.caller_finished.wait()
+        if barge_in is not None:
+            before_reply = transport.played_secs()
+            await asyncio.wait_for(
+                transport.wait_played(before_reply + barge_in_after_secs), timeout=timeout
+            )
+            transport.say(barge_in)
+            await transport.caller_finished.wait()
         try:
             await asyncio.wait_for(tracer.idle.wait(), timeout=timeout)
         except TimeoutError:
@@ -119,4 +140,8 @@ async def talk(
         audio=transport.recording(),
         sample_rate=out_rate,
         llm_server_pids=runtime.llm_server_pids,
+        context=list(call.context.get_messages()),
+        spoken=list(transport.output().gate.spoken),
+        bot_frames=transport.played_frames(),
+        caller_voiced=transport.caller_voiced_secs(),
     )

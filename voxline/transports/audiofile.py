@@ -79,6 +79,8 @@ class AudioFileInput(BaseInputTransport):
             await asyncio.sleep(max(0.0, started_at + sent * FRAME_SECS - loop.time()))
             sent += 1
             chunk = silence
+            if position >= audio.size and transport.has_next_clip():
+                audio, position, after_end = transport.next_clip(rate), 0, 0
             if transport.caller_may_speak.is_set() and position < audio.size:
                 piece = audio[position : position + samples_per_frame]
                 position += samples_per_frame
@@ -134,6 +136,8 @@ class AudioFileOutput(PlayoutGateMixin, BaseOutputTransport):
         starts = max(now, self._next_write)
         self._next_write = starts + duration
         self._written += duration
+        clock_secs = self.get_clock().get_time() / 1e9 + (starts - now)
+        self._transport.note_played(clock_secs, duration)
         if starts > now:
             await asyncio.sleep(starts - now)
         await self._audio_written()
@@ -168,6 +172,9 @@ class AudioFileTransport(BaseTransport):
         self.caller_may_speak = asyncio.Event()
         self.caller_finished = asyncio.Event()
         self._voiced: list[int] = []
+        self._next_clips: list[np.ndarray] = []
+        self._played: list[tuple[float, float]] = []
+        self._played_event = asyncio.Event()
         self._recorded: list[tuple[int, bytes]] = []
         self._input: AudioFileInput | None = None
         self._output: AudioFileOutput | None = None
@@ -178,7 +185,7 @@ class AudioFileTransport(BaseTransport):
             self._input = AudioFileInput(self, self._params, name="audio-file-input")
         return self._input
 
-    def output(self) -> FrameProcessor:
+    def output(self) -> AudioFileOutput:
         """The bot's side: recorded."""
         if self._output is None:
             self._output = AudioFileOutput(self, self._params, name="audio-file-output")
@@ -192,6 +199,50 @@ class AudioFileTransport(BaseTransport):
 
             audio = soxr.resample(audio, self._rate, rate)
         return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+    def say(self, audio: np.ndarray) -> None:
+        """The caller says ``audio`` (at the clip's rate) once what it is saying ends.
+
+        ``caller_finished`` is cleared: it is set again after this clip's tail.
+        """
+        self._next_clips.append(np.asarray(audio, dtype=np.float32))
+        self.caller_finished.clear()
+
+    def has_next_clip(self) -> bool:
+        """Whether :meth:`say` queued another clip."""
+        return bool(self._next_clips)
+
+    def next_clip(self, rate: int) -> np.ndarray:
+        """The next queued clip as 16-bit samples at ``rate``."""
+        audio = self._next_clips.pop(0)
+        if rate != self._rate:
+            import soxr
+
+            audio = soxr.resample(audio, self._rate, rate)
+        return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+    def note_played(self, starts: float, duration: float) -> None:
+        """The speaker plays ``duration`` seconds of bot audio from ``starts`` (pipeline clock)."""
+        self._played.append((starts, duration))
+        self._played_event.set()
+
+    def played_frames(self) -> list[tuple[float, float]]:
+        """Every bot frame played: (start, duration) in seconds, on the pipeline clock."""
+        return list(self._played)
+
+    def caller_voiced_secs(self) -> list[float]:
+        """When each voiced caller frame was sent, in seconds on the pipeline clock."""
+        return [clock_ns / 1e9 for clock_ns in self._voiced]
+
+    def played_secs(self) -> float:
+        """Seconds of bot audio played (or playing) so far."""
+        return sum(duration for _, duration in self._played)
+
+    async def wait_played(self, secs: float) -> None:
+        """Return once ``secs`` seconds of bot audio have started playing."""
+        while self.played_secs() < secs:
+            self._played_event.clear()
+            await self._played_event.wait()
 
     def note_voiced(self, clock_ns: int) -> None:
         """Remember that caller speech was sent at ``clock_ns``."""
