@@ -230,3 +230,124 @@ def test_a_browser_that_vanishes_releases_its_call(server):
     assert any(f"browser call {pc_id} ended" in line for line in process.lines)
     metrics = httpx.get(server["url"] + "/metrics", timeout=10).text
     assert re.search(r"^voxline_calls_active 0\.0$", metrics, re.MULTILINE), metrics
+
+
+def barge_in_microphone(tmp: Path) -> Path:
+    """The question after the greeting, then, while the answer plays, the caller cuts in."""
+    import numpy as np
+    import soundfile
+    from speech import caller_voice
+
+    voice = caller_voice()
+    rate = voice.sample_rate
+
+    def said(text: str) -> np.ndarray:
+        return np.frombuffer(voice.synthesize_all(text), dtype=np.int16)
+
+    def silence(secs: float) -> np.ndarray:
+        return np.zeros(int(secs * rate), dtype=np.int16)
+
+    pcm = np.concatenate(
+        [
+            silence(8.0),
+            said("Can you tell me about your branch opening hours and your card services?"),
+            silence(6.0),  # the answer starts ~1.5 s after the question; ~4 s of it play
+            said("Wait, stop. I have another question."),
+        ]
+    )
+    path = tmp / "barge-in.wav"
+    soundfile.write(str(path), pcm, rate, subtype="PCM_16")
+    return path
+
+
+def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
+    """The caller talks over the answer: the server's context keeps the chunks whose
+    audio went out, ending within one chunk of where the page stopped hearing it."""
+    import json
+
+    from voxline.personas import load_persona
+    from voxline.processors.chunker import SentenceChunker
+
+    wav = barge_in_microphone(server["tmp"])
+
+    async def call() -> dict:
+        browser = Chromium(wav)
+        try:
+            async with async_playwright() as playwright:
+                chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
+                page = await chromium.contexts[0].new_page()
+                await page.goto(server["url"] + "/")
+                await page.evaluate("window.voxline.start()")
+                await page.wait_for_function(CONNECTED, timeout=30_000)
+                await page.evaluate(METER)
+                await page.wait_for_function(
+                    "(window.voxline.events || []).some(e => e.type === 'turn' && e.interrupted"
+                    " && e.latency_ms.voice_to_voice !== null)",
+                    timeout=90_000,
+                )
+                await asyncio.sleep(3.0)  # the rest of the barge-in, as the page hears it
+                report = await page.evaluate(
+                    """() => {
+                      const v = window.voxline;
+                      clearInterval(v.meterTimer);
+                      return {events: v.events, levels: v.levels, pcId: v.pcId};
+                    }"""
+                )
+                await page.evaluate("window.voxline.hangUp()")
+                await chromium.close()
+                return report
+        finally:
+            browser.stop()
+
+    report = asyncio.run(call())
+    process, pc_id = server["process"], report["pcId"]
+    deadline = time.monotonic() + 30
+    while not any(f"browser call {pc_id} context " in line for line in process.lines):
+        assert time.monotonic() < deadline, "the server did not log the call's context"
+        time.sleep(0.2)  # polling the server's log, with a deadline
+    line = next(line for line in process.lines if f"browser call {pc_id} context " in line)
+    context = json.loads(line.split(" context ", 1)[1])
+
+    # The answer the caller talked over, cut into chunks as the chunker cut it for TTS.
+    turns = [e for e in report["events"] if e["type"] == "turn"]
+    reply = next(t for t in turns if t["interrupted"] and t["latency_ms"]["voice_to_voice"])
+    persona = load_persona(BANK_PERSONA)
+    chunker = SentenceChunker(
+        min_first_words=persona.chunking.min_first_words, max_chars=persona.chunking.max_chars
+    )
+    chunks = [*chunker.push(reply["bot"]), *filter(None, [chunker.flush()])]
+    from speech import caller_voice  # the bank persona's voice is the caller's voice
+
+    voice = caller_voice()
+    secs = [len(voice.synthesize_all(chunk)) / 2 / voice.sample_rate for chunk in chunks]
+
+    # What the page heard of the answer: from its first voiced sample after the question
+    # to the last one before the answer to the barge-in.
+    levels = report["levels"]
+    mic = [t for t, level, _ in levels if level > 0.01]
+    gap = next(i for i in range(1, len(mic)) if mic[i] - mic[i - 1] > 1500)
+    question_end, barge_in_end = mic[gap - 1], mic[-1]
+    bot = [t for t, _, level in levels if level > 0.01 and question_end < t < barge_in_end + 500]
+    heard = (bot[-1] - bot[0]) / 1000 if bot else 0.0
+
+    def words(text: str) -> list[str]:
+        return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+    messages = [m for m in context if m["role"] in ("user", "assistant")]
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    after = messages[first_user + 1] if first_user + 1 < len(messages) else None
+    kept = words(after["content"]) if after and after["role"] == "assistant" else []
+    count = 0
+    while count < len(chunks) and len(words(" ".join(chunks[:count]))) < len(kept):
+        count += 1
+    print(
+        f"\nchunks: {chunks}\nchunk secs: {[round(s, 2) for s in secs]}\nheard in the page "
+        f"{heard:.2f} s of the answer\nkept in the context: {' '.join(kept)!r}"
+    )
+    assert heard > 1.0, "the page heard too little of the answer for a barge-in"
+    assert words(" ".join(chunks[:count])) == kept, (kept, chunks)
+    # Every kept chunk was sent; the one playing when the caller cut in is the only heard
+    # one left out (0.5 s: the page's jitter buffer, its 20 ms meter and Piper's pauses).
+    assert sum(secs[:count]) <= heard + 0.5, (secs, count, heard)
+    assert heard <= sum(secs[: count + 1]) + 0.5, (secs, count, heard)
+    assert count < len(chunks), "the barge-in came after the whole answer"
