@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndFrame
 from pipecat.pipeline.worker import PipelineWorker
+
+from voxline.processors.frames import spoken_line
 
 
 class PipelineCallControl:
@@ -12,15 +14,17 @@ class PipelineCallControl:
     ``worker`` is set once the call's pipeline exists.
     """
 
-    def __init__(self, goodbye: str):
+    def __init__(self, goodbye: str, *, interruptible: bool = True):
         self._goodbye = goodbye
+        self._interruptible = interruptible
         self.worker: PipelineWorker | None = None
 
     async def end_call(self, goodbye: str = "") -> None:
         """Say goodbye; the pipeline ends once the goodbye has been spoken."""
         if self.worker is None:
             raise RuntimeError("the call is not running")
-        await self.worker.queue_frames([TTSSpeakFrame(goodbye or self._goodbye), EndFrame()])
+        line = spoken_line(goodbye or self._goodbye, interruptible=self._interruptible)
+        await self.worker.queue_frames([line, EndFrame()])
 
     async def transfer_call(self, number: str) -> None:
         """There is no phone line to transfer."""

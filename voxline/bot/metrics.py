@@ -91,6 +91,43 @@ class VoxlineCollector(Collector):
             queue_p95.add_metric([name], _p95(r.max_queue_wait_secs for r in records))
             run_p95.add_metric([name], _p95(r.run_secs for r in records))
         yield from (batch_size, queue_p95, run_p95)
+        yield from _turn_metrics(self._runtime)
+
+
+def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
+    """Speculations, commits, barge-ins and end-of-turn decisions of every call."""
+    counters = runtime.turn_counters
+    speculations = CounterMetricFamily(
+        "voxline_speculations",
+        "Replies started before the caller's turn was committed, by outcome: started, "
+        "cancelled (the caller went on), reused (the committed turn's reply).",
+        labels=["outcome"],
+    )
+    speculations.add_metric(["started"], counters.speculations)
+    speculations.add_metric(["cancelled"], counters.speculations_cancelled)
+    speculations.add_metric(["reused"], counters.speculations_reused)
+    commits = CounterMetricFamily(
+        "voxline_turn_commits", "Caller turns committed, by what ended them.", labels=["reason"]
+    )
+    commits.add_metric(["model"], counters.commits_by_model)
+    commits.add_metric(["silence"], counters.commits_by_silence)
+    barge_ins = CounterMetricFamily("voxline_barge_ins", "Times a caller interrupted the bot.")
+    barge_ins.add_metric([], counters.barge_ins)
+    overheard = CounterMetricFamily(
+        "voxline_overheard", "Caller sounds over the bot that did not interrupt it."
+    )
+    overheard.add_metric([], counters.overheard)
+    decisions = CounterMetricFamily(
+        "voxline_end_of_turn_decisions", "End-of-turn model decisions.", labels=["complete"]
+    )
+    decisions.add_metric(["true"], counters.decisions_complete)
+    decisions.add_metric(["false"], counters.decisions_incomplete)
+    decision_p95 = GaugeMetricFamily(
+        "voxline_end_of_turn_decision_p95_seconds",
+        "95th percentile of recent end-of-turn decisions, queue included.",
+    )
+    decision_p95.add_metric([], _p95(counters.decision_secs))
+    yield from (speculations, commits, barge_ins, overheard, decisions, decision_p95)
 
 
 async def render_metrics(runtime: Runtime, registry: CollectorRegistry) -> bytes:

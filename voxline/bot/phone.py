@@ -194,6 +194,7 @@ class PhoneLine:
             gate=transport.gate,
             rest=self.rest_client(),
             goodbye=persona.phrases.goodbye,
+            goodbye_interruptible="goodbye" not in persona.turn.uninterruptible,
         )
         call = build_call(
             persona,
@@ -240,5 +241,10 @@ class PhoneLine:
     async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
         logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")
         await say_goodbye_and_hang_up(
-            worker, transport.stream, transport.gate, self.rest_client(), persona.phrases.goodbye
+            worker,
+            transport.stream,
+            transport.gate,
+            self.rest_client(),
+            persona.phrases.goodbye,
+            interruptible="goodbye" not in persona.turn.uninterruptible,
         )

@@ -10,9 +10,10 @@ import asyncio
 
 import httpx
 from loguru import logger
-from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndFrame
 from pipecat.pipeline.worker import PipelineWorker
 
+from voxline.processors.frames import spoken_line
 from voxline.transports.twilio import MarkGate, TwilioStream
 from voxline.transports.twilio_webhook import TwilioRestClient, dial_twiml
 
@@ -25,6 +26,8 @@ async def say_goodbye_and_hang_up(
     gate: MarkGate,
     rest: TwilioRestClient | None,
     goodbye: str,
+    *,
+    interruptible: bool = True,
 ) -> None:
     """Say ``goodbye``, wait until Twilio confirms it played, then end the call.
 
@@ -33,7 +36,7 @@ async def say_goodbye_and_hang_up(
     call's pipeline ends.
     """
     played = gate.next_drain()
-    await worker.queue_frame(TTSSpeakFrame(goodbye))
+    await worker.queue_frame(spoken_line(goodbye, interruptible=interruptible))
     try:
         await asyncio.wait_for(played, timeout=GOODBYE_TIMEOUT_SECS)
     except TimeoutError:
@@ -54,6 +57,7 @@ class TwilioCallControl:
         gate: the call's mark gate (to know when the goodbye has played).
         rest: Twilio's REST API, or None without credentials.
         goodbye: what to say before hanging up when no other words are given.
+        goodbye_interruptible: whether the caller can talk over the goodbye.
     """
 
     def __init__(
@@ -63,8 +67,10 @@ class TwilioCallControl:
         gate: MarkGate,
         rest: TwilioRestClient | None,
         goodbye: str,
+        goodbye_interruptible: bool = True,
     ):
         self._stream = stream
+        self._goodbye_interruptible = goodbye_interruptible
         self._gate = gate
         self._rest = rest
         self._goodbye = goodbye
@@ -75,7 +81,12 @@ class TwilioCallControl:
         if self.worker is None:
             raise RuntimeError("the call is not running")
         await say_goodbye_and_hang_up(
-            self.worker, self._stream, self._gate, self._rest, goodbye or self._goodbye
+            self.worker,
+            self._stream,
+            self._gate,
+            self._rest,
+            goodbye or self._goodbye,
+            interruptible=self._goodbye_interruptible,
         )
 
     async def transfer_call(self, number: str) -> None:

@@ -30,6 +30,7 @@ from voxline.engines.llm_backend import BackendKind
 from voxline.engines.piper import PiperEngine
 from voxline.engines.server_process import SupervisedServer
 from voxline.engines.snac import SNACDecoder, load_snac
+from voxline.engines.turn_model import EndOfTurnEngine, TurnModelError
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model
 from voxline.engines.whisper import WhisperEngine
 from voxline.models import (
@@ -37,9 +38,11 @@ from voxline.models import (
     PiperVoiceFiles,
     resolve_llm_gguf,
     resolve_piper,
+    resolve_turn_model,
     resolve_whisper,
 )
 from voxline.personas import Persona
+from voxline.processors.turn import TurnCounters
 
 
 class Runtime:
@@ -54,6 +57,8 @@ class Runtime:
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}
         self._snac: SNACDecoder | None = None
+        self._turn_models: dict[str, EndOfTurnEngine | None] = {}
+        self.turn_counters = TurnCounters()
         self._llm_servers: dict[str, SupervisedServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
@@ -96,6 +101,8 @@ class Runtime:
                 min_window_secs=settings.min_window_secs,
             )
             self._whisper[persona.stt.model].warm_up()
+        if persona.turn.uses_model and persona.turn.model not in self._turn_models:
+            self._turn_models[persona.turn.model] = _load_turn_model(persona)
         if persona.tts.engine == "orpheus" and self._snac is None:
             settings = self.config.engines.snac
             logger.info(f"loading SNAC decoder {settings.model} on {settings.device}")
@@ -191,6 +198,17 @@ class Runtime:
         """The shared Whisper engine for ``persona`` (after :meth:`prepare`)."""
         return self._whisper[persona.stt.model]
 
+    def end_of_turn(self, persona: Persona) -> EndOfTurnEngine | None:
+        """The shared end-of-turn model for ``persona``, or None for ``turn.model: none``."""
+        if not persona.turn.uses_model:
+            return None
+        return self._turn_models[persona.turn.model]
+
+    @property
+    def end_of_turn_engines(self) -> dict[str, EndOfTurnEngine]:
+        """Every loaded end-of-turn model by name, for metrics."""
+        return {name: engine for name, engine in self._turn_models.items() if engine is not None}
+
     def piper(self, persona: Persona) -> PiperEngine:
         """The shared Piper voice for ``persona`` (after :meth:`prepare`)."""
         return self._piper[persona.tts.voice]
@@ -242,6 +260,30 @@ class Runtime:
         snac, self._snac = self._snac, None
         if snac is not None:
             await snac.close()
+        turn_models, self._turn_models = list(self._turn_models.values()), {}
+        for turn_model in turn_models:
+            if turn_model is not None:
+                await turn_model.close()
+
+
+class TurnModelUnavailableError(ModelNotAvailableError):
+    """The persona's end-of-turn model cannot be loaded (one line naming the file)."""
+
+
+def _load_turn_model(persona: Persona) -> EndOfTurnEngine | None:
+    """Load the persona's end-of-turn model; without it, refuse or fall back as it says."""
+    settings = persona.turn
+    try:
+        path = resolve_turn_model(settings.model)
+        logger.info(f"loading end-of-turn model {settings.model} from {path}")
+        return EndOfTurnEngine(path, threshold=settings.model_threshold, threads=1)
+    except (ModelNotAvailableError, TurnModelError) as exc:
+        if settings.model_fallback:
+            logger.warning(f"persona {persona.name}: {exc}; ending turns on silence alone")
+            return None
+        raise TurnModelUnavailableError(
+            f"persona {persona.name}: {exc} (set turn.model_fallback: true to run without it)"
+        ) from None
 
 
 def _packaged_gguf(model: str) -> Path | None:

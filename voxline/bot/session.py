@@ -1,10 +1,11 @@
 """Build one call's pipecat pipeline from a Persona, the shared engines and a transport.
 
-    transport in → VAD → STT → user context → LLM → chunker → TTS → transport out
-    → assistant context
+    transport in → turn-taker (VAD, end of turn, STT) → user context → LLM → chunker
+    → TTS → speculative audio gate → transport out → assistant context
 
 Each call gets its own cheap, stateful pieces (Silero VAD state, LLM context,
-chunker); the expensive models are the Runtime's shared engines.
+chunker); the expensive models (Whisper, the end-of-turn model, the LLM server,
+the voice) are the Runtime's shared engines.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame
+from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame, UserIdleTimeoutUpdateFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -25,26 +27,26 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import BaseTransport
-from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
-    SpeechTimeoutUserTurnStopStrategy,
-)
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.turns.user_stop import ExactMatch
+from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies
 
 from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
 from voxline.bot.tool_wiring import persona_context, register_tools
 from voxline.engines.orpheus import OrpheusSampling
+from voxline.engines.turn_model import TurnDecision
 from voxline.personas import Persona
 from voxline.processors.chunker import ChunkerProcessor
+from voxline.processors.frames import spoken_line
 from voxline.processors.latency import LatencyTracer
 from voxline.processors.llm import VoxlineLLMService
-from voxline.processors.stt import SharedWhisperSTTService
+from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.tts import SharedPiperTTSService
 from voxline.processors.tts_orpheus import OrpheusTTSService
+from voxline.processors.turn import TurnTaker, TurnTakingSettings
 from voxline.tools.builtins import CallControl
 
 STT_SAMPLE_RATE = 16_000
@@ -113,7 +115,81 @@ def apologise_on_failure(
         now = time.monotonic()
         if now - last["at"] >= APOLOGY_INTERVAL_SECS:
             last["at"] = now
-            await worker.queue_frame(TTSSpeakFrame(persona.phrases.apology))
+            await worker.queue_frame(persona_line(persona, "apology"))
+
+
+def persona_line(persona: Persona, line: str, text: str | None = None) -> TTSSpeakFrame:
+    """One of the persona's fixed lines, non-interruptible if the persona says so."""
+    words = text if text is not None else getattr(persona.phrases, line)
+    return spoken_line(words, interruptible=line not in persona.turn.uninterruptible)
+
+
+def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
+    """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model."""
+    turn = persona.turn
+    whisper = runtime.whisper(persona)
+    language, beam_size = persona.language, persona.stt.beam_size
+
+    async def transcribe(audio: np.ndarray) -> str:
+        return (await whisper.transcribe(audio, language=language, beam_size=beam_size)).text
+
+    engine = runtime.end_of_turn(persona)
+
+    async def decide(audio: np.ndarray) -> TurnDecision:
+        assert engine is not None
+        return await engine.decide(audio, threshold=turn.model_threshold)
+
+    return TurnTaker(
+        vad=SileroVADAnalyzer(
+            sample_rate=STT_SAMPLE_RATE,
+            params=VADParams(
+                confidence=turn.vad_confidence,
+                start_secs=turn.vad_start_secs,
+                # The VAD's quiet state is the start of a pause: the turn-taker
+                # decides from there whether the turn is over.
+                stop_secs=turn.early_secs,
+                min_volume=turn.min_volume,
+            ),
+        ),
+        transcribe=transcribe,
+        end_of_turn=decide if engine is not None else None,
+        settings=TurnTakingSettings(
+            early_secs=turn.early_secs,
+            stop_secs=turn.stop_secs,
+            speculate=turn.speculate,
+            allow_interruptions=turn.allow_interruptions,
+            interrupt_min_secs=turn.interrupt_min_secs,
+            interrupt_min_words=turn.interrupt_min_words,
+            overheard=turn.overheard,
+        ),
+        counters=runtime.turn_counters,
+    )
+
+
+def handle_idle_callers(
+    worker: PipelineWorker, user_aggregator, persona: Persona, control: CallControl
+) -> None:
+    """The idle line once after ``idle_prompt_secs`` of silence; goodbye after the timeout."""
+    limits = persona.limits
+    state = {"prompted": False}
+
+    @user_aggregator.event_handler("on_user_turn_started")
+    async def _caller_spoke(aggregator, strategy) -> None:
+        if state["prompted"]:
+            state["prompted"] = False
+            if limits.idle_prompt_secs is not None:
+                await aggregator.queue_frame(UserIdleTimeoutUpdateFrame(limits.idle_prompt_secs))
+
+    @user_aggregator.event_handler("on_user_turn_idle")
+    async def _idle(aggregator) -> None:
+        if limits.idle_prompt_secs is not None and not state["prompted"]:
+            state["prompted"] = True
+            logger.info(f"caller silent for {limits.idle_prompt_secs} s: idle line")
+            await aggregator.queue_frame(UserIdleTimeoutUpdateFrame(limits.idle_timeout_secs))
+            await worker.queue_frame(persona_line(persona, "idle"))
+            return
+        logger.info("caller still silent: goodbye")
+        await control.end_call(persona.phrases.goodbye)
 
 
 def build_call(
@@ -139,25 +215,6 @@ def build_call(
         facts: what the bot may know about this call (caller number, call id, time);
             they follow the persona's cached prompt prefix.
     """
-    vad = VADProcessor(
-        vad_analyzer=SileroVADAnalyzer(
-            sample_rate=STT_SAMPLE_RATE,
-            params=VADParams(
-                confidence=persona.turn.vad_confidence,
-                start_secs=persona.turn.vad_start_secs,
-                stop_secs=persona.turn.stop_secs,
-                min_volume=persona.turn.min_volume,
-            ),
-        )
-    )
-    stt = SharedWhisperSTTService(
-        engine=runtime.whisper(persona),
-        language=persona.language,
-        beam_size=persona.stt.beam_size,
-        # Whisper gets the utterance as the VAD cut it plus a little silence: enough
-        # to finish the last word without paying for half a second of nothing.
-        trailing_silence_secs=0.2,
-    )
     backend = runtime.llm_backend(persona)
     llm = VoxlineLLMService(
         backend=backend,
@@ -169,26 +226,32 @@ def build_call(
             max_tokens=persona.llm.max_tokens,
         ),
     )
-    control = call_control or PipelineCallControl(persona.phrases.goodbye)
+    control = call_control or PipelineCallControl(
+        persona.phrases.goodbye, interruptible="goodbye" not in persona.turn.uninterruptible
+    )
     context = persona_context(persona, facts)
     register_tools(llm, persona, control)
+    first_idle = persona.limits.idle_prompt_secs or persona.limits.idle_timeout_secs
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            # The turn ends when the VAD hears stop_secs of silence and the
-            # transcript is in: no end-of-turn model waiting for a fallback.
-            user_turn_strategies=UserTurnStrategies(
-                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
+            # The turn-taker decides when turns start and end and when the caller
+            # interrupts; pipecat's eager strategy answers its speculative
+            # transcripts and keeps the reply when the committed one is the same.
+            user_turn_strategies=EagerUserTurnStrategies(
+                match_policy=ExactMatch(),
+                enable_interruptions=False,
+                speculation_timeout=max(5.0, persona.turn.stop_secs + 3.0),
             ),
-            user_idle_timeout=0,
+            user_idle_timeout=first_idle,
         ),
     )
     tts = persona_tts(persona, runtime)
+    turns = turn_taker(persona, runtime)
     pipeline = Pipeline(
         [
             transport.input(),
-            vad,
-            stt,
+            turns,
             *dtmf_processors(persona),
             user_aggregator,
             llm,
@@ -198,6 +261,7 @@ def build_call(
                 max_chars=persona.chunking.max_chars,
             ),
             tts,
+            SpeculativeAudioGate(),
             transport.output(),
             assistant_aggregator,
         ]
@@ -210,16 +274,19 @@ def build_call(
             enable_metrics=True,
         ),
         observers=[tracer],
-        idle_timeout_secs=persona.limits.idle_timeout_secs,
+        # A backstop behind the idle line and goodbye: a call in which nothing at
+        # all happens (no audio either way) ends.
+        idle_timeout_secs=first_idle + persona.limits.idle_timeout_secs + 30.0,
         enable_rtvi=False,
     )
-    apologise_on_failure(worker, persona, failing=(stt, llm))
+    apologise_on_failure(worker, persona, failing=(turns, llm))
+    handle_idle_callers(worker, user_aggregator, persona, control)
     if persona.greeting:
-        greeting = persona.greeting
+        greeting = persona_line(persona, "greeting", persona.greeting)
 
         @worker.event_handler("on_pipeline_started")
         async def _greet(worker: PipelineWorker, frame):
-            await worker.queue_frame(TTSSpeakFrame(greeting))
+            await worker.queue_frame(greeting)
 
     if isinstance(control, PipelineCallControl):
         control.worker = worker

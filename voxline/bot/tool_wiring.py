@@ -13,11 +13,12 @@ from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.adapters.llm.services.open_ai_adapter import OpenAILLMAdapter
-from pipecat.frames.frames import FunctionCallResultProperties, TTSSpeakFrame
+from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
 from voxline.personas import Persona
+from voxline.processors.frames import spoken_line
 from voxline.processors.llm import INVALID_ARGUMENTS
 from voxline.tools.builtins import (
     BUILTINS,
@@ -148,7 +149,9 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
         if name in runners:
 
             async def speak(text: str) -> None:
-                await params.llm.push_frame(TTSSpeakFrame(text))
+                await params.llm.push_frame(
+                    spoken_line(text, interruptible="filler" not in persona.turn.uninterruptible)
+                )
 
             result = await run_with_filler(runners[name].run(raw), persona, speak)
             if "error" in result:
@@ -178,7 +181,12 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
             await asyncio.shield(hang_up)
             return
         if isinstance(arguments, TransferCallArguments):
-            await params.llm.push_frame(TTSSpeakFrame(persona.phrases.transfer))
+            await params.llm.push_frame(
+                spoken_line(
+                    persona.phrases.transfer,
+                    interruptible="transfer" not in persona.turn.uninterruptible,
+                )
+            )
         result = await perform(arguments, control, goodbye=persona.phrases.goodbye)
         if "error" in result:
             logger.warning(f"tool {name}: {result['error']}")

@@ -96,33 +96,98 @@ class STTSettings(_Strict):
     beam_size: int = Field(default=1, ge=1, le=10)
 
 
+SpokenLine = Literal["greeting", "goodbye", "transfer", "filler", "apology", "idle"]
+"""The persona's fixed lines, which can be made non-interruptible."""
+
+
 class TurnSettings(_Strict):
-    """When the caller's turn starts and ends (Silero VAD thresholds)."""
+    """When the caller's turn starts and ends, and when the caller may interrupt the bot.
+
+    The turn is committed when the VAD has heard ``early_secs`` of silence and the
+    end-of-turn model says the caller is done, or when the silence reaches
+    ``stop_secs`` whatever the model says. With ``speculate`` on, transcription,
+    the LLM and the first TTS chunk start at ``early_secs`` and their audio plays at
+    the commit; the caller speaking again first cancels them (docs/architecture.md).
+    """
 
     # Measured on Piper speech through 8 kHz µ-law: confidence 0.6, 0.15 s and
     # min_volume 0.3 hear a barge-in 200-240 ms after its onset; pipecat's 0.7 /
     # 0.2 s / 0.6 took up to 820 ms on quiet phone audio.
     vad_confidence: float = Field(default=0.6, gt=0.0, lt=1.0)
     vad_start_secs: float = Field(default=0.15, ge=0.0, le=2.0)
-    stop_secs: float = Field(
-        default=0.4, gt=0.0, le=3.0, description="Silence that ends the caller's turn."
+    min_volume: float = Field(default=0.3, ge=0.0, le=1.0)
+    model: str = Field(
+        default="smart-turn-v3.2",
+        min_length=1,
+        description="End-of-turn model: smart-turn-v3.2 (packaged), a path to an ONNX "
+        "file of the same kind, or none (a fixed silence ends the turn).",
+    )
+    model_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    model_fallback: bool = Field(
+        default=False,
+        description="If the model file is missing or corrupt, run with model none "
+        "instead of refusing to start.",
     )
     early_secs: float = Field(
         default=0.1,
         gt=0.0,
         le=3.0,
-        description="Silence after which turn work starts speculatively.",
+        description="Silence after which the turn model decides and speculative work starts.",
     )
-    min_volume: float = Field(default=0.3, ge=0.0, le=1.0)
+    stop_secs: float = Field(
+        default=None,  # type: ignore[assignment]  # resolved below from `model`
+        gt=0.0,
+        le=5.0,
+        description="Silence that ends the caller's turn whatever the model says "
+        "(default 1.2 s with a model, 0.4 s with none).",
+    )
+    speculate: bool = Field(
+        default=True, description="Start STT, the LLM and TTS at early_secs, play at commit."
+    )
     allow_interruptions: bool = True
+    interrupt_min_secs: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=3.0,
+        description="Caller speech this long interrupts the bot (a cough does not).",
+    )
+    interrupt_min_words: int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="Shorter speech interrupts once Whisper hears this many words that are "
+        "not backchannels (uh-huh, okay, yeah).",
+    )
+    overheard: Literal["join", "drop"] = Field(
+        default="join",
+        description="What becomes of caller words that did not interrupt the bot: they "
+        "join the caller's next turn, or are dropped.",
+    )
+    uninterruptible: list[SpokenLine] = Field(
+        default_factory=list, description="Fixed lines the caller cannot talk over."
+    )
 
     @model_validator(mode="after")
-    def _early_before_stop(self) -> TurnSettings:
+    def _resolve_stop_secs(self) -> TurnSettings:
+        if self.stop_secs is None:
+            stop = DEFAULT_STOP_SECS_WITH_MODEL if self.uses_model else DEFAULT_STOP_SECS
+            object.__setattr__(self, "stop_secs", stop)
         if self.early_secs > self.stop_secs:
             raise ValueError(
                 f"early_secs ({self.early_secs}) must not exceed stop_secs ({self.stop_secs})"
             )
         return self
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether an end-of-turn model decides before ``stop_secs``."""
+        return self.model.lower() != "none"
+
+
+DEFAULT_STOP_SECS = 0.4
+"""Silence that ends a turn without an end-of-turn model."""
+DEFAULT_STOP_SECS_WITH_MODEL = 1.2
+"""Silence that ends a turn the model judged unfinished: longer than a thinking pause."""
 
 
 class ChunkingSettings(_Strict):
@@ -139,7 +204,16 @@ class CallLimits(_Strict):
     """Bounds on one call."""
 
     max_call_secs: float = Field(default=900.0, gt=0)
-    idle_timeout_secs: float = Field(default=30.0, gt=0)
+    idle_prompt_secs: float | None = Field(
+        default=8.0,
+        gt=0,
+        description="Caller silence after which the idle line plays once (none: never).",
+    )
+    idle_timeout_secs: float = Field(
+        default=30.0,
+        gt=0,
+        description="Silence after the idle line (or, without one, in all) before goodbye.",
+    )
 
 
 class DTMFSettings(_Strict):
@@ -158,6 +232,7 @@ class Phrases(_Strict):
     apology: str = "I'm sorry, I'm having trouble right now. Could you say that again?"
     goodbye: str = "Thank you for calling. Goodbye."
     transfer: str = "Please hold while I transfer your call."
+    idle: str = "Are you still there?"
 
 
 class Persona(_Strict):

@@ -17,6 +17,7 @@ import re
 
 from pipecat.frames.frames import (
     AggregatedTextFrame,
+    EagerEndOfTurnCancelFrame,
     Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -190,7 +191,9 @@ class ChunkerProcessor(FrameProcessor):
             rest = self._chunker.flush()
             if rest:
                 await self.push_frame(AggregatedTextFrame(rest, TextType.SENTENCE))
-        elif isinstance(frame, (LLMFullResponseStartFrame, InterruptionFrame)):
+        elif isinstance(
+            frame, (LLMFullResponseStartFrame, InterruptionFrame, EagerEndOfTurnCancelFrame)
+        ):
             self._cancel_deadline()
             self._chunker.reset()
         await self.push_frame(frame, direction)

@@ -6,6 +6,11 @@ when the utterance went to STT and came back, the LLM's first token, the first
 chunk handed to TTS, TTS's first audio and the first audio sent to the caller.
 All times are the pipeline clock's (nanoseconds since the call started).
 
+With speculative turn-taking the reply is prepared before the turn is
+committed: a turn records its speculative starts and their cancellations, the
+end-of-turn model's decisions, the commit, and how much reply audio was ready at
+the commit. Stage times are those of the speculation that was kept.
+
 The first audio sent is the output transport's ``BotStartedSpeakingFrame`` when
 the bot was silent. When the reply is queued behind audio still playing (the
 greeting, or a reply that had not finished), no new speaking period starts, so
@@ -41,16 +46,53 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
-from voxline.processors.frames import TranscriptionSkippedFrame
+from voxline.processors.frames import (
+    BargeInFrame,
+    EndOfTurnDecisionFrame,
+    SpeculationCancelledFrame,
+    SpeculationReleasedFrame,
+    SpeculationStartedFrame,
+    TranscriptionSkippedFrame,
+    TurnCommittedFrame,
+)
+
+
+def _latest(*times: int | None) -> int | None:
+    known = [time for time in times if time is not None]
+    return max(known) if known else None
+
+
+def _on_its_way_out(data: FramePushed) -> bool:
+    """Audio headed for the transport: past the speculative audio gate, if there is one.
+
+    TTS pushes a speculative reply's audio into the gate, which may drop it; what
+    the gate lets through (or TTS pushes straight to the transport) will play.
+    """
+    return isinstance(data.destination, BaseOutputTransport) or not isinstance(
+        data.source, TTSService
+    )
 
 
 def _seconds(frame: TTSAudioRawFrame) -> float:
     return frame.num_frames / max(1, frame.sample_rate)
 
 
-STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "transport", "voice_to_voice")
+STAGES = (
+    "stt",
+    "llm_first_token",
+    "first_chunk",
+    "tts_first_audio",
+    "transport",
+    "voice_to_voice",
+    "commit",
+)
+
+
+SPECULATION_RETRIED = ("resumed", "changed", "interrupted")
+"""Cancellations after which the same turn gets another speculation."""
 
 
 @dataclass
@@ -74,6 +116,16 @@ class TurnTrace:
     tool_calls: list[dict[str, object]] = field(default_factory=list)
     tools_running: int = 0
     follow_up_expected: bool = False
+    speculative_starts: int = 0
+    cancellations: list[str] = field(default_factory=list)
+    decisions: list[dict[str, object]] = field(default_factory=list)
+    committed: int | None = None
+    commit_reason: str | None = None
+    reused: bool = False
+    ready_audio_secs: float | None = None
+    barge_in_ms: float | None = None
+    transcript_confirmed: bool = False
+    audio_released: bool = False
 
     def latencies_ms(self) -> dict[str, float | None]:
         """Each stage's duration in milliseconds (None where a stage did not happen)."""
@@ -82,8 +134,10 @@ class TurnTrace:
             "llm_first_token": (self.transcribed, self.llm_first_token),
             "first_chunk": (self.llm_first_token, self.first_chunk),
             "tts_first_audio": (self.first_chunk, self.tts_first_audio),
-            "transport": (self.tts_first_audio, self.audio_out),
+            # Audio prepared before the commit waits for it, which is not transport time.
+            "transport": (_latest(self.tts_first_audio, self.committed), self.audio_out),
             "voice_to_voice": (self.speech_end, self.audio_out),
+            "commit": (self.speech_end, self.committed),
         }
         return {
             name: None if start is None or end is None else round((end - start) / 1e6, 1)
@@ -100,7 +154,25 @@ class TurnTrace:
             "error": self.error,
             "tools": self.tool_calls,
             "latency_ms": self.latencies_ms(),
+            "turn_taking": {
+                "speculative_starts": self.speculative_starts,
+                "cancellations": list(self.cancellations),
+                "decisions": list(self.decisions),
+                "commit_reason": self.commit_reason,
+                "reused": self.reused,
+                "ready_audio_secs": self.ready_audio_secs,
+                "barge_in_ms": self.barge_in_ms,
+            },
         }
+
+    def reset_speculation(self, reason: str) -> None:
+        """Forget a withdrawn speculation's stages: the next one answers the turn."""
+        self.cancellations.append(reason)
+        self.bot_text = ""
+        self.llm_first_token = self.first_chunk = self.tts_first_audio = None
+        self.llm_done = False
+        self.tools_running = 0
+        self.follow_up_expected = False
 
 
 @dataclass
@@ -153,6 +225,9 @@ class LatencyTracer(BaseObserver):
         # end frame pushed on its way out does not end the turn's answer.
         self._llm_responding = False
         self._llm_interrupted = False
+        # What happened to the caller's turn before it had a transcript.
+        self._decisions: list[dict[str, object]] = []
+        self._barge_in_ms: float | None = None
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -197,8 +272,27 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, TranscriptionSkippedFrame):
             if self._pending:
                 self._pending.popleft()
+        elif isinstance(frame, SpeculationStartedFrame):
+            self._on_transcription(frame.text, now, whole_utterance=True)
+        elif isinstance(frame, SpeculationCancelledFrame):
+            self._on_speculation_cancelled(frame.reason)
+        elif isinstance(frame, EndOfTurnDecisionFrame):
+            decision = {"complete": frame.complete, "p": frame.probability}
+            self._decisions.append({**decision, "ms": frame.latency_ms})
+        elif isinstance(frame, BargeInFrame):
+            self._barge_in_ms = frame.after_ms
+        elif isinstance(frame, TurnCommittedFrame):
+            self._on_commit(frame, now)
+        elif isinstance(frame, SpeculationReleasedFrame):
+            if self._turn is not None and not self._turn.complete:
+                self._turn.ready_audio_secs = frame.ready_audio_secs
         elif isinstance(frame, TranscriptionFrame):
-            self._on_transcription(frame.text, now)
+            turn = self._turn
+            if turn is not None and turn.committed is not None and not turn.transcript_confirmed:
+                turn.transcript_confirmed = True  # the committed turn's own transcript
+                turn.caller_text = frame.text.strip()
+            else:
+                self._on_transcription(frame.text, now)
         elif isinstance(frame, LLMTextFrame):
             turn = self._turn
             if turn is not None and not turn.complete:
@@ -212,7 +306,10 @@ class LatencyTracer(BaseObserver):
             if isinstance(data.source, BaseOutputTransport):
                 self._on_audio_written(frame, now)
             else:
-                self._on_audio_produced(frame, now)
+                if self._turn is not None and self._turn.tts_first_audio is None:
+                    self._turn.tts_first_audio = now  # synthesized, perhaps before the commit
+                if _on_its_way_out(data):
+                    self._on_audio_produced(frame)
         elif isinstance(frame, FunctionCallsStartedFrame):
             if self._turn is not None and not self._turn.complete:
                 self._turn.tools_running += len(frame.function_calls)
@@ -257,13 +354,36 @@ class LatencyTracer(BaseObserver):
                 self._finish(turn)
         self._update_idle()
 
-    def _on_audio_produced(self, frame: TTSAudioRawFrame, now: int) -> None:
+    def _on_audio_produced(self, frame: TTSAudioRawFrame) -> None:
+        """Audio on its way to the transport (past the speculative audio gate)."""
         turn = self._turn
-        if turn is not None and turn.tts_first_audio is None:
-            turn.tts_first_audio = now
+        if turn is not None and not turn.audio_released and not turn.complete:
+            turn.audio_released = True
             if self._bot_speaking and turn.audio_out is None:
                 self._reply_starts_at = self._produced_secs
         self._produced_secs += _seconds(frame)
+
+    def _on_speculation_cancelled(self, reason: str) -> None:
+        # The withdrawn completion's end frame is not the turn's answer.
+        self._llm_interrupted = self._llm_responding
+        turn = self._turn
+        if turn is None or turn.complete or turn.committed is not None:
+            return
+        if reason in SPECULATION_RETRIED:
+            turn.reset_speculation(reason)
+            return
+        # Not a turn after all (a backchannel, noise): nothing was answered.
+        self.trace.turns.remove(turn)
+        self._turn = None
+
+    def _on_commit(self, frame: TurnCommittedFrame, now: int) -> None:
+        turn = self._turn
+        if turn is None or turn.complete or turn.committed is not None:
+            return
+        turn.committed = now
+        turn.commit_reason, turn.reused = frame.reason, frame.reused
+        turn.decisions, self._decisions = self._decisions, []
+        turn.barge_in_ms, self._barge_in_ms = self._barge_in_ms, None
 
     def _on_audio_written(self, frame: TTSAudioRawFrame, now: int) -> None:
         self._written_secs += _seconds(frame)
@@ -297,12 +417,23 @@ class LatencyTracer(BaseObserver):
         turn = self._turn
         return turn if turn is not None and not turn.complete and turn.audio_out else None
 
-    def _on_transcription(self, text: str, now: int) -> None:
+    def _on_transcription(self, text: str, now: int, *, whole_utterance: bool = False) -> None:
+        """A transcript of the caller; ``whole_utterance``: it covers the turn so far."""
         utterance = self._pending.popleft() if self._pending else None
         turn = self._turn
-        if turn is not None and not turn.complete and turn.llm_first_token is None:
+        speculating = (
+            turn is not None
+            and turn.speculative_starts > 0
+            and turn.committed is None
+            and not turn.complete
+        )
+        if turn is not None and not turn.complete and (turn.llm_first_token is None or speculating):
             # A second utterance before the bot answered belongs to the same turn.
-            turn.caller_text = f"{turn.caller_text} {text}".strip()
+            if whole_utterance:
+                turn.caller_text = text.strip()
+                turn.speculative_starts += 1
+            else:
+                turn.caller_text = f"{turn.caller_text} {text}".strip()
             if utterance is not None:
                 turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
             turn.transcribed = now
@@ -313,6 +444,7 @@ class LatencyTracer(BaseObserver):
             self._finish(turn)
         self._reply_starts_at = None
         turn = TurnTrace(index=len(self.trace.turns) + 1, caller_text=text.strip(), transcribed=now)
+        turn.speculative_starts = 1 if whole_utterance else 0
         if utterance is not None:
             turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
         self.trace.turns.append(turn)

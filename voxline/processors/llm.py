@@ -10,13 +10,19 @@ stream closes. The stream is normalised for every server before pipecat reads it
   hermes parser giving ``"12345"``), which pipecat drops silently, leaving the
   caller in silence. They reach the tool handler marked as invalid instead, so the
   LLM hears an error and can apologise.
+
+A completion that answers a caller's turn that is not yet committed (a
+speculation, docs/architecture.md) streams like any other: the audio gate after
+TTS holds its reply. Its tool calls wait for the commit, and run then, without
+a second completion; a withdrawn speculation is cancelled with its stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from openai.types.chat import ChatCompletionChunk
@@ -26,10 +32,14 @@ from openai.types.chat.chat_completion_chunk import (
     ChoiceDeltaToolCall,
     ChoiceDeltaToolCallFunction,
 )
+from pipecat.frames.frames import Frame, FunctionCallFromLLM, LLMContextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
 
 from voxline.engines.llm import LLMBackend
+from voxline.processors.frames import ReplySpeculationFrame
+from voxline.processors.speculation import SpeculationTracker
 
 INVALID_ARGUMENTS = "_voxline_invalid_arguments"
 """Key under which arguments that were not a JSON object reach the tool handler."""
@@ -162,6 +172,38 @@ class VoxlineLLMService(OpenAILLMService):
     def __init__(self, *, backend: LLMBackend | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._backend = backend
+        self._speculation_gate = SpeculationTracker(name=f"{self}::SpeculationTracker")
+        self._turn_settled = asyncio.Event()
+        self._turn_settled.set()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Announce whether each completion answers an open turn, ahead of its frames."""
+        if isinstance(frame, LLMContextFrame):
+            self._speculation_gate.begin_speculation(frame.speculation)
+            speculative = self._speculation_gate.is_speculating
+            if speculative:
+                self._turn_settled.clear()
+            await self.push_frame(ReplySpeculationFrame(speculative=speculative))
+        await super().process_frame(frame, direction)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        """Push as pipecat does; note when the turn a speculation answers is settled."""
+        await super().push_frame(frame, direction)
+        if not self._speculation_gate.is_speculating:
+            self._turn_settled.set()
+
+    async def run_function_calls(self, function_calls: Sequence[FunctionCallFromLLM]):
+        """A speculative completion's tool calls wait for the commit, then run once.
+
+        pipecat withdraws the whole speculation instead and asks the LLM again after
+        the commit; waiting keeps the completion (the turn's transcript is the same)
+        and still runs no tool before the caller has finished. A withdrawn
+        speculation cancels this wait with the completion.
+        """
+        while self._speculation_gate.is_speculating:
+            self._turn_settled.clear()
+            await self._turn_settled.wait()
+        await super().run_function_calls(function_calls)
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         """A tool choice that names a tool forces it in answers to the caller only.

@@ -1,0 +1,516 @@
+"""Turn-taking: when the caller's turn ends, speculative replies, and barge-in.
+
+One processor per call sits right after the input transport and owns the
+caller's side of the conversation:
+
+* **Utterances.** Silero VAD (pipecat's analyzer, per call) cuts speech; the
+  audio of the whole turn is kept, including pauses, so words said after a
+  pause join the same utterance.
+* **Speculation.** At ``early_secs`` of silence the utterance so far goes to
+  the shared Whisper engine and its transcript to the LLM as pipecat's
+  ``EagerTranscriptionFrame``: the reply is generated against a provisional
+  context, synthesized, and held by the audio gate before the output transport.
+  If the caller speaks again first, an ``EagerEndOfTurnCancelFrame`` stops the
+  LLM request (closing its stream), drops the TTS work and the held audio.
+* **Commit.** The turn ends when the shared end-of-turn model judges it
+  complete, or when the silence reaches ``stop_secs`` whatever the model says.
+  The final transcript is the speculative one (same audio), so pipecat's
+  ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
+  it again, and its ``UserStoppedSpeakingFrame`` opens the gate: the prepared
+  audio plays at once.
+* **Barge-in.** Caller speech over the bot interrupts only when it carries
+  words: once it has lasted ``interrupt_min_secs`` (or paused earlier) its
+  audio so far is transcribed, and ``interrupt_min_words`` words that are not
+  backchannels ("uh-huh", "okay") interrupt. A cough or an "uh-huh" does not
+  stop the bot; its words join the caller's next turn or are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from loguru import logger
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADState
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EagerEndOfTurnCancelFrame,
+    EagerTranscriptionFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import (
+    FrameDirection,
+    FrameProcessor,
+    FrameProcessorSetup,
+)
+from pipecat.utils.time import time_now_iso8601
+
+from voxline.engines.batcher import BatcherClosed, Overloaded
+from voxline.engines.turn_model import TurnDecision
+from voxline.processors.frames import (
+    BargeInFrame,
+    EndOfTurnDecisionFrame,
+    SpeculationCancelledFrame,
+    SpeculationStartedFrame,
+    TranscriptionSkippedFrame,
+    TurnCommittedFrame,
+)
+
+SAMPLE_RATE = 16_000
+PRE_ROLL_SECS = 0.3
+"""Audio kept from before the VAD confirmed speech: the onset of the first word."""
+TRAILING_SILENCE_SECS = 0.2
+"""Silence after the last word that Whisper gets: enough to finish it."""
+WORDS_CHECK_EVERY_SECS = 0.5
+"""While the caller speaks over the bot, how often their words so far are checked again."""
+REPLY_PENDING_SECS = 5.0
+"""How long after a commit the bot counts as answering though no audio has come out yet."""
+
+BACKCHANNELS = frozenset(
+    {
+        *("uh", "huh", "uh-huh", "mm", "hmm", "mm-hmm", "mhm", "hm", "um", "uhm", "ah", "oh"),
+        *("okay", "ok", "yeah", "yep", "yes", "right", "sure", "alright", "aha"),
+    }
+)
+"""Words a listener says to show they follow; they never interrupt the bot."""
+
+
+def meaningful_words(text: str) -> list[str]:
+    """The words of ``text`` that are not backchannels or filler."""
+    words = re.findall(r"[a-z']+(?:-[a-z']+)?", text.lower())
+    return [word for word in words if word not in BACKCHANNELS]
+
+
+class Transcriber(Protocol):
+    """What the turn-taker needs from the shared Whisper engine."""
+
+    async def __call__(self, audio: np.ndarray) -> str: ...
+
+
+class EndOfTurnDecider(Protocol):
+    """What the turn-taker needs from the shared end-of-turn engine."""
+
+    async def __call__(self, audio: np.ndarray) -> TurnDecision: ...
+
+
+@dataclass
+class TurnCounters:
+    """Turn-taking events of every call in a process, for ``/metrics``.
+
+    Plain integers: every call's processor increments them on the event loop.
+    """
+
+    speculations: int = 0
+    speculations_cancelled: int = 0
+    speculations_reused: int = 0
+    commits_by_model: int = 0
+    commits_by_silence: int = 0
+    barge_ins: int = 0
+    overheard: int = 0
+    decisions_complete: int = 0
+    decisions_incomplete: int = 0
+    decision_secs: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+@dataclass
+class TurnTakingSettings:
+    """The persona's turn settings, as the processor uses them (seconds)."""
+
+    early_secs: float = 0.1
+    stop_secs: float = 0.4
+    speculate: bool = True
+    allow_interruptions: bool = True
+    interrupt_min_secs: float = 0.3
+    interrupt_min_words: int = 1
+    overheard: str = "join"
+
+
+@dataclass
+class _Turn:
+    """The caller's turn in progress."""
+
+    audio: bytearray = field(default_factory=bytearray)
+    onset: float = 0.0  # monotonic seconds when the speech began
+    over_bot: bool = False  # began while the bot was speaking
+    interrupted_bot: bool = False
+    opened: bool = False  # the context aggregator's turn was opened
+    paused: bool = False  # early_secs of silence heard, not resumed
+    silence_secs: float = 0.0
+    generation: int = 0  # bumped whenever the caller resumes
+    transcript: asyncio.Task[str] | None = None
+    transcript_generation: int = -1
+    decision: asyncio.Task[None] | None = None
+    eager_text: str | None = None  # what the speculation pushed answers
+    committing: bool = False
+    words_checked_at: float = 0.0
+    words_check: asyncio.Task[None] | None = None
+
+
+class TurnTaker(FrameProcessor):
+    """Decides when the caller's turn ends and when the caller interrupts the bot.
+
+    Args:
+        vad: the call's VAD analyzer (Silero); its ``stop_secs`` is replaced by
+            ``early_secs``: its quiet state is the start of a pause.
+        transcribe: the shared Whisper engine, as ``await transcribe(audio) -> text``.
+        end_of_turn: asks the shared end-of-turn engine about the utterance, or
+            None to end turns on ``stop_secs`` of silence alone.
+        settings: the persona's turn settings.
+        counters: where the process counts speculations, commits and barge-ins.
+    """
+
+    def __init__(
+        self,
+        *,
+        vad: VADAnalyzer,
+        transcribe: Transcriber,
+        end_of_turn: EndOfTurnDecider | None,
+        settings: TurnTakingSettings,
+        counters: TurnCounters | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._counters = counters or TurnCounters()
+        self._vad = vad
+        self._transcribe = transcribe
+        self._end_of_turn = end_of_turn
+        self._settings = settings
+        self._vad_state = VADState.QUIET
+        self._pre_roll: deque[bytes] = deque()
+        self._pre_roll_bytes = 0
+        self._turn: _Turn | None = None
+        self._bot_speaking = False
+        self._carried_text = ""  # overheard words that join the next turn
+        self._reply_pending_since: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- frames ---------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Turn caller audio into turn events; track whether the bot is speaking."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            await self._on_audio(frame)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._drop_turn()
+            await self.push_frame(frame, direction)
+        else:
+            if isinstance(frame, BotStartedSpeakingFrame):
+                self._bot_speaking = True
+                self._reply_pending_since = None
+            elif isinstance(frame, BotStoppedSpeakingFrame):
+                self._bot_speaking = False
+            await self.push_frame(frame, direction)
+
+    async def setup(self, setup: FrameProcessorSetup):
+        """Give the VAD the pipeline's input rate."""
+        await super().setup(setup)
+        self._vad.set_sample_rate(setup.audio_in_sample_rate)
+
+    async def cleanup(self):
+        """Stop the call's turn work and release the VAD's thread."""
+        await self._drop_turn()
+        await self._vad.cleanup()
+        await super().cleanup()
+
+    async def _on_audio(self, frame: InputAudioRawFrame) -> None:
+        state = await self._vad.analyze_audio(frame.audio)
+        previous, self._vad_state = self._vad_state, state
+        turn = self._turn
+        if turn is None:
+            self._keep_pre_roll(frame.audio)
+            if state == VADState.SPEAKING and previous != VADState.SPEAKING:
+                await self._open_turn()
+            return
+        turn.audio.extend(frame.audio)
+        secs = len(frame.audio) / 2 / SAMPLE_RATE
+        if state == VADState.SPEAKING and previous != VADState.SPEAKING and turn.paused:
+            await self._resume(turn)
+        elif state == VADState.QUIET and previous != VADState.QUIET:
+            await self._pause(turn)
+        elif state == VADState.QUIET and turn.paused:
+            turn.silence_secs += secs
+            if turn.silence_secs + 1e-6 >= self._settings.stop_secs and not turn.committing:
+                self._spawn(self._commit(turn, "silence"))
+        if state in (VADState.SPEAKING, VADState.STOPPING):
+            await self._check_barge_in(turn)
+
+    def _keep_pre_roll(self, audio: bytes) -> None:
+        self._pre_roll.append(audio)
+        self._pre_roll_bytes += len(audio)
+        limit = int(PRE_ROLL_SECS * SAMPLE_RATE) * 2
+        while self._pre_roll and self._pre_roll_bytes - len(self._pre_roll[0]) >= limit:
+            self._pre_roll_bytes -= len(self._pre_roll.popleft())
+
+    # --- the turn's life --------------------------------------------------------
+
+    async def _open_turn(self) -> None:
+        start_secs = self._vad.params.start_secs
+        turn = _Turn(onset=time.monotonic() - start_secs, over_bot=self._bot_busy())
+        for piece in self._pre_roll:
+            turn.audio.extend(piece)
+        self._pre_roll.clear()
+        self._pre_roll_bytes = 0
+        self._turn = turn
+        await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
+
+    async def _pause(self, turn: _Turn) -> None:
+        """``early_secs`` of silence: decide, and speculate, while the caller may go on."""
+        turn.paused = True
+        turn.silence_secs = self._settings.early_secs
+        await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=self._settings.early_secs))
+        self._start_transcript(turn)
+        if self._end_of_turn is not None:
+            turn.decision = self._spawn(self._decide(turn, turn.generation))
+        self._spawn(self._after_pause(turn, turn.generation))
+
+    async def _resume(self, turn: _Turn) -> None:
+        """The caller spoke again before the commit: everything speculative is void."""
+        turn.paused = False
+        turn.silence_secs = 0.0
+        turn.generation += 1
+        await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
+        for task in (turn.decision, turn.transcript):
+            if task is not None and not task.done():
+                task.cancel()
+        turn.decision = None
+        if turn.transcript is not None and turn.eager_text is None:
+            # The utterance sent at the pause is settled without a reply.
+            await self.push_frame(TranscriptionSkippedFrame(reason="resumed"))
+        turn.transcript = None
+        if turn.eager_text is not None:
+            turn.eager_text = None
+            await self._cancel_speculation("resumed")
+
+    async def _cancel_speculation(self, reason: str) -> None:
+        logger.debug(f"{self}: speculation cancelled ({reason})")
+        self._counters.speculations_cancelled += 1
+        await self.push_frame(SpeculationCancelledFrame(reason=reason))
+        await self.push_frame(EagerEndOfTurnCancelFrame())
+
+    def _start_transcript(self, turn: _Turn) -> None:
+        if turn.transcript is None or turn.transcript_generation != turn.generation:
+            audio = _samples(bytes(turn.audio))
+            turn.transcript = self._spawn(self._transcript_of(audio))
+            turn.transcript_generation = turn.generation
+
+    async def _transcript_of(self, audio: np.ndarray) -> str:
+        padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
+        return (await self._transcribe(padded.astype(np.float32))).strip()
+
+    async def _decide(self, turn: _Turn, generation: int) -> None:
+        assert self._end_of_turn is not None
+        asked = time.monotonic()
+        try:
+            decision = await self._end_of_turn(_samples(bytes(turn.audio)))
+        except (ValueError, Overloaded, BatcherClosed) as exc:
+            logger.warning(f"{self}: end-of-turn model unavailable ({exc}); waiting for stop_secs")
+            return
+        complete = decision.complete
+        self._counters.decision_secs.append(time.monotonic() - asked)
+        if complete:
+            self._counters.decisions_complete += 1
+        else:
+            self._counters.decisions_incomplete += 1
+        await self.push_frame(
+            EndOfTurnDecisionFrame(
+                complete=complete,
+                probability=round(decision.probability, 3),
+                latency_ms=round((time.monotonic() - asked) * 1000, 1),
+            )
+        )
+        if complete and self._turn is turn and turn.generation == generation and turn.paused:
+            await self._commit(turn, "model")
+
+    async def _after_pause(self, turn: _Turn, generation: int) -> None:
+        """Interrupt the bot if the words call for it, then speculate on them."""
+        if turn.words_check is not None:
+            # A check of the words said over the bot goes first: an interruption
+            # after the speculation would drop it.
+            await asyncio.gather(turn.words_check, return_exceptions=True)
+        text = await self._awaited_transcript(turn)
+        if text is None or self._turn is not turn or turn.generation != generation:
+            return
+        if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
+            if self._overheard(turn, text):
+                return  # a backchannel: the bot goes on; the commit settles it
+            if not self._settings.allow_interruptions:
+                return  # the bot finishes its line; the reply follows it
+            await self._interrupt(turn, "words")
+        if self._settings.speculate and not turn.committing:
+            await self._speculate(turn, text)
+
+    async def _speculate(self, turn: _Turn, text: str) -> None:
+        """Send the words so far to the LLM while the turn may still go on."""
+        if not text:
+            return
+        text = self._with_carried(text)
+        await self._open_aggregator_turn(turn)
+        turn.eager_text = text
+        self._counters.speculations += 1
+        await self.push_frame(SpeculationStartedFrame(text=text))
+        await self.push_frame(EagerTranscriptionFrame(text, "", time_now_iso8601()))
+
+    async def _awaited_transcript(self, turn: _Turn) -> str | None:
+        task = turn.transcript
+        if task is None:
+            return None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return None
+            raise
+        except (ValueError, Overloaded, BatcherClosed) as exc:
+            if self._turn is turn:
+                await self.push_error(f"speech recognition unavailable: {exc}")
+            return None
+
+    async def _commit(self, turn: _Turn, reason: str) -> None:
+        """The caller is done: the turn's transcript goes to the context, the reply plays."""
+        if turn.committing or self._turn is not turn:
+            return
+        turn.committing = True
+        if turn.decision is not None and not turn.decision.done() and reason != "model":
+            turn.decision.cancel()
+        self._start_transcript(turn)
+        text = await self._awaited_transcript(turn)
+        if self._turn is not turn:
+            return
+        self._turn = None
+        if turn.words_check is not None:
+            turn.words_check.cancel()
+        if text is None:
+            await self._settle_without_reply(turn, "error")
+            return
+        if not text:
+            await self._settle_without_reply(turn, "no speech")
+            return
+        if self._bot_busy() and self._overheard(turn, text):
+            logger.debug(f"{self}: overheard {text!r} while the bot spoke; not a turn")
+            self._counters.overheard += 1
+            if self._settings.overheard == "join":
+                self._carried_text = f"{self._carried_text} {text}".strip()
+            await self._settle_without_reply(turn, "overheard")
+            return
+        text = self._with_carried(text)
+        self._carried_text = ""
+        reused = turn.eager_text == text
+        if turn.eager_text is not None and not reused:
+            await self._cancel_speculation("changed")
+        if turn.eager_text is None:
+            # The transcript stands for the utterance sent at the pause.
+            await self.push_frame(SpeculationStartedFrame(text=text))
+        await self._open_aggregator_turn(turn)
+        self._reply_pending_since = time.monotonic()
+        self._counters.speculations_reused += int(reused)
+        if reason == "model":
+            self._counters.commits_by_model += 1
+        else:
+            self._counters.commits_by_silence += 1
+        await self.push_frame(TurnCommittedFrame(reason=reason, reused=reused))
+        await self.push_frame(TranscriptionFrame(text, "", time_now_iso8601(), finalized=True))
+        await self.push_frame(ProposedUserStoppedSpeakingFrame())
+
+    async def _settle_without_reply(self, turn: _Turn, reason: str) -> None:
+        if turn.eager_text is not None:
+            await self._cancel_speculation(reason)
+        else:
+            secs = len(turn.audio) / 2 / SAMPLE_RATE
+            await self.push_frame(TranscriptionSkippedFrame(reason=reason, audio_secs=secs))
+        if turn.opened:
+            # The aggregator's turn was opened for a speculation: close it empty.
+            await self.push_frame(ProposedUserStoppedSpeakingFrame())
+
+    async def _open_aggregator_turn(self, turn: _Turn) -> None:
+        if not turn.opened:
+            turn.opened = True
+            await self.push_frame(ProposedUserStartedSpeakingFrame())
+
+    def _with_carried(self, text: str) -> str:
+        return f"{self._carried_text} {text}".strip() if self._carried_text else text
+
+    def _overheard(self, turn: _Turn, text: str) -> bool:
+        """Words said over the bot that are no turn of their own: a backchannel, a cough."""
+        if not turn.over_bot or turn.interrupted_bot:
+            return False
+        return len(meaningful_words(text)) < self._settings.interrupt_min_words
+
+    def _bot_busy(self) -> bool:
+        """The bot is speaking, or a committed reply is on its way to the caller."""
+        if self._bot_speaking:
+            return True
+        pending = self._reply_pending_since
+        return pending is not None and time.monotonic() - pending < REPLY_PENDING_SECS
+
+    # --- barge-in ---------------------------------------------------------------
+
+    async def _check_barge_in(self, turn: _Turn) -> None:
+        """While the caller speaks over the bot, check their words now and then."""
+        if not turn.over_bot or turn.interrupted_bot or turn.paused:
+            return
+        if not self._settings.allow_interruptions or not self._bot_busy():
+            return
+        spoken = time.monotonic() - turn.onset
+        if spoken < self._settings.interrupt_min_secs:
+            return
+        if turn.words_check is not None and not turn.words_check.done():
+            return
+        if turn.words_checked_at and spoken - turn.words_checked_at < WORDS_CHECK_EVERY_SECS:
+            return
+        turn.words_checked_at = spoken
+        turn.words_check = self._spawn(self._check_words(turn))
+
+    async def _check_words(self, turn: _Turn) -> None:
+        """Interrupt the bot if the caller's words so far are more than a backchannel."""
+        try:
+            text = await self._transcript_of(_samples(bytes(turn.audio)))
+        except (ValueError, Overloaded, BatcherClosed) as exc:
+            logger.warning(f"{self}: could not check words said over the bot: {exc}")
+            return
+        if self._turn is not turn or turn.interrupted_bot or not self._bot_busy():
+            return
+        if len(meaningful_words(text)) >= self._settings.interrupt_min_words:
+            await self._interrupt(turn, "words")
+
+    async def _interrupt(self, turn: _Turn, reason: str) -> None:
+        turn.interrupted_bot = True
+        self._reply_pending_since = None
+        self._counters.barge_ins += 1
+        after_ms = round((time.monotonic() - turn.onset) * 1000, 1)
+        logger.debug(f"{self}: barge-in after {after_ms} ms ({reason})")
+        await self.push_frame(BargeInFrame(reason=reason, after_ms=after_ms))
+        await self.broadcast_interruption()
+
+    # --- tasks ----------------------------------------------------------------
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = self.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _drop_turn(self) -> None:
+        self._turn = None
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            await self.cancel_task(task)
+
+
+def _samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
