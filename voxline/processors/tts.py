@@ -12,9 +12,10 @@ from pipecat.services.tts_service import TTSService
 
 from voxline.engines.piper import PiperEngine
 from voxline.processors.resample import resample_utterance
+from voxline.processors.speculation import SpeculativeTTSMixin
 
 
-class SharedPiperTTSService(TTSService):
+class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     """Speaks text with the shared Piper voice, streaming each sentence as it is made.
 
     Text arrives already cut into speakable chunks by the chunker, so the first

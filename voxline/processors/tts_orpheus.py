@@ -29,9 +29,10 @@ from voxline.engines.orpheus import (
 )
 from voxline.engines.snac import SNACDecoder
 from voxline.processors.resample import resample_utterance
+from voxline.processors.speculation import SpeculativeTTSMixin
 
 
-class OrpheusTTSService(TTSService):
+class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
     """Speaks text with Orpheus served by an OpenAI-compatible completions server.
 
     Args:
