@@ -72,11 +72,14 @@ async def talk(
     timeout: float = 120.0,
     barge_in: np.ndarray | None = None,
     barge_in_after_secs: float = 1.0,
+    over_greeting_after_secs: float | None = None,
 ) -> TalkResult:
     """Run one call whose caller says ``audio``; return the turns and the bot's audio.
 
     With ``barge_in`` (more words, at ``sample_rate``), the caller says them over the
-    reply once ``barge_in_after_secs`` of it have played.
+    reply once ``barge_in_after_secs`` of it have played. The caller waits for the
+    greeting to end before speaking, or, with ``over_greeting_after_secs``, starts
+    once that much of it has played.
 
     Raises:
         TalkTimeoutError: the conversation did not finish within ``timeout`` seconds
@@ -102,7 +105,9 @@ async def talk(
     run_task = asyncio.create_task(runner.run())
 
     async def converse() -> None:
-        if persona.greeting:
+        if over_greeting_after_secs is not None:
+            await transport.wait_played(over_greeting_after_secs)
+        elif persona.greeting:
             await tracer.greeting_done.wait()
         transport.caller_may_speak.set()
         await transport.caller_finished.wait()

@@ -145,14 +145,17 @@ class TurnSettings(_Strict):
         default=True, description="Start STT, the LLM and TTS at early_secs, play at commit."
     )
     allow_interruptions: bool = True
+    # Measured on Piper speech with the VAD above: "Uh-huh." is voiced for 0.28 s,
+    # "Okay." 0.40 s, "Mm-hmm." 0.52 s; "Wait," 0.22 s and "Stop." 0.52 s. A stretch
+    # of 0.6 s is no backchannel; shorter speech interrupts only if it carries words.
     interrupt_min_secs: float = Field(
-        default=0.3,
+        default=0.6,
         ge=0.0,
-        le=3.0,
-        description="Caller speech this long interrupts the bot (a cough does not).",
+        le=5.0,
+        description="A stretch of caller speech this long interrupts the bot.",
     )
     interrupt_min_words: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=20,
         description="Shorter speech interrupts once Whisper hears this many words that are "

@@ -227,6 +227,7 @@ class LatencyTracer(BaseObserver):
         self._llm_interrupted = False
         # What happened to the caller's turn before it had a transcript.
         self._decisions: list[dict[str, object]] = []
+        self._withdrawn = False  # a withdrawn speculation's frames are still arriving
         self._barge_in_ms: float | None = None
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
@@ -295,19 +296,20 @@ class LatencyTracer(BaseObserver):
                 self._on_transcription(frame.text, now)
         elif isinstance(frame, LLMTextFrame):
             turn = self._turn
-            if turn is not None and not turn.complete:
+            if turn is not None and not turn.complete and not self._withdrawn:
                 if turn.llm_first_token is None:
                     turn.llm_first_token = now
                 turn.bot_text += frame.text
         elif isinstance(frame, AggregatedTextFrame):
-            if self._turn is not None and self._turn.first_chunk is None:
+            if self._turn is not None and self._turn.first_chunk is None and not self._withdrawn:
                 self._turn.first_chunk = now
         elif isinstance(frame, TTSAudioRawFrame):
             if isinstance(data.source, BaseOutputTransport):
                 self._on_audio_written(frame, now)
             else:
-                if self._turn is not None and self._turn.tts_first_audio is None:
-                    self._turn.tts_first_audio = now  # synthesized, perhaps before the commit
+                turn = self._turn
+                if turn is not None and turn.tts_first_audio is None and not self._withdrawn:
+                    turn.tts_first_audio = now  # synthesized, perhaps before the commit
                 if _on_its_way_out(data):
                     self._on_audio_produced(frame)
         elif isinstance(frame, FunctionCallsStartedFrame):
@@ -317,6 +319,7 @@ class LatencyTracer(BaseObserver):
             self._on_tool_result(frame)
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._llm_responding, self._llm_interrupted = True, False
+            self._withdrawn = False
             if self._turn is not None:
                 self._turn.follow_up_expected = False
                 self._turn.llm_done = False
@@ -331,7 +334,8 @@ class LatencyTracer(BaseObserver):
                     # A reply with nothing to say (empty text) is still a finished turn;
                     # a cancelled one is not a reply: the next completion answers.
                     failed = self._turn.error is not None
-                    self._complete_if_done(force=self._turn.first_chunk is None and not failed)
+                    empty = not self._turn.bot_text.strip()
+                    self._complete_if_done(force=empty and not failed)
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
             if self._turn is not None and self._turn.audio_out is None and not self._turn.complete:
@@ -364,8 +368,10 @@ class LatencyTracer(BaseObserver):
         self._produced_secs += _seconds(frame)
 
     def _on_speculation_cancelled(self, reason: str) -> None:
-        # The withdrawn completion's end frame is not the turn's answer.
+        # The withdrawn completion's end frame is not the turn's answer, and its text and
+        # audio still on their way to the gate are no stage of the next one.
         self._llm_interrupted = self._llm_responding
+        self._withdrawn = True
         turn = self._turn
         if turn is None or turn.complete or turn.committed is not None:
             return

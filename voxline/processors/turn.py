@@ -18,11 +18,12 @@ caller's side of the conversation:
   ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
   it again, and its ``UserStoppedSpeakingFrame`` opens the gate: the prepared
   audio plays at once.
-* **Barge-in.** Caller speech over the bot interrupts only when it carries
-  words: once it has lasted ``interrupt_min_secs`` (or paused earlier) its
-  audio so far is transcribed, and ``interrupt_min_words`` words that are not
-  backchannels ("uh-huh", "okay") interrupt. A cough or an "uh-huh" does not
-  stop the bot; its words join the caller's next turn or are dropped.
+* **Barge-in.** Caller speech over the bot interrupts it once a stretch of it
+  lasts ``interrupt_min_secs``, or sooner when it carries words: after a quarter
+  of a second (and at every pause) the audio so far is transcribed, and
+  ``interrupt_min_words`` words that are not backchannels ("uh-huh", "okay")
+  interrupt. A cough or an "uh-huh" does not stop the bot; its words join the
+  caller's next turn or are dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
 TRAILING_SILENCE_SECS = 0.2
 """Silence after the last word that Whisper gets: enough to finish it."""
+WORDS_CHECK_AFTER_SECS = 0.25
+"""Speech over the bot this long is transcribed to see whether it carries words."""
 WORDS_CHECK_EVERY_SECS = 0.5
 """While the caller speaks over the bot, how often their words so far are checked again."""
 REPLY_PENDING_SECS = 5.0
@@ -145,6 +148,7 @@ class _Turn:
 
     audio: bytearray = field(default_factory=bytearray)
     onset: float = 0.0  # monotonic seconds when the speech began
+    stretch_onset: float = 0.0  # when the current stretch of speech (after a pause) began
     over_bot: bool = False  # began while the bot was speaking
     interrupted_bot: bool = False
     opened: bool = False  # the context aggregator's turn was opened
@@ -261,7 +265,8 @@ class TurnTaker(FrameProcessor):
 
     async def _open_turn(self) -> None:
         start_secs = self._vad.params.start_secs
-        turn = _Turn(onset=time.monotonic() - start_secs, over_bot=self._bot_busy())
+        onset = time.monotonic() - start_secs
+        turn = _Turn(onset=onset, stretch_onset=onset, over_bot=self._bot_busy())
         for piece in self._pre_roll:
             turn.audio.extend(piece)
         self._pre_roll.clear()
@@ -284,6 +289,7 @@ class TurnTaker(FrameProcessor):
         turn.paused = False
         turn.silence_secs = 0.0
         turn.generation += 1
+        turn.stretch_onset = time.monotonic() - self._vad.params.start_secs
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
         for task in (turn.decision, turn.transcript):
             if task is not None and not task.done():
@@ -461,13 +467,18 @@ class TurnTaker(FrameProcessor):
     # --- barge-in ---------------------------------------------------------------
 
     async def _check_barge_in(self, turn: _Turn) -> None:
-        """While the caller speaks over the bot, check their words now and then."""
+        """While the caller speaks over the bot: a long stretch of speech interrupts it,
+        and their words so far are checked now and then."""
         if not turn.over_bot or turn.interrupted_bot or turn.paused:
             return
         if not self._settings.allow_interruptions or not self._bot_busy():
             return
-        spoken = time.monotonic() - turn.onset
-        if spoken < self._settings.interrupt_min_secs:
+        now = time.monotonic()
+        if now - turn.stretch_onset >= self._settings.interrupt_min_secs:
+            await self._interrupt(turn, "duration")
+            return
+        spoken = now - turn.onset
+        if spoken < WORDS_CHECK_AFTER_SECS:
             return
         if turn.words_check is not None and not turn.words_check.done():
             return

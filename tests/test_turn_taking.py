@@ -1,0 +1,304 @@
+"""Turn-taking end to end: speculation, the end-of-turn model, barge-in, idle callers.
+
+Real pipeline, real models, audio in: Piper speaks the caller, Silero cuts the
+speech, the shared Smart Turn model and Whisper decide and transcribe, SmolLM2
+on the embedded llama.cpp answers and Piper speaks the reply. One Runtime (one
+llama.cpp server) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import soxr
+from pipecat.transports.base_transport import TransportParams
+from pipecat.workers.runner import WorkerRunner
+
+from tests.conftest import VOXLINE
+from tests.speech import caller_voice, normalize
+from voxline.bot.runtime import Runtime
+from voxline.bot.session import STT_SAMPLE_RATE, build_call
+from voxline.bot.talk import TalkResult, talk
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.models import resolve_whisper
+from voxline.personas import Persona, load_persona
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.turn import meaningful_words
+from voxline.transports.audiofile import AudioFileTransport
+from voxline.transports.levels import is_voiced
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+PROMPT = "You are a bank's phone assistant. Answer in one short sentence."
+LONG_GREETING = (
+    "Hello, you have reached Northwind Bank. I can help you with your balance, your cards, "
+    "your transfers and our branch opening hours. Please tell me what you need today."
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runtime():
+    async with Runtime() as shared:
+        yield shared
+
+
+def persona_file(tmp_path: Path, name: str, extra: str = "", greeting: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            name: {name}
+            prompt: {PROMPT}
+            greeting: "{greeting or "Northwind Bank, how can I help?"}"
+            llm: {{temperature: 0, max_tokens: 30}}
+            """
+        )
+        + textwrap.dedent(extra)
+    )
+    return path
+
+
+def persona(tmp_path: Path, name: str, extra: str = "", greeting: str = "") -> Persona:
+    return load_persona(persona_file(tmp_path, name, extra, greeting))
+
+
+def voiced(text: str) -> np.ndarray:
+    """``text`` spoken by Piper at 16 kHz, without Piper's silence before and after."""
+    voice = caller_voice()
+    pcm = np.frombuffer(voice.synthesize_all(text), dtype=np.int16).astype(np.float32) / 32768
+    audio = soxr.resample(pcm, voice.sample_rate, SAMPLE_RATE).astype(np.float32)
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def silence(secs: float) -> np.ndarray:
+    return np.zeros(int(secs * SAMPLE_RATE), dtype=np.float32)
+
+
+def cough(secs: float = 0.15) -> np.ndarray:
+    """A short burst of loud noise shaped like a cough."""
+    rng = np.random.default_rng(7)
+    envelope = np.hanning(int(secs * SAMPLE_RATE)).astype(np.float32)
+    return (rng.normal(0, 0.3, envelope.size) * envelope).astype(np.float32)
+
+
+def replies(result: TalkResult) -> list:
+    return [turn for turn in result.turns if turn.bot_text.strip()]
+
+
+def user_messages(result: TalkResult) -> list[str]:
+    return [m["content"] for m in result.context if m["role"] == "user"]
+
+
+def greeting_block(result: TalkResult) -> tuple[float, float]:
+    """The greeting as the caller heard it: (voiced seconds, when it ended on the call's clock).
+
+    It is the first stretch of voiced bot audio without a second of silence in it;
+    a reply to the caller comes after a longer pause.
+    """
+    frame = result.sample_rate // 50
+    audio = result.audio[: result.audio.size // frame * frame].reshape(-1, frame)
+    voiced = [is_voiced(piece) for piece in audio]
+    played, last, gap = 0, None, 0
+    for index, loud in enumerate(voiced):
+        if loud:
+            played, last, gap = played + 1, index, 0
+        elif last is not None:
+            gap += 1
+            if gap >= 50:
+                break
+    return played / 50, ((last or 0) + 1) / 50
+
+
+def test_backchannels_are_not_meaningful_words():
+    assert meaningful_words("Uh-huh.") == []
+    assert meaningful_words("Mm-hmm, okay, yeah.") == []
+    assert meaningful_words("Wait, stop.") == ["wait", "stop"]
+    assert meaningful_words("No.") == ["no"]
+
+
+async def test_a_pause_in_mid_question_gets_one_reply_to_the_whole_question(runtime, tmp_path):
+    """The caller pauses a second mid-sentence: the speculation on the first half is
+    cancelled when they go on, and the bot answers the whole question once."""
+    bank = persona(tmp_path, "pause")
+    first, second = "I was wondering if you could", "tell me the balance of my checking account"
+    audio = np.concatenate([voiced(first), silence(1.0), voiced(second), silence(0.3)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    answered = replies(result)
+    print([turn.as_dict() for turn in result.turns])
+    assert len(answered) == 1, [turn.as_dict() for turn in result.turns]
+    [turn] = answered
+    heard = normalize(turn.caller_text)
+    assert "wondering" in heard and "balance" in heard, turn.caller_text
+    assert not turn.interrupted
+    assert "resumed" in turn.cancellations
+    assert turn.speculative_starts >= 2
+    [said] = user_messages(result)
+    assert "wondering" in normalize(said) and "balance" in normalize(said)
+
+
+async def test_speculation_gives_the_same_transcript_and_reply_and_plays_prepared_audio(
+    runtime, tmp_path
+):
+    """Speculation on (with the turn model) and off (a fixed silence) hear and answer the
+    same question the same way; with the model on, the reply starts sooner than the
+    silence fallback plus TTS's first audio."""
+    on = persona(tmp_path, "spec_on")
+    off = persona(tmp_path, "spec_off", "turn: {model: none, speculate: false}\n")
+    audio = np.concatenate([voiced("What time does the branch open on Saturday?"), silence(0.3)])
+
+    with_speculation = await talk(on, runtime, audio, SAMPLE_RATE, timeout=60)
+    without = await talk(off, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    [turn_on], [turn_off] = replies(with_speculation), replies(without)
+    print(turn_on.as_dict(), turn_off.as_dict(), sep="\n")
+    assert turn_on.caller_text == turn_off.caller_text
+    assert turn_on.bot_text.strip() == turn_off.bot_text.strip()
+    assert turn_on.commit_reason == "model"
+    assert turn_off.commit_reason == "silence" and turn_off.speculative_starts == 1
+    latency = turn_on.latencies_ms()
+    assert latency["voice_to_voice"] is not None and latency["tts_first_audio"] is not None
+    assert latency["voice_to_voice"] < on.turn.stop_secs * 1000 + latency["tts_first_audio"]
+
+
+async def test_a_speculation_is_reused_when_the_silence_commits_the_turn(runtime, tmp_path):
+    """With a fixed silence and speculation on, the reply prepared at ``early_secs`` is
+    the one that plays at ``stop_secs``: it is not computed twice."""
+    bank = persona(tmp_path, "reuse", "turn: {model: none, stop_secs: 0.8}\n")
+    audio = np.concatenate([voiced("Can I order a new debit card?"), silence(0.3)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    [turn] = replies(result)
+    print(turn.as_dict())
+    assert turn.commit_reason == "silence"
+    assert turn.reused and turn.cancellations == []
+    assert turn.ready_audio_secs is not None and turn.ready_audio_secs > 0
+    assert len(user_messages(result)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "sounds", "interrupts"),
+    [
+        ("cough_and_uh_huh", "", [cough(), silence(1.0), voiced("Uh-huh.")], False),
+        ("wait_stop", "", [voiced("Wait, stop.")], True),
+        (
+            "no_interruptions",
+            "turn: {allow_interruptions: false}\n",
+            [voiced("Wait, stop.")],
+            False,
+        ),
+        (
+            "fixed_greeting",
+            "turn: {uninterruptible: [greeting]}\n",
+            [voiced("Wait, stop.")],
+            False,
+        ),
+    ],
+)
+async def test_barge_in_over_the_greeting(runtime, tmp_path, name, extra, sounds, interrupts):
+    """A cough and an "uh-huh" do not stop the bot; "Wait, stop." does, unless the persona
+    allows no interruptions or made the greeting non-interruptible."""
+    bank = persona(tmp_path, name, extra, greeting=LONG_GREETING)
+    audio = np.concatenate([*sounds, silence(0.2)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=90, over_greeting_after_secs=1.5)
+
+    played, greeting_end = greeting_block(result)
+    onset = result.caller_voiced[0]
+    heard = heard_text(result.audio, result.sample_rate, until=onset + 9.0)
+    print(
+        f"\n{name}: played {played:.2f} s; caller onset {onset:.2f} s; the bot's audio paused "
+        f"{greeting_end - onset:+.2f} s after it; heard {heard!r}; "
+        f"turns {[t.as_dict() for t in result.turns]}"
+    )
+    # The greeting's last words are heard unless the caller interrupted it.
+    assert ("what you need today" in heard) is not interrupts, heard
+    if interrupts:
+        # The bot was stopped soon after the caller's words began.
+        [barge_in] = [t.barge_in_ms for t in result.turns if t.barge_in_ms is not None]
+        print(f"barge-in {barge_in:.0f} ms after the caller's onset")
+        assert barge_in < 1200
+    if name == "cough_and_uh_huh":
+        assert replies(result) == [], "a backchannel was answered"
+
+
+def heard_text(audio: np.ndarray, rate: int, until: float) -> str:
+    """What the caller heard up to ``until`` seconds into the call, transcribed."""
+    samples = audio[: int(until * rate)].astype(np.float32) / 32768
+    samples = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+    return normalize(whisper().transcribe_blocking(samples, language="en").text)
+
+
+@functools.cache
+def whisper() -> WhisperEngine:
+    return WhisperEngine(resolve_whisper("tiny.en"))
+
+
+async def test_the_idle_line_plays_once_then_the_call_ends(runtime, tmp_path):
+    """A caller who says nothing hears the idle line once, then the goodbye, and the call
+    ends by itself."""
+    bank = persona(
+        tmp_path,
+        "idle",
+        "limits: {idle_prompt_secs: 1.5, idle_timeout_secs: 1.5}\n"
+        "phrases: {idle: 'Are you still there?', goodbye: 'Thank you for calling. Goodbye.'}\n",
+    )
+    await runtime.prepare(bank)
+    rate = runtime.piper(bank).sample_rate
+    transport = AudioFileTransport(
+        silence(0.5),
+        SAMPLE_RATE,
+        params=TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=STT_SAMPLE_RATE,
+            audio_out_sample_rate=rate,
+        ),
+    )
+    transport.caller_may_speak.set()
+    call = build_call(bank, runtime, transport, tracer=LatencyTracer(), out_sample_rate=rate)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(call.worker)
+    # The call must end by itself: the goodbye's EndFrame stops the pipeline.
+    await asyncio.wait_for(runner.run(), timeout=40)
+
+    text = heard_text(transport.recording(), rate, until=60.0)
+    print(text)
+    assert text.count("still there") == 1, text
+    assert "thank you for calling" in text
+    assert text.index("still there") < text.index("thank you for calling")
+
+
+async def test_turn_model_fallback_and_refusal(runtime, tmp_path):
+    """A corrupt model file: with ``model_fallback`` the persona runs on silence alone."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model" * 64)
+    fallback = persona(tmp_path, "fallback", f"turn: {{model: {broken}, model_fallback: true}}\n")
+    await runtime.prepare(fallback)
+    assert runtime.end_of_turn(fallback) is None
+
+
+@pytest.mark.parametrize("content", [None, b"not an onnx model" * 64])
+def test_a_missing_or_corrupt_turn_model_fails_at_start_in_one_line(tmp_path, voxline_env, content):
+    model = tmp_path / "turn.onnx"
+    if content is not None:
+        model.write_bytes(content)
+    path = persona_file(tmp_path, "broken_model", f"turn: {{model: {model}}}\n")
+    done = subprocess.run(
+        [VOXLINE, "talk", "--persona", str(path), "--say", "Hello?", "--output", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=voxline_env,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("voxline")]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(errors) == 1 and str(model) in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
