@@ -13,8 +13,17 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from voxline.cpu_budget import CpuBudget, cpu_budget
+from voxline.engines.piper import DEFAULT_MAX_PHONEMES
 from voxline.yamlfile import load_yaml_model
 
 
@@ -27,9 +36,11 @@ class WhisperConfig(_Strict):
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(default=1, ge=1, description="Threads inside one model run.")
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="Threads inside one model run. Default: CPU budget (1)."
+    )
     num_workers: int | None = Field(
-        default=None, ge=1, description="Model runs (batches) at once. Default: one per core."
+        default=None, ge=1, description="Model runs (batches) at once. Default: CPU budget."
     )
     max_batch: int = Field(default=8, ge=1, description="Utterances decoded in one run.")
     max_wait_ms: float = Field(
@@ -47,6 +58,20 @@ class PiperConfig(_Strict):
     """The shared Piper voices."""
 
     use_cuda: bool = False
+    workers: int | None = Field(
+        default=None, ge=1, description="Syntheses at once (one is kept for first chunks)."
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime threads per synthesis. Default: 1."
+    )
+    max_queue: int = Field(
+        default=64, ge=1, description="Waiting syntheses beyond which new ones are refused."
+    )
+    max_phonemes: int | None = Field(
+        default=DEFAULT_MAX_PHONEMES,
+        ge=8,
+        description="Longer sentences are cut at a clause or word; null keeps them whole.",
+    )
 
 
 class EmbeddedLLMConfig(_Strict):
@@ -57,7 +82,7 @@ class EmbeddedLLMConfig(_Strict):
         description="llama_cpp (light, one request at a time) or vllm (batches calls).",
     )
     model: str = "smollm2"
-    n_threads: int | None = Field(default=None, ge=1, description="Default: all cores.")
+    n_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
     n_ctx: int = Field(default=4096, ge=512)
     startup_timeout_secs: float = Field(default=120.0, gt=0)
     max_concurrent: int = Field(
@@ -81,7 +106,7 @@ class VLLMConfig(_Strict):
     )
     device: Literal["cpu", "cuda"] = "cpu"
     max_model_len: int = Field(default=4096, ge=256)
-    cpu_threads: int | None = Field(default=None, ge=1, description="Default: all cores.")
+    cpu_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
     kv_cache_gib: int = Field(default=1, ge=1, description="KV cache on a CPU, whole GiB.")
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     tool_call_parser: str = "hermes"
@@ -105,13 +130,48 @@ class SNACConfig(_Strict):
 
 
 class EnginesConfig(_Strict):
-    """Settings of the engines shared by all calls."""
+    """Settings of the engines shared by all calls.
 
+    Thread and worker counts left unset are filled in from the CPU budget
+    (:func:`voxline.cpu_budget.cpu_budget`, docs/cpu.md) once the file is read, so
+    every engine finds a number here; a value set in ``voxline.yaml`` wins.
+    """
+
+    cpu_cores: int | None = Field(
+        default=None, ge=1, description="Cores the engines share. Default: os.cpu_count()."
+    )
     whisper: WhisperConfig = WhisperConfig()
     piper: PiperConfig = PiperConfig()
     llm: EmbeddedLLMConfig = EmbeddedLLMConfig()
     snac: SNACConfig = SNACConfig()
     vllm: VLLMConfig = VLLMConfig()
+
+    @property
+    def budget(self) -> CpuBudget:
+        """The CPU budget the unset counts were taken from."""
+        return cpu_budget(self.cpu_cores, whisper_on_gpu=self.whisper.device == "cuda")
+
+    @model_validator(mode="after")
+    def _apply_cpu_budget(self) -> EnginesConfig:
+        budget = self.budget
+
+        def fill(section: BaseModel, **defaults: int) -> BaseModel:
+            unset = {key: value for key, value in defaults.items() if getattr(section, key) is None}
+            return section.model_copy(update=unset) if unset else section
+
+        updates = {
+            "whisper": fill(
+                self.whisper,
+                cpu_threads=budget.whisper_threads,
+                num_workers=budget.whisper_workers,
+            ),
+            "piper": fill(self.piper, workers=budget.piper_workers, threads=budget.piper_threads),
+            "llm": fill(self.llm, n_threads=budget.llm_threads),
+            "vllm": fill(self.vllm, cpu_threads=budget.llm_threads),
+        }
+        for name, section in updates.items():
+            object.__setattr__(self, name, section)  # frozen model, still being built
+        return self
 
 
 class TwilioConfig(_Strict):

@@ -11,7 +11,6 @@ an exception (use it as an ``async with`` block).
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +18,7 @@ from loguru import logger
 
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
+from voxline.cpu_budget import cpu_budget
 from voxline.engines.llm import (
     LlamaCppServer,
     LLMBackend,
@@ -93,8 +93,8 @@ class Runtime:
                 path,
                 device=settings.device,
                 compute_type=settings.compute_type,
-                cpu_threads=settings.cpu_threads,
-                num_workers=settings.num_workers or os.cpu_count() or 1,
+                cpu_threads=settings.cpu_threads or 1,
+                num_workers=settings.num_workers or self.config.engines.budget.whisper_workers,
                 max_batch=settings.max_batch,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
@@ -119,8 +119,15 @@ class Runtime:
             if not isinstance(files, PiperVoiceFiles):
                 files = _download_piper_voice(files)
             logger.info(f"loading piper voice {persona.tts.voice} from {files.model}")
+            piper = self.config.engines.piper  # counts from the CPU budget (voxline/cpu_budget.py)
             self._piper[persona.tts.voice] = PiperEngine(
-                files.model, files.config, use_cuda=self.config.engines.piper.use_cuda
+                files.model,
+                files.config,
+                use_cuda=piper.use_cuda,
+                workers=piper.workers or 1,
+                threads=piper.threads,
+                max_queue=piper.max_queue,
+                max_phonemes=piper.max_phonemes,
             )
             self._piper[persona.tts.voice].warm_up()
 
@@ -276,7 +283,8 @@ def _load_turn_model(persona: Persona) -> EndOfTurnEngine | None:
     try:
         path = resolve_turn_model(settings.model)
         logger.info(f"loading end-of-turn model {settings.model} from {path}")
-        return EndOfTurnEngine(path, threshold=settings.model_threshold, threads=1)
+        threads = cpu_budget().turn_threads
+        return EndOfTurnEngine(path, threshold=settings.model_threshold, threads=threads)
     except (ModelNotAvailableError, TurnModelError) as exc:
         if settings.model_fallback:
             logger.warning(f"persona {persona.name}: {exc}; ending turns on silence alone")

@@ -1,17 +1,94 @@
 """The shared Piper voice engine (the embedded default TTS).
 
 A Piper voice is loaded once per process and shared by all calls. Piper
-synthesises whole sentences (one chunk per sentence, no streaming inside one),
-so the engine yields each sentence's audio as soon as it exists, from its own
-worker thread.
+synthesizes a whole sentence per model run (no streaming inside one), so the
+engine cuts every request into *pieces* (sentences, and long sentences at a
+clause or word boundary) and runs each piece as one job on its own worker
+threads, never on the event loop.
+
+Jobs wait in one priority queue shared by all calls:
+
+1. the first piece of a reply's **first chunk** (``first=True``) goes before
+   anything else, so a caller's first audio never waits behind another call's
+   long sentence queued earlier;
+2. then pieces in the order their requests arrived.
+
+A running piece is never preempted, so a first chunk can still wait for the
+pieces already running; cutting long sentences (``max_phonemes``) keeps each of
+them short, and ``workers`` run several at once. The queue is bounded: a new
+request finding ``max_queue`` jobs waiting is refused at once with
+:class:`~voxline.engines.batcher.Overloaded`.
+
+Batching sentences of several calls into one ONNX run is possible with Piper's
+model (padded ``input`` with ``input_lengths``) but gives nothing on a CPU
+(benchmarks/tts_concurrency.py, docs/cpu.md), so the engine runs one piece per
+model run.
+
+No pipecat imports here: engines are usable and benchmarkable on their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+import heapq
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxline.engines.batcher import BatcherClosed, Overloaded
+
+__all__ = ["BatcherClosed", "Overloaded", "PiperEngine", "SynthesisRecord", "split_phonemes"]
+
+FIRST = 0
+LATER = 1
+DEFAULT_MAX_PHONEMES = 100
+"""A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
+synthesize on the 2-core test CPU), so no single run holds a worker for long."""
+_CLAUSE_MARKS = frozenset(",;:—–-")
+
+
+@dataclass(frozen=True)
+class SynthesisRecord:
+    """One piece's trip through the engine, for tests, metrics and benchmarks.
+
+    Attributes:
+        label: who asked (the TTS service's name), as given to :meth:`PiperEngine.synthesize`.
+        request: the request's arrival number.
+        piece: the piece's index within its request.
+        first: the request was the first chunk of a reply.
+        phonemes: phonemes in the piece.
+        queued_at, started_at, ended_at: ``time.perf_counter()`` when the piece was queued,
+            when a worker started it and when its audio was ready.
+        audio_secs: seconds of audio it made.
+    """
+
+    label: str
+    request: int
+    piece: int
+    first: bool
+    phonemes: int
+    queued_at: float
+    started_at: float
+    ended_at: float
+    audio_secs: float
+
+
+@dataclass(order=True)
+class _Job:
+    key: tuple[int, int, int]
+    run: Callable[[], Any] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
 
 
 class PiperEngine:
@@ -21,53 +98,310 @@ class PiperEngine:
         model: the voice's ``.onnx`` file.
         config: its ``.onnx.json`` file.
         use_cuda: run the ONNX model on a CUDA device.
-        workers: concurrent syntheses (threads owned by this engine).
+        workers: pieces synthesized at once (threads owned by this engine, one shared
+            ONNX session).
+        threads: ONNX Runtime intra-op threads per model run; ``None`` keeps ONNX
+            Runtime's default (one per physical core, spinning while idle).
+        max_queue: jobs waiting beyond which a new request is refused (a request
+            already speaking may queue its next piece until twice that).
+        max_phonemes: sentences longer than this are cut at a clause or word
+            boundary; ``None`` synthesizes whole sentences.
+        prioritize_first: serve first chunks before other pieces; ``False`` is plain
+            first-in, first-out.
+        reserve_first: with two workers or more, keep one of them for first chunks: other
+            pieces run on at most ``workers - 1`` workers at once, so a first chunk never
+            waits for a long sentence to end. A worker produces speech ~28x faster than
+            it is spoken (FACTS.md), so the later pieces of a few calls lose nothing.
+        history: how many :class:`SynthesisRecord` entries to keep.
     """
 
-    def __init__(self, model: Path, config: Path, *, use_cuda: bool = False, workers: int = 1):
+    def __init__(
+        self,
+        model: Path,
+        config: Path,
+        *,
+        use_cuda: bool = False,
+        workers: int = 1,
+        threads: int | None = 1,
+        max_queue: int = 64,
+        max_phonemes: int | None = DEFAULT_MAX_PHONEMES,
+        prioritize_first: bool = True,
+        reserve_first: bool = True,
+        history: int = 1024,
+    ):
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
+        if workers < 1 or max_queue < 1 or (threads is not None and threads < 1):
+            raise ValueError(
+                f"workers, max_queue and threads must be >= 1, got {workers=}, {max_queue=}, "
+                f"{threads=}"
+            )
+        if max_phonemes is not None and max_phonemes < 8:
+            raise ValueError(f"max_phonemes must be >= 8 or None, got {max_phonemes}")
         self.model_path = Path(model)
-        self._voice = PiperVoice.load(model, config_path=config, use_cuda=use_cuda)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        self.workers = workers
+        self.threads = threads
+        self.max_queue = max_queue
+        self.max_phonemes = max_phonemes
+        self.prioritize_first = prioritize_first
+        with open(config, encoding="utf-8") as config_file:
+            voice_config = PiperConfig.from_dict(json.load(config_file))
+        self._voice = PiperVoice(
+            config=voice_config, session=_session(self.model_path, use_cuda, threads)
+        )
+        self.records: deque[SynthesisRecord] = deque(maxlen=history)
+        self._phonemize_lock = threading.Lock()  # espeak-ng is not thread-safe
+        self._arrivals = itertools.count()
+        self._fifo = itertools.count()
+        self._heap: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._busy = 0
+        self._later_running = 0
+        reserve = reserve_first and prioritize_first and workers > 1
+        self._later_slots = workers - 1 if reserve else workers
+        self._threads = [
+            threading.Thread(target=self._work, name=f"piper-{index}", daemon=True)
+            for index in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def sample_rate(self) -> int:
         """The voice's native sample rate (22 050 Hz for the packaged voice)."""
         return int(self._voice.config.sample_rate)
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """Yield 16-bit mono PCM at :attr:`sample_rate`, one piece per sentence.
+    @property
+    def queued(self) -> int:
+        """Pieces waiting for a worker."""
+        with self._cond:
+            return sum(1 for job in self._heap if not job.cancelled)
 
-        Closing the iterator early (an interruption) stops synthesis after the
-        sentence in progress.
+    @property
+    def busy(self) -> int:
+        """Workers synthesizing now."""
+        return self._busy
+
+    async def synthesize(
+        self, text: str, *, first: bool = False, label: str = ""
+    ) -> AsyncIterator[bytes]:
+        """Yield 16-bit mono PCM at :attr:`sample_rate`, one piece per sentence (or part).
+
+        Args:
+            text: what to say.
+            first: this is the first chunk of a reply (or a greeting): its first piece
+                goes before every queued piece that is not a first chunk's.
+            label: names the caller in :attr:`records`.
+
+        Closing the iterator early (an interruption) drops its queued pieces; the
+        piece in progress finishes in its worker.
+
+        Raises:
+            Overloaded: ``max_queue`` pieces are already waiting.
+            BatcherClosed: the engine was closed.
         """
-        loop = asyncio.get_running_loop()
-        chunks: Iterator = iter(self._voice.synthesize(text))
-        try:
-            while True:
-                audio = await loop.run_in_executor(self._executor, _next_audio, chunks)
-                if audio is None:
-                    return
-                yield audio
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        request = next(self._arrivals)
+        priority = FIRST if first and self.prioritize_first else LATER
+        queued_at = time.perf_counter()
+
+        def first_piece() -> tuple[bytes | None, list[list[str]]]:
+            pieces = self._pieces(text)
+            if not pieces:
+                return None, []
+            audio = self._run_piece(pieces[0], label, request, 0, first, queued_at)
+            return audio, pieces[1:]
+
+        audio, rest = await self._submit(priority, request, 0, first_piece, admission=True)
+        if audio is not None:
+            yield audio
+        for index, phonemes in enumerate(rest, start=1):
+            queued_at = time.perf_counter()
+
+            def piece(phonemes=phonemes, index=index, queued_at=queued_at) -> bytes:
+                return self._run_piece(phonemes, label, request, index, first, queued_at)
+
+            yield await self._submit(LATER, request, index, piece, admission=False)
 
     def synthesize_all(self, text: str) -> bytes:
-        """Synthesise ``text`` completely, blocking: for tools and tests, not calls."""
-        return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(text))
+        """Synthesise ``text`` completely, blocking, whole sentences: for tools and tests."""
+        with self._phonemize_lock:
+            sentences = self._voice.phonemize(text)
+        return b"".join(self._audio(phonemes) for phonemes in sentences if phonemes)
 
     def warm_up(self) -> None:
         """Synthesise a word so the first reply does not pay for ONNX session init."""
         self.synthesize_all("Hello.")
 
     def close(self) -> None:
-        """Release the worker thread."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Refuse new work, fail queued pieces, let running ones finish, stop the workers."""
+        with self._cond:
+            self._closed = True
+            waiting, self._heap = self._heap, []
+            self._cond.notify_all()
+        for job in waiting:
+            _settle(job, None, BatcherClosed("piper is shut down"))
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _submit(
+        self, priority: int, request: int, piece: int, run: Callable[[], Any], *, admission: bool
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        order = request if self.prioritize_first else next(self._fifo)
+        job = _Job((priority, order, piece), run, loop, future)
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("piper is shut down")
+            if any(waiting.cancelled for waiting in self._heap):
+                self._heap = [waiting for waiting in self._heap if not waiting.cancelled]
+                heapq.heapify(self._heap)
+            limit = self.max_queue if admission else 2 * self.max_queue
+            if len(self._heap) >= limit:
+                raise Overloaded(
+                    f"piper is overloaded: {len(self._heap)} syntheses already queued "
+                    f"(max_queue={self.max_queue})"
+                )
+            heapq.heappush(self._heap, job)
+            self._cond.notify()
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():
+                job.cancelled = True
+
+        future.add_done_callback(forget)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._runnable():
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = heapq.heappop(self._heap)
+                later = job.key[0] != FIRST
+                self._busy += 1
+                self._later_running += later
+            try:
+                result, error = job.run(), None
+            except Exception as exc:  # delivered to the caller that asked
+                result, error = None, exc
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._later_running -= later
+                    self._cond.notify_all()
+            _settle(job, result, error)
+
+    def _runnable(self) -> bool:
+        """Whether the best queued job may start now (call with the lock held)."""
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return False
+        return self._heap[0].key[0] == FIRST or self._later_running < self._later_slots
+
+    def _pieces(self, text: str) -> list[list[str]]:
+        with self._phonemize_lock:
+            sentences = self._voice.phonemize(text)
+        return [
+            piece
+            for sentence in sentences
+            if sentence
+            for piece in split_phonemes(sentence, self.max_phonemes)
+        ]
+
+    def _run_piece(
+        self,
+        phonemes: list[str],
+        label: str,
+        request: int,
+        index: int,
+        first: bool,
+        queued_at: float,
+    ) -> bytes:
+        started = time.perf_counter()
+        audio = self._audio(phonemes)
+        self.records.append(
+            SynthesisRecord(
+                label=label,
+                request=request,
+                piece=index,
+                first=first,
+                phonemes=len(phonemes),
+                queued_at=queued_at,
+                started_at=started,
+                ended_at=time.perf_counter(),
+                audio_secs=len(audio) / 2 / self.sample_rate,
+            )
+        )
+        return audio
+
+    def _audio(self, phonemes: list[str]) -> bytes:
+        """One model run, normalised and clipped exactly as ``PiperVoice.synthesize`` does."""
+        ids = self._voice.phonemes_to_ids(phonemes)
+        audio = np.asarray(self._voice.phoneme_ids_to_audio(ids), dtype=np.float32).squeeze()
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
+        audio = np.clip(audio, -1.0, 1.0)
+        return np.clip(audio * 32767.0, -32767, 32767).astype(np.int16).tobytes()
 
 
-def _next_audio(chunks: Iterator) -> bytes | None:
-    chunk = next(chunks, None)
-    return None if chunk is None else chunk.audio_int16_bytes
+def split_phonemes(phonemes: Sequence[str], max_phonemes: int | None) -> list[list[str]]:
+    """Cut one sentence's phonemes into pieces of at most ``max_phonemes``.
+
+    A cut goes after a clause mark (``,`` ``;`` ``:`` a dash) if one lies in the last
+    two thirds of the window, else at the last word boundary, else (one huge word)
+    at the limit.
+    """
+    phonemes = list(phonemes)
+    if max_phonemes is None or len(phonemes) <= max_phonemes:
+        return [phonemes]
+    pieces: list[list[str]] = []
+    start = 0
+    while len(phonemes) - start > max_phonemes:
+        end = start + max_phonemes
+        floor = start + max_phonemes // 3
+        spaces = [i for i in range(end - 1, floor, -1) if phonemes[i] == " "]
+        clause = next((i for i in spaces if phonemes[i - 1] in _CLAUSE_MARKS), None)
+        cut = clause if clause is not None else (spaces[0] if spaces else end)
+        pieces.append(phonemes[start:cut])
+        start = cut + 1 if phonemes[cut] == " " else cut
+    pieces.append(phonemes[start:])
+    return [piece for piece in pieces if piece]
+
+
+def _session(model: Path, use_cuda: bool, threads: int | None):  # -> InferenceSession
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Pool threads that spin while idle take the core from the other engines.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list[Any] = (
+        [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+        if use_cuda
+        else ["CPUExecutionProvider"]
+    )
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
+
+
+def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
+    """Hand a worker's outcome to the awaiting coroutine on its own event loop."""
+
+    def settle() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
+        job.loop.call_soon_threadsafe(settle)

@@ -10,7 +10,7 @@ from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
-from voxline.engines.piper import PiperEngine
+from voxline.engines.piper import Overloaded, PiperEngine
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
 
@@ -21,6 +21,11 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     Text arrives already cut into speakable chunks by the chunker, so the first
     (short) clause is synthesised, and heard, while later ones are still being
     generated. Audio is resampled to the pipeline's output rate.
+
+    The engine is told which chunk is the first of its reply: the first
+    ``run_tts`` of a turn context (pipecat opens one on ``LLMFullResponseStartFrame``
+    and for each ``TTSSpeakFrame``, so a greeting counts). Its first sentence goes
+    ahead of other calls' queued sentences in the shared engine.
 
     Args:
         engine: the Runtime's Piper engine for this persona's voice.
@@ -34,23 +39,37 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
             **kwargs,
         )
         self._engine = engine
+        self._fresh_contexts: dict[str, None] = {}  # contexts with no chunk spoken yet
 
     def can_generate_metrics(self) -> bool:
         """Time to first audio is reported as TTFB."""
         return True
 
+    async def on_turn_context_created(self, context_id: str):
+        """A reply or a spoken line begins: its first chunk gets the engine's priority."""
+        await super().on_turn_context_created(context_id)
+        self._fresh_contexts[context_id] = None
+        while len(self._fresh_contexts) > 8:  # replies that never spoke a chunk
+            del self._fresh_contexts[next(iter(self._fresh_contexts))]
+
+    def _is_first_chunk(self, context_id: str) -> bool:
+        return self._fresh_contexts.pop(context_id, False) is None
+
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         """Synthesise ``text`` and yield its audio frames."""
+        first = self._is_first_chunk(context_id)
         try:
             await self.start_tts_usage_metrics(text)
-            audio = resample_utterance(
-                _floats(self._engine.synthesize(text)), self._engine.sample_rate, self.sample_rate
-            )
+            pieces = self._engine.synthesize(text, first=first, label=self.name)
+            audio = resample_utterance(_floats(pieces), self._engine.sample_rate, self.sample_rate)
             async for frame in self._stream_audio_frames_from_iterator(
                 audio, in_sample_rate=self.sample_rate, context_id=context_id
             ):
                 await self.stop_ttfb_metrics()
                 yield frame
+        except Overloaded as exc:  # refused at once rather than heard late
+            logger.warning(f"{self}: {exc}; dropped {text!r}")
+            yield ErrorFrame(error=f"TTS overloaded: {exc}")
         except Exception as exc:  # a voice failure must not end the call
             logger.error(f"{self}: synthesis failed for {text!r}: {exc}")
             yield ErrorFrame(error=f"Piper synthesis failed: {exc}")

@@ -1,0 +1,235 @@
+"""Piper for several calls at once: first chunks first, a bounded queue, the CPU budget.
+
+Real Piper voice (the packaged ``en_US-joe-medium``), no mocks. Timings are read
+from the engine's own records (when each piece was queued, started and ended),
+so the checks compare intervals, not wall-clock thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import cache
+
+import pytest
+from pipecat.frames.frames import (
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TextFrame,
+    TTSSpeakFrame,
+)
+from pipelines import RunningPipeline
+
+from voxline.config import EnginesConfig, PiperConfig, ServerConfig
+from voxline.cpu_budget import MAX_THREADS_PER_CORE, cpu_budget
+from voxline.engines.piper import Overloaded, PiperEngine, SynthesisRecord, split_phonemes
+from voxline.models import PiperVoiceFiles, resolve_piper
+from voxline.processors.tts import SharedPiperTTSService
+
+FIRST_CHUNK = "Sure, let me check that."
+LONG_SENTENCE = (
+    "Your savings account holds four thousand two hundred dollars and your checking account "
+    "holds one thousand and fifty dollars as of this morning, and the transfer you asked about "
+    "last Tuesday has been completed without any fee, as the branch manager promised you."
+)
+
+
+@cache
+def _voice_files() -> PiperVoiceFiles:
+    files = resolve_piper("en_US-joe-medium")
+    assert isinstance(files, PiperVoiceFiles)
+    return files
+
+
+def _engine(**options) -> PiperEngine:
+    files = _voice_files()
+    engine = PiperEngine(files.model, files.config, **options)
+    engine.warm_up()
+    return engine
+
+
+async def _speak(engine: PiperEngine, text: str, *, first: bool, label: str) -> float:
+    """Synthesize ``text``; seconds from the request to its first audio."""
+    asked = time.perf_counter()
+    first_audio = None
+    async for audio in engine.synthesize(text, first=first, label=label):
+        assert audio, "empty audio"
+        first_audio = first_audio or time.perf_counter() - asked
+    assert first_audio is not None
+    return first_audio
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        assert time.perf_counter() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def _records(engine: PiperEngine, label: str) -> list[SynthesisRecord]:
+    return [record for record in engine.records if record.label == label]
+
+
+def _overlap(a: SynthesisRecord, b: SynthesisRecord) -> bool:
+    return a.started_at < b.ended_at and b.started_at < a.ended_at
+
+
+async def test_two_calls_first_chunks_are_synthesized_concurrently():
+    engine = _engine(workers=2, threads=1)
+    try:
+        await asyncio.gather(
+            _speak(engine, FIRST_CHUNK, first=True, label="call-a"),
+            _speak(engine, "Of course, one moment please.", first=True, label="call-b"),
+        )
+        (a,), (b,) = _records(engine, "call-a"), _records(engine, "call-b")
+        assert a.first and b.first
+        assert _overlap(a, b), f"intervals do not overlap: {a} {b}"
+    finally:
+        engine.close()
+
+
+async def test_long_sentence_does_not_delay_another_calls_first_audio():
+    engine = _engine(workers=2, threads=1)
+    try:
+        long_reply = asyncio.create_task(
+            _speak(engine, LONG_SENTENCE + " " + LONG_SENTENCE, first=False, label="call-a")
+        )
+        await _until(lambda: engine.busy >= 1)  # call A's long sentence is being synthesized
+        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
+        await long_reply
+
+        (b,) = _records(engine, "call-b")
+        chunk_secs = b.ended_at - b.started_at
+        waited = b.started_at - b.queued_at
+        assert waited <= chunk_secs, (
+            f"call B's first chunk waited {1000 * waited:.0f} ms, more than one chunk's "
+            f"synthesis ({1000 * chunk_secs:.0f} ms)"
+        )
+        assert any(_overlap(a, b) for a in _records(engine, "call-a")), (
+            "call A was not synthesizing while call B's first chunk ran: the test proved nothing"
+        )
+    finally:
+        engine.close()
+
+
+async def test_first_chunk_goes_before_queued_sentences_on_one_worker():
+    """With one worker, a first chunk overtakes other calls' queued (not running) pieces."""
+    engine = _engine(workers=1, threads=1)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        queued = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-c"))
+        await _until(lambda: engine.queued >= 1)
+        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
+        await asyncio.gather(busy, queued)
+        (b,) = _records(engine, "call-b")
+        assert b.started_at < min(c.started_at for c in _records(engine, "call-c"))
+        # and it waited for at most the one piece that was already running
+        running = [a for a in _records(engine, "call-a") if a.started_at < b.queued_at]
+        assert len(running) == 1
+        assert b.started_at - b.queued_at <= running[0].ended_at - running[0].started_at + 0.05
+    finally:
+        engine.close()
+
+
+async def test_old_fifo_engine_makes_a_first_chunk_wait_for_long_sentences():
+    """The behaviour before issue 15, kept as an option: the same scenario waits."""
+    engine = _engine(workers=1, threads=1, prioritize_first=False, max_phonemes=None)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        queued = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-c"))
+        await _until(lambda: engine.queued >= 1)
+        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
+        await asyncio.gather(busy, queued)
+        (b,) = _records(engine, "call-b")
+        (c,) = _records(engine, "call-c")
+        assert c.ended_at <= b.started_at, "FIFO: the first chunk waited for call C's sentence"
+    finally:
+        engine.close()
+
+
+async def test_full_queue_refuses_with_overload_error():
+    engine = _engine(workers=1, threads=1, max_queue=1)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="a"))
+        await _until(lambda: engine.busy >= 1)
+        queued = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="b"))
+        await _until(lambda: engine.queued >= 1)
+        refused_at = time.perf_counter()
+        with pytest.raises(Overloaded, match=r"piper is overloaded: 1 syntheses already queued"):
+            await _speak(engine, FIRST_CHUNK, first=True, label="c")
+        assert time.perf_counter() - refused_at < 0.05, "refused only after waiting"
+        await asyncio.gather(busy, queued)
+        assert not _records(engine, "c")
+        # once the queue drained, requests are accepted again
+        await _speak(engine, FIRST_CHUNK, first=True, label="d")
+    finally:
+        engine.close()
+
+
+async def test_tts_service_marks_the_first_chunk_of_each_reply_and_greeting():
+    engine = _engine(workers=2, threads=1)
+    tts = SharedPiperTTSService(engine=engine)
+    try:
+        async with RunningPipeline([tts]) as run:
+            await run.queue(TTSSpeakFrame("Hello, you have reached the bank."))
+            await run.queue(
+                LLMFullResponseStartFrame(),
+                TextFrame("Sure, let me check."),
+                TextFrame("Your balance is forty two dollars."),
+                TextFrame("Anything else?"),
+                LLMFullResponseEndFrame(),
+            )
+        records = sorted(_records(engine, tts.name), key=lambda record: record.request)
+        assert [record.first for record in records] == [True, True, False, False]
+    finally:
+        engine.close()
+
+
+def test_long_sentences_are_cut_at_clause_or_word_boundaries():
+    engine = _engine(workers=1, max_phonemes=60)
+    try:
+        (phonemes,) = engine._voice.phonemize(LONG_SENTENCE)
+        pieces = split_phonemes(phonemes, 60)
+        assert len(pieces) > 2
+        assert all(0 < len(piece) <= 60 for piece in pieces)
+        assert all(piece[0] != " " and piece[-1] != " " for piece in pieces)
+        assert " ".join("".join(piece) for piece in pieces) == "".join(phonemes)
+        assert split_phonemes(phonemes, None) == [phonemes]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8, 64])
+def test_cpu_budget_gives_sane_counts(cores: int):
+    budget = cpu_budget(cores)
+    counts = budget.table()
+    assert all(value >= 1 for value in counts.values()), counts
+    assert budget.llm_threads <= cores
+    assert budget.whisper_workers * budget.whisper_threads <= cores
+    assert budget.piper_workers * budget.piper_threads <= max(2, cores)
+    assert budget.whisper_threads == budget.piper_threads == budget.turn_threads == 1
+    assert budget.total_threads <= MAX_THREADS_PER_CORE * cores
+    if cores >= 2:
+        assert budget.piper_workers >= 2, "one Piper worker is kept for first chunks"
+
+
+def test_cpu_budget_on_two_cores_stays_under_its_bound():
+    budget = cpu_budget(2)
+    assert budget.total_threads <= 8  # MAX_THREADS_PER_CORE * 2, the bound docs/cpu.md states
+    assert (budget.llm_threads, budget.whisper_workers, budget.piper_workers) == (2, 2, 2)
+    assert budget.total_threads == 7
+
+
+def test_server_config_takes_unset_counts_from_the_budget():
+    config = ServerConfig(engines=EnginesConfig(cpu_cores=2))
+    assert config.engines.whisper.num_workers == 2
+    assert config.engines.whisper.cpu_threads == 1
+    assert (config.engines.piper.workers, config.engines.piper.threads) == (2, 1)
+    assert config.engines.llm.n_threads == 2 and config.engines.vllm.cpu_threads == 2
+    explicit = EnginesConfig(cpu_cores=64, piper=PiperConfig(workers=3, threads=2))
+    assert (explicit.piper.workers, explicit.piper.threads) == (3, 2)
+    assert explicit.llm.n_threads == cpu_budget(64).llm_threads
+    with pytest.raises(ValueError):
+        cpu_budget(0)

@@ -1,0 +1,109 @@
+"""How many threads each engine gets: one table for the whole process, sized from the cores.
+
+Every engine that computes on the CPU takes its thread counts from
+:func:`cpu_budget`, through the defaults of :mod:`voxline.config` (a value set in
+``voxline.yaml`` wins). Without a budget each library picks for itself: llama.cpp
+and vLLM take every core, ONNX Runtime takes one spinning thread per physical core
+for each session, CTranslate2 four; on a 2-core machine the engines of four calls
+then fight for the cores. The figures that chose this table are in docs/cpu.md
+(benchmarks/tts_concurrency.py, benchmarks/stt_concurrency.py, FACTS.md).
+
+The rules:
+
+* in-process model runs (Whisper, Piper, the end-of-turn model) use **one thread
+  each** and run concurrently on several workers: on 2 cores one thread per run
+  with two runs at once beats two threads per run (Whisper: FACTS.md; Piper:
+  docs/cpu.md). One-thread ONNX sessions have no idle-spinning pool;
+* the LLM server gets every core on 1-2 cores (2 threads: 18.5 ms/token, 1 thread:
+  31.7 ms/token, FACTS.md), three quarters of them above that (at most 32), so
+  Whisper and Piper keep cores for themselves;
+* Whisper gets one worker per core up to 2, then one per two cores (at most 8);
+  Piper two workers (one of them kept for first chunks), one per four cores from 8
+  cores (at most 8); the end-of-turn model one worker;
+* pipecat's Silero VAD runs one thread per call on the event loop (0.1 ms per 32 ms
+  of audio, FACTS.md); it is counted, not configurable.
+
+``total_threads`` is bounded by :data:`MAX_THREADS_PER_CORE` threads per core
+(7 on 2 cores: LLM 2, Whisper 2, Piper 2, end-of-turn 1), and no engine alone gets
+more threads than there are cores.
+
+No pipecat imports here; this module is a pure function of the core count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+MAX_THREADS_PER_CORE = 4
+"""The bound on :attr:`CpuBudget.total_threads` per core (2 cores: at most 8; the table: 7)."""
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """Thread counts per engine for one machine.
+
+    Attributes:
+        cores: the cores budgeted for.
+        llm_threads: llama.cpp ``n_threads`` / vLLM's OpenMP threads.
+        whisper_workers: Whisper model runs at once.
+        whisper_threads: CTranslate2 threads inside one run.
+        piper_workers: Piper syntheses at once.
+        piper_threads: ONNX Runtime intra-op threads per synthesis.
+        turn_workers: end-of-turn model runs at once.
+        turn_threads: ONNX Runtime intra-op threads per end-of-turn run.
+        vad_threads_per_call: pipecat's Silero VAD (fixed by pipecat; on the event loop).
+    """
+
+    cores: int
+    llm_threads: int
+    whisper_workers: int
+    whisper_threads: int
+    piper_workers: int
+    piper_threads: int
+    turn_workers: int
+    turn_threads: int
+    vad_threads_per_call: int = 1
+
+    @property
+    def total_threads(self) -> int:
+        """Compute threads of the shared engines (the per-call VAD is not counted)."""
+        return (
+            self.llm_threads
+            + self.whisper_workers * self.whisper_threads
+            + self.piper_workers * self.piper_threads
+            + self.turn_workers * self.turn_threads
+        )
+
+    def table(self) -> dict[str, int]:
+        """The counts by name, with the total (for logs and ``voxline check``)."""
+        return {**asdict(self), "total_threads": self.total_threads}
+
+
+def cpu_budget(cores: int | None = None, *, whisper_on_gpu: bool = False) -> CpuBudget:
+    """Thread counts for every engine on a machine with ``cores`` cores.
+
+    Args:
+        cores: cores the engines share; ``None`` is ``os.cpu_count()``.
+        whisper_on_gpu: Whisper runs on CUDA: one worker (a GPU batches instead).
+
+    Raises:
+        ValueError: ``cores`` is below 1.
+    """
+    if cores is None:
+        cores = os.cpu_count() or 1
+    if cores < 1:
+        raise ValueError(f"cores must be >= 1, got {cores}")
+    llm = cores if cores <= 2 else min(32, cores - cores // 4)
+    whisper = cores if cores <= 2 else min(8, cores // 2)
+    piper = 1 if cores == 1 else max(2, min(8, cores // 4))
+    return CpuBudget(
+        cores=cores,
+        llm_threads=llm,
+        whisper_workers=1 if whisper_on_gpu else whisper,
+        whisper_threads=1,
+        piper_workers=piper,
+        piper_threads=1,
+        turn_workers=1,
+        turn_threads=1,
+    )
