@@ -188,6 +188,13 @@ def test_full_call(phone):
     assert "voxline_calls_active 0.0" in metrics
     assert 'voxline_llm_prefix_cache_hit_ratio{kind="llama_cpp"' in metrics
     assert "voxline_whisper_batch_size_mean" in metrics
+    # The question's turn was committed (by the end-of-turn model or the silence after it),
+    # and the model was asked about it.
+    commits = re.findall(r'^voxline_turn_commits_total\{reason="\w+"\} (\d+)', metrics, re.M)
+    assert sum(float(count) for count in commits) >= 1, metrics
+    decisions = re.findall(r"^voxline_end_of_turn_decisions_total\{.*\} (\S+)", metrics, re.M)
+    assert sum(float(count) for count in decisions) >= 1, metrics
+    assert re.search(r'^voxline_speculations_total\{outcome="reused"\} ', metrics, re.M)
 
 
 def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):

@@ -187,6 +187,14 @@ def _print_turns(greeting: str, turns: list[dict], output: Path) -> None:
             for name, value in turn["latency_ms"].items()
         )
         print(f"  latency: {latency}")
+        taking = turn.get("turn_taking") or {}
+        if taking.get("commit_reason"):
+            cancelled = len(taking.get("cancellations") or [])
+            print(
+                f"  turn:    ended by {taking['commit_reason']}; speculative starts "
+                f"{taking.get('speculative_starts', 0)}, cancelled {cancelled}, "
+                f"reply prepared before the end: {'yes' if taking.get('reused') else 'no'}"
+            )
     if not turns:
         print("no caller turn was heard")
     print(f"\nbot audio written to {output}")

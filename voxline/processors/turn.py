@@ -160,6 +160,7 @@ class _Turn:
     decision: asyncio.Task[None] | None = None
     eager_text: str | None = None  # what the speculation pushed answers
     committing: bool = False
+    dropped: bool = False  # the call ended
     words_checked_at: float = 0.0
     words_check: asyncio.Task[None] | None = None
 
@@ -383,7 +384,7 @@ class TurnTaker(FrameProcessor):
                 return None
             raise
         except (ValueError, Overloaded, BatcherClosed) as exc:
-            if self._turn is turn:
+            if self._turn is turn or turn.committing:
                 await self.push_error(f"speech recognition unavailable: {exc}")
             return None
 
@@ -392,13 +393,14 @@ class TurnTaker(FrameProcessor):
         if turn.committing or self._turn is not turn:
             return
         turn.committing = True
+        # From here on the caller's next words start a new turn.
+        self._turn = None
         if turn.decision is not None and not turn.decision.done() and reason != "model":
             turn.decision.cancel()
         self._start_transcript(turn)
         text = await self._awaited_transcript(turn)
-        if self._turn is not turn:
+        if turn.dropped:
             return
-        self._turn = None
         if turn.words_check is not None:
             turn.words_check.cancel()
         if text is None:
@@ -517,6 +519,8 @@ class TurnTaker(FrameProcessor):
         return task
 
     async def _drop_turn(self) -> None:
+        if self._turn is not None:
+            self._turn.dropped = True
         self._turn = None
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
