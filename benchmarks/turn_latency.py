@@ -1,0 +1,490 @@
+"""Turn-taking: speculation and the end-of-turn model vs a fixed silence (issue 14).
+
+The same 20 caller utterances (8 with a 0.6-1.0 s pause in mid-sentence) run twice
+through the embedded stack (Whisper tiny.en, SmolLM2 on the embedded llama.cpp,
+Piper), one call per utterance, with two versions of the bank persona:
+
+* **off**: ``turn: {model: none, speculate: false}``: the turn ends after a fixed
+  0.4 s of silence and nothing starts before that;
+* **on**: the defaults: the Smart Turn v3.2 model decides at ``early_secs`` (0.1 s)
+  of silence, STT, the LLM and the first TTS audio start there and play at the
+  commit; an unfinished turn waits up to ``stop_secs`` (1.2 s).
+
+The callers are spoken by espeak-ng (several voices, speeds and pitches; not the
+Piper voice the bot and the tests use), resampled to 16 kHz, each voiced part
+trimmed of its own leading and trailing silence so that a pause is exactly the
+silence inserted. Paused utterances pause after words the Smart Turn model judges
+unfinished ("I was wondering if you could", "... um").
+
+Measured per mode:
+
+1. server-side voice-to-voice of the reply to the whole utterance (``talk()`` with
+   one shared :class:`~voxline.bot.runtime.Runtime`);
+2. half-sentence replies: paused utterances where the bot answered the first half
+   alone (more than one turn with bot words, or a turn with bot words whose caller
+   text holds nothing of the second half);
+3. WER of the caller transcripts against the text espeak-ng said;
+4. latency heard by a phone caller: ``voxline serve`` with one number per mode,
+   called with the Twilio-protocol caller, one call at a time (caller's last voiced
+   frame sent -> first voiced bot frame received).
+
+    .venv/bin/python -m benchmarks.turn_latency            # 20 utterances, 8 phone calls a mode
+    .venv/bin/python -m benchmarks.turn_latency --quick    # 6 utterances, 3 phone calls a mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soundfile
+import soxr
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import percentile  # noqa: E402
+from tests.servers import ServerProcess, start_voxline  # noqa: E402
+from tests.speech import normalize  # noqa: E402
+from voxline.bot.runtime import Runtime  # noqa: E402
+from voxline.bot.talk import TalkTimeoutError, talk  # noqa: E402
+from voxline.engines.llm import free_port  # noqa: E402
+from voxline.personas import Persona, load_persona  # noqa: E402
+from voxline.processors.latency import TurnTrace  # noqa: E402
+from voxline.transports.levels import is_voiced  # noqa: E402
+from voxline.transports.twilio_caller import RATE as PHONE_RATE  # noqa: E402
+from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
+
+SAMPLE_RATE = 16_000
+TOKEN = "turn-latency-benchmark-token"
+MODES = ("off", "on")
+NUMBERS = {"off": "+15550100040", "on": "+15550100041"}
+# One short sentence: the caller waits for it before speaking, 40 times.
+GREETING = "Northwind Bank, how can I help?"
+FILLERS = {"um", "uh", "erm", "hmm"}
+"""Said by the callers, left out of WER: Whisper drops them as often as not."""
+
+# espeak-ng voice, words per minute, pitch.
+VOICES = [
+    ("en-us", 150, 50),
+    ("en-gb", 140, 45),
+    ("en-us+f3", 165, 60),
+    ("en-us+m3", 175, 40),
+    ("en-gb+f2", 155, 55),
+    ("en-us", 145, 58),
+    ("en-gb", 170, 48),
+]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What a caller says: one part, or two parts with ``pause`` seconds of silence."""
+
+    first: str
+    second: str = ""
+    pause: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return f"{self.first} {self.second}".strip()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.second)
+
+
+# Every first half before a pause ends where the Smart Turn model hears an unfinished
+# turn (p(complete) <= 0.15 for all seven voices, checked with the engine alone).
+# First halves that end in a falling tone ("So I was wondering if", "... and") are
+# judged complete as often as not, so a pause there tests the model, not speculation.
+UTTERANCES = [
+    Utterance("I was wondering if you could", "tell me when the branch opens on Saturday", 0.8),
+    Utterance("What is my account balance?"),
+    Utterance("My card number is um", "actually I just want to know my balance", 0.7),
+    Utterance("I lost my card yesterday. What should I do?"),
+    Utterance("Could you tell me um", "how long a new card takes to arrive", 0.9),
+    Utterance("Can I speak to a human agent please?"),
+    Utterance("I need to talk to someone about um", "a payment I do not recognize", 0.6),
+    Utterance("Do you charge a fee for international transfers?"),
+    Utterance("I was hoping you could", "block my card because I lost it", 1.0),
+    Utterance("Is the branch open on Sunday?"),
+    Utterance("I want to send money to um", "my sister in Canada", 0.8),
+    Utterance("My card was declined at the store. Why?"),
+    Utterance("I would like to know whether", "the branch is open on Sunday", 0.7),
+    Utterance("How long does a new card take to arrive?"),
+    Utterance("So I was wondering if you could", "put me through to a human agent", 0.9),
+    Utterance("What time does the branch open on Saturday?"),
+    Utterance("Can you read me my last three transactions?"),
+    Utterance("What are your opening hours during the week?"),
+    Utterance("I think someone used my card without asking me."),
+    Utterance("How do I change the address on my account?"),
+]
+QUICK = [0, 1, 2, 3, 4, 5]
+PHONE = [0, 1, 2, 3, 4, 5, 8, 9]
+PHONE_QUICK = [0, 1, 2]
+
+
+# --- the callers' audio -------------------------------------------------------------
+
+
+def espeak(text: str, voice: tuple[str, int, int], tmp: Path) -> np.ndarray:
+    """``text`` spoken by espeak-ng at 16 kHz, without its silence before and after."""
+    name, speed, pitch = voice
+    wav = tmp / "speech.wav"
+    command = ["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text]
+    subprocess.run(command, check=True)
+    samples, rate = soundfile.read(str(wav), dtype="float32")
+    audio = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def caller_clip(utterance: Utterance, voice: tuple[str, int, int], tmp: Path) -> np.ndarray:
+    """The caller's clip: the voiced parts, the pause between, 0.2 s of silence after."""
+    parts = [espeak(utterance.first, voice, tmp)]
+    if utterance.paused:
+        parts += [silence(utterance.pause), espeak(utterance.second, voice, tmp)]
+    return np.concatenate([*parts, silence(0.2)])
+
+
+def silence(secs: float) -> np.ndarray:
+    return np.zeros(round(secs * SAMPLE_RATE), dtype=np.float32)
+
+
+def longest_gap_secs(audio: np.ndarray) -> float:
+    """The longest run of unvoiced 20 ms frames inside a clip (its pauses)."""
+    size = SAMPLE_RATE // 50
+    pcm = (audio[: audio.size // size * size] * 32767).astype(np.int16).reshape(-1, size)
+    voiced = [is_voiced(frame) for frame in pcm]
+    last = len(voiced) - voiced[::-1].index(True) if any(voiced) else 0
+    longest = run = 0
+    for flag in voiced[:last]:
+        run = 0 if flag else run + 1
+        longest = max(longest, run)
+    return longest / 50
+
+
+# --- the personas ---------------------------------------------------------------------
+
+
+def write_personas(tmp: Path) -> dict[str, Path]:
+    """The bank persona at temperature 0 with a one-sentence greeting, off and on."""
+    bank = yaml.safe_load((ROOT / "personas" / "bank_support.yaml").read_text())
+    bank["greeting"] = GREETING
+    bank["llm"]["temperature"] = 0
+    bank["tools_dir"] = str(ROOT / "tools")
+    # The bank persona pins stop_secs at 0.4; each mode takes its own default.
+    turn = {key: value for key, value in bank["turn"].items() if key != "stop_secs"}
+    variants = {
+        "off": {**turn, "model": "none", "speculate": False},
+        "on": turn,
+    }
+    paths = {}
+    for mode, settings in variants.items():
+        path = tmp / f"bank_turn_{mode}.yaml"
+        path.write_text(yaml.safe_dump({**bank, "name": f"bank_turn_{mode}", "turn": settings}))
+        paths[mode] = path
+    return paths
+
+
+# --- one call through talk() ------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One utterance through one mode."""
+
+    index: int
+    mode: str
+    turns: list[TurnTrace] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def replies(self) -> list[TurnTrace]:
+        return [turn for turn in self.turns if turn.bot_text.strip()]
+
+    @property
+    def caller_text(self) -> str:
+        return " ".join(turn.caller_text for turn in self.turns if turn.caller_text)
+
+    @property
+    def voice_to_voice(self) -> float | None:
+        """Of the reply to the caller's last words: the last turn that has one."""
+        for turn in reversed(self.turns):
+            value = turn.latencies_ms()["voice_to_voice"]
+            if value is not None:
+                return value
+        return None
+
+    def half_sentence(self, utterance: Utterance) -> bool:
+        """The bot answered the first half of a paused utterance on its own."""
+        if not utterance.paused:
+            return False
+        if len(self.replies) > 1:
+            return True
+        return any(
+            first_half_only(turn.caller_text, utterance)
+            for turn in self.turns
+            if turn.bot_text.strip() or turn.interrupted
+        )
+
+
+def first_half_only(caller_text: str, utterance: Utterance) -> bool:
+    """``caller_text`` holds no word that only the second half of ``utterance`` has."""
+    first = set(normalize(utterance.first).split())
+    second = [word for word in normalize(utterance.second).split() if word not in first]
+    heard = set(normalize(caller_text).split())
+    return not heard.intersection(second)
+
+
+async def run_talks(
+    utterances: list[tuple[int, Utterance, np.ndarray]], personas: dict[str, Persona]
+) -> dict[str, list[Run]]:
+    """Every utterance through both modes, alternating which goes first."""
+    runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
+    async with Runtime() as runtime:
+        for persona in personas.values():
+            await runtime.prepare(persona)
+        warm = np.concatenate([silence(0.2), utterances[1][2]])
+        for mode in MODES:  # first runs of Whisper, the LLM and Piper in this process
+            await talk(personas[mode], runtime, warm, SAMPLE_RATE, timeout=60)
+        for position, (index, utterance, audio) in enumerate(utterances):
+            order = MODES if position % 2 == 0 else MODES[::-1]
+            for mode in order:
+                run = Run(index, mode)
+                began = time.monotonic()
+                try:
+                    result = await talk(personas[mode], runtime, audio, SAMPLE_RATE, timeout=60)
+                    run.turns = result.turns
+                except TalkTimeoutError as exc:
+                    run.error = str(exc)
+                runs[mode].append(run)
+                describe(run, utterance, time.monotonic() - began)
+    return runs
+
+
+def describe(run: Run, utterance: Utterance, secs: float) -> None:
+    """One line per run: what was heard and answered, and the turn-taking events."""
+    v2v = run.voice_to_voice
+    pieces = [
+        f"[{run.index:>2} {run.mode:>3}]",
+        f"v2v={v2v:.0f}ms" if v2v is not None else "v2v=-",
+        f"turns={len(run.turns)} replies={len(run.replies)}",
+    ]
+    if run.error:
+        pieces.append(f"ERROR {run.error}")
+    for turn in run.turns:
+        taking = turn.as_dict()["turn_taking"]
+        decisions = ",".join(f"{d['p']:.2f}" for d in taking["decisions"])
+        pieces.append(
+            f"| {turn.caller_text!r} -> {turn.bot_text.strip()[:40]!r} "
+            f"spec={taking['speculative_starts']} cancel={','.join(taking['cancellations'])} "
+            f"p=[{decisions}] commit={taking['commit_reason']} reused={taking['reused']}"
+            + (" INTERRUPTED" if turn.interrupted else "")
+        )
+    if run.half_sentence(utterance):
+        pieces.append("HALF-SENTENCE REPLY")
+    print(" ".join(pieces) + f" ({secs:.0f}s)", flush=True)
+
+
+# --- phone calls through voxline serve ---------------------------------------------------
+
+
+@dataclass
+class Heard:
+    """One phone call: the caller's heard latency, or why it does not count."""
+
+    index: int
+    mode: str
+    latency_ms: float | None = None
+    over_caller: bool = False  # the bot was already speaking at the caller's last word
+    error: str | None = None
+
+
+def bot_voiced_at(heard: np.ndarray, start: float, end: float) -> bool:
+    """Whether the bot's audio heard on the phone was voiced between ``start`` and ``end``."""
+    size = PHONE_RATE // 50
+    begin, stop = max(0, int(start * PHONE_RATE)), int(end * PHONE_RATE)
+    return any(is_voiced(heard[at : at + size]) for at in range(begin, stop - size + 1, size))
+
+
+async def phone_calls(
+    url: str, utterances: list[tuple[int, Utterance, np.ndarray]]
+) -> dict[str, list[Heard]]:
+    """Each utterance called in to each mode's number, one call at a time."""
+    calls: dict[str, list[Heard]] = {mode: [] for mode in MODES}
+    for position, (index, _, audio) in enumerate(utterances):
+        order = MODES if position % 2 == 0 else MODES[::-1]
+        for mode in order:
+            heard = Heard(index, mode)
+            caller = TwilioCaller(url, auth_token=TOKEN, number=NUMBERS[mode])
+            try:
+                result = await caller.call(audio, SAMPLE_RATE, hang_up_after_quiet=-1, timeout=90)
+            except Exception as exc:  # reported; the next call goes on
+                heard.error = f"{type(exc).__name__}: {exc}"
+            else:
+                if not result.turns or result.turns[-1].latency_ms is None:
+                    heard.error = "no answer heard"
+                else:
+                    turn = result.turns[-1]
+                    heard.latency_ms = turn.latency_ms
+                    heard.over_caller = bot_voiced_at(
+                        result.heard, turn.caller_end - 0.3, turn.caller_end
+                    )
+            calls[mode].append(heard)
+            status = heard.error or (
+                f"heard={heard.latency_ms:.0f}ms"
+                + (" (bot already speaking at the caller's last word)" if heard.over_caller else "")
+            )
+            print(f"[{index:>2} {mode:>3}] phone {status}", flush=True)
+            await asyncio.sleep(1.0)  # let the server end the call before the next one
+    return calls
+
+
+def serve(personas: dict[str, Path], tmp: Path) -> tuple[ServerProcess, str]:
+    port = free_port()
+    config = tmp / "voxline.yaml"
+    numbers = "".join(f'  "{NUMBERS[mode]}": {personas[mode]}\n' for mode in MODES)
+    config.write_text(
+        f"public_url: http://127.0.0.1:{port}\n"
+        f"default_persona: {personas['off']}\n"
+        f"max_calls: 2\n"
+        f"numbers:\n{numbers}"
+    )
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": TOKEN, "VOXLINE_OFFLINE": "1"}
+    return start_voxline(config, env, port), f"http://127.0.0.1:{port}"
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
+    """Word error rate over all utterances, numbers spelled out, fillers left out."""
+
+    def words(text: str) -> str:
+        return " ".join(word for word in normalize(text).split() if word not in FILLERS)
+
+    return float(jiwer.wer([words(r) for r in references], [words(h) or "-" for h in hypotheses]))
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def p95(values: list[float]) -> float:
+    return percentile(values, 0.95) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="6 utterances, 3 phone calls")
+    parser.add_argument("--no-phone", action="store_true", help="skip the phone calls")
+    args = parser.parse_args()
+    began = time.monotonic()
+
+    tmp = Path(tempfile.mkdtemp(prefix="turn_latency_"))
+    chosen = QUICK if args.quick else list(range(len(UTTERANCES)))
+    utterances = []
+    for index in chosen:
+        utterance = UTTERANCES[index]
+        voice = VOICES[index % len(VOICES)]
+        audio = caller_clip(utterance, voice, tmp)
+        utterances.append((index, utterance, audio))
+        gap = longest_gap_secs(audio[: -int(0.2 * SAMPLE_RATE)])
+        print(
+            f"utterance {index:>2}: {audio.size / SAMPLE_RATE:.1f}s, longest gap {gap:.2f}s, "
+            f"{' '.join(map(str, voice))}: {utterance.first!r}"
+            + (f" <{utterance.pause:.1f}s> {utterance.second!r}" if utterance.paused else "")
+        )
+
+    paths = write_personas(tmp)
+    personas = {mode: load_persona(path) for mode, path in paths.items()}
+    for mode, persona in personas.items():
+        print(
+            f"{mode}: turn model={persona.turn.model} speculate={persona.turn.speculate} "
+            f"early_secs={persona.turn.early_secs} stop_secs={persona.turn.stop_secs}"
+        )
+    runs = asyncio.run(run_talks(utterances, personas))
+    print(f"talk() runs done after {time.monotonic() - began:.0f}s", flush=True)
+
+    calls: dict[str, list[Heard]] = {mode: [] for mode in MODES}
+    if not args.no_phone:
+        subset = [item for item in utterances if item[0] in (PHONE_QUICK if args.quick else PHONE)]
+        server, url = serve(paths, tmp)
+        try:
+            calls = asyncio.run(phone_calls(url, subset))
+        finally:
+            code = server.stop()
+            if code not in (0, -15):
+                print(f"voxline serve exited {code}:\n" + server.output[-3000:])
+        print(f"phone calls done after {time.monotonic() - began:.0f}s", flush=True)
+
+    texts = {index: utterance for index, utterance, _ in utterances}
+    paused = sum(utterance.paused for utterance in texts.values())
+    summary: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        v2v = [run.voice_to_voice for run in runs[mode] if run.voice_to_voice is not None]
+        heard = [
+            call.latency_ms
+            for call in calls[mode]
+            if call.latency_ms is not None and not call.over_caller
+        ]
+        turns = [turn for run in runs[mode] for turn in run.turns]
+        half = sum(run.half_sentence(texts[run.index]) for run in runs[mode])
+        error = corpus_wer(
+            [texts[run.index].text for run in runs[mode]], [run.caller_text for run in runs[mode]]
+        )
+        extra = sum(len(run.replies) > 1 for run in runs[mode] if not texts[run.index].paused)
+        reasons = [turn.commit_reason for turn in turns]
+        summary[mode] = {
+            "p50": p50(v2v),
+            "p95": p95(v2v),
+            "heard_p50": p50(heard),
+            "half": half,
+            "wer": error,
+        }
+        print(
+            f"{mode}: server v2v p50={p50(v2v):.0f}ms p95={p95(v2v):.0f}ms "
+            f"(n={len(v2v)}/{len(runs[mode])}, errors={sum(bool(r.error) for r in runs[mode])})"
+        )
+        print(
+            f"{mode}: heard on the phone p50={p50(heard):.0f}ms p95={p95(heard):.0f}ms "
+            f"(n={len(heard)}/{len(calls[mode])}, bot already speaking="
+            f"{sum(c.over_caller for c in calls[mode])}, "
+            f"failed={sum(bool(c.error) for c in calls[mode])})"
+        )
+        print(
+            f"{mode}: half-sentence replies {half}/{paused} paused utterances; "
+            f"unpaused utterances answered more than once: {extra}; WER {error:.3f}"
+        )
+        print(
+            f"{mode}: speculative starts={sum(t.speculative_starts for t in turns)} "
+            f"cancellations={sum(len(t.cancellations) for t in turns)} "
+            f"reused={sum(t.reused for t in turns)} "
+            f"commits by model={reasons.count('model')} by silence={reasons.count('silence')} "
+            f"turns={len(turns)}"
+        )
+    print(f"total {time.monotonic() - began:.0f}s")
+    off, on = summary["off"], summary["on"]
+    print(
+        f"turn_latency: off p50={off['p50']:.0f}ms p95={off['p95']:.0f}ms | "
+        f"on p50={on['p50']:.0f}ms p95={on['p95']:.0f}ms | ratio={off['p50'] / on['p50']:.2f} | "
+        f"heard on p50={on['heard_p50']:.0f}ms | "
+        f"half-sentence off={off['half']} on={on['half']} | "
+        f"wer off={off['wer']:.3f} on={on['wer']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
