@@ -128,8 +128,11 @@ class TurnSettings(_Strict):
         description="If the model file is missing or corrupt, run with model none "
         "instead of refusing to start.",
     )
+    # Smart Turn was benchmarked by pipecat after 0.2 s of VAD silence; a shorter wait
+    # asks it inside phrases (espeak-ng voices pause 0.12-0.14 s between words, and
+    # "I was wondering" cut there is judged complete).
     early_secs: float = Field(
-        default=0.1,
+        default=0.2,
         gt=0.0,
         le=3.0,
         description="Silence after which the turn model decides and speculative work starts.",

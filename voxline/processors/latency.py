@@ -427,13 +427,13 @@ class LatencyTracer(BaseObserver):
         """A transcript of the caller; ``whole_utterance``: it covers the turn so far."""
         utterance = self._pending.popleft() if self._pending else None
         turn = self._turn
-        speculating = (
-            turn is not None
-            and turn.speculative_starts > 0
-            and turn.committed is None
-            and not turn.complete
-        )
-        if turn is not None and not turn.complete and (turn.llm_first_token is None or speculating):
+        # The turn still being spoken takes every new transcript of the caller: a
+        # speculative one (until committed), or, without speculation (keypad digits),
+        # one that comes before the bot has started answering.
+        open_turn = turn is not None and not turn.complete
+        speculating = open_turn and turn.speculative_starts > 0 and turn.committed is None
+        unanswered = open_turn and turn.speculative_starts == 0 and turn.llm_first_token is None
+        if turn is not None and (speculating or unanswered):
             # A second utterance before the bot answered belongs to the same turn.
             if whole_utterance:
                 turn.caller_text = text.strip()
