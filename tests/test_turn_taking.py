@@ -232,7 +232,7 @@ async def test_barge_in_over_the_greeting(runtime, tmp_path, name, extra, sounds
     assert ("what you need today" in heard) is not interrupts, heard
     if interrupts:
         # The bot was stopped soon after the caller's words began.
-        [barge_in] = [t.barge_in_ms for t in result.turns if t.barge_in_ms is not None]
+        barge_in = next(t.barge_in_ms for t in result.turns if t.barge_in_ms is not None)
         print(f"barge-in {barge_in:.0f} ms after the caller's onset")
         assert barge_in < 1200
     if name == "cough_and_uh_huh":

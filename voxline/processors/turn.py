@@ -80,6 +80,8 @@ WORDS_CHECK_AFTER_SECS = 0.25
 """Speech over the bot this long is transcribed to see whether it carries words."""
 WORDS_CHECK_EVERY_SECS = 0.5
 """While the caller speaks over the bot, how often their words so far are checked again."""
+AFTER_BARGE_IN_SILENCE_SECS = 0.6
+"""The pause that ends a turn begun over the bot, when the model says it is complete."""
 REPLY_PENDING_SECS = 5.0
 """How long after a commit the bot counts as answering though no audio has come out yet."""
 
@@ -160,6 +162,7 @@ class _Turn:
     decision: asyncio.Task[None] | None = None
     eager_text: str | None = None  # what the speculation pushed answers
     committing: bool = False
+    model_complete: bool = False  # judged complete, waiting for a longer pause
     dropped: bool = False  # the call ended
     words_checked_at: float = 0.0
     words_check: asyncio.Task[None] | None = None
@@ -250,8 +253,12 @@ class TurnTaker(FrameProcessor):
             await self._pause(turn)
         elif state == VADState.QUIET and turn.paused:
             turn.silence_secs += secs
-            if turn.silence_secs + 1e-6 >= self._settings.stop_secs and not turn.committing:
+            if turn.committing:
+                pass
+            elif turn.silence_secs + 1e-6 >= self._settings.stop_secs:
                 self._spawn(self._commit(turn, "silence"))
+            elif turn.model_complete and turn.silence_secs >= AFTER_BARGE_IN_SILENCE_SECS:
+                self._spawn(self._commit(turn, "model"))
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
 
@@ -289,6 +296,7 @@ class TurnTaker(FrameProcessor):
         """The caller spoke again before the commit: everything speculative is void."""
         turn.paused = False
         turn.silence_secs = 0.0
+        turn.model_complete = False
         turn.generation += 1
         turn.stretch_onset = time.monotonic() - self._vad.params.start_secs
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
@@ -342,6 +350,11 @@ class TurnTaker(FrameProcessor):
             )
         )
         if complete and self._turn is turn and turn.generation == generation and turn.paused:
+            if turn.over_bot and turn.silence_secs < AFTER_BARGE_IN_SILENCE_SECS:
+                # "Wait, stop. I have a question.": a caller who talks over the bot goes
+                # on; the model's verdict holds once the pause is a little longer.
+                turn.model_complete = True
+                return
             await self._commit(turn, "model")
 
     async def _after_pause(self, turn: _Turn, generation: int) -> None:
