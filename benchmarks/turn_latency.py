@@ -6,7 +6,7 @@ Piper), one call per utterance, with two versions of the bank persona:
 
 * **off**: ``turn: {model: none, speculate: false}``: the turn ends after a fixed
   0.4 s of silence and nothing starts before that;
-* **on**: the defaults: the Smart Turn v3.2 model decides at ``early_secs`` (0.1 s)
+* **on**: the defaults: the Smart Turn v3.2 model decides at ``early_secs`` (0.2 s)
   of silence, STT, the LLM and the first TTS audio start there and play at the
   commit; an unfinished turn waits up to ``stop_secs`` (1.2 s).
 

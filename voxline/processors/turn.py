@@ -80,8 +80,10 @@ WORDS_CHECK_AFTER_SECS = 0.25
 """Speech over the bot this long is transcribed to see whether it carries words."""
 WORDS_CHECK_EVERY_SECS = 0.5
 """While the caller speaks over the bot, how often their words so far are checked again."""
-AFTER_BARGE_IN_SILENCE_SECS = 0.6
-"""The pause that ends a turn begun over the bot, when the model says it is complete."""
+CAREFUL_PAUSE_SECS = 0.6
+"""The pause that ends a short turn, or one begun over the bot, that the model judged complete."""
+SHORT_TURN_SECS = 1.0
+"""Speech shorter than this ("Hi,", "So,", "Wait,") is often the start of a longer turn."""
 REPLY_PENDING_SECS = 5.0
 """How long after a commit the bot counts as answering though no audio has come out yet."""
 
@@ -257,7 +259,7 @@ class TurnTaker(FrameProcessor):
                 pass
             elif turn.silence_secs + 1e-6 >= self._settings.stop_secs:
                 self._spawn(self._commit(turn, "silence"))
-            elif turn.model_complete and turn.silence_secs >= AFTER_BARGE_IN_SILENCE_SECS:
+            elif turn.model_complete and turn.silence_secs >= CAREFUL_PAUSE_SECS:
                 self._spawn(self._commit(turn, "model"))
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
@@ -350,9 +352,10 @@ class TurnTaker(FrameProcessor):
             )
         )
         if complete and self._turn is turn and turn.generation == generation and turn.paused:
-            if turn.over_bot and turn.silence_secs < AFTER_BARGE_IN_SILENCE_SECS:
-                # "Wait, stop. I have a question.": a caller who talks over the bot goes
-                # on; the model's verdict holds once the pause is a little longer.
+            if self._needs_longer_pause(turn) and turn.silence_secs < CAREFUL_PAUSE_SECS:
+                # "Hi, what is my balance?", "Wait, stop. I have a question.": after a
+                # word or two, or over the bot, callers go on; the model's verdict holds
+                # once the pause is a little longer (the reply is being prepared meanwhile).
                 turn.model_complete = True
                 return
             await self._commit(turn, "model")
@@ -471,6 +474,10 @@ class TurnTaker(FrameProcessor):
         if not turn.over_bot or turn.interrupted_bot:
             return False
         return len(meaningful_words(text)) < self._settings.interrupt_min_words
+
+    def _needs_longer_pause(self, turn: _Turn) -> bool:
+        spoken = time.monotonic() - turn.onset - turn.silence_secs
+        return turn.over_bot or spoken < SHORT_TURN_SECS
 
     def _bot_busy(self) -> bool:
         """The bot is speaking, or a committed reply is on its way to the caller."""
