@@ -123,6 +123,9 @@ def test_backchannels_are_not_meaningful_words():
     assert meaningful_words("Mm-hmm, okay, yeah.") == []
     assert meaningful_words("Wait, stop.") == ["wait", "stop"]
     assert meaningful_words("No.") == ["no"]
+    for hum in ("Uh-hum.", "Uh huh.", "Mmhmm.", "Hmm?", "Mm-hm.", "Oh.", "Ah.", "Um, uh."):
+        assert meaningful_words(hum) == [], hum
+    assert meaningful_words("Hold on, me first.") == ["hold", "on", "me", "first"]
 
 
 @asyncio_module

@@ -96,10 +96,14 @@ BACKCHANNELS = frozenset(
 """Words a listener says to show they follow; they never interrupt the bot."""
 
 
+FILLER_SOUND = re.compile(r"^(?:[uaoe]?[hm]*[uaoe]?[hm]+(?:-?[uaoe]?[hm]+)*|[uaoe]+h?)$")
+"""Hums and grunts as Whisper spells them: uh, um, hmm, mm-hmm, uh-hum, huh, ah, oh."""
+
+
 def meaningful_words(text: str) -> list[str]:
-    """The words of ``text`` that are not backchannels or filler."""
-    words = re.findall(r"[a-z']+(?:-[a-z']+)?", text.lower())
-    return [word for word in words if word not in BACKCHANNELS]
+    """The words of ``text`` that are not backchannels or filler sounds."""
+    words = re.findall(r"[a-z']+(?:-[a-z']+)*", text.lower())
+    return [w for w in words if w not in BACKCHANNELS and not FILLER_SOUND.match(w)]
 
 
 class Transcriber(Protocol):
