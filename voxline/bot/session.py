@@ -10,6 +10,7 @@ the voice) are the Runtime's shared engines.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -124,6 +125,9 @@ def persona_line(persona: Persona, line: str, text: str | None = None) -> TTSSpe
     return spoken_line(words, interruptible=line not in persona.turn.uninterruptible)
 
 
+TURN_TAKING_FIELDS = {field.name for field in dataclasses.fields(TurnTakingSettings)}
+
+
 def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
     """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model."""
     turn = persona.turn
@@ -153,15 +157,7 @@ def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
         ),
         transcribe=transcribe,
         end_of_turn=decide if engine is not None else None,
-        settings=TurnTakingSettings(
-            early_secs=turn.early_secs,
-            stop_secs=turn.stop_secs,
-            speculate=turn.speculate,
-            allow_interruptions=turn.allow_interruptions,
-            interrupt_min_secs=turn.interrupt_min_secs,
-            interrupt_min_words=turn.interrupt_min_words,
-            overheard=turn.overheard,
-        ),
+        settings=TurnTakingSettings(**turn.model_dump(include=TURN_TAKING_FIELDS)),
         counters=runtime.turn_counters,
     )
 

@@ -139,13 +139,13 @@ class TurnCounters:
 
 @dataclass
 class TurnTakingSettings:
-    """The persona's turn settings, as the processor uses them (seconds)."""
+    """The persona's turn settings, as the processor uses them (seconds; docs/personas.md)."""
 
-    early_secs: float = 0.1
-    stop_secs: float = 0.4
+    early_secs: float = 0.2
+    stop_secs: float = 1.2
     speculate: bool = True
     allow_interruptions: bool = True
-    interrupt_min_secs: float = 0.3
+    interrupt_min_secs: float = 0.6
     interrupt_min_words: int = 1
     overheard: str = "join"
 
