@@ -184,10 +184,12 @@ def write_personas(tmp: Path) -> dict[str, Path]:
     bank["greeting"] = GREETING
     bank["llm"]["temperature"] = 0
     bank["tools_dir"] = str(ROOT / "tools")
-    # The bank persona pins stop_secs at 0.4; each mode takes its own default.
+    # Each mode takes its own default stop_secs (0.4 s without a model, 1.2 s with one).
     turn = {key: value for key, value in bank["turn"].items() if key != "stop_secs"}
     variants = {
-        "off": {**turn, "model": "none", "speculate": False},
+        # The turn-taking before speculation: a fixed silence ends the turn, and only
+        # then does anything (Whisper included) start.
+        "off": {**turn, "model": "none", "speculate": False, "question_ends_turn": False},
         "on": turn,
     }
     paths = {}

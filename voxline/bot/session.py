@@ -157,7 +157,13 @@ def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
         ),
         transcribe=transcribe,
         end_of_turn=decide if engine is not None else None,
-        settings=TurnTakingSettings(**turn.model_dump(include=TURN_TAKING_FIELDS)),
+        settings=TurnTakingSettings(
+            **{
+                **turn.model_dump(include=TURN_TAKING_FIELDS),
+                # With no model, the old fixed silence alone ends the turn.
+                "question_ends_turn": turn.question_ends_turn and turn.uses_model,
+            }
+        ),
         counters=runtime.turn_counters,
     )
 

@@ -147,6 +147,11 @@ class TurnSettings(_Strict):
     speculate: bool = Field(
         default=True, description="Start STT, the LLM and TTS at early_secs, play at commit."
     )
+    question_ends_turn: bool = Field(
+        default=True,
+        description="A transcript ending in a question mark ends the turn at early_secs, "
+        "whatever the model says.",
+    )
     allow_interruptions: bool = True
     # Measured on Piper speech with the VAD above: "Uh-huh." is voiced for 0.28 s,
     # "Okay." 0.40 s, "Mm-hmm." 0.52 s; "Wait," 0.22 s and "Stop." 0.52 s. A stretch

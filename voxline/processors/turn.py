@@ -13,7 +13,8 @@ caller's side of the conversation:
   If the caller speaks again first, an ``EagerEndOfTurnCancelFrame`` stops the
   LLM request (closing its stream), drops the TTS work and the held audio.
 * **Commit.** The turn ends when the shared end-of-turn model judges it
-  complete, or when the silence reaches ``stop_secs`` whatever the model says.
+  complete or Whisper heard a question, or when the silence reaches
+  ``stop_secs`` whatever the model says.
   The final transcript is the speculative one (same audio), so pipecat's
   ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
   it again, and its ``UserStoppedSpeakingFrame`` opens the gate: the prepared
@@ -130,6 +131,7 @@ class TurnCounters:
     speculations_reused: int = 0
     commits_by_model: int = 0
     commits_by_silence: int = 0
+    commits_by_question: int = 0
     barge_ins: int = 0
     overheard: int = 0
     decisions_complete: int = 0
@@ -148,6 +150,7 @@ class TurnTakingSettings:
     interrupt_min_secs: float = 0.6
     interrupt_min_words: int = 1
     overheard: str = "join"
+    question_ends_turn: bool = True
 
 
 @dataclass
@@ -168,7 +171,7 @@ class _Turn:
     decision: asyncio.Task[None] | None = None
     eager_text: str | None = None  # what the speculation pushed answers
     committing: bool = False
-    model_complete: bool = False  # judged complete, waiting for a longer pause
+    complete_reason: str = ""  # judged complete (model, question), waiting for a longer pause
     dropped: bool = False  # the call ended
     words_checked_at: float = 0.0
     words_check: asyncio.Task[None] | None = None
@@ -263,8 +266,8 @@ class TurnTaker(FrameProcessor):
                 pass
             elif turn.silence_secs + 1e-6 >= self._settings.stop_secs:
                 self._spawn(self._commit(turn, "silence"))
-            elif turn.model_complete and turn.silence_secs >= CAREFUL_PAUSE_SECS:
-                self._spawn(self._commit(turn, "model"))
+            elif turn.complete_reason and turn.silence_secs >= CAREFUL_PAUSE_SECS:
+                self._spawn(self._commit(turn, turn.complete_reason))
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
 
@@ -293,7 +296,8 @@ class TurnTaker(FrameProcessor):
         turn.paused = True
         turn.silence_secs = self._settings.early_secs
         await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=self._settings.early_secs))
-        self._start_transcript(turn)
+        if self._settings.speculate or self._settings.question_ends_turn or turn.over_bot:
+            self._start_transcript(turn)
         if self._end_of_turn is not None:
             turn.decision = self._spawn(self._decide(turn, turn.generation))
         self._spawn(self._after_pause(turn, turn.generation))
@@ -302,7 +306,7 @@ class TurnTaker(FrameProcessor):
         """The caller spoke again before the commit: everything speculative is void."""
         turn.paused = False
         turn.silence_secs = 0.0
-        turn.model_complete = False
+        turn.complete_reason = ""
         turn.generation += 1
         turn.stretch_onset = time.monotonic() - self._vad.params.start_secs
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
@@ -355,14 +359,20 @@ class TurnTaker(FrameProcessor):
                 latency_ms=round((time.monotonic() - asked) * 1000, 1),
             )
         )
-        if complete and self._turn is turn and turn.generation == generation and turn.paused:
-            if self._needs_longer_pause(turn) and turn.silence_secs < CAREFUL_PAUSE_SECS:
-                # "Hi, what is my balance?", "Wait, stop. I have a question.": after a
-                # word or two, or over the bot, callers go on; the model's verdict holds
-                # once the pause is a little longer (the reply is being prepared meanwhile).
-                turn.model_complete = True
-                return
-            await self._commit(turn, "model")
+        if complete:
+            await self._complete(turn, generation, "model")
+
+    async def _complete(self, turn: _Turn, generation: int, reason: str) -> None:
+        """The turn is judged complete: commit it, or after a longer pause if it is short."""
+        if self._turn is not turn or turn.generation != generation or not turn.paused:
+            return
+        if self._needs_longer_pause(turn) and turn.silence_secs < CAREFUL_PAUSE_SECS:
+            # "Hi, what is my balance?", "Wait, stop. I have a question.": after a word
+            # or two, or over the bot, callers go on; the verdict holds once the pause is
+            # a little longer (the reply is being prepared meanwhile).
+            turn.complete_reason = reason
+            return
+        await self._commit(turn, reason)
 
     async def _after_pause(self, turn: _Turn, generation: int) -> None:
         """Interrupt the bot if the words call for it, then speculate on them."""
@@ -370,9 +380,14 @@ class TurnTaker(FrameProcessor):
             # A check of the words said over the bot goes first: an interruption
             # after the speculation would drop it.
             await asyncio.gather(turn.words_check, return_exceptions=True)
+        if turn.transcript is None:
+            return  # nothing starts before the commit
         text = await self._awaited_transcript(turn)
         if text is None or self._turn is not turn or turn.generation != generation:
             return
+        if self._settings.question_ends_turn and text.rstrip().endswith("?"):
+            # Whisper heard a question: the turn is complete whatever the model said.
+            self._spawn(self._complete(turn, generation, "question"))
         if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
             if self._overheard(turn, text):
                 return  # a backchannel: the bot goes on; the commit settles it
@@ -449,6 +464,8 @@ class TurnTaker(FrameProcessor):
         self._counters.speculations_reused += int(reused)
         if reason == "model":
             self._counters.commits_by_model += 1
+        elif reason == "question":
+            self._counters.commits_by_question += 1
         else:
             self._counters.commits_by_silence += 1
         await self.push_frame(TurnCommittedFrame(reason=reason, reused=reused))
