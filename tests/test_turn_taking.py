@@ -168,7 +168,7 @@ async def test_speculation_gives_the_same_transcript_and_reply_and_plays_prepare
     print(turn_on.as_dict(), turn_off.as_dict(), sep="\n")
     assert turn_on.caller_text == turn_off.caller_text
     assert turn_on.bot_text.strip() == turn_off.bot_text.strip()
-    assert turn_on.commit_reason == "model"
+    assert turn_on.commit_reason in ("model", "question")
     assert turn_off.commit_reason == "silence" and turn_off.speculative_starts == 1
     latency = turn_on.latencies_ms()
     print(f"voice-to-voice {latency['voice_to_voice']} ms, stop_secs {on.turn.stop_secs} s")
