@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import subprocess
+import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +319,58 @@ def test_a_missing_or_corrupt_turn_model_fails_at_start_in_one_line(tmp_path, vo
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(errors) == 1 and str(model) in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+@asyncio_module
+async def test_a_speculative_tool_call_waits_for_the_commit_and_runs_once(runtime, tmp_path):
+    """The speculation asks for a tool before the turn ends: the tool runs once, after
+    the commit, and the speculative completion is kept (not asked again)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "note_call.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: note_call
+            description: Note the caller's request.
+            parameters: {type: object, properties: {topic: {type: string}}}
+            python: note_tool:note
+            timeout_secs: 3
+            """
+        )
+    )
+    (tools / "note_tool.py").write_text(
+        textwrap.dedent(
+            """\
+            import voxline_test_recorder as recorder
+
+            def note(topic: str = "") -> dict:
+                recorder.runs.append(recorder.commits())
+                return {"noted": True}
+            """
+        )
+    )
+    counters = runtime.turn_counters
+
+    def commits() -> int:
+        return counters.commits_by_silence + counters.commits_by_model
+
+    # The tool records, each time it runs, how many turns had been committed.
+    recorder = types.SimpleNamespace(runs=[], commits=commits)
+    sys.modules["voxline_test_recorder"] = recorder  # type: ignore[assignment]
+    bank = persona(
+        tmp_path,
+        "tool_wait",
+        f"tools: [note_call]\ntools_dir: {tools}\nturn: {{model: none, stop_secs: 1.5}}\n",
+    )
+    bank = bank.model_copy(update={"llm": bank.llm.model_copy(update={"tool_choice": "note_call"})})
+    before = commits()
+    audio = np.concatenate([voiced("Please note that I lost my card."), silence(0.3)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    del sys.modules["voxline_test_recorder"]
+    print([turn.as_dict() for turn in result.turns], recorder.runs, before)
+    [turn] = [turn for turn in result.turns if turn.tool_calls]
+    assert [call["name"] for call in turn.tool_calls] == ["note_call"]
+    # It ran once, and only once the caller's turn had been committed.
+    assert recorder.runs == [before + 1]
+    assert turn.reused and turn.commit_reason == "silence"
