@@ -169,7 +169,11 @@ def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
 
 
 def handle_idle_callers(
-    worker: PipelineWorker, user_aggregator, persona: Persona, control: CallControl
+    worker: PipelineWorker,
+    user_aggregator,
+    persona: Persona,
+    control: CallControl,
+    turns: TurnTaker,
 ) -> None:
     """The idle line once after ``idle_prompt_secs`` of silence; goodbye after the timeout."""
     limits = persona.limits
@@ -184,6 +188,12 @@ def handle_idle_callers(
 
     @user_aggregator.event_handler("on_user_turn_idle")
     async def _idle(aggregator) -> None:
+        first = limits.idle_prompt_secs or limits.idle_timeout_secs
+        waited = limits.idle_timeout_secs if state["prompted"] else first
+        if turns.heard_caller_within(waited):
+            # The caller is talking (a turn not yet committed): not idle; count again.
+            await aggregator.queue_frame(UserIdleTimeoutUpdateFrame(waited))
+            return
         if limits.idle_prompt_secs is not None and not state["prompted"]:
             state["prompted"] = True
             logger.info(f"caller silent for {limits.idle_prompt_secs} s: idle line")
@@ -282,7 +292,7 @@ def build_call(
         enable_rtvi=False,
     )
     apologise_on_failure(worker, persona, failing=(turns, llm))
-    handle_idle_callers(worker, user_aggregator, persona, control)
+    handle_idle_callers(worker, user_aggregator, persona, control, turns)
     if persona.greeting:
         greeting = persona_line(persona, "greeting", persona.greeting)
 

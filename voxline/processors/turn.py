@@ -92,6 +92,7 @@ BACKCHANNELS = frozenset(
     {
         *("uh", "huh", "uh-huh", "mm", "hmm", "mm-hmm", "mhm", "hm", "um", "uhm", "ah", "oh"),
         *("okay", "ok", "yeah", "yep", "yes", "right", "sure", "alright", "aha"),
+        *("wow", "whoa", "ooh", "oops", "cool", "nice", "great"),
     }
 )
 """Words a listener says to show they follow; they never interrupt the bot."""
@@ -213,6 +214,7 @@ class TurnTaker(FrameProcessor):
         self._bot_speaking = False
         self._carried_text = ""  # overheard words that join the next turn
         self._reply_pending_since: float | None = None
+        self._last_voice_at = float("-inf")
         self._tasks: set[asyncio.Task] = set()
 
     # --- frames ---------------------------------------------------------------
@@ -245,9 +247,15 @@ class TurnTaker(FrameProcessor):
         await self._vad.cleanup()
         await super().cleanup()
 
+    def heard_caller_within(self, secs: float) -> bool:
+        """Whether the caller made a sound (or is mid-turn) in the last ``secs`` seconds."""
+        return self._turn is not None or time.monotonic() - self._last_voice_at < secs
+
     async def _on_audio(self, frame: InputAudioRawFrame) -> None:
         state = await self._vad.analyze_audio(frame.audio)
         previous, self._vad_state = self._vad_state, state
+        if state != VADState.QUIET:
+            self._last_voice_at = time.monotonic()
         turn = self._turn
         if turn is None:
             self._keep_pre_roll(frame.audio)
