@@ -166,6 +166,7 @@ class _Turn:
     opened: bool = False  # the context aggregator's turn was opened
     paused: bool = False  # early_secs of silence heard, not resumed
     silence_secs: float = 0.0
+    stopping_secs: float = 0.0  # silence heard before the pause is confirmed
     generation: int = 0  # bumped whenever the caller resumes
     transcript: asyncio.Task[str] | None = None
     transcript_generation: int = -1
@@ -264,6 +265,8 @@ class TurnTaker(FrameProcessor):
             return
         turn.audio.extend(frame.audio)
         secs = len(frame.audio) / 2 / SAMPLE_RATE
+        if not turn.paused:
+            await self._head_start(turn, state, secs)
         if state == VADState.SPEAKING and previous != VADState.SPEAKING and turn.paused:
             await self._resume(turn)
         elif state == VADState.QUIET and previous != VADState.QUIET:
@@ -278,6 +281,22 @@ class TurnTaker(FrameProcessor):
                 self._spawn(self._commit(turn, turn.complete_reason))
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
+
+    async def _head_start(self, turn: _Turn, state: VADState, secs: float) -> None:
+        """Send the utterance to Whisper halfway to ``early_secs``, so that its transcript
+        is ready when the pause is confirmed; a caller who goes on voids it."""
+        if state == VADState.STOPPING:
+            turn.stopping_secs += secs
+            head_start = self._settings.speculate and turn.transcript is None
+            if head_start and turn.stopping_secs >= self._settings.early_secs / 2:
+                self._start_transcript(turn)
+        elif state == VADState.SPEAKING and turn.stopping_secs:
+            turn.stopping_secs = 0.0
+            if turn.transcript is not None and not turn.transcript.done():
+                turn.transcript.cancel()
+            turn.transcript = None
+        elif state == VADState.QUIET:
+            turn.stopping_secs = 0.0  # the pause is confirmed; its transcript is kept
 
     def _keep_pre_roll(self, audio: bytes) -> None:
         self._pre_roll.append(audio)
