@@ -341,8 +341,8 @@ class TurnTaker(FrameProcessor):
             if task is not None and not task.done():
                 task.cancel()
         turn.decision = None
-        if turn.transcript is not None and turn.eager_text is None:
-            # The utterance sent at the pause is settled without a reply.
+        if turn.eager_text is None:
+            # The pause's utterance is settled without a reply of its own.
             await self.push_frame(TranscriptionSkippedFrame(reason="resumed"))
         turn.transcript = None
         if turn.eager_text is not None:
