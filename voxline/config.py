@@ -24,6 +24,7 @@ from pydantic import (
 
 from voxline.cpu_budget import CpuBudget, cpu_budget
 from voxline.engines.piper import DEFAULT_MAX_PHONEMES
+from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.yamlfile import load_yaml_model
 
 
@@ -74,12 +75,30 @@ class PiperConfig(_Strict):
     )
 
 
+LLMBackendName = Literal["llama_cpp", "vllm"]
+Command = Literal["serve", "talk"]
+
+COMMAND_LLM_BACKENDS: dict[Command, LLMBackendName] = {"serve": "vllm", "talk": "llama_cpp"}
+"""The embedded LLM each command runs when ``engines.llm.backend`` is unset: ``serve``
+batches many calls on vLLM; ``talk`` (one call) starts llama.cpp in a second."""
+
+
 class EmbeddedLLMConfig(_Strict):
     """The LLM server the Runtime launches for personas without ``llm.base_url``."""
 
-    backend: Literal["llama_cpp", "vllm"] = Field(
-        default="llama_cpp",
-        description="llama_cpp (light, one request at a time) or vllm (batches calls).",
+    backend: LLMBackendName | None = Field(
+        default=None,
+        description=(
+            "llama_cpp (starts in 1 s, 0.8 GB, one request at a time) or vllm (starts in "
+            "~20 s, ~3.2 GB, batches calls). Unset: vllm for serve, llama_cpp for talk."
+        ),
+    )
+    fallback_to_llama_cpp: bool = Field(
+        default=False,
+        description=(
+            "When the backend is vllm and vLLM is not installed, run llama.cpp instead of "
+            "refusing to start."
+        ),
     )
     model: str = "smollm2"
     n_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
@@ -94,7 +113,7 @@ class EmbeddedLLMConfig(_Strict):
 
 
 def _default_vllm_python() -> Path:
-    # scripts/install.sh --vllm puts vLLM's environment beside voxline's (.venv).
+    # scripts/install.sh puts vLLM's environment beside voxline's (.venv).
     return Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
 
 
@@ -112,6 +131,15 @@ class VLLMConfig(_Strict):
     tool_call_parser: str = "hermes"
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_secs: float = Field(default=180.0, gt=0)
+    checkpoint_dir: Path = Field(
+        default=DEFAULT_CHECKPOINT_DIR,
+        description="Where packaged GGUF models converted for vLLM are kept and reused.",
+    )
+
+    @field_validator("python", "checkpoint_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
 
 
 class SNACConfig(_Strict):
@@ -269,6 +297,21 @@ class ServerConfig(_Strict):
         if isinstance(value, dict):
             return {number: resolve(path) for number, path in value.items()}
         return None if value is None else resolve(value)
+
+    def for_command(self, command: Command) -> ServerConfig:
+        """This config with ``engines.llm.backend`` resolved for ``command`` when unset.
+
+        A backend set in ``voxline.yaml`` wins; otherwise ``serve`` gets vLLM and
+        ``talk`` llama.cpp (:data:`COMMAND_LLM_BACKENDS`).
+        """
+        if self.engines.llm.backend is not None:
+            return self
+        return self.with_llm_backend(COMMAND_LLM_BACKENDS[command])
+
+    def with_llm_backend(self, backend: LLMBackendName) -> ServerConfig:
+        """This config with the embedded LLM server set to ``backend``."""
+        llm = self.engines.llm.model_copy(update={"backend": backend})
+        return self.model_copy(update={"engines": self.engines.model_copy(update={"llm": llm})})
 
     def persona_paths(self) -> list[Path]:
         """Every persona file the server answers with, default first, without repeats."""

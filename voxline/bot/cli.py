@@ -120,7 +120,7 @@ def _talk(args: argparse.Namespace) -> int:
 
     try:
         persona = load_persona(args.persona)
-        config = load_config(args.config)
+        config = load_config(args.config).for_command("talk")
         audio = read_caller_audio(args.input) if args.input else None
     except (ConfigError, AudioInputError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)

@@ -6,11 +6,17 @@ Engines load on first use by a persona (``prepare``), so a process that serves
 one persona loads one set. Closing the Runtime stops the embedded LLM server
 and releases the engines' threads, whether it closes normally, on Ctrl-C or on
 an exception (use it as an ``async with`` block).
+
+The embedded LLM server is the one ``engines.llm.backend`` names; the commands
+resolve an unset backend first (``ServerConfig.for_command``: vLLM for ``serve``,
+llama.cpp for ``talk``), and a Runtime given an unset one runs llama.cpp, the
+engine that starts in a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -28,7 +34,7 @@ from voxline.engines.llm import (
 )
 from voxline.engines.llm_backend import BackendKind
 from voxline.engines.piper import PiperEngine
-from voxline.engines.server_process import SupervisedServer
+from voxline.engines.server_process import Progress, SupervisedServer
 from voxline.engines.snac import SNACDecoder, load_snac
 from voxline.engines.turn_model import EndOfTurnEngine, TurnModelError
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model
@@ -50,10 +56,13 @@ class Runtime:
 
     Args:
         config: the server configuration (engine settings, capacity).
+        progress: told, one line at a time, what a slow start-up is doing (a model
+            conversion, the LLM server loading, each persona's prefix warm-up).
     """
 
-    def __init__(self, config: ServerConfig | None = None):
+    def __init__(self, config: ServerConfig | None = None, progress: Progress | None = None):
         self.config = config or ServerConfig()
+        self._progress = progress
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}
         self._snac: SNACDecoder | None = None
@@ -78,13 +87,21 @@ class Runtime:
     async def prepare(self, persona: Persona) -> None:
         """Load (once) every engine ``persona`` needs, and start or check its servers."""
         async with self._lock:
-            await asyncio.to_thread(self._load_local_engines, persona)
+            started = time.monotonic()
+            loaded = await asyncio.to_thread(self._load_local_engines, persona)
+            if loaded:
+                self._report(
+                    f"persona {persona.name}: loaded {', '.join(loaded)} in "
+                    f"{time.monotonic() - started:.1f} s"
+                )
             await self._prepare_llm(persona)
             if persona.tts.engine == "orpheus" and persona.tts.base_url:
                 # Fail at start, naming the URL, rather than in the first caller's ear.
                 await check_endpoint(LLMEndpoint(persona.tts.base_url, persona.tts.model))
 
-    def _load_local_engines(self, persona: Persona) -> None:
+    def _load_local_engines(self, persona: Persona) -> list[str]:
+        """Load what ``persona`` needs and no other persona loaded yet; say what was loaded."""
+        loaded: list[str] = []
         if persona.stt.model not in self._whisper:
             settings = self.config.engines.whisper
             path = resolve_whisper(persona.stt.model)
@@ -101,8 +118,10 @@ class Runtime:
                 min_window_secs=settings.min_window_secs,
             )
             self._whisper[persona.stt.model].warm_up()
+            loaded.append(f"whisper {persona.stt.model}")
         if persona.turn.uses_model and persona.turn.model not in self._turn_models:
             self._turn_models[persona.turn.model] = _load_turn_model(persona)
+            loaded.append(f"end-of-turn model {persona.turn.model}")
         if persona.tts.engine == "orpheus" and self._snac is None:
             settings = self.config.engines.snac
             logger.info(f"loading SNAC decoder {settings.model} on {settings.device}")
@@ -114,6 +133,7 @@ class Runtime:
                 max_queue=settings.max_queue,
             )
             self._snac.warm_up()
+            loaded.append("SNAC decoder")
         if persona.tts.engine == "piper" and persona.tts.voice not in self._piper:
             files = resolve_piper(persona.tts.voice)
             if not isinstance(files, PiperVoiceFiles):
@@ -130,6 +150,8 @@ class Runtime:
                 max_phonemes=piper.max_phonemes,
             )
             self._piper[persona.tts.voice].warm_up()
+            loaded.append(f"piper voice {persona.tts.voice}")
+        return loaded
 
     async def _prepare_llm(self, persona: Persona) -> None:
         key = (persona.llm.base_url, persona.llm.model)
@@ -143,10 +165,16 @@ class Runtime:
                 self._backends[key].endpoint, persona.system_prompt, tools=prefix.tools
             )
             self._warmed.add(prefix.digest)
-            logger.info(
+            warmed = (
                 f"persona {persona.name}: prompt prefix {prefix.digest[:12]} warmed in "
                 f"{seconds:.2f} s"
             )
+            logger.info(warmed)
+            self._report(warmed)
+
+    def _report(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress(line)
 
     async def _open_backend(self, persona: Persona) -> LLMBackend:
         settings = self.config.engines.llm
@@ -177,8 +205,15 @@ class Runtime:
         if settings.backend == "vllm":
             vllm = self.config.engines.vllm
             gguf = _packaged_gguf(persona.llm.model)
+            model = await prepare_vllm_model(
+                persona.llm.model,
+                vllm.python,
+                gguf,
+                checkpoint_dir=vllm.checkpoint_dir,
+                progress=self._progress,
+            )
             server = VLLMServer(
-                await prepare_vllm_model(persona.llm.model, vllm.python, gguf),
+                model,
                 python=vllm.python,
                 model_alias=persona.llm.model,
                 device=vllm.device,
@@ -199,7 +234,7 @@ class Runtime:
                 startup_timeout=settings.startup_timeout_secs,
             )
         self._llm_servers[persona.llm.model] = server
-        return await server.start()
+        return await server.start(self._progress)
 
     def whisper(self, persona: Persona) -> WhisperEngine:
         """The shared Whisper engine for ``persona`` (after :meth:`prepare`)."""

@@ -1,24 +1,58 @@
-"""``voxline serve``: one process, one Runtime, many calls."""
+"""``voxline serve``: one process, one Runtime, many calls.
+
+Start-up happens before the port accepts calls: the embedded LLM server (vLLM
+unless ``engines.llm.backend`` says otherwise) is started and answers, every
+persona's engines are loaded and its prompt prefix is warmed, each step reported
+on stderr; only then does the server listen and print ``voxline ready``. A
+failure on the way is one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voxline.config import ServerConfig
+    from voxline.personas import Persona
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class StartupError(RuntimeError):
+    """``serve`` cannot start; the message is one line and names the fix.
+
+    Args:
+        message: what is wrong and how to fix it.
+        code: the exit code.
+    """
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def progress(line: str) -> None:
+    """Print one line of start-up progress on stderr, whatever the log level."""
+    print(f"voxline: {line}", file=sys.stderr, flush=True)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
-    from voxline.personas import Persona, load_persona
+    from voxline.personas import load_persona
     from voxline.yamlfile import ConfigError
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config).for_command("serve")
         if args.persona is not None:
             config = config.model_copy(update={"default_persona": args.persona})
         paths = config.persona_paths()
@@ -38,16 +72,152 @@ def serve(args: argparse.Namespace) -> int:
             "refused with 403 (their signatures cannot be checked)",
             file=sys.stderr,
         )
+    try:
+        return asyncio.run(_serve(args, config, personas))
+    except StartupError as exc:
+        print(f"voxline: error: {exc}", file=sys.stderr)
+        return exc.code
 
+
+async def _serve(
+    args: argparse.Namespace, config: ServerConfig, personas: dict[Path, Persona]
+) -> int:
     import uvicorn
 
     from voxline.bot.runtime import Runtime
     from voxline.bot.server import create_app
+    from voxline.engines.llm import LLMServerError
+    from voxline.models import ModelNotAvailableError
 
-    app = create_app(config, personas, Runtime(config))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
-    )
-    print(f"voxline serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    asyncio.run(server.serve())
+    started = time.monotonic()
+    config = await choose_llm_backend(config, personas, args.config)
+    listener = _bind(args.host, args.port)
+    url = f"http://{args.host}:{args.port}"
+    names = ", ".join(persona.name for persona in personas.values())
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening: scripts and people wait for this line
+                print(
+                    f"voxline ready in {time.monotonic() - started:.1f} s: personas {names}; "
+                    f"serving on {url}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    async with Runtime(config, progress=progress) as runtime:
+        async with _signals_cancel_this_task() as received:
+            try:
+                for persona in personas.values():
+                    await runtime.prepare(persona)
+            except asyncio.CancelledError:
+                if not received:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                listener.close()
+                return EXIT_BY_SIGNAL[received[0]]
+            except (LLMServerError, ModelNotAvailableError) as exc:
+                listener.close()
+                print(f"voxline: error: {exc}", file=sys.stderr)
+                return EXIT_FAILURE
+        app = create_app(config, personas, runtime)
+        server = Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # uvicorn takes SIGINT/SIGTERM from here: it drains the calls, then the app's
+        # lifespan closes the Runtime, which stops every server it started.
+        await server.serve(sockets=[listener])
     return EXIT_OK if server.started else EXIT_FAILURE
+
+
+async def choose_llm_backend(
+    config: ServerConfig, personas: dict[Path, Persona], config_path: Path | None
+) -> ServerConfig:
+    """The config to serve with once vLLM's presence is known.
+
+    With ``engines.llm.backend: vllm`` (the default of ``serve``) and a persona
+    served by the embedded LLM, vLLM must be importable from
+    ``engines.vllm.python``; without it ``serve`` stops at once, before loading
+    anything, unless ``engines.llm.fallback_to_llama_cpp`` allows llama.cpp.
+
+    Raises:
+        StartupError: vLLM is missing and no fallback is allowed (exit code 2).
+    """
+    from voxline.engines.vllm import INSTALL_COMMAND, vllm_missing
+
+    llm = config.engines.llm
+    embedded = any(not persona.llm.base_url for persona in personas.values())
+    if llm.backend != "vllm" or not embedded:
+        return config
+    reason = await vllm_missing(config.engines.vllm.python)
+    if reason is None:
+        return config
+    if llm.fallback_to_llama_cpp:
+        progress(
+            f"warning: vLLM is not installed ({reason}); engines.llm.fallback_to_llama_cpp "
+            "is set: serving with llama.cpp, which answers one request at a time"
+        )
+        return config.with_llm_backend("llama_cpp")
+    raise StartupError(
+        f"vLLM is not installed ({reason}): install it with `{INSTALL_COMMAND}`, or set "
+        f"engines.llm.backend: llama_cpp in {config_path or 'voxline.yaml'} to serve with "
+        "llama.cpp (one request at a time)",
+        EXIT_BAD_INPUT,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Take the port before the slow start-up, so a taken port fails at once.
+
+    It listens only once every persona is ready: until then a caller is refused
+    rather than left waiting on a server that cannot answer yet.
+
+    Raises:
+        StartupError: the address cannot be bound (exit code 2).
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupError(f"--host {host}: {exc}", EXIT_BAD_INPUT) from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (choose another --port)",
+            EXIT_BAD_INPUT,
+        ) from None
+    return listener
+
+
+class _signals_cancel_this_task:
+    """While the body runs, SIGINT and SIGTERM cancel the current task.
+
+    Start-up is long (a model conversion, vLLM loading): a signal then must still
+    stop what was started, which the cancelled task does as it unwinds through the
+    Runtime. Yields a list that holds the signal received, if any.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[signal.Signals] = []
+
+    async def __aenter__(self) -> list[signal.Signals]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def cancel(sig: signal.Signals) -> None:
+            self.received.append(sig)
+            task.cancel()
+
+        for sig in EXIT_BY_SIGNAL:
+            loop.add_signal_handler(sig, cancel, sig)
+        return self.received
+
+    async def __aexit__(self, *_exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_BY_SIGNAL:
+            loop.remove_signal_handler(sig)

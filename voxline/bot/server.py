@@ -14,7 +14,6 @@ PATCH /webrtc/offer    trickled ICE candidates
 
 from __future__ import annotations
 
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -70,9 +69,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         try:
             for persona in by_name.values():
                 await runtime.prepare(persona)
-            ready["value"] = True
-            # Printed whatever the log level: scripts and people wait for this line.
-            print(f"voxline ready: personas {', '.join(by_name)}", file=sys.stderr, flush=True)
+            ready["value"] = True  # `voxline serve` prints its ready line once it listens
             yield
         finally:
             await web.close()

@@ -17,14 +17,49 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from loguru import logger
 
 from voxline.engines.llm_backend import LLMEndpoint
 
+Progress = Callable[[str], None]
+"""Receives one line of start-up progress ("vLLM server starting: 10 s"), for a person."""
+
+PROGRESS_INTERVAL_SECS = 5.0
+
 
 class LLMServerError(RuntimeError):
     """An LLM server could not be started or reached."""
+
+
+@asynccontextmanager
+async def ticking(
+    progress: Progress | None, what: str, interval: float = PROGRESS_INTERVAL_SECS
+) -> AsyncIterator[None]:
+    """Report ``"<what>: N s"`` every ``interval`` seconds while the body runs.
+
+    Long start-up steps (a model conversion, a server loading its model) would
+    otherwise leave the terminal silent for half a minute.
+    """
+    if progress is None:
+        yield
+        return
+    started = time.monotonic()
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            progress(f"{what}: {time.monotonic() - started:.0f} s")
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
 
 
 def _die_with_parent() -> None:
@@ -84,8 +119,12 @@ class SupervisedServer:
     def on_output(self, line: str) -> None:
         """Called with every line the server prints (counters, for example)."""
 
-    async def start(self) -> LLMEndpoint:
+    async def start(self, progress: Progress | None = None) -> LLMEndpoint:
         """Start the server and return once it answers requests.
+
+        Args:
+            progress: told when the process starts, every few seconds while it
+                loads, and when it answers.
 
         Raises:
             LLMServerError: the process could not start, exited or did not answer in
@@ -107,10 +146,14 @@ class SupervisedServer:
             )
         except OSError as exc:
             raise LLMServerError(f"{self.name} could not start ({command[0]}): {exc}") from None
-        logger.info(f"{self.name} pid {self._process.pid} starting on {self.endpoint.base_url}")
+        starting = f"{self.name} pid {self._process.pid} starting on {self.endpoint.base_url}"
+        logger.info(starting)
+        if progress is not None:
+            progress(starting)
         try:
-            await asyncio.wait_for(self._wait_ready(), timeout=self.startup_timeout)
-            await check_endpoint(self.endpoint)
+            async with ticking(progress, f"{self.name} starting"):
+                await asyncio.wait_for(self._wait_ready(), timeout=self.startup_timeout)
+                await check_endpoint(self.endpoint)
         except (TimeoutError, LLMServerError) as exc:
             tail = "\n".join(self._tail)
             await self.stop()
@@ -120,7 +163,10 @@ class SupervisedServer:
             await self.stop()
             raise
         self._drain_task = asyncio.create_task(self._drain())
-        logger.info(f"{self.name} ready in {time.monotonic() - started:.1f} s")
+        ready = f"{self.name} ready in {time.monotonic() - started:.1f} s"
+        logger.info(ready)
+        if progress is not None:
+            progress(ready)
         return self.endpoint
 
     def _keep(self, line: bytes) -> str:

@@ -4,22 +4,66 @@ vLLM batches concurrent requests (continuous batching) and caches prompt prefixe
 across them: the production backend on a GPU, and on a CPU the better choice as
 soon as several calls share the machine (4 calls: 2.0 s vs 8.2 s with llama.cpp,
 docs/vllm.md). It runs in its own virtual environment (``.venv-vllm``, made by
-``scripts/install.sh --vllm``) so that its pins (torch, transformers) never fight
+``scripts/install.sh``) so that its pins (torch, transformers) never fight
 voxline's. The packaged SmolLM2 GGUF is dequantized once into a safetensors
-checkpoint vLLM can load (:func:`prepare_vllm_model`). No pipecat imports here.
+checkpoint vLLM can load (:func:`prepare_vllm_model`), kept and reused by every
+later start. No pipecat imports here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from voxline.engines.llm import free_port
-from voxline.engines.server_process import LLMServerError, SupervisedServer
+from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer, ticking
 
 CONVERTER = Path(__file__).with_name("vllm_convert.py")
-CACHE_DIR = Path.home() / ".cache" / "voxline" / "vllm"
+DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "voxline" / "vllm"
+INSTALL_COMMAND = "bash scripts/install.sh"
+# Finds the package without importing it: vLLM's import takes seconds, this a few ms.
+_FIND_VLLM = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
+
+
+async def vllm_missing(python: Path, timeout: float = 60.0) -> str | None:
+    """Why vLLM cannot run from ``python``, or None when that Python has it.
+
+    Checked before anything is loaded, so that ``voxline serve`` without vLLM
+    stops at once with one line instead of after loading its other engines.
+
+    Args:
+        python: the vLLM environment's Python (``engines.vllm.python``).
+        timeout: seconds the check may take.
+
+    Returns:
+        ``"<python> does not exist"``, ``"<python> cannot import vllm"`` or why it
+        does not run; None when ``import vllm`` would find the package.
+    """
+    if not python.is_file():
+        return f"{python} does not exist"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(python), "-c", _FIND_VLLM,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    except OSError as exc:
+        return f"{python} does not run ({exc.strerror or exc})"
+    try:
+        _, error = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return f"{python} did not answer within {timeout:.0f} s"
+    if process.returncode == 3:
+        return f"{python} cannot import vllm"
+    if process.returncode != 0:
+        last = (error.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        return f"{python} does not run (exit {process.returncode}: {last})"
+    return None
 
 
 class VLLMServer(SupervisedServer):
@@ -111,7 +155,7 @@ class VLLMServer(SupervisedServer):
             env["HF_HUB_OFFLINE"] = "1"  # a local checkpoint needs no hub
         return env
 
-    async def start(self):
+    async def start(self, progress: Progress | None = None):
         """Start the server (see :meth:`SupervisedServer.start`).
 
         Raises:
@@ -120,34 +164,66 @@ class VLLMServer(SupervisedServer):
         if not self.python.is_file():
             raise LLMServerError(
                 f"vLLM's Python {self.python} does not exist: install vLLM with "
-                "`bash scripts/install.sh --vllm` or set engines.vllm.python"
+                f"`{INSTALL_COMMAND}` or set engines.vllm.python"
             )
-        return await super().start()
+        return await super().start(progress)
 
 
-async def prepare_vllm_model(model: str, python: Path, gguf: Path | None = None) -> str:
+def checkpoint_path(model: str, gguf: Path, checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR) -> Path:
+    """Where the converted checkpoint of ``gguf`` lives: one per model name and file size."""
+    return checkpoint_dir / f"{model}-{gguf.stat().st_size}"
+
+
+async def prepare_vllm_model(
+    model: str,
+    python: Path,
+    gguf: Path | None = None,
+    *,
+    checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
+    progress: Progress | None = None,
+) -> str:
     """What to give vLLM as ``--model``: a directory or hub name as is, a GGUF converted.
+
+    A GGUF is converted once (~20 s for SmolLM2-135M on 2 cores) into
+    ``checkpoint_dir``; every later start finds the checkpoint there and reuses it.
 
     Args:
         model: the persona's model name (a directory, a hub name, or a packaged GGUF name).
         python: the vLLM environment's Python, which runs the conversion.
         gguf: the packaged GGUF file for ``model``, when it is one.
+        checkpoint_dir: where converted checkpoints are kept (``engines.vllm.checkpoint_dir``).
+        progress: told whether the checkpoint is reused or converted, and how long it took.
 
     Raises:
         LLMServerError: the conversion failed (its output is in the message).
     """
     if gguf is None:
         return model
-    target = CACHE_DIR / f"{model}-{gguf.stat().st_size}"
+    report = progress or (lambda _line: None)
+    target = checkpoint_path(model, gguf, checkpoint_dir)
     if (target / "config.json").is_file():
+        report(f"vLLM checkpoint of {model}: reusing {target}")
         return str(target)
-    process = await asyncio.create_subprocess_exec(
-        str(python), str(CONVERTER), str(gguf), str(target),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    output, _ = await process.communicate()
+    report(f"converting {gguf.name} for vLLM into {target} (once; ~20 s on 2 cores)")
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(python), str(CONVERTER), str(gguf), str(target),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+    except OSError as exc:
+        raise LLMServerError(f"converting {gguf.name} for vLLM: {python}: {exc}") from None
+    try:
+        async with ticking(progress, f"converting {model} for vLLM"):
+            output, _ = await process.communicate()
+    except BaseException:
+        if process.returncode is None:
+            process.terminate()  # the converter removes its staging folder and exits
+            await asyncio.shield(process.wait())
+        raise
     if process.returncode != 0:
         tail = "\n".join(output.decode(errors="replace").splitlines()[-15:])
         raise LLMServerError(f"converting {gguf.name} for vLLM failed:\n{tail}")
+    report(f"converted {model} for vLLM in {time.monotonic() - started:.1f} s")
     return str(target)

@@ -6,13 +6,16 @@ accelerate; voxline's own environment need not):
     .venv-vllm/bin/python voxline/engines/vllm_convert.py MODEL.gguf OUT_DIR
 
 The checkpoint is written to a temporary folder beside ``OUT_DIR`` and renamed
-into place at the end, so an interrupted conversion never leaves half a model.
+into place at the end, so an interrupted conversion (SIGTERM, Ctrl-C, an error)
+never leaves half a model, and its temporary folder is removed. When another
+process finished the same checkpoint first, that one is kept.
 This file imports nothing from voxline: it runs outside voxline's environment.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -37,13 +40,23 @@ def convert(gguf: Path, out_dir: Path) -> None:
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(
             staging
         )
-        staging.rename(out_dir)
+        try:
+            staging.rename(out_dir)
+        except OSError:
+            if not (out_dir / "config.json").is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process got there first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through convert(), which removes its staging
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: vllm_convert.py MODEL.gguf OUT_DIR")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     convert(Path(sys.argv[1]), Path(sys.argv[2]))
