@@ -74,6 +74,8 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
             f"""\
             public_url: http://127.0.0.1:{port}
             default_persona: {BANK_PERSONA}
+            engines:
+              llm: {{backend: llama_cpp}}  # the calls, not the LLM, are under test here
             numbers:
               "{SHORT_NUMBER}": short.yaml
               "{CLOSER_NUMBER}": closer.yaml

@@ -55,7 +55,10 @@ METER = """
 def server(tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("widget")
     config = tmp / "voxline.yaml"
-    config.write_text(f"default_persona: {BANK_PERSONA}\nmax_calls: 4\n")
+    # The browser calls, not the LLM, are under test: the light engine starts in a second.
+    config.write_text(
+        f"default_persona: {BANK_PERSONA}\nmax_calls: 4\nengines: {{llm: {{backend: llama_cpp}}}}\n"
+    )
     port = free_port()
     env = {**os.environ, "VOXLINE_OFFLINE": "1", "VOXLINE_LOG_LEVEL": "INFO"}
     process: ServerProcess = start_voxline(config, env, port)

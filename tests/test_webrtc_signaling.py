@@ -31,6 +31,8 @@ def server(tmp_path_factory) -> Iterator[dict]:
             f"""\
             default_persona: {BANK_PERSONA}
             max_calls: 1
+            engines:
+              llm: {{backend: llama_cpp}}  # signaling, not the LLM, is under test here
             widgets:
               demo: {{}}
               shop: {{allowed_origins: ["{SHOP}"]}}
