@@ -198,3 +198,16 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
         llm.register_function(name, handler)
     # Names the LLM invents reach the same handler, which answers with an error.
     llm.register_function(None, handler)
+
+
+def call_prefix(persona: Persona, context: LLMContext) -> LLMContext:
+    """What every LLM request of a new call starts with: its context, then the greeting.
+
+    Warmed on the LLM server as the call starts (``VoxlineLLMService``), so that the
+    call's facts, which follow the persona's cached prefix, are computed while the
+    greeting plays.
+    """
+    messages = list(context.get_messages())
+    if persona.greeting:
+        messages.append({"role": "assistant", "content": persona.greeting})
+    return LLMContext(messages=messages, tools=context.tools)

@@ -176,6 +176,24 @@ class LLMBackend:
             finally:
                 await stream.close()
 
+    async def warm(self, **request) -> float:
+        """Have the server compute a prompt now so that later requests find it cached.
+
+        A one-token completion of ``request`` (``messages``, ``tools``) while holding
+        a slot; returns the seconds it took. Used for what differs per call (the
+        call's facts and greeting after the persona's prefix): computed while the
+        greeting plays, not after the caller's first words.
+        """
+        started = time.monotonic()
+        async with self.slot():
+            request.setdefault("model", self.endpoint.model)
+            request.update(stream=False, max_tokens=1, temperature=0.0)
+            # A forced tool choice would make some servers parse one token as arguments.
+            for key in ("stream_options", "tool_choice"):
+                request.pop(key, None)
+            await self.client.chat.completions.create(**request)
+        return time.monotonic() - started
+
     async def prefix_cache_counters(self) -> tuple[float, float] | None:
         """Prompt tokens looked up in and served from the server's prefix cache so far.
 
