@@ -32,7 +32,7 @@ from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import Persona, load_persona
 from voxline.processors.latency import LatencyTracer
-from voxline.processors.turn import meaningful_words
+from voxline.processors.turn_words import ends_sentence, meaningful_words
 from voxline.transports.audiofile import AudioFileTransport
 from voxline.transports.levels import is_voiced
 
@@ -128,6 +128,57 @@ def test_backchannels_are_not_meaningful_words():
     for hum in ("Uh-hum.", "Uh huh.", "Mmhmm.", "Hmm?", "Mm-hm.", "Oh.", "Ah.", "Um, uh."):
         assert meaningful_words(hum) == [], hum
     assert meaningful_words("Hold on, me first.") == ["hold", "on", "me", "first"]
+
+
+def test_a_sentence_ends_on_a_word_that_can_end_one():
+    for finished in (
+        "I think someone used my card without asking me.",
+        "Block my card because I lost it.",
+        "Thank you!",
+        "What is my balance?",
+        "Please sign me in.",
+    ):
+        assert ends_sentence(finished), finished
+    for unfinished in (
+        "I was wondering if you could.",  # Whisper's full stop after a cut-off phrase
+        "My card number is, um.",
+        "I want to send money to.",
+        "I would like to know whether.",
+        "Could you tell me, um...",
+        "I need to talk to someone about",
+        "Transfer it to my,",
+        "Yes, I do.",  # finished, but so is "I do ... not know": the model decides
+        "Uh-huh.",
+        "",
+    ):
+        assert not ends_sentence(unfinished), unfinished
+
+
+@asyncio_module
+async def test_a_finished_statement_ends_the_turn_before_the_silence_fallback(runtime, tmp_path):
+    """The model is made to doubt every turn (threshold 0.99): a finished statement
+    still commits after ``sentence_end_secs``, long before ``stop_secs``, and a caller
+    who pauses after a cut-off phrase is still waited for."""
+    doubting = "turn: {model_threshold: 0.99, stop_secs: 2.0, sentence_end_secs: 0.5}\n"
+    bank = persona(tmp_path, "statement", doubting)
+    statement = np.concatenate(
+        [voiced("I think someone used my card without asking me."), silence(0.3)]
+    )
+    result = await talk(bank, runtime, statement, SAMPLE_RATE, timeout=60)
+    [turn] = replies(result)
+    print(turn.as_dict())
+    assert turn.commit_reason == "sentence"
+    commit = turn.latencies_ms()["commit"]
+    assert commit is not None and 500 <= commit < 2000, commit
+
+    paused = np.concatenate(
+        [voiced("I want to send money to"), silence(1.0), voiced("my sister."), silence(0.3)]
+    )
+    result = await talk(bank, runtime, paused, SAMPLE_RATE, timeout=60)
+    [turn] = replies(result)
+    print(turn.as_dict())
+    assert "sister" in normalize(turn.caller_text), turn.caller_text
+    assert "resumed" in turn.cancellations
 
 
 @asyncio_module

@@ -112,6 +112,7 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
     commits.add_metric(["model"], counters.commits_by_model)
     commits.add_metric(["silence"], counters.commits_by_silence)
     commits.add_metric(["question"], counters.commits_by_question)
+    commits.add_metric(["sentence"], counters.commits_by_sentence)
     barge_ins = CounterMetricFamily("voxline_barge_ins", "Times a caller interrupted the bot.")
     barge_ins.add_metric([], counters.barge_ins)
     overheard = CounterMetricFamily(

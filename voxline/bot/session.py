@@ -36,7 +36,7 @@ from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies
 
 from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
-from voxline.bot.tool_wiring import persona_context, register_tools
+from voxline.bot.tool_wiring import call_prefix, persona_context, register_tools
 from voxline.engines.orpheus import OrpheusSampling
 from voxline.engines.turn_model import TurnDecision
 from voxline.personas import Persona
@@ -162,6 +162,7 @@ def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
                 **turn.model_dump(include=TURN_TAKING_FIELDS),
                 # With no model, the old fixed silence alone ends the turn.
                 "question_ends_turn": turn.question_ends_turn and turn.uses_model,
+                "sentence_end_secs": turn.sentence_end_secs if turn.uses_model else None,
             }
         ),
         counters=runtime.turn_counters,
@@ -228,8 +229,10 @@ def build_call(
             they follow the persona's cached prompt prefix.
     """
     backend = runtime.llm_backend(persona)
+    context = persona_context(persona, facts)
     llm = VoxlineLLMService(
         backend=backend,
+        warm_context=call_prefix(persona, context),
         api_key="not-needed",
         base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(
@@ -241,7 +244,6 @@ def build_call(
     control = call_control or PipelineCallControl(
         persona.phrases.goodbye, interruptible="goodbye" not in persona.turn.uninterruptible
     )
-    context = persona_context(persona, facts)
     register_tools(llm, persona, control)
     first_idle = persona.limits.idle_prompt_secs or persona.limits.idle_timeout_secs
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(

@@ -152,6 +152,13 @@ class TurnSettings(_Strict):
         description="A transcript ending in a question mark ends the turn at early_secs, "
         "whatever the model says.",
     )
+    sentence_end_secs: float | None = Field(
+        default=0.5,
+        ge=0.0,
+        le=10.0,
+        description="A transcript ending a finished sentence (not on 'to', 'and', 'could', "
+        "'um'...) ends the turn after this much silence, whatever the model says; null: off.",
+    )
     allow_interruptions: bool = True
     # Measured on Piper speech with the VAD above: "Uh-huh." is voiced for 0.28 s,
     # "Okay." 0.40 s, "Mm-hmm." 0.52 s; "Wait," 0.22 s and "Stop." 0.52 s. A stretch

@@ -13,7 +13,8 @@ caller's side of the conversation:
   If the caller speaks again first, an ``EagerEndOfTurnCancelFrame`` stops the
   LLM request (closing its stream), drops the TTS work and the held audio.
 * **Commit.** The turn ends when the shared end-of-turn model judges it
-  complete or Whisper heard a question, or when the silence reaches
+  complete or Whisper heard a question, after ``sentence_end_secs`` of silence
+  when Whisper heard a finished sentence, or when the silence reaches
   ``stop_secs`` whatever the model says.
   The final transcript is the speculative one (same audio), so pipecat's
   ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
@@ -30,7 +31,6 @@ caller's side of the conversation:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -71,6 +71,7 @@ from voxline.processors.frames import (
     TranscriptionSkippedFrame,
     TurnCommittedFrame,
 )
+from voxline.processors.turn_words import ends_sentence, meaningful_words
 
 SAMPLE_RATE = 16_000
 PRE_ROLL_SECS = 0.3
@@ -87,25 +88,6 @@ SHORT_TURN_SECS = 1.0
 """Speech shorter than this ("Hi,", "So,", "Wait,") is often the start of a longer turn."""
 REPLY_PENDING_SECS = 5.0
 """How long after a commit the bot counts as answering though no audio has come out yet."""
-
-BACKCHANNELS = frozenset(
-    {
-        *("uh", "huh", "uh-huh", "mm", "hmm", "mm-hmm", "mhm", "hm", "um", "uhm", "ah", "oh"),
-        *("okay", "ok", "yeah", "yep", "yes", "right", "sure", "alright", "aha"),
-        *("wow", "whoa", "ooh", "oops", "cool", "nice", "great"),
-    }
-)
-"""Words a listener says to show they follow; they never interrupt the bot."""
-
-
-FILLER_SOUND = re.compile(r"^(?:[uaoe]?[hm]*[uaoe]?[hm]+(?:-?[uaoe]?[hm]+)*|[uaoe]+h?)$")
-"""Hums and grunts as Whisper spells them: uh, um, hmm, mm-hmm, uh-hum, huh, ah, oh."""
-
-
-def meaningful_words(text: str) -> list[str]:
-    """The words of ``text`` that are not backchannels or filler sounds."""
-    words = re.findall(r"[a-z']+(?:-[a-z']+)*", text.lower())
-    return [w for w in words if w not in BACKCHANNELS and not FILLER_SOUND.match(w)]
 
 
 class Transcriber(Protocol):
@@ -133,6 +115,7 @@ class TurnCounters:
     commits_by_model: int = 0
     commits_by_silence: int = 0
     commits_by_question: int = 0
+    commits_by_sentence: int = 0
     barge_ins: int = 0
     overheard: int = 0
     decisions_complete: int = 0
@@ -152,6 +135,7 @@ class TurnTakingSettings:
     interrupt_min_words: int = 1
     overheard: str = "join"
     question_ends_turn: bool = True
+    sentence_end_secs: float | None = 0.5
 
 
 @dataclass
@@ -173,7 +157,8 @@ class _Turn:
     decision: asyncio.Task[None] | None = None
     eager_text: str | None = None  # what the speculation pushed answers
     committing: bool = False
-    complete_reason: str = ""  # judged complete (model, question), waiting for a longer pause
+    complete_reason: str = ""  # judged complete (model, question, sentence) ...
+    complete_after_secs: float = 0.0  # ... and committed at this much silence
     dropped: bool = False  # the call ended
     words_checked_at: float = 0.0
     words_check: asyncio.Task[None] | None = None
@@ -277,7 +262,7 @@ class TurnTaker(FrameProcessor):
                 pass
             elif turn.silence_secs + 1e-6 >= self._settings.stop_secs:
                 self._spawn(self._commit(turn, "silence"))
-            elif turn.complete_reason and turn.silence_secs >= CAREFUL_PAUSE_SECS:
+            elif turn.complete_reason and turn.silence_secs >= turn.complete_after_secs:
                 self._spawn(self._commit(turn, turn.complete_reason))
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
@@ -323,7 +308,7 @@ class TurnTaker(FrameProcessor):
         turn.paused = True
         turn.silence_secs = self._settings.early_secs
         await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=self._settings.early_secs))
-        if self._settings.speculate or self._settings.question_ends_turn or turn.over_bot:
+        if self._reads_transcript_at_pause or turn.over_bot:
             self._start_transcript(turn)
         if self._end_of_turn is not None:
             turn.decision = self._spawn(self._decide(turn, turn.generation))
@@ -333,7 +318,7 @@ class TurnTaker(FrameProcessor):
         """The caller spoke again before the commit: everything speculative is void."""
         turn.paused = False
         turn.silence_secs = 0.0
-        turn.complete_reason = ""
+        turn.complete_reason, turn.complete_after_secs = "", 0.0
         turn.generation += 1
         turn.stretch_onset = time.monotonic() - self._vad.params.start_secs
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
@@ -389,15 +374,30 @@ class TurnTaker(FrameProcessor):
         if complete:
             await self._complete(turn, generation, "model")
 
-    async def _complete(self, turn: _Turn, generation: int, reason: str) -> None:
-        """The turn is judged complete: commit it, or after a longer pause if it is short."""
+    @property
+    def _reads_transcript_at_pause(self) -> bool:
+        settings = self._settings
+        return (
+            settings.speculate
+            or settings.question_ends_turn
+            or settings.sentence_end_secs is not None
+        )
+
+    async def _complete(
+        self, turn: _Turn, generation: int, reason: str, after_secs: float = 0.0
+    ) -> None:
+        """The turn is judged complete: commit it once the pause is ``after_secs`` long,
+        and a longer one if the turn is short."""
         if self._turn is not turn or turn.generation != generation or not turn.paused:
             return
-        if self._needs_longer_pause(turn) and turn.silence_secs < CAREFUL_PAUSE_SECS:
+        if self._needs_longer_pause(turn):
             # "Hi, what is my balance?", "Wait, stop. I have a question.": after a word
             # or two, or over the bot, callers go on; the verdict holds once the pause is
             # a little longer (the reply is being prepared meanwhile).
-            turn.complete_reason = reason
+            after_secs = max(after_secs, CAREFUL_PAUSE_SECS)
+        if turn.silence_secs < after_secs:
+            if not turn.complete_reason or after_secs < turn.complete_after_secs:
+                turn.complete_reason, turn.complete_after_secs = reason, after_secs
             return
         await self._commit(turn, reason)
 
@@ -415,6 +415,10 @@ class TurnTaker(FrameProcessor):
         if self._settings.question_ends_turn and text.rstrip().endswith("?"):
             # Whisper heard a question: the turn is complete whatever the model said.
             self._spawn(self._complete(turn, generation, "question"))
+        elif self._settings.sentence_end_secs is not None and ends_sentence(text):
+            # A finished statement: complete after a short pause, whatever the model said.
+            after = self._settings.sentence_end_secs
+            self._spawn(self._complete(turn, generation, "sentence", after))
         if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
             if self._overheard(turn, text):
                 return  # a backchannel: the bot goes on; the commit settles it
@@ -493,6 +497,8 @@ class TurnTaker(FrameProcessor):
             self._counters.commits_by_model += 1
         elif reason == "question":
             self._counters.commits_by_question += 1
+        elif reason == "sentence":
+            self._counters.commits_by_sentence += 1
         else:
             self._counters.commits_by_silence += 1
         await self.push_frame(TurnCommittedFrame(reason=reason, reused=reused))
