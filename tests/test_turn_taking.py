@@ -28,6 +28,7 @@ from tests.speech import caller_voice, normalize
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.bot.talk import TalkResult, talk
+from voxline.engines.llm import LlamaCppServer
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import Persona, load_persona
@@ -179,6 +180,34 @@ async def test_a_finished_statement_ends_the_turn_before_the_silence_fallback(ru
     print(turn.as_dict())
     assert "sister" in normalize(turn.caller_text), turn.caller_text
     assert "resumed" in turn.cancellations
+
+
+@asyncio_module
+async def test_a_calls_facts_are_computed_on_the_llm_server_while_the_greeting_plays(
+    runtime, tmp_path
+):
+    """A phone call's facts follow the persona's cached prefix; they are warmed when the
+    call starts, so the reply's request evaluates only the caller's words."""
+    bank = persona(tmp_path, "facts")
+    facts = {
+        "Caller's number": "+15550100077",
+        "Call id": "CA" + "5f0c" * 8,
+        "Time (UTC)": "Wednesday 02 December 2026, 14:05",
+    }
+    await runtime.prepare(bank)
+    server = runtime.llm_server(bank)
+    assert isinstance(server, LlamaCppServer)
+    audio = np.concatenate([voiced("What time does the branch open on Saturday?"), silence(0.3)])
+    before = len(server.prompt_evaluations)
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60, facts=facts)
+    assert replies(result)
+    evaluations = list(server.prompt_evaluations)[before:]
+    print(f"prompt tokens evaluated per request: {evaluations}")
+    # The warm-up evaluated the facts and the greeting (tens of tokens); every request
+    # after it found them cached.
+    warm_up, *answers = evaluations
+    assert warm_up >= 40 and answers, evaluations
+    assert max(answers) < 30, evaluations
 
 
 @asyncio_module

@@ -279,6 +279,10 @@ class Runtime:
         """Every LLM server in use, for metrics."""
         return list(self._backends.values())
 
+    def llm_server(self, persona: Persona) -> SupervisedServer | None:
+        """The embedded LLM server this Runtime launched for ``persona``, if any."""
+        return None if persona.llm.base_url else self._llm_servers.get(persona.llm.model)
+
     @property
     def llm_server_pids(self) -> list[int]:
         """Process ids of the LLM servers this Runtime launched and still runs."""

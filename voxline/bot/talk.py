@@ -73,13 +73,15 @@ async def talk(
     barge_in: np.ndarray | None = None,
     barge_in_after_secs: float = 1.0,
     over_greeting_after_secs: float | None = None,
+    facts: dict[str, str] | None = None,
 ) -> TalkResult:
     """Run one call whose caller says ``audio``; return the turns and the bot's audio.
 
     With ``barge_in`` (more words, at ``sample_rate``), the caller says them over the
     reply once ``barge_in_after_secs`` of it have played. The caller waits for the
     greeting to end before speaking, or, with ``over_greeting_after_secs``, starts
-    once that much of it has played.
+    once that much of it has played. ``facts`` are what a phone or browser call would
+    tell the bot about itself (caller number, time).
 
     Raises:
         TalkTimeoutError: the conversation did not finish within ``timeout`` seconds
@@ -99,7 +101,9 @@ async def talk(
         tail_secs=persona.turn.stop_secs + 1.0,
     )
     tracer = LatencyTracer(speech_end_at=transport.speech_end_at)
-    call = build_call(persona, runtime, transport, tracer=tracer, out_sample_rate=out_rate)
+    call = build_call(
+        persona, runtime, transport, tracer=tracer, out_sample_rate=out_rate, facts=facts
+    )
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(call.worker)
     run_task = asyncio.create_task(runner.run())

@@ -13,6 +13,7 @@ import re
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -127,6 +128,8 @@ class LlamaCppServer(SupervisedServer):
         self.prompt_tokens_cached = 0
         self.prompt_tokens_evaluated = 0
         self.tokens_generated = 0
+        self.prompt_evaluations: deque[int] = deque(maxlen=256)
+        """Prompt tokens each recent request evaluated beyond what the cache served."""
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
@@ -155,6 +158,7 @@ class LlamaCppServer(SupervisedServer):
             self.prompt_tokens_cached += int(match.group(1))
         elif match := _PROMPT_EVAL.search(line):
             self.prompt_tokens_evaluated += int(match.group(1))
+            self.prompt_evaluations.append(int(match.group(1)))
         elif match := _GENERATED.search(line):
             self.tokens_generated += int(match.group(1))
 
