@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,26 +44,31 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
-import soundfile
-import soxr
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import percentile  # noqa: E402
-from tests.servers import ServerProcess, start_voxline  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    SAMPLE_RATE,
+    UTTERANCES,
+    Utterance,
+    bot_voiced_at,
+    caller_clip,
+    p50,
+    p95,
+    serve_voxline,
+    silence,
+)
+from tests.servers import ServerProcess  # noqa: E402
 from tests.speech import normalize  # noqa: E402
 from voxline.bot.runtime import Runtime  # noqa: E402
 from voxline.bot.talk import TalkTimeoutError, talk  # noqa: E402
-from voxline.engines.llm import free_port  # noqa: E402
 from voxline.personas import Persona, load_persona  # noqa: E402
 from voxline.processors.latency import TurnTrace  # noqa: E402
 from voxline.transports.levels import is_voiced  # noqa: E402
-from voxline.transports.twilio_caller import RATE as PHONE_RATE  # noqa: E402
 from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
 
-SAMPLE_RATE = 16_000
 TOKEN = "turn-latency-benchmark-token"
 MODES = ("off", "on")
 NUMBERS = {"off": "+15550100040", "on": "+15550100041"}
@@ -87,79 +89,12 @@ VOICES = [
 ]
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """What a caller says: one part, or two parts with ``pause`` seconds of silence."""
-
-    first: str
-    second: str = ""
-    pause: float = 0.0
-
-    @property
-    def text(self) -> str:
-        return f"{self.first} {self.second}".strip()
-
-    @property
-    def paused(self) -> bool:
-        return bool(self.second)
-
-
-# Every first half before a pause ends where the Smart Turn model hears an unfinished
-# turn (p(complete) <= 0.15 for all seven voices, checked with the engine alone).
-# First halves that end in a falling tone ("So I was wondering if", "... and") are
-# judged complete as often as not, so a pause there tests the model, not speculation.
-UTTERANCES = [
-    Utterance("I was wondering if you could", "tell me when the branch opens on Saturday", 0.8),
-    Utterance("What is my account balance?"),
-    Utterance("My card number is um", "actually I just want to know my balance", 0.7),
-    Utterance("I lost my card yesterday. What should I do?"),
-    Utterance("Could you tell me um", "how long a new card takes to arrive", 0.9),
-    Utterance("Can I speak to a human agent please?"),
-    Utterance("I need to talk to someone about um", "a payment I do not recognize", 0.6),
-    Utterance("Do you charge a fee for international transfers?"),
-    Utterance("I was hoping you could", "block my card because I lost it", 1.0),
-    Utterance("Is the branch open on Sunday?"),
-    Utterance("I want to send money to um", "my sister in Canada", 0.8),
-    Utterance("My card was declined at the store. Why?"),
-    Utterance("I would like to know whether", "the branch is open on Sunday", 0.7),
-    Utterance("How long does a new card take to arrive?"),
-    Utterance("So I was wondering if you could", "put me through to a human agent", 0.9),
-    Utterance("What time does the branch open on Saturday?"),
-    Utterance("Can you read me my last three transactions?"),
-    Utterance("What are your opening hours during the week?"),
-    Utterance("I think someone used my card without asking me."),
-    Utterance("How do I change the address on my account?"),
-]
 QUICK = [0, 1, 2, 3, 4, 5]
 PHONE = [0, 1, 2, 3, 4, 5, 8, 9]
 PHONE_QUICK = [0, 1, 2]
 
 
 # --- the callers' audio -------------------------------------------------------------
-
-
-def espeak(text: str, voice: tuple[str, int, int], tmp: Path) -> np.ndarray:
-    """``text`` spoken by espeak-ng at 16 kHz, without its silence before and after."""
-    name, speed, pitch = voice
-    wav = tmp / "speech.wav"
-    command = ["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text]
-    subprocess.run(command, check=True)
-    samples, rate = soundfile.read(str(wav), dtype="float32")
-    audio = soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
-    loud = np.flatnonzero(np.abs(audio) > 0.02)
-    return audio[loud[0] : loud[-1] + 1]
-
-
-def caller_clip(utterance: Utterance, voice: tuple[str, int, int], tmp: Path) -> np.ndarray:
-    """The caller's clip: the voiced parts, the pause between, 0.2 s of silence after."""
-    parts = [espeak(utterance.first, voice, tmp)]
-    if utterance.paused:
-        parts += [silence(utterance.pause), espeak(utterance.second, voice, tmp)]
-    return np.concatenate([*parts, silence(0.2)])
-
-
-def silence(secs: float) -> np.ndarray:
-    return np.zeros(round(secs * SAMPLE_RATE), dtype=np.float32)
 
 
 def longest_gap_secs(audio: np.ndarray) -> float:
@@ -314,13 +249,6 @@ class Heard:
     error: str | None = None
 
 
-def bot_voiced_at(heard: np.ndarray, start: float, end: float) -> bool:
-    """Whether the bot's audio heard on the phone was voiced between ``start`` and ``end``."""
-    size = PHONE_RATE // 50
-    begin, stop = max(0, int(start * PHONE_RATE)), int(end * PHONE_RATE)
-    return any(is_voiced(heard[at : at + size]) for at in range(begin, stop - size + 1, size))
-
-
 async def phone_calls(
     url: str, utterances: list[tuple[int, Utterance, np.ndarray]]
 ) -> dict[str, list[Heard]]:
@@ -355,17 +283,10 @@ async def phone_calls(
 
 
 def serve(personas: dict[str, Path], tmp: Path) -> tuple[ServerProcess, str]:
-    port = free_port()
-    config = tmp / "voxline.yaml"
-    numbers = "".join(f'  "{NUMBERS[mode]}": {personas[mode]}\n' for mode in MODES)
-    config.write_text(
-        f"public_url: http://127.0.0.1:{port}\n"
-        f"default_persona: {personas['off']}\n"
-        f"max_calls: 2\n"
-        f"numbers:\n{numbers}"
+    numbers = {NUMBERS[mode]: personas[mode] for mode in MODES}
+    return serve_voxline(
+        tmp, numbers=numbers, default_persona=personas["off"], token=TOKEN, max_calls=2
     )
-    env = {**os.environ, "TWILIO_AUTH_TOKEN": TOKEN, "VOXLINE_OFFLINE": "1"}
-    return start_voxline(config, env, port), f"http://127.0.0.1:{port}"
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -378,14 +299,6 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
         return " ".join(word for word in normalize(text).split() if word not in FILLERS)
 
     return float(jiwer.wer([words(r) for r in references], [words(h) or "-" for h in hypotheses]))
-
-
-def p50(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def p95(values: list[float]) -> float:
-    return percentile(values, 0.95) if values else float("nan")
 
 
 def main() -> None:

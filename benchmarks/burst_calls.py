@@ -1,0 +1,620 @@
+"""A burst of phone callers who all speak at the same moment: voxline vs stock pipecat.
+
+For each LLM backend (``--backends``, default ``vllm llama_cpp``, written explicitly
+into the generated ``voxline.yaml`` as ``engines.llm.backend``) this starts one
+fresh ``voxline serve`` with the bank persona and ``max_calls: 8``, then, for each
+N in ``--calls`` (default 1 2 4 8), places N simultaneous calls with the
+Twilio-protocol caller, ``ceil(--samples / N)`` rounds of them. Every caller waits
+for the greeting; once all N have heard it (an asyncio gate, not a stagger) they all
+start speaking in the same 20 ms frame. Each call has ``--turns`` turns: the later
+ones follow the bot's answer after a random (seeded) pause of 0.5-2.0 s, and some
+utterances pause 0.6-1.0 s in mid-sentence. Callers speak with espeak-ng in eight
+voices of several speeds and pitches; no test uses espeak-ng, and no Piper voice
+other than the persona's is installed here, so there is no Piper caller.
+
+The same callers (same seed: same voices, utterances and pauses) then call a stock
+pipecat 1.14 Twilio bot (``benchmarks/baseline_pipecat.py``: per-call Whisper,
+Piper, Silero VAD and Smart Turn v3) backed by an LLM server of the same kind,
+started by this script (vLLM with voxline's flags; ``llama_cpp.server`` the way a
+pipecat user starts it, without voxline's RAM prompt cache).
+
+The N=1 rounds come first on each fresh server: consecutive single calls, whose
+first-reply latencies are printed in order (the trend from the first to the last).
+
+Measured per system and N:
+
+* **heard** latency: the caller's last voiced frame sent -> the first voiced bot
+  frame received, for the first reply (the burst) and for all turns. A turn during
+  which the caller heard the bot's voice (a reply to half a sentence, or the bot
+  talking over the caller) has no heard latency: it is counted instead.
+* **per-stage server breakdown** (voxline only): the ``turn {json}`` lines the server
+  logs, one per turn: stt, llm_first_token, first_chunk, tts_first_audio,
+  voice_to_voice, commit (p50/p95 over all turns of that N).
+* **replies to half a sentence**: utterances with a mid-sentence pause during which
+  the caller heard the bot's voice (between its first and last voiced frame).
+* **audio underruns**: the caller plays each ``media`` message when it arrives or
+  when the audio before it has finished, whichever is later (Twilio plays a
+  stream the same way). An underrun is a stall of at least ``--underrun-ms``
+  (default 60 ms, three phone frames) inside one bot utterance: the audio before
+  it had finished playing and the next frame arrived that much later, with voiced
+  bot audio before it since the utterance began and after it, and no caller
+  utterance starting nor ``clear`` in between. The greeting's underruns are
+  counted apart from the replies'.
+* **calls not answered**: refused, failed, or no reply heard to the first question.
+* **memory**: RSS of every process of the stack (voxline serve and its LLM server
+  with vLLM's EngineCore; or the stock bot and its LLM server), sampled with psutil
+  every 0.25 s during each N; the largest per process, and the largest sum.
+
+    .venv/bin/python -m benchmarks.burst_calls            # both backends, N=1,2,4,8, stock too
+    .venv/bin/python -m benchmarks.burst_calls --quick    # N=1,2, 2 turns: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    SAMPLE_RATE,
+    UTTERANCES,
+    StackMemory,
+    Voice,
+    bot_voiced_at,
+    caller_clip,
+    p50,
+    p95,
+    serve_voxline,
+)
+from tests.servers import ServerProcess  # noqa: E402
+from voxline.config import VLLMConfig  # noqa: E402
+from voxline.engines.llm import free_port  # noqa: E402
+from voxline.engines.server_process import SupervisedServer  # noqa: E402
+from voxline.engines.vllm import VLLMServer, prepare_vllm_model  # noqa: E402
+from voxline.models import resolve_llm_gguf  # noqa: E402
+from voxline.transports.levels import is_voiced  # noqa: E402
+from voxline.transports.twilio_caller import RATE as PHONE_RATE  # noqa: E402
+from voxline.transports.twilio_caller import DialResult, TwilioCaller  # noqa: E402
+
+TOKEN = "burst-calls-benchmark-token"
+NUMBER = "+15550100050"
+PERSONA = ROOT / "personas" / "bank_support.yaml"
+BACKENDS = ("vllm", "llama_cpp")
+SYSTEMS = ("voxline", "stock")
+GREETING_QUIET_SECS = 0.6
+"""The greeting is heard once the bot has spoken and then been quiet this long."""
+PAUSES = (0.5, 2.0)
+"""Range of the caller's pause after the bot's answer, before its next turn."""
+STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "voice_to_voice", "commit")
+TURN_LINE = re.compile(r"\bturn (\{.*\})\s*$")
+
+# espeak-ng voice (with a variant), words per minute, pitch; none is a voice the
+# tests or benchmarks/turn_latency.py use.
+VOICES: list[Voice] = [
+    ("en-us", 140, 42),
+    ("en-gb-scotland", 160, 55),
+    ("en-029", 150, 62),
+    ("en-us-nyc+f4", 175, 70),
+    ("en-gb-x-rp+m3", 145, 35),
+    ("en-us+Annie", 185, 50),
+    ("en-gb+Gene", 125, 45),
+    ("en-us+f2", 165, 65),
+]
+
+
+# --- what each caller says ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Script:
+    """One caller: a voice, the utterances of its turns, and the pauses before turns 2..."""
+
+    caller: int
+    voice: Voice
+    utterances: tuple[int, ...]
+    pauses: tuple[float, ...]
+
+
+def script(caller: int, turns: int, seed: int) -> Script:
+    """Caller number ``caller``'s script; the same for every system with the same seed."""
+    rng = random.Random(f"{seed}:{caller}")
+    return Script(
+        caller=caller,
+        voice=rng.choice(VOICES),
+        utterances=tuple(rng.sample(range(len(UTTERANCES)), turns)),
+        pauses=tuple(round(rng.uniform(*PAUSES), 2) for _ in range(turns - 1)),
+    )
+
+
+class Clips:
+    """Caller clips made once per (utterance, voice) and reused by every system."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self._clips: dict[tuple[int, Voice], np.ndarray] = {}
+
+    def get(self, utterance: int, voice: Voice) -> np.ndarray:
+        key = (utterance, voice)
+        if key not in self._clips:
+            self._clips[key] = caller_clip(UTTERANCES[utterance], voice, self.tmp)
+        return self._clips[key]
+
+
+# --- one call, as the caller heard it --------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One call's figures."""
+
+    script: Script
+    error: str | None = None
+    greeted: bool = False
+    latencies: list[float | None] = field(default_factory=list)
+    """Heard latency per turn (ms); None: no answer, or the bot spoke during the turn."""
+    overheard: list[bool] = field(default_factory=list)
+    """Per turn: the caller heard the bot's voice while it was speaking."""
+    underruns: list[float] = field(default_factory=list)
+    """Stalls (s) inside replies of at least the underrun threshold."""
+    greeting_underruns: list[float] = field(default_factory=list)
+    stall_secs: float = 0.0
+    """All stalls inside bot utterances, however short."""
+
+    @property
+    def answered(self) -> bool:
+        """The caller heard a reply to its first question."""
+        return self.error is None and bool(self.latencies) and self.latencies[0] is not None
+
+    @property
+    def first_reply(self) -> float | None:
+        return self.latencies[0] if self.latencies else None
+
+    def half_sentence(self) -> int:
+        return sum(
+            heard and UTTERANCES[index].paused
+            for heard, index in zip(self.overheard, self.script.utterances, strict=False)
+        )
+
+    def talk_over(self) -> int:
+        return sum(
+            heard and not UTTERANCES[index].paused
+            for heard, index in zip(self.overheard, self.script.utterances, strict=False)
+        )
+
+
+def stalls(result: DialResult) -> list[tuple[int, float]]:
+    """(bot utterance, seconds) of every stall inside a bot utterance (see the docstring).
+
+    Bot utterance 0 is the greeting; utterance k is what the bot said after the caller
+    began its k-th turn and before it began the next.
+    """
+    starts = [turn.caller_start for turn in result.turns if turn.caller_start is not None]
+    found: list[tuple[int, float]] = []
+    chunks = [
+        (start, start + pcm.size / PHONE_RATE, is_voiced(pcm)) for start, pcm in result.played
+    ]
+    for window, begin in enumerate([0.0, *starts]):
+        end = starts[window] if window < len(starts) else math.inf
+        inside = [chunk for chunk in chunks if begin <= chunk[0] < end]
+        voiced_after = [any(v for _, _, v in inside[i:]) for i in range(len(inside))]
+        spoken = False
+        for i, (start, _, voiced) in enumerate(inside):
+            if i and spoken and voiced_after[i]:
+                before = inside[i - 1][1]
+                gap = start - before
+                cleared = any(before - 0.001 <= at <= start for at in result.clear_times)
+                if gap > 0.001 and not cleared:
+                    found.append((window, gap))
+            spoken = spoken or voiced
+    return found
+
+
+def analyse(script: Script, result: DialResult, underrun_secs: float) -> Call:
+    call = Call(script=script, greeted=bool(result.played))
+    for turn in result.turns:
+        start = turn.caller_start if turn.caller_start is not None else turn.caller_end
+        overheard = bot_voiced_at(result.heard, start, turn.caller_end)
+        call.overheard.append(overheard)
+        call.latencies.append(None if overheard else turn.latency_ms)
+    for window, gap in stalls(result):
+        call.stall_secs += gap
+        if gap >= underrun_secs:
+            (call.greeting_underruns if window == 0 else call.underruns).append(gap)
+    return call
+
+
+async def burst(
+    url: str,
+    scripts: Sequence[Script],
+    clips: Clips,
+    underrun_secs: float,
+) -> list[Call]:
+    """All ``scripts`` dial at once; each speaks once every caller has heard its greeting."""
+    everyone = {s.caller for s in scripts}
+    arrived: set[int] = set()
+    failed: set[int] = set()
+    go = asyncio.Event()
+
+    def check() -> None:
+        if arrived | failed >= everyone:
+            go.set()
+
+    async def one(s: Script) -> Call:
+        async def gate() -> None:
+            arrived.add(s.caller)
+            check()
+            await go.wait()
+
+        first, *rest = (clips.get(u, s.voice) for u in s.utterances)
+        caller = TwilioCaller(url, auth_token=TOKEN, number=NUMBER)
+        try:
+            result = await caller.call(
+                first,
+                SAMPLE_RATE,
+                then=list(zip(rest, s.pauses, strict=True)),
+                gate=gate,
+                greeting_quiet=GREETING_QUIET_SECS,
+                greeting_timeout=60,
+                hang_up_after_quiet=1.5,
+                timeout=300,
+            )
+        except Exception as exc:  # reported as a call not answered; the others go on
+            failed.add(s.caller)
+            check()
+            return Call(script=s, error=f"{type(exc).__name__}: {exc}"[:200])
+        return analyse(s, result, underrun_secs)
+
+    return list(await asyncio.gather(*(one(s) for s in scripts)))
+
+
+# --- the stacks under test ----------------------------------------------------------------------
+
+
+class LlamaCppPlain(SupervisedServer):
+    """``llama_cpp.server`` as a pipecat user starts it: no RAM prompt cache.
+
+    ``--interrupt_requests False`` is kept: with the library's default a new request
+    ends a reply still streaming to another call (a pipecat user meets that at once).
+    """
+
+    def __init__(self, model: Path):
+        super().__init__(
+            name="llama.cpp server",
+            host="127.0.0.1",
+            port=free_port(),
+            model_alias="smollm2",
+            startup_timeout=120,
+        )
+        self.model = model
+
+    def command(self) -> list[str]:
+        threads = str(os.cpu_count() or 1)
+        return [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+            "--model_alias", self.model_alias, "--host", self.host, "--port", str(self.port),
+            "--n_ctx", "4096", "--n_threads", threads, "--n_threads_batch", threads,
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+
+
+@dataclass
+class Stack:
+    """A running system: its URL, the processes to measure, and how to stop it."""
+
+    url: str
+    roots: list[int]
+    server: ServerProcess
+    llm: SupervisedServer | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        return self.server.lines
+
+    async def stop(self, log: Path) -> None:
+        code = await asyncio.to_thread(self.server.stop)
+        log.write_text(self.server.output)
+        if code not in (0, -15):
+            print(f"server exited {code}:\n" + "\n".join(self.server.lines[-30:]), flush=True)
+        if self.llm is not None:
+            await self.llm.stop()
+
+
+async def start_voxline_stack(backend: str, tmp: Path, max_calls: int) -> Stack:
+    server, url = await asyncio.to_thread(
+        serve_voxline,
+        tmp,
+        numbers={NUMBER: PERSONA},
+        default_persona=PERSONA,
+        token=TOKEN,
+        max_calls=max_calls,
+        engines={"llm": {"backend": backend}},
+        log_level="INFO",
+    )
+    return Stack(url=url, roots=[server.process.pid], server=server)
+
+
+async def start_stock_stack(backend: str) -> Stack:
+    persona = yaml.safe_load(PERSONA.read_text())
+    model = persona["llm"]["model"]
+    gguf = resolve_llm_gguf(model)
+    llm: SupervisedServer
+    if backend == "vllm":
+        settings = VLLMConfig()
+        llm = VLLMServer(
+            await prepare_vllm_model(model, settings.python, gguf),
+            python=settings.python,
+            model_alias=model,
+        )
+    else:
+        llm = LlamaCppPlain(gguf)
+    endpoint = await llm.start()
+    port = free_port()
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "baseline_pipecat.py"),
+        "--port", str(port), "--persona", str(PERSONA),
+        "--llm-url", endpoint.api_url, "--llm-model", model,
+    ]  # fmt: skip
+    try:
+        server = ServerProcess(
+            command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, ready_marker="stock bot ready"
+        )
+        await asyncio.to_thread(server.wait_ready, 240)
+    except BaseException:
+        await llm.stop()
+        raise
+    assert llm.pid is not None
+    return Stack(
+        url=f"http://127.0.0.1:{port}", roots=[server.process.pid, llm.pid], server=server, llm=llm
+    )
+
+
+# --- one system through every N ------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """N simultaneous callers, one or more rounds, on one system."""
+
+    n: int
+    calls: list[Call]
+    turns: list[dict[str, float | None]]
+    memory: dict[str, float]
+    memory_total: float
+    secs: float
+
+    @property
+    def first(self) -> list[float]:
+        return [c.first_reply for c in self.calls if c.first_reply is not None]
+
+    @property
+    def every(self) -> list[float]:
+        return [value for c in self.calls for value in c.latencies if value is not None]
+
+    @property
+    def not_answered(self) -> int:
+        return sum(not c.answered for c in self.calls)
+
+    @property
+    def underruns(self) -> int:
+        return sum(len(c.underruns) for c in self.calls)
+
+    @property
+    def greeting_underruns(self) -> int:
+        return sum(len(c.greeting_underruns) for c in self.calls)
+
+    @property
+    def paused_turns(self) -> int:
+        return sum(UTTERANCES[u].paused for c in self.calls for u in c.script.utterances)
+
+
+def server_turns(lines: Sequence[str]) -> list[dict[str, float | None]]:
+    """The latency_ms stages of every ``turn {json}`` line the server logged."""
+    turns = []
+    for line in lines:
+        if match := TURN_LINE.search(line):
+            try:
+                turns.append(json.loads(match.group(1))["latency_ms"])
+            except (ValueError, KeyError):
+                continue
+    return turns
+
+
+async def run_system(
+    name: str,
+    start: Callable[[], Awaitable[Stack]],
+    counts: list[int],
+    args: argparse.Namespace,
+    clips: Clips,
+) -> dict[int, Phase]:
+    began = time.monotonic()
+    stack = await start()
+    print(f"{name}: ready in {time.monotonic() - began:.0f}s at {stack.url}", flush=True)
+    phases: dict[int, Phase] = {}
+    caller = 0
+    try:
+        for n in counts:
+            memory = StackMemory(stack.roots).start()
+            offset = len(stack.lines)
+            phase_began = time.monotonic()
+            calls: list[Call] = []
+            for _ in range(math.ceil(args.samples / n)):
+                scripts = [script(caller + i, args.turns, args.seed) for i in range(n)]
+                caller += n
+                calls += await burst(stack.url, scripts, clips, args.underrun_ms / 1000)
+                await asyncio.sleep(1.5)  # the server ends the calls before the next round
+            memory.stop()
+            phase = Phase(
+                n=n,
+                calls=calls,
+                turns=server_turns(stack.lines[offset:]),
+                memory=memory.by_label(),
+                memory_total=memory.peak_total,
+                secs=time.monotonic() - phase_began,
+            )
+            phases[n] = phase
+            report_phase(name, phase)
+    finally:
+        log = args.tmp / f"{name.replace('/', '_')}.log"
+        await stack.stop(log)
+        print(f"{name}: server output in {log}", flush=True)
+    return phases
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
+def report_phase(name: str, phase: Phase) -> None:
+    calls = phase.calls
+    for c in calls:
+        shown = " ".join("-" if v is None else f"{v:.0f}" for v in c.latencies)
+        extra = f" ERROR {c.error}" if c.error else ""
+        if c.underruns or c.greeting_underruns:
+            extra += f" underruns={[round(g * 1000) for g in c.underruns + c.greeting_underruns]}"
+        print(f"  [{name} N={phase.n} caller {c.script.caller}] heard ms: {shown}{extra}")
+    if phase.n == 1:
+        trend = [c.first_reply for c in calls]
+        shown = ", ".join("-" if v is None else f"{v:.0f}" for v in trend)
+        known = [v for v in trend if v is not None]
+        change = f"; last/first {known[-1] / known[0]:.2f}" if len(known) > 1 else ""
+        print(f"{name} consecutive single calls, first reply heard (ms): {shown}{change}")
+    first, every = phase.first, phase.every
+    print(
+        f"{name} N={phase.n}: answered {len(calls) - phase.not_answered}/{len(calls)} | "
+        f"first reply heard p50={ms(p50(first))} p95={ms(p95(first))} ms (n={len(first)}) | "
+        f"all turns p50={ms(p50(every))} p95={ms(p95(every))} ms (n={len(every)}) | "
+        f"half-sentence replies {sum(c.half_sentence() for c in calls)}/{phase.paused_turns} | "
+        f"talk-over {sum(c.talk_over() for c in calls)} | "
+        f"underruns {phase.underruns} (greeting {phase.greeting_underruns}), "
+        f"stalls {sum(c.stall_secs for c in calls):.2f}s | "
+        f"stack RSS {phase.memory_total:.0f} MB | {phase.secs:.0f}s",
+        flush=True,
+    )
+    if phase.turns:
+        stages = []
+        for stage in STAGES:
+            values = [v for t in phase.turns if (v := t.get(stage)) is not None]
+            stages.append(f"{stage} {ms(p50(values))}/{ms(p95(values))}")
+        print(
+            f"{name} N={phase.n} server stages p50/p95 ms ({len(phase.turns)} turns): "
+            + ", ".join(stages)
+        )
+    memory = ", ".join(f"{label} {rss:.0f}" for label, rss in phase.memory.items())
+    print(f"{name} N={phase.n} peak RSS MB: {memory}", flush=True)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
+
+
+def summarize(results: dict[str, dict[int, Phase]], backends: list[str], counts: list[int]) -> None:
+    print("\nfirst reply heard p50 / p95 (ms), calls not answered, underruns, stack RSS (MB)")
+    header = "system".ljust(22) + "".join(f"N={n}".rjust(30) for n in counts)
+    print(header)
+    for name, phases in results.items():
+        cells = []
+        for n in counts:
+            ph = phases.get(n)
+            cells.append(
+                "-".rjust(30)
+                if ph is None
+                else f"{ms(p50(ph.first))}/{ms(p95(ph.first))} "
+                f"na={ph.not_answered} u={ph.underruns} {ph.memory_total:.0f}".rjust(30)
+            )
+        print(name.ljust(22) + "".join(cells))
+    pieces = []
+    low, mid, high = min(counts), 4 if 4 in counts else max(counts), max(counts)
+    for backend in backends:
+        vox = results.get(f"voxline/{backend}", {})
+        stock = results.get(f"stock/{backend}", {})
+        if low in vox and mid in vox:
+            v1, vm = p95(vox[low].first), p95(vox[mid].first)
+            piece = f"{backend}: vox p95 N={low} {ms(v1)} N={mid} {ms(vm)} ({ratio(vm, v1):.2f}x)"
+            if mid in stock:
+                sm = p95(stock[mid].first)
+                mem = ratio(vox[mid].memory_total, stock[mid].memory_total)
+                piece += f", stock N={mid} {ms(sm)} ({ratio(vm, sm):.2f}x), mem {mem:.2f}x"
+            if high in vox and high != mid:
+                ph = vox[high]
+                piece += f", N={high} p95 {ms(p95(ph.first))} na={ph.not_answered} u={ph.underruns}"
+            pieces.append(piece)
+    for backend in backends:
+        vox = results.get(f"voxline/{backend}", {})
+        stock = results.get(f"stock/{backend}", {})
+        if mid in vox and mid in stock:
+            print(
+                f"{backend}: voxline {mid}-call p95 / voxline {low}-call p95 = "
+                f"{ratio(p95(vox[mid].first), p95(vox[low].first)):.2f} (target <= 1.5); "
+                f"/ stock {mid}-call p95 = "
+                f"{ratio(p95(vox[mid].first), p95(stock[mid].first)):.2f} (target <= 0.3); "
+                f"stack memory voxline/stock = "
+                f"{ratio(vox[mid].memory_total, stock[mid].memory_total):.2f} (target <= 0.6)"
+            )
+    print("burst_calls: " + " | ".join(pieces))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=1,2, 2 turns, 2 samples")
+    parser.add_argument("--calls", type=int, nargs="+", help="N values (default 1 2 4 8)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--turns", type=int, help="turns per call (default 3; quick 2)")
+    parser.add_argument("--samples", type=int, help="first replies per N (default 8; quick 2)")
+    parser.add_argument("--max-calls", type=int, default=8, help="voxline's max_calls")
+    parser.add_argument("--underrun-ms", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=15)
+    args = parser.parse_args()
+    counts = args.calls or ([1, 2] if args.quick else [1, 2, 4, 8])
+    args.turns = args.turns or (2 if args.quick else 3)
+    args.samples = args.samples or (2 if args.quick else 8)
+    began = time.monotonic()
+    tmp = args.tmp = Path(tempfile.mkdtemp(prefix="burst_calls_"))
+    clips = Clips(tmp)
+    print(
+        f"N={counts}, {args.turns} turns a call, {args.samples} first replies per N, "
+        f"max_calls {args.max_calls}, seed {args.seed}, underrun >= {args.underrun_ms:.0f} ms; "
+        f"espeak-ng voices: {', '.join(v[0] for v in VOICES)} (no other Piper voice installed)",
+        flush=True,
+    )
+
+    async def run_all() -> dict[str, dict[int, Phase]]:
+        results: dict[str, dict[int, Phase]] = {}
+        for backend in args.backends:
+            for system in args.systems:
+                name = f"{system}/{backend}"
+                if system == "voxline":
+                    sub = tmp / name.replace("/", "_")
+                    sub.mkdir()
+                    start = lambda b=backend, d=sub: start_voxline_stack(b, d, args.max_calls)  # noqa: E731
+                else:
+                    start = lambda b=backend: start_stock_stack(b)  # noqa: E731
+                results[name] = await run_system(name, start, counts, args, clips)
+        return results
+
+    results = asyncio.run(run_all())
+    print(f"total {time.monotonic() - began:.0f}s")
+    summarize(results, args.backends, counts)
+
+
+if __name__ == "__main__":
+    main()
