@@ -18,6 +18,7 @@ import contextlib
 import json
 import secrets
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -45,6 +46,7 @@ class HeardTurn:
 
     caller_end: float
     bot_start: float | None = None
+    caller_start: float | None = None
 
     @property
     def latency_ms(self) -> float | None:
@@ -67,6 +69,8 @@ class DialResult:
     speech_onsets: list[float] = field(default_factory=list)
     marks_echoed: int = 0
     close_code: int | None = None
+    played: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    """Each ``media`` message of the bot's as (time it started playing, its samples)."""
 
 
 def _mulaw_frames(audio: np.ndarray, rate: int) -> list[tuple[bytes, bool]]:
@@ -89,6 +93,9 @@ class _Plan:
     second: list[tuple[bytes, bool]]
     second_after: float
     extra: list[str | bytes]
+    then: list[tuple[list[tuple[bytes, bool]], float]] = field(default_factory=list)
+    gate: Callable[[], Awaitable[None]] | None = None
+    greeting_quiet: float | None = None
 
 
 class TwilioCaller:
@@ -165,6 +172,9 @@ class TwilioCaller:
         barge_in: np.ndarray | None = None,
         barge_in_after_secs: float = 1.0,
         extra_messages: list[str | bytes] | None = None,
+        then: Sequence[tuple[np.ndarray, float]] = (),
+        gate: Callable[[], Awaitable[None]] | None = None,
+        greeting_quiet: float | None = None,
     ) -> DialResult:
         """Place the call, say ``audio`` after the greeting, and hang up once the bot is done.
 
@@ -181,6 +191,15 @@ class TwilioCaller:
             barge_in: more words (at ``rate``), spoken ``barge_in_after_secs``
                 after the bot's answer starts playing: an interruption.
             extra_messages: raw messages sent right after ``start`` (protocol tests).
+            then: more utterances (at ``rate``), each with a pause: said once the bot's
+                answer to the one before has started and then been quiet that many
+                seconds (or after ``REPLY_TIMEOUT_SECS`` without an answer).
+            gate: awaited once the greeting is heard, the line carrying silence
+                meanwhile, before the first words: callers that share a gate can
+                start speaking at the same moment.
+            greeting_quiet: the greeting counts as heard once the bot has spoken and
+                then been quiet this many seconds (for servers that send no marks);
+                by default, at the first mark echoed.
         """
         plan = _Plan(
             first=_mulaw_frames(np.asarray(audio, dtype=np.float32), rate),
@@ -189,6 +208,12 @@ class TwilioCaller:
             else [],
             second_after=barge_in_after_secs,
             extra=extra_messages or [],
+            then=[
+                (_mulaw_frames(np.asarray(words, dtype=np.float32), rate), pause)
+                for words, pause in then
+            ],
+            gate=gate,
+            greeting_quiet=greeting_quiet,
         )
         url, parameters = stream or await self.request_stream()
         return await asyncio.wait_for(
@@ -214,6 +239,7 @@ class TwilioCaller:
         playhead = 0.0
         pending_marks: list[tuple[float, str]] = []
         first_mark = asyncio.Event()
+        bot_spoke = asyncio.Event()
         activity = asyncio.Event()
         caller_done = asyncio.Event()
 
@@ -248,6 +274,7 @@ class TwilioCaller:
                         played.append((start, pcm))
                         if is_voiced(pcm):
                             activity.set()
+                            bot_spoke.set()
                             for turn in result.turns:
                                 if turn.bot_start is None and start >= turn.caller_end:
                                     turn.bot_start = start
@@ -284,7 +311,20 @@ class TwilioCaller:
                 await send({"event": "media", "streamSid": stream_sid, "media": media})
 
             def after_greeting(now: float) -> bool:
-                return first_mark.is_set() or now > greeting_timeout
+                if now > greeting_timeout:
+                    return True
+                if plan.greeting_quiet is None:
+                    return first_mark.is_set()
+                return bot_spoke.is_set() and now >= playhead + plan.greeting_quiet
+
+            def after_answer(pause: float) -> Callable[[float], bool]:
+                def ready(now: float) -> bool:
+                    turn = result.turns[-1] if result.turns else None
+                    if turn is None or turn.bot_start is None:
+                        return turn is None or now > turn.caller_end + REPLY_TIMEOUT_SECS
+                    return now >= max(playhead, turn.bot_start) + pause
+
+                return ready
 
             def during_answer(now: float) -> bool:
                 answer = result.turns[-1].bot_start if result.turns else None
@@ -305,21 +345,31 @@ class TwilioCaller:
                     await ws.send(raw)
                 silence = audioop.lin2ulaw(bytes(FRAME_SAMPLES * 2), 2)
                 utterances = [(plan.first, after_greeting)]
+                utterances += [(frames, after_answer(pause)) for frames, pause in plan.then]
                 if plan.second:
                     utterances.append((plan.second, during_answer))
-                for frames, ready in utterances:
+                for number, (frames, ready) in enumerate(utterances):
                     while not ready(clock()):
                         await tick(silence)
+                    if number == 0 and plan.gate is not None:
+                        gate = asyncio.ensure_future(plan.gate())
+                        while not gate.done():
+                            await tick(silence)
+                        gate.result()
+                    first_voiced: float | None = None
                     last_voiced: float | None = None
                     for payload, voiced in frames:
                         now = clock()
                         if voiced:
                             if last_voiced is None or now - last_voiced > 0.5:
                                 result.speech_onsets.append(now)
+                            first_voiced = now if first_voiced is None else first_voiced
                             last_voiced = now + FRAME_SECS
                         await tick(payload)
                     if last_voiced is not None:
-                        result.turns.append(HeardTurn(caller_end=last_voiced))
+                        result.turns.append(
+                            HeardTurn(caller_end=last_voiced, caller_start=first_voiced)
+                        )
                         activity.clear()
                 if not plan.first:
                     while not after_greeting(clock()):
@@ -370,6 +420,7 @@ class TwilioCaller:
                 await asyncio.gather(*tasks, done_task, return_exceptions=True)
             result.close_code = ws.close_code
         result.heard = _timeline(played)
+        result.played = played
         return result
 
 
