@@ -152,8 +152,10 @@ class TurnSettings(_Strict):
         description="A transcript ending in a question mark ends the turn at early_secs, "
         "whatever the model says.",
     )
+    # Off by default: with tiny.en, "um" after "about" / "to" came out as "them." and a
+    # 0.6-1.0 s hesitation there got a reply to half a sentence (docs/benchmarks.md).
     sentence_end_secs: float | None = Field(
-        default=0.5,
+        default=None,
         ge=0.0,
         le=10.0,
         description="A transcript ending a finished sentence (not on 'to', 'and', 'could', "

@@ -135,7 +135,7 @@ class TurnTakingSettings:
     interrupt_min_words: int = 1
     overheard: str = "join"
     question_ends_turn: bool = True
-    sentence_end_secs: float | None = 0.5
+    sentence_end_secs: float | None = None
 
 
 @dataclass
