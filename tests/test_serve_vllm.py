@@ -208,6 +208,31 @@ def test_a_browser_call_is_answered_on_vllm(vllm_serve):
 
 
 @pytest.mark.slow
+def test_sigterm_during_start_up_stops_vllm(vllm_serve, voxline_env):
+    port = free_port()
+    config = vllm_serve["tmp"] / "start-and-stop.yaml"
+    checkpoints = vllm_serve["checkpoints"]  # converted: vLLM starts at once
+    config.write_text(
+        f"default_persona: {BANK_PERSONA}\nengines:\n  vllm: {{checkpoint_dir: {checkpoints}}}\n"
+    )
+    command = [VOXLINE, "serve", "--config", str(config), "--port", str(port)]
+    env = {**voxline_env, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    server = ServerProcess(command, env=env, ready_marker="vLLM server pid")
+    try:
+        server.wait_ready(120)
+        started = descendants(server.process.pid)
+        vllm = vllm_pid(server)
+        assert vllm in started, started
+    finally:
+        code = server.stop(timeout=60)
+    assert code == 143, server.output[-3000:]
+    assert "voxline: SIGTERM during start-up: stopping" in server.output
+    left = {pid: name for pid, name in started.items() if running(pid)}
+    assert not left, f"still running after SIGTERM: {left}"
+    assert "Traceback" not in server.output
+
+
+@pytest.mark.slow
 def test_sigterm_stops_every_process_serve_started(vllm_serve):
     server: ServerProcess = vllm_serve["server"]
     started = descendants(server.process.pid)

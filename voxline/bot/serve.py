@@ -117,6 +117,8 @@ async def _serve(
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 listener.close()
+                name = signal.Signals(received[0]).name
+                print(f"voxline: {name} during start-up: stopping", file=sys.stderr, flush=True)
                 return EXIT_BY_SIGNAL[received[0]]
             except (LLMServerError, ModelNotAvailableError) as exc:
                 listener.close()
