@@ -83,6 +83,11 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(
     args: argparse.Namespace, config: ServerConfig, personas: dict[Path, Persona]
 ) -> int:
+    """Start every engine the personas need, then listen; returns the exit code.
+
+    Raises:
+        StartupError: vLLM is missing or the address cannot be bound.
+    """
     import uvicorn
 
     from voxline.bot.runtime import Runtime
