@@ -128,7 +128,9 @@ async def _serve(
             except (LLMServerError, ModelNotAvailableError) as exc:
                 listener.close()
                 print(f"voxline: error: {exc}", file=sys.stderr)
-                return EXIT_FAILURE
+                # A model that is not installed is the config's to fix, as in `talk`.
+                bad_input = isinstance(exc, ModelNotAvailableError)
+                return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
         app = create_app(config, personas, runtime)
         server = Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         # uvicorn takes SIGINT/SIGTERM from here: it drains the calls, then the app's
