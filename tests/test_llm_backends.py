@@ -155,6 +155,6 @@ async def test_a_whole_call_on_the_backend(served):
 
 async def test_a_missing_vllm_environment_is_a_clear_error(tmp_path: Path):
     server = VLLMServer("model", python=tmp_path / "nowhere" / "python")
-    with pytest.raises(LLMServerError, match=r"scripts/install.sh --vllm"):
+    with pytest.raises(LLMServerError, match=r"`bash scripts/install.sh`"):
         await server.start()
     assert VLLMConfig().python.name == "python"
