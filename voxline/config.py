@@ -103,6 +103,18 @@ class EmbeddedLLMConfig(_Strict):
     model: str = "smollm2"
     n_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
     n_ctx: int = Field(default=4096, ge=512)
+    n_batch: int = Field(
+        default=64,
+        ge=8,
+        description="llama.cpp's prompt batch; every cached prompt keeps n_batch x vocabulary "
+        "logits beside it (12.6 MB at 64, 100 MB at the library's 512 for SmolLM2).",
+    )
+    prompt_cache_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="llama.cpp's RAM prompt cache. Default: sized from the personas and "
+        "max_calls (docs/llm.md).",
+    )
     startup_timeout_secs: float = Field(default=120.0, gt=0)
     max_concurrent: int = Field(
         default=4, ge=1, description="Requests sent at once to each LLM server."

@@ -30,6 +30,7 @@ from voxline.engines.llm import (
     LLMBackend,
     LLMEndpoint,
     check_endpoint,
+    prompt_cache_bytes,
     warm_prefix,
 )
 from voxline.engines.llm_backend import BackendKind
@@ -226,11 +227,23 @@ class Runtime:
                 startup_timeout=vllm.startup_timeout_secs,
             )
         else:
+            gguf = resolve_llm_gguf(persona.llm.model)
+            cache_bytes = (
+                settings.prompt_cache_mb * 2**20
+                if settings.prompt_cache_mb is not None
+                else await asyncio.to_thread(
+                    prompt_cache_bytes,
+                    gguf,
+                    len(self.config.persona_paths()) + self.config.max_calls,
+                )
+            )
             server = LlamaCppServer(
-                resolve_llm_gguf(persona.llm.model),
+                gguf,
                 model_alias=persona.llm.model,
                 n_threads=settings.n_threads,
                 n_ctx=settings.n_ctx,
+                n_batch=settings.n_batch,
+                prompt_cache_bytes=cache_bytes,
                 startup_timeout=settings.startup_timeout_secs,
             )
         self._llm_servers[persona.llm.model] = server

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from voxline.engines.gguf_info import GGUFError, kv_bytes_per_token
 from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one import for callers)
     ConcurrencyCap,
     LLMBackend,
@@ -90,6 +91,25 @@ async def warm_prefix(
     return time.monotonic() - started
 
 
+PROMPT_CACHE_TOKENS = 1024
+"""Tokens of conversation the llama.cpp prompt cache keeps room for, per persona and per call."""
+
+
+def prompt_cache_bytes(model_path: Path, conversations: int) -> int:
+    """A llama.cpp RAM prompt cache with room for ``conversations`` prompts of
+    :data:`PROMPT_CACHE_TOKENS` tokens (one per persona prefix, one per live call).
+
+    The library's default, 2 GiB of KV states, grew the server past 1.7 GB for a
+    135 M model: every completion is cached, and beside each state the library keeps
+    a copy of the batch's logits that its size limit does not count.
+    """
+    try:
+        per_token = kv_bytes_per_token(model_path)
+    except (OSError, GGUFError) as exc:
+        raise LLMServerError(f"cannot size the prompt cache: {exc}") from None
+    return max(1, conversations) * PROMPT_CACHE_TOKENS * per_token
+
+
 class LlamaCppServer(SupervisedServer):
     """A supervised ``llama_cpp.server`` process serving one GGUF model.
 
@@ -99,6 +119,10 @@ class LlamaCppServer(SupervisedServer):
         n_threads: CPU threads for generation (default: all cores; the library
             default of 1 is 1.7x slower per token here).
         n_ctx: context window in tokens.
+        n_batch: prompt tokens per evaluation batch; each cached prompt also keeps
+            ``n_batch`` x vocabulary logits, so it is small by default.
+        prompt_cache_bytes: capacity of the RAM prompt cache (KV states), see
+            :func:`prompt_cache_bytes`; None: the library's 2 GiB.
         startup_timeout: seconds to wait for the server to answer.
     """
 
@@ -113,6 +137,8 @@ class LlamaCppServer(SupervisedServer):
         port: int | None = None,
         n_threads: int | None = None,
         n_ctx: int = 4096,
+        n_batch: int = 64,
+        prompt_cache_bytes: int | None = None,
         startup_timeout: float = 120.0,
     ):
         super().__init__(
@@ -125,6 +151,8 @@ class LlamaCppServer(SupervisedServer):
         self.model_path = Path(model_path)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.prompt_cache_bytes = prompt_cache_bytes
         self.prompt_tokens_cached = 0
         self.prompt_tokens_evaluated = 0
         self.tokens_generated = 0
@@ -148,6 +176,9 @@ class LlamaCppServer(SupervisedServer):
             # The RAM prompt cache restores a persona's evaluated prefix even after
             # another persona's call used the model in between.
             "--cache", "True",
+            *(["--cache_size", str(self.prompt_cache_bytes)] if self.prompt_cache_bytes else []),
+            "--n_batch", str(self.n_batch),
+            "--n_ubatch", str(self.n_batch),
             # Verbose: the server logs how much of each prompt its cache served.
             "--verbose", "True",
         ]  # fmt: skip
