@@ -387,7 +387,8 @@ def main() -> None:
             f"{mode}: speculative starts={sum(t.speculative_starts for t in turns)} "
             f"cancellations={sum(len(t.cancellations) for t in turns)} "
             f"reused={sum(t.reused for t in turns)} "
-            f"commits by model={reasons.count('model')} by silence={reasons.count('silence')} "
+            f"commits by model={reasons.count('model')} question={reasons.count('question')} "
+            f"sentence={reasons.count('sentence')} silence={reasons.count('silence')} "
             f"turns={len(turns)}"
         )
     print(f"total {time.monotonic() - began:.0f}s")
