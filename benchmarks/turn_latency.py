@@ -26,7 +26,9 @@ Measured per mode:
 3. WER of the caller transcripts against the text espeak-ng said;
 4. latency heard by a phone caller: ``voxline serve`` with one number per mode,
    called with the Twilio-protocol caller, one call at a time (caller's last voiced
-   frame sent -> first voiced bot frame received).
+   frame sent -> first voiced bot frame received);
+5. barge-in: each espeak-ng voice says "Wait, stop." 1.5 s into a long greeting (the
+   "on" settings): how soon after the caller's onset the bot's audio went quiet.
 
     .venv/bin/python -m benchmarks.turn_latency            # 20 utterances, 8 phone calls a mode
     .venv/bin/python -m benchmarks.turn_latency --quick    # 6 utterances, 3 phone calls a mode
@@ -55,6 +57,7 @@ from benchmarks.common import (  # noqa: E402
     Utterance,
     bot_voiced_at,
     caller_clip,
+    espeak,
     p50,
     p95,
     serve_voxline,
@@ -113,8 +116,16 @@ def longest_gap_secs(audio: np.ndarray) -> float:
 # --- the personas ---------------------------------------------------------------------
 
 
+BARGE_IN_GREETING = (
+    "Hello, you have reached Northwind Bank. I can help you with your balance, your cards, "
+    "your transfers and our branch opening hours. Please tell me what you need today."
+)
+"""Long enough to be talked over: callers say "Wait, stop." 1.5 s into it."""
+
+
 def write_personas(tmp: Path) -> dict[str, Path]:
-    """The bank persona at temperature 0 with a one-sentence greeting, off and on."""
+    """The bank persona at temperature 0 with a one-sentence greeting, off and on, and
+    "barge": on, with a long greeting to interrupt."""
     bank = yaml.safe_load((ROOT / "personas" / "bank_support.yaml").read_text())
     bank["greeting"] = GREETING
     bank["llm"]["temperature"] = 0
@@ -132,6 +143,13 @@ def write_personas(tmp: Path) -> dict[str, Path]:
         path = tmp / f"bank_turn_{mode}.yaml"
         path.write_text(yaml.safe_dump({**bank, "name": f"bank_turn_{mode}", "turn": settings}))
         paths[mode] = path
+    barge = tmp / "bank_turn_barge.yaml"
+    barge.write_text(
+        yaml.safe_dump(
+            {**bank, "name": "bank_turn_barge", "greeting": BARGE_IN_GREETING, "turn": turn}
+        )
+    )
+    paths["barge"] = barge
     return paths
 
 
@@ -186,9 +204,10 @@ def first_half_only(caller_text: str, utterance: Utterance) -> bool:
 
 
 async def run_talks(
-    utterances: list[tuple[int, Utterance, np.ndarray]], personas: dict[str, Persona]
-) -> dict[str, list[Run]]:
-    """Every utterance through both modes, alternating which goes first."""
+    utterances: list[tuple[int, Utterance, np.ndarray]], personas: dict[str, Persona], tmp: Path
+) -> tuple[dict[str, list[Run]], list[BargeIn]]:
+    """Every utterance through both modes, alternating which goes first; then the
+    barge-ins."""
     runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
     async with Runtime() as runtime:
         for persona in personas.values():
@@ -208,7 +227,46 @@ async def run_talks(
                     run.error = str(exc)
                 runs[mode].append(run)
                 describe(run, utterance, time.monotonic() - began)
-    return runs
+        interruptions = await barge_ins(personas["barge"], runtime, tmp)
+    return runs, interruptions
+
+
+@dataclass
+class BargeIn:
+    """One "Wait, stop." over the greeting: how soon the caller stopped hearing the bot."""
+
+    voice: str
+    heard_ms: float | None = None  # the caller's onset -> the bot's audio went quiet
+    server_ms: float | None = None  # the onset -> the turn-taker interrupted the bot
+    reason: str = ""
+
+
+async def barge_ins(persona: Persona, runtime: Runtime, tmp: Path) -> list[BargeIn]:
+    """Every voice says "Wait, stop." 1.5 s into the long greeting, once."""
+    results = []
+    for voice in VOICES:
+        clip = np.concatenate([espeak("Wait, stop.", voice, tmp), silence(0.2)])
+        outcome = BargeIn(" ".join(map(str, voice)))
+        try:
+            result = await talk(
+                persona, runtime, clip, SAMPLE_RATE, timeout=60, over_greeting_after_secs=1.5
+            )
+        except TalkTimeoutError as exc:
+            outcome.reason = f"ERROR {exc}"
+        else:
+            onset = result.caller_voiced[0]
+            quiet = result.bot_quiet_from(onset)
+            if quiet is not None:
+                outcome.heard_ms = round((quiet - onset) * 1000)
+            interrupted = [t.barge_in_ms for t in result.turns if t.barge_in_ms is not None]
+            outcome.server_ms = interrupted[0] if interrupted else None
+        results.append(outcome)
+        print(
+            f"[barge-in {outcome.voice}] heard={outcome.heard_ms}ms "
+            f"server={outcome.server_ms}ms {outcome.reason}",
+            flush=True,
+        )
+    return results
 
 
 def describe(run: Run, utterance: Utterance, secs: float) -> None:
@@ -330,7 +388,7 @@ def main() -> None:
             f"{mode}: turn model={persona.turn.model} speculate={persona.turn.speculate} "
             f"early_secs={persona.turn.early_secs} stop_secs={persona.turn.stop_secs}"
         )
-    runs = asyncio.run(run_talks(utterances, personas))
+    runs, interruptions = asyncio.run(run_talks(utterances, personas, tmp))
     print(f"talk() runs done after {time.monotonic() - began:.0f}s", flush=True)
 
     calls: dict[str, list[Heard]] = {mode: [] for mode in MODES}
@@ -391,6 +449,12 @@ def main() -> None:
             f"sentence={reasons.count('sentence')} silence={reasons.count('silence')} "
             f"turns={len(turns)}"
         )
+    stopped = [b.heard_ms for b in interruptions if b.heard_ms is not None]
+    print(
+        f'barge-in ("Wait, stop." over the greeting): heard p50={p50(stopped):.0f}ms '
+        f"p95={p95(stopped):.0f}ms (n={len(stopped)}/{len(interruptions)}); turn-taker "
+        f"p50={p50([b.server_ms for b in interruptions if b.server_ms is not None]):.0f}ms"
+    )
     print(f"total {time.monotonic() - began:.0f}s")
     off, on = summary["off"], summary["on"]
     print(
@@ -398,7 +462,7 @@ def main() -> None:
         f"on p50={on['p50']:.0f}ms p95={on['p95']:.0f}ms | ratio={off['p50'] / on['p50']:.2f} | "
         f"heard on p50={on['heard_p50']:.0f}ms | "
         f"half-sentence off={off['half']} on={on['half']} | "
-        f"wer off={off['wer']:.3f} on={on['wer']:.3f}"
+        f"wer off={off['wer']:.3f} on={on['wer']:.3f} | barge-in p50={p50(stopped):.0f}ms"
     )
 
 

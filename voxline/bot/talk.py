@@ -22,6 +22,7 @@ from voxline.models import PiperVoiceFiles, resolve_piper
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer, TurnTrace
 from voxline.transports.audiofile import AudioFileTransport
+from voxline.transports.levels import is_voiced
 
 CALLER_VOICE = "en_US-joe-medium"
 
@@ -49,6 +50,27 @@ class TalkResult:
     ``bot_frames``: each bot audio frame played, (start, duration) in seconds, and
     ``caller_voiced``: when each voiced caller frame was sent, both on the call's clock
     (the timeline of ``audio``)."""
+
+    def bot_quiet_from(self, moment: float, quiet_secs: float = 0.7) -> float | None:
+        """When the bot's audio, after ``moment`` (seconds on the call's clock), first
+        went quiet for ``quiet_secs``: the end of what it was saying then.
+
+        A pause between the bot's sentences is shorter than the default 0.7 s; the
+        silence after an interruption, before the reply, is longer.
+        """
+        frame = self.sample_rate // 50
+        first = max(0, int(moment * 50))
+        frames = self.audio.size // frame
+        needed = max(1, round(quiet_secs * 50))
+        run = 0
+        for index in range(first, frames):
+            if is_voiced(self.audio[index * frame : (index + 1) * frame]):
+                run = 0
+            else:
+                run += 1
+                if run == needed:
+                    return (index - needed + 1) / 50
+        return None
 
 
 def synthesize_caller(text: str) -> tuple[np.ndarray, int]:
