@@ -227,11 +227,15 @@ def stalls(result: DialResult) -> list[tuple[int, float]]:
 
 def analyse(script: Script, result: DialResult, underrun_secs: float) -> Call:
     call = Call(script=script, greeted=bool(result.played))
-    for turn in result.turns:
+    for index, turn in enumerate(result.turns):
         start = turn.caller_start if turn.caller_start is not None else turn.caller_end
         overheard = bot_voiced_at(result.heard, start, turn.caller_end)
         call.overheard.append(overheard)
-        call.latencies.append(None if overheard else turn.latency_ms)
+        # A reply first heard after the caller began the next turn answers no question
+        # of this one: the caller gave up waiting (REPLY_TIMEOUT_SECS).
+        following = result.turns[index + 1].caller_start if index + 1 < len(result.turns) else None
+        late = turn.bot_start is not None and following is not None and turn.bot_start >= following
+        call.latencies.append(None if overheard or late else turn.latency_ms)
     for window, gap in stalls(result):
         call.stall_secs += gap
         if gap >= underrun_secs:
@@ -271,7 +275,7 @@ async def burst(
                 gate=gate,
                 greeting_quiet=GREETING_QUIET_SECS,
                 greeting_timeout=60,
-                hang_up_after_quiet=1.5,
+                hang_up_after_quiet=2.5,
                 timeout=300,
             )
         except Exception as exc:  # reported as a call not answered; the others go on
