@@ -78,10 +78,14 @@ PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
 TRAILING_SILENCE_SECS = 0.2
 """Silence after the last word that Whisper gets: enough to finish it."""
-WORDS_CHECK_AFTER_SECS = 0.25
-"""Speech over the bot this long is transcribed to see whether it carries words."""
-WORDS_CHECK_EVERY_SECS = 0.5
-"""While the caller speaks over the bot, how often their words so far are checked again."""
+WORDS_CHECK_AFTER_SECS = 0.2
+"""Speech over the bot this long is transcribed to see whether it carries words.
+
+tiny.en hears Piper's "Wait," in its first 0.2 s and espeak-ng's in most voices by
+0.25 s; a 0.15 s cough gives no text at any length."""
+WORDS_CHECK_EVERY_SECS = 0.15
+"""While the caller speaks over the bot, how often their words so far are checked again
+(a check still running is not doubled: on 2 cores one takes ~80-120 ms)."""
 CAREFUL_PAUSE_SECS = 0.6
 """The pause that ends a short turn, or one begun over the bot, that the model judged complete."""
 SHORT_TURN_SECS = 1.0
