@@ -170,7 +170,7 @@ async def test_a_finished_statement_ends_the_turn_before_the_silence_fallback(ru
     print(turn.as_dict())
     assert turn.commit_reason == "sentence"
     commit = turn.latencies_ms()["commit"]
-    assert commit is not None and 500 <= commit < 2000, commit
+    assert commit is not None and 300 <= commit < 2000, commit
 
     paused = np.concatenate(
         [voiced("I want to send money to"), silence(1.0), voiced("my sister."), silence(0.3)]
