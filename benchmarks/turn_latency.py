@@ -449,6 +449,12 @@ def main() -> None:
             f"sentence={reasons.count('sentence')} silence={reasons.count('silence')} "
             f"turns={len(turns)}"
         )
+        stages = ("commit", "stt", "llm_first_token", "first_chunk", "tts_first_audio")
+        answered = [turn.latencies_ms() for turn in turns if turn.bot_text.strip()]
+        medians = {
+            stage: p50([v for t in answered if (v := t[stage]) is not None]) for stage in stages
+        }
+        print(f"{mode}: stage medians (ms) " + " ".join(f"{k}={v:.0f}" for k, v in medians.items()))
     stopped = [b.heard_ms for b in interruptions if b.heard_ms is not None]
     print(
         f'barge-in ("Wait, stop." over the greeting): heard p50={p50(stopped):.0f}ms '
