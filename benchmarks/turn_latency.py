@@ -340,10 +340,16 @@ async def phone_calls(
     return calls
 
 
-def serve(personas: dict[str, Path], tmp: Path) -> tuple[ServerProcess, str]:
+def serve(personas: dict[str, Path], tmp: Path, llm: str | None) -> tuple[ServerProcess, str]:
+    """``voxline serve`` with one number a mode, on its default LLM backend or ``llm``."""
     numbers = {NUMBERS[mode]: personas[mode] for mode in MODES}
     return serve_voxline(
-        tmp, numbers=numbers, default_persona=personas["off"], token=TOKEN, max_calls=2
+        tmp,
+        numbers=numbers,
+        default_persona=personas["off"],
+        token=TOKEN,
+        max_calls=2,
+        engines={"llm": {"backend": llm}} if llm else None,
     )
 
 
@@ -363,6 +369,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 utterances, 3 phone calls")
     parser.add_argument("--no-phone", action="store_true", help="skip the phone calls")
+    parser.add_argument(
+        "--llm",
+        choices=["vllm", "llama_cpp"],
+        help="the phone calls' LLM backend (default: serve's own, vLLM)",
+    )
     args = parser.parse_args()
     began = time.monotonic()
 
@@ -394,7 +405,8 @@ def main() -> None:
     calls: dict[str, list[Heard]] = {mode: [] for mode in MODES}
     if not args.no_phone:
         subset = [item for item in utterances if item[0] in (PHONE_QUICK if args.quick else PHONE)]
-        server, url = serve(paths, tmp)
+        server, url = serve(paths, tmp, args.llm)
+        print(f"phone calls: voxline serve, LLM backend {args.llm or 'default (vllm)'}")
         try:
             calls = asyncio.run(phone_calls(url, subset))
         finally:
