@@ -40,7 +40,8 @@ Measured per system and N:
   bot audio before it since the utterance began and after it, and no caller
   utterance starting nor ``clear`` in between. The greeting's underruns are
   counted apart from the replies'.
-* **calls not answered**: refused, failed, or no reply heard to the first question.
+* **calls not answered**: refused, failed, or without a heard latency for the first
+  question: no reply before the caller gave up (30 s), or the bot spoke during it.
 * **memory**: RSS of every process of the stack (voxline serve and its LLM server
   with vLLM's EngineCore; or the stock bot and its LLM server), sampled with psutil
   every 0.25 s during each N; the largest per process, and the largest sum.
@@ -178,7 +179,7 @@ class Call:
 
     @property
     def answered(self) -> bool:
-        """The caller heard a reply to its first question."""
+        """The first question has a heard latency (a reply, not one spoken over it)."""
         return self.error is None and bool(self.latencies) and self.latencies[0] is not None
 
     @property
