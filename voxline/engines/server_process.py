@@ -58,8 +58,9 @@ async def ticking(
         yield
     finally:
         ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        # gather, not suppress(CancelledError): a Ctrl-C that lands while the ticker
+        # winds down must still cancel the caller (suppress swallowed it: talk ran on).
+        await asyncio.gather(ticker, return_exceptions=True)
 
 
 def _die_with_parent() -> None:
@@ -208,8 +209,7 @@ class SupervisedServer:
                 await process.wait()
         if self._drain_task is not None:
             self._drain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain_task
+            await asyncio.gather(self._drain_task, return_exceptions=True)
             self._drain_task = None
         logger.info(f"{self.name} pid {process.pid} stopped")
         self._process = None
