@@ -232,7 +232,8 @@ def build_call(
     context = persona_context(persona, facts)
     llm = VoxlineLLMService(
         backend=backend,
-        warm_context=call_prefix(persona, context),
+        # A call's own facts follow the cached persona prefix: computed as it starts.
+        warm_context=call_prefix(persona, context) if facts else None,
         api_key="not-needed",
         base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(
