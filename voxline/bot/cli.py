@@ -148,19 +148,36 @@ def _talk(args: argparse.Namespace) -> int:
         from voxline.bot.runtime import Runtime
 
         samples, rate = audio if audio is not None else synthesize_caller(args.say)
-        # SIGTERM ends the call like Ctrl-C does, so the LLM server is stopped too.
         main_task = asyncio.current_task()
         assert main_task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        loop = asyncio.get_running_loop()
+
+        def stop(code: int) -> None:
+            # Ctrl-C and SIGTERM end the call, so the LLM server is stopped too. The
+            # cancellation is repeated every 3 s (longer than a clean shutdown) until the
+            # call ends: one absorbed by a library (seen during the prompt warm-up's HTTP
+            # request) must not keep the call running.
+            signalled.append(code)
+
+            def cancel_until_done() -> None:
+                if not main_task.done():
+                    main_task.cancel()
+                    loop.call_later(3.0, cancel_until_done)
+
+            cancel_until_done()
+
+        loop.add_signal_handler(signal.SIGINT, stop, EXIT_INTERRUPTED)
+        loop.add_signal_handler(signal.SIGTERM, stop, EXIT_TERMINATED)
         async with Runtime(config) as runtime:
             return await talk(persona, runtime, samples, rate, timeout=args.timeout)
 
+    signalled: list[int] = []
     try:
         result = asyncio.run(run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        if signalled and signalled[0] == EXIT_TERMINATED:
+            return _fail("terminated", EXIT_TERMINATED)
         return _fail("interrupted", EXIT_INTERRUPTED)
-    except asyncio.CancelledError:
-        return _fail("terminated", EXIT_TERMINATED)
     except ModelNotAvailableError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     except (LLMServerError, TalkTimeoutError) as exc:
