@@ -1,6 +1,6 @@
 """A real headless Chromium for WebRTC tests: started by us, driven over CDP by Playwright.
 
-Chromium is started with our own flags (TESTING.md) so its process is ours to stop
+Chromium is started with our own flags (not Playwright's launcher) so its process is ours to stop
 by process group; Playwright only connects to it. Its fake microphone plays a WAV
 file once (``%noloop``), then silence.
 """

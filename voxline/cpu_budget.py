@@ -6,22 +6,23 @@ Every engine that computes on the CPU takes its thread counts from
 and vLLM take every core, ONNX Runtime takes one spinning thread per physical core
 for each session, CTranslate2 four; on a 2-core machine the engines of four calls
 then fight for the cores. The figures that chose this table are in docs/cpu.md
-(benchmarks/tts_concurrency.py, benchmarks/stt_concurrency.py, FACTS.md).
+(benchmarks/tts_concurrency.py, benchmarks/stt_concurrency.py).
 
 The rules:
 
 * in-process model runs (Whisper, Piper, the end-of-turn model) use **one thread
   each** and run concurrently on several workers: on 2 cores one thread per run
-  with two runs at once beats two threads per run (Whisper: FACTS.md; Piper:
-  docs/cpu.md). One-thread ONNX sessions have no idle-spinning pool;
+  with two runs at once beats two threads per run (Whisper and Piper: docs/cpu.md).
+  One-thread ONNX sessions have no idle-spinning pool;
 * the LLM server gets every core on 1-2 cores (2 threads: 18.5 ms/token, 1 thread:
-  31.7 ms/token, FACTS.md), three quarters of them above that (at most 32), so
+  31.7 ms/token, SmolLM2 on llama.cpp here), three quarters of them above that
+  (at most 32), so
   Whisper and Piper keep cores for themselves;
 * Whisper gets one worker per core up to 2, then one per two cores (at most 8);
   Piper two workers (one of them kept for first chunks), one per four cores from 8
   cores (at most 8); the end-of-turn model one worker;
 * pipecat's Silero VAD runs one thread per call on the event loop (0.1 ms per 32 ms
-  of audio, FACTS.md); it is counted, not configurable.
+  of audio, timed here with pipecat's analyzer); it is counted, not configurable.
 
 ``total_threads`` is bounded by :data:`MAX_THREADS_PER_CORE` threads per core
 (7 on 2 cores: LLM 2, Whisper 2, Piper 2, end-of-turn 1), and no engine alone gets

@@ -111,7 +111,7 @@ class PiperEngine:
         reserve_first: with two workers or more, keep one of them for first chunks: other
             pieces run on at most ``workers - 1`` workers at once, so a first chunk never
             waits for a long sentence to end. A worker produces speech ~28x faster than
-            it is spoken (FACTS.md), so the later pieces of a few calls lose nothing.
+            it is spoken (measured here), so the later pieces of a few calls lose nothing.
         history: how many :class:`SynthesisRecord` entries to keep.
     """
 

@@ -159,7 +159,7 @@ class EndOfTurnEngine:
         threshold: default probability above which a turn is complete (pipecat: 0.5).
         threads: ONNX Runtime intra-op threads per model run.
         max_batch: the most decisions in one model run. On a CPU with one thread
-            a batch of 4 costs 4 single runs (FACTS.md), so the default is 1.
+            a batch of 4 costs 4 single runs (benchmarks/turn_model.py), so the default is 1.
         max_wait_ms: how long a decision may wait for companions before it runs.
         max_queue: decisions waiting beyond which new ones are refused (overload).
         workers: model runs that may execute at once (worker threads).

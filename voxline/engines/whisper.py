@@ -94,7 +94,7 @@ class WhisperEngine:
         device: ``cpu``, ``cuda`` or ``auto``.
         compute_type: CTranslate2 compute type (``int8`` on CPU, ``float16`` on GPU).
         cpu_threads: intra-op threads per model run; on a 2-core CPU 1 thread with 2
-            workers is faster than 2 threads (FACTS.md, benchmarks/stt_concurrency.py).
+            workers is faster than 2 threads (benchmarks/stt_concurrency.py).
         num_workers: model runs (batches) that may execute at once.
         max_batch: the most utterances in one model run.
         max_wait_ms: how long an utterance may wait for companions before its batch runs.
