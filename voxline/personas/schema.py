@@ -82,6 +82,19 @@ class LLMSettings(_Strict):
     )
     temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     max_tokens: int = Field(default=60, ge=1, le=4096)
+    first_token_timeout_secs: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="A completion with no first token by then (slot wait included) is "
+        "abandoned: the caller hears the apology.",
+    )
+    total_timeout_secs: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A completion still streaming after this long is cut off: the apology.",
+    )
     tool_choice: str = Field(
         default="auto",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
