@@ -47,6 +47,7 @@ def stream_parameters(twiml: str) -> dict[str, str]:
 def test_persona_is_chosen_by_the_called_number(line):
     params = {"CallSid": "CA1", "To": "+15550100009"}
     assert stream_parameters(line.answer_webhook(URL, params, signed(params)))["persona"] == "other"
+    line.admission.claim("CA1").release()  # the webhook reserved the only line
     params = {"CallSid": "CA2", "To": "+15550000000"}
     chosen = stream_parameters(line.answer_webhook(URL, params, signed(params)))
     assert chosen["persona"] == "bank_support"  # the default
@@ -64,7 +65,7 @@ async def test_busy_at_capacity_but_only_for_signed_requests(line):
         with pytest.raises(CallRejected, match="busy: 1 of 1"):
             async with line.admission.admit():
                 pass
-    assert line.admission.refused == 1
+    assert line.admission.refused == 2  # the busy webhook and the refused admit
 
 
 def test_missing_call_sid_and_missing_auth_token(line, monkeypatch):
@@ -77,3 +78,13 @@ def test_missing_call_sid_and_missing_auth_token(line, monkeypatch):
     with pytest.raises(WebhookRejected) as refused:
         line.answer_webhook(URL, params, signed(params))
     assert refused.value.status == 403
+
+
+def test_the_webhook_takes_the_line_it_promises(line):
+    """Two webhooks at once, one line: the first reserves it, the second hears busy."""
+    first = {"CallSid": "CA5", "To": "+15550000000"}
+    second = {"CallSid": "CA6", "To": "+15550000000"}
+    assert stream_parameters(line.answer_webhook(URL, first, signed(first)))["token"]
+    twiml = line.answer_webhook(URL, second, signed(second))
+    assert ElementTree.fromstring(twiml).find("./Reject").get("reason") == "busy"
+    assert line.admission.claim("CA5") is not None and line.admission.claim("CA6") is None

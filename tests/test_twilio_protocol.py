@@ -5,12 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import xml.etree.ElementTree as ElementTree
+from collections import deque
 
 import pytest
-from pipecat.frames.frames import LLMFullResponseEndFrame, TTSTextFrame, UserSpeakingFrame
+from pipecat.frames.frames import (
+    InputDTMFFrame,
+    LLMFullResponseEndFrame,
+    TTSTextFrame,
+    UserSpeakingFrame,
+)
 from twilio.request_validator import RequestValidator
 
-from voxline.transports.twilio import MarkGate
+from voxline.transports.twilio import (
+    InboundBudget,
+    MarkGate,
+    TwilioMediaSerializer,
+    TwilioStream,
+)
 from voxline.transports.twilio_protocol import (
     DTMF,
     Connected,
@@ -229,3 +240,77 @@ async def test_transfer_without_credentials_is_a_clear_error():
         await control.transfer_call("+15551234567")
     with pytest.raises(RuntimeError, match="not supported"):
         await control.send_dtmf("1")
+
+
+async def test_keypad_keys_a_to_d_are_dropped_and_the_stream_goes_on():
+    """Twilio reports A-D; pipecat's keypad knows only 0-9, * and #: the key is logged, dropped."""
+    stream = TwilioStream(stream_sid=SID, call_sid="CA1")
+    serializer = TwilioMediaSerializer(stream)
+    for digit in "ABCD":
+        message = json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": digit}})
+        assert await serializer.deserialize(message) is None
+    assert [reason.split(" (")[0] for reason in stream.dropped] == [
+        f"keypad key {digit} ignored" for digit in "ABCD"
+    ]
+    pressed = await serializer.deserialize(
+        json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": "7"}})
+    )
+    assert isinstance(pressed, InputDTMFFrame) and pressed.button.value == "7"
+
+
+async def test_a_second_start_is_dropped_with_a_reason():
+    stream = TwilioStream(stream_sid=SID, call_sid="CA1")
+    start = {"streamSid": SID, "callSid": "CA2", "customParameters": {}}
+    again = json.dumps({"event": "start", "streamSid": SID, "start": start})
+    assert await TwilioMediaSerializer(stream).deserialize(again) is None
+    assert stream.dropped == deque(["a second start message in the same stream, ignored"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_inbound_budget_allows_twilio_pace_and_a_backlog_but_not_a_flood():
+    clock = FakeClock()
+    budget = InboundBudget(clock)
+    # Ten minutes at Twilio's pace, with a mark echo every second: never refused.
+    for frame in range(30_000):
+        clock.now += 0.02
+        assert budget.message() is None and budget.audio(160) is None
+        if frame % 50 == 0:
+            assert budget.message() is None
+    # A 4 s network stall, then its backlog at once: still fine.
+    clock.now += 4.0
+    for _ in range(200):
+        assert budget.message() is None and budget.audio(160) is None
+    # 1000 frames a second: refused within half a second.
+    refusals = []
+    for _ in range(500):
+        clock.now += 0.001
+        refusals.append(budget.message() or budget.audio(160))
+    first = next(i for i, reason in enumerate(refusals) if reason)
+    assert first < 500, refusals[-1]
+    assert "a second" in refusals[first] or "faster than real time" in refusals[first]
+
+
+async def test_a_flooding_stream_is_reported_once_and_then_ignored():
+    clock = FakeClock()
+    stream = TwilioStream(stream_sid=SID, call_sid="CA1", budget=InboundBudget(clock))
+    reasons: list[str] = []
+
+    async def on_violation(reason: str) -> None:
+        reasons.append(reason)
+
+    stream.on_violation = on_violation
+    serializer = TwilioMediaSerializer(stream)
+    frame = media(base64.b64encode(b"\xff" * 160).decode())
+    pushed = 0
+    for _ in range(1000):
+        clock.now += 0.001
+        pushed += await serializer.deserialize(frame) is not None
+    assert len(reasons) == 1 and stream.violated == reasons[0]
+    assert pushed < 400  # everything after the violation is dropped

@@ -1,26 +1,27 @@
 """Phone calls: the Twilio voice webhook and the media stream that carries one call.
 
 The webhook checks Twilio's signature against the public URL, picks the persona
-for the called number and answers TwiML that connects a media stream, passing
-the persona and a short-lived single-use token as stream parameters. The media
-stream reads Twilio's ``connected``/``start`` messages itself, checks the token,
-and only then builds the call's pipeline on the shared engines.
+for the called number, reserves the call's admission slot and answers TwiML that
+connects a media stream, passing the persona and a short-lived single-use token
+as stream parameters. The media stream reads Twilio's ``connected``/``start``
+messages itself, checks the token, claims the reserved slot and only then builds
+the call's pipeline on the shared engines. Whatever a peer sends, the stream ends
+with at most a close code and a one-line log, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 from loguru import logger
 from pipecat.workers.runner import WorkerRunner
 
-from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import build_call
@@ -28,13 +29,15 @@ from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
 from voxline.transports.twilio import (
+    POLICY_VIOLATION,
     TWILIO_RATE,
     TwilioMediaSerializer,
     TwilioStream,
     TwilioTransport,
+    close_quietly,
     twilio_params,
 )
-from voxline.transports.twilio_protocol import ProtocolError, Start, parse_message
+from voxline.transports.twilio_protocol import ProtocolError, Start, Stop, parse_message
 from voxline.transports.twilio_webhook import (
     StreamTokenError,
     StreamTokens,
@@ -45,7 +48,18 @@ from voxline.transports.twilio_webhook import (
 )
 
 START_TIMEOUT_SECS = 10.0
-POLICY_VIOLATION = 1008
+MAX_MESSAGES_BEFORE_START = 16
+"""Twilio sends ``connected`` then ``start``: a peer that sends this many others is refused."""
+TRY_AGAIN_LATER = 1013
+NORMAL_CLOSURE = 1000
+
+
+class StreamRefused(Exception):
+    """A media stream is refused before its call starts: close with ``code`` and the reason."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
 
 
 class WebhookRejected(Exception):
@@ -74,6 +88,16 @@ class PhoneLine:
     numbers: dict[str, str]
     admission: Admission
     tokens: StreamTokens
+    waiting: int = 0
+    """Media streams open and not yet started (bounded by :attr:`max_waiting`)."""
+
+    @property
+    def max_waiting(self) -> int:
+        """How many streams may wait for their ``start`` at once; more are refused (1013).
+
+        Each promised call has one stream; the margin covers Twilio's retries.
+        """
+        return 2 * self.admission.max_calls + 8
 
     @property
     def auth_token(self) -> str:
@@ -119,7 +143,8 @@ class PhoneLine:
         call_sid = params.get("CallSid", "")
         if not call_sid:
             raise WebhookRejected(400, "CallSid is missing")
-        if self.admission.full:
+        # Check and take in one step: the stream claims this slot when it starts.
+        if self.admission.try_take(key=call_sid, hold_secs=self.tokens.ttl_secs) is None:
             logger.warning(f"call {call_sid} rejected: {self.admission.active} calls in progress")
             return busy_twiml()
         persona = self.persona_for(params.get("To", ""))
@@ -133,54 +158,102 @@ class PhoneLine:
         return connect_twiml(f"{stream_url}/twilio/stream", parameters)
 
     async def serve_stream(self, websocket: WebSocket) -> None:
-        """Run one call over an accepted media-stream websocket until it ends."""
-        start = await self._read_start(websocket)
-        if start is None:
-            return
-        params = start.start.custom_parameters
-        persona = self.personas.get(params.get("persona", ""))
+        """Run one call over an accepted media-stream websocket until it ends.
+
+        Nothing a peer sends makes this raise: a refusal closes the socket with a
+        code and a reason, a peer that vanishes ends the call, and anything else
+        unexpected is logged as one line.
+        """
         try:
-            if persona is None:
-                raise StreamTokenError(f"unknown persona {params.get('persona')!r}")
-            self.tokens.redeem(params.get("token", ""), persona.name, start.start.call_sid)
-        except StreamTokenError as exc:
-            logger.warning(f"stream for call {start.start.call_sid} refused: {exc}")
-            await websocket.close(code=POLICY_VIOLATION, reason=str(exc))
+            await self._serve_stream(websocket)
+        except (WebSocketDisconnect, OSError) as exc:
+            logger.info(f"twilio stream: the peer went away ({type(exc).__name__})")
+        except Exception as exc:
+            logger.error(f"twilio stream failed: {type(exc).__name__}: {exc}")
+            logger.opt(exception=exc).debug("twilio stream failure")
+            await close_quietly(websocket, 1011, "internal error")
+
+    async def _serve_stream(self, websocket: WebSocket) -> None:
+        try:
+            start = await self._read_start(websocket)
+            persona, slot = self._admit(start)
+        except StreamRefused as exc:
+            logger.warning(f"twilio stream refused ({exc.code}): {exc}")
+            await close_quietly(websocket, exc.code, str(exc))
             return
         try:
-            async with self.admission.admit():
+            async with self.admission.hold(slot):
                 await self._run_call(websocket, persona, start)
         except CallRejected as exc:
             logger.warning(f"call {start.start.call_sid} refused: {exc}")
-            await websocket.close(code=POLICY_VIOLATION, reason=str(exc))
+            await close_quietly(websocket, TRY_AGAIN_LATER, str(exc))
 
-    async def _read_start(self, websocket: WebSocket) -> Start | None:
-        """Read until ``start``; drop (and log) anything else that comes first."""
+    def _admit(self, start: Start) -> tuple[Persona, Slot]:
+        """Check the stream's token and claim its call's slot (reserved by the webhook).
 
-        async def read() -> Start:
-            while True:
-                data = await websocket.receive()
-                if data.get("type") == "websocket.disconnect":
-                    raise ConnectionError("closed before start")
-                text = data.get("text")
-                raw = text if text is not None else data.get("bytes") or b""
-                try:
-                    message = parse_message(raw)
-                except ProtocolError as exc:
-                    logger.warning(f"twilio stream: dropped message before start: {exc}")
-                    continue
-                if isinstance(message, Start):
-                    return message
-                if message.event != "connected":
-                    logger.warning(f"twilio stream: {message.event} before start, dropped")
-
+        Raises:
+            StreamRefused: 1008 for a bad token or persona, 1013 when no slot is free.
+        """
+        params = start.start.custom_parameters
+        call_sid = start.start.call_sid
+        persona = self.personas.get(params.get("persona", ""))
+        if persona is None:
+            unknown = f"call {call_sid}: unknown persona {params.get('persona')!r}"
+            raise StreamRefused(POLICY_VIOLATION, unknown)
         try:
-            return await asyncio.wait_for(read(), timeout=START_TIMEOUT_SECS)
-        except (TimeoutError, ConnectionError) as exc:
-            logger.warning(f"twilio stream closed without a valid start: {exc or 'timeout'}")
-            with contextlib.suppress(RuntimeError):
-                await websocket.close(code=POLICY_VIOLATION, reason="expected a start message")
-            return None
+            self.tokens.redeem(params.get("token", ""), persona.name, call_sid)
+        except StreamTokenError as exc:
+            raise StreamRefused(POLICY_VIOLATION, f"call {call_sid}: {exc}") from None
+        # A stream whose webhook reached another process (or whose reservation lapsed)
+        # takes a free slot if there is one.
+        slot = self.admission.claim(call_sid) or self.admission.try_take()
+        if slot is None:
+            raise StreamRefused(
+                TRY_AGAIN_LATER,
+                f"busy: {self.admission.active} of {self.admission.max_calls} calls in progress",
+            )
+        return persona, slot
+
+    async def _read_start(self, websocket: WebSocket) -> Start:
+        """Read until ``start``; drop (and log) anything else that comes first.
+
+        Raises:
+            StreamRefused: the peer closed, stopped, sent too much or nothing in time,
+                or too many streams are waiting already.
+        """
+        if self.waiting >= self.max_waiting:
+            raise StreamRefused(TRY_AGAIN_LATER, "too many media streams waiting for start")
+        self.waiting += 1
+        try:
+            return await asyncio.wait_for(self._receive_start(websocket), START_TIMEOUT_SECS)
+        except TimeoutError:
+            raise StreamRefused(
+                POLICY_VIOLATION, f"no start message within {START_TIMEOUT_SECS:.0f} s"
+            ) from None
+        finally:
+            self.waiting -= 1
+
+    async def _receive_start(self, websocket: WebSocket) -> Start:
+        for _ in range(MAX_MESSAGES_BEFORE_START):
+            data = await websocket.receive()
+            if data.get("type") == "websocket.disconnect":
+                raise StreamRefused(NORMAL_CLOSURE, "the peer closed the stream before start")
+            text = data.get("text")
+            raw = text if text is not None else data.get("bytes") or b""
+            try:
+                message = parse_message(raw)
+            except ProtocolError as exc:
+                logger.warning(f"twilio stream: dropped message before start: {exc}")
+                continue
+            if isinstance(message, Start):
+                return message
+            if isinstance(message, Stop):
+                raise StreamRefused(NORMAL_CLOSURE, "stop before start: the call ended")
+            if message.event != "connected":
+                logger.warning(f"twilio stream: {message.event} before start, dropped")
+        raise StreamRefused(
+            POLICY_VIOLATION, f"no start message in the first {MAX_MESSAGES_BEFORE_START} messages"
+        )
 
     async def _run_call(self, websocket: WebSocket, persona: Persona, start: Start) -> None:
         info = start.start
@@ -217,6 +290,13 @@ class PhoneLine:
             await call.worker.cancel(reason="caller hung up")
 
         stream.on_stop = on_stop
+
+        async def on_violation(reason: str) -> None:
+            logger.warning(f"call {info.call_sid}: stream closed: {reason}")
+            await transport.refuse(reason)
+            await call.worker.cancel(reason=reason)
+
+        stream.on_violation = on_violation
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _websocket) -> None:

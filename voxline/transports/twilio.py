@@ -9,10 +9,13 @@ voxline sends ``clear``) the context keeps only the words that were played.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fastapi import WebSocket, WebSocketDisconnect
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.audio.utils import create_stream_resampler, pcm_to_ulaw, ulaw_to_pcm
@@ -34,6 +37,7 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
+from starlette.websockets import WebSocketState
 
 from voxline.transports.playout import HeardTextGate
 from voxline.transports.twilio_protocol import (
@@ -41,6 +45,7 @@ from voxline.transports.twilio_protocol import (
     Mark,
     Media,
     ProtocolError,
+    Start,
     Stop,
     clear_message,
     mark_message,
@@ -49,6 +54,70 @@ from voxline.transports.twilio_protocol import (
 )
 
 TWILIO_RATE = 8000
+POLICY_VIOLATION = 1008
+"""The close code for a stream refused for what its peer sent."""
+KEYPAD = frozenset(entry.value for entry in KeypadEntry)
+"""The keys a call hears: 0-9, * and #. Twilio also reports A-D (from some handsets)."""
+
+MAX_MESSAGES_PER_SEC = 100.0
+"""Inbound messages a stream may send per second, sustained (Twilio sends 50 media a second)."""
+MESSAGE_BURST = 250
+"""Messages a stream may send at once beyond the sustained rate (a network hiccup's backlog)."""
+MAX_AUDIO_AHEAD_SECS = 5.0
+"""How far the caller's audio may run ahead of the wall clock since ``start``."""
+
+
+class InboundBudget:
+    """Bounds what one media stream may send: a message rate, and audio no faster than real time.
+
+    Twilio sends one 20 ms ``media`` message every 20 ms, plus a few ``mark``
+    echoes and ``dtmf`` events; after a network hiccup it may send a backlog at
+    once. A peer that floods beyond that would only feed the call's queues, so
+    the stream is closed instead.
+
+    Args:
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._started = clock()
+        self._tokens = float(MESSAGE_BURST)
+        self._refilled = self._started
+        self._audio_secs = 0.0
+
+    def message(self) -> str | None:
+        """Count one inbound message; the reason to close the stream, or None."""
+        now = self._clock()
+        self._tokens = min(
+            float(MESSAGE_BURST), self._tokens + (now - self._refilled) * MAX_MESSAGES_PER_SEC
+        )
+        self._refilled = now
+        if self._tokens < 1.0:
+            return f"more than {MAX_MESSAGES_PER_SEC:.0f} messages a second"
+        self._tokens -= 1.0
+        return None
+
+    def audio(self, num_bytes: int) -> str | None:
+        """Count ``num_bytes`` of 8 kHz µ-law; the reason to close the stream, or None."""
+        self._audio_secs += num_bytes / TWILIO_RATE
+        ahead = self._audio_secs - (self._clock() - self._started)
+        if ahead > MAX_AUDIO_AHEAD_SECS:
+            return f"media arrives faster than real time ({ahead:.1f} s ahead)"
+        return None
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close ``websocket`` with ``code`` and ``reason``; a peer that is already gone is no error.
+
+    A hostile or broken peer often closes first: answering its close must not
+    raise (and leave a traceback in the server log).
+    """
+    if websocket.application_state == WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+        # A close reason is at most 123 bytes of UTF-8.
+        await websocket.close(code=code, reason=reason.encode()[:120].decode(errors="ignore"))
 
 
 # --- media stream: serializer and mark gate ---------------------------------------------
@@ -64,6 +133,8 @@ class TwilioStream:
         events: the inbound event names in arrival order (bounded).
         dropped: messages dropped as invalid, with the reason.
         audio_outstanding: audio was sent that Twilio may not have played yet.
+        budget: the bound on what the peer may send (started with the stream).
+        on_violation: called once, with the reason, when the peer exceeds its budget.
     """
 
     stream_sid: str
@@ -73,6 +144,9 @@ class TwilioStream:
     audio_outstanding: bool = False
     on_mark: Callable[[str], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
+    budget: InboundBudget = field(default_factory=InboundBudget)
+    on_violation: Callable[[str], Awaitable[None]] | None = None
+    violated: str | None = None
 
 
 class TwilioMediaSerializer(FrameSerializer):
@@ -80,8 +154,10 @@ class TwilioMediaSerializer(FrameSerializer):
 
     Every inbound event is handled: ``media`` becomes input audio (µ-law 8 kHz to
     16-bit PCM at the pipeline rate), ``dtmf`` a keypad frame, ``mark`` echoes go
-    to the mark gate, ``stop`` ends the call. A malformed message is logged and
-    dropped; it never ends the call.
+    to the mark gate, ``stop`` ends the call. A malformed message, a repeated
+    ``start`` or a keypad key the call cannot hear (A-D) is logged and dropped; it
+    never ends the call. A peer that floods the stream beyond its
+    :class:`InboundBudget` is reported once through ``stream.on_violation``.
     """
 
     def __init__(self, stream: TwilioStream, **kwargs):
@@ -121,32 +197,54 @@ class TwilioMediaSerializer(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         """One inbound message to a frame, or None (after logging) if there is none to push."""
+        stream = self.stream
+        if stream.violated is not None:
+            return None
+        if (reason := stream.budget.message()) is not None:
+            return await self._violation(reason)
         try:
             message = parse_message(data)
             if isinstance(message, Media):
                 audio = message.audio()
         except ProtocolError as exc:
-            self.stream.dropped.append(str(exc))
-            logger.warning(f"twilio stream {self.stream.stream_sid}: dropped message: {exc}")
-            return None
-        self.stream.events.append(message.event)
+            return self._drop(str(exc))
+        stream.events.append(message.event)
         if isinstance(message, Media):
             if not audio:
                 return None
+            if (reason := stream.budget.audio(len(audio))) is not None:
+                return await self._violation(reason)
             pcm = await ulaw_to_pcm(audio, TWILIO_RATE, self._in_rate, self._in_resampler)
             return InputAudioRawFrame(audio=pcm, sample_rate=self._in_rate, num_channels=1)
         if isinstance(message, DTMF):
-            return InputDTMFFrame(button=KeypadEntry(message.dtmf.digit))
+            digit = message.dtmf.digit
+            if digit not in KEYPAD:
+                return self._drop(f"keypad key {digit} ignored (a call hears 0-9, * and #)")
+            return InputDTMFFrame(button=KeypadEntry(digit))
         if isinstance(message, Mark):
-            if self.stream.on_mark is not None:
-                await self.stream.on_mark(message.mark.name)
+            if stream.on_mark is not None:
+                await stream.on_mark(message.mark.name)
             return None
         if isinstance(message, Stop):
-            logger.info(f"twilio stream {self.stream.stream_sid}: stop")
-            if self.stream.on_stop is not None:
-                await self.stream.on_stop()
+            logger.info(f"twilio stream {stream.stream_sid}: stop")
+            if stream.on_stop is not None:
+                await stream.on_stop()
             return None
-        return None  # connected / a repeated start: nothing to push
+        if isinstance(message, Start):
+            return self._drop("a second start message in the same stream, ignored")
+        return None  # connected: nothing to push
+
+    def _drop(self, reason: str) -> None:
+        self.stream.dropped.append(reason)
+        logger.warning(f"twilio stream {self.stream.stream_sid}: dropped message: {reason}")
+        return None
+
+    async def _violation(self, reason: str) -> None:
+        self.stream.violated = reason
+        self.stream.dropped.append(reason)
+        if self.stream.on_violation is not None:
+            await self.stream.on_violation(reason)
+        return None
 
 
 class MarkGate(HeardTextGate):
@@ -225,6 +323,15 @@ class TwilioTransport(FastAPIWebsocketTransport):
 
     async def _send_mark(self, name: str) -> None:
         await self._client.send(mark_message(self.stream.stream_sid, name))
+
+    async def refuse(self, reason: str, code: int = POLICY_VIOLATION) -> None:
+        """Close the media stream with ``code`` and ``reason`` (the peer broke the protocol).
+
+        The pipecat client is told the close is ours first, so it neither sends on
+        the closed socket nor closes it a second time when the call is torn down.
+        """
+        self._client._closing = True  # pipecat 1.14 has no public way to say so
+        await close_quietly(self._client._websocket, code, reason)
 
 
 def twilio_params(serializer: TwilioMediaSerializer) -> FastAPIWebsocketParams:
