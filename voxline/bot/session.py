@@ -234,6 +234,8 @@ def build_call(
         backend=backend,
         # A call's own facts follow the cached persona prefix: computed as it starts.
         warm_context=call_prefix(persona, context) if facts else None,
+        first_token_timeout_secs=persona.llm.first_token_timeout_secs,
+        total_timeout_secs=persona.llm.total_timeout_secs,
         api_key="not-needed",
         base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(

@@ -11,6 +11,15 @@ stream closes. The stream is normalised for every server before pipecat reads it
   caller in silence. They reach the tool handler marked as invalid instead, so the
   LLM hears an error and can apologise.
 
+Every completion is bounded in time: if the server has not streamed a first token
+(text or a tool call) ``first_token_timeout_secs`` after the request was asked,
+waiting for a backend slot included, or is still streaming ``total_timeout_secs``
+after it, the stream is closed (which stops the server generating and frees the
+slot) and :class:`LLMTimeoutError` is raised. pipecat turns it into an
+``ErrorFrame``; the session answers that with the persona's apology, and the
+call goes on. A server that accepts requests and never answers them would
+otherwise hold the caller in silence for as long as the HTTP client waits.
+
 A completion that answers a caller's turn that is not yet committed (a
 speculation, docs/architecture.md) streams like any other: the audio gate after
 TTS holds its reply. Its tool calls wait for the commit, and run then, without
@@ -23,6 +32,7 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -63,17 +73,66 @@ class EmptyCompletionError(RuntimeError):
     """The server accepted the request and streamed nothing at all."""
 
 
+class LLMTimeoutError(RuntimeError):
+    """The server sent no first token, or did not finish its reply, in time.
+
+    Not a ``TimeoutError``: pipecat reports those as a bare "LLM completion
+    timeout"; this one keeps its message (which limit, how long) for the call trace.
+    """
+
+
+DEFAULT_FIRST_TOKEN_TIMEOUT_SECS = 15.0
+DEFAULT_TOTAL_TIMEOUT_SECS = 30.0
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """When one completion must have streamed its first token and its last, in
+    event-loop time (``loop.time()``), and the limits they came from, for messages."""
+
+    first_token_at: float
+    finish_at: float
+    first_token_secs: float
+    total_secs: float
+
+    @classmethod
+    def starting_now(cls, first_token_secs: float, total_secs: float) -> Deadlines:
+        """Deadlines for a completion asked for now."""
+        now = asyncio.get_running_loop().time()
+        return cls(now + first_token_secs, now + total_secs, first_token_secs, total_secs)
+
+    def next(self, first_token_seen: bool) -> tuple[float, str]:
+        """The deadline that applies now, and what missing it means."""
+        if first_token_seen or self.finish_at <= self.first_token_at:
+            return self.finish_at, (
+                f"the LLM server's reply did not finish within {self.total_secs:g} s"
+            )
+        return self.first_token_at, (
+            f"the LLM server sent no first token within {self.first_token_secs:g} s"
+        )
+
+
 class ToolCallStream:
     """Wraps a chunk stream: each tool call named once, its arguments given whole and valid.
 
     Args:
         stream: the server's chunk stream.
         on_close: called once when the stream is closed (releases the backend slot).
+        deadlines: when the first token and the last must have arrived; missing
+            one raises :class:`LLMTimeoutError` from the iteration.
     """
 
-    def __init__(self, stream, on_close: Callable[[], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        stream,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        *,
+        deadlines: Deadlines | None = None,
+    ):
         self._stream = stream
         self._on_close = on_close
+        self._deadlines = deadlines
+        self._first_token_seen = False
         self._iterator: AsyncIterator[ChatCompletionChunk] | None = None
         self._named: set[int] = set()
         self._arguments: dict[int, str] = {}
@@ -92,7 +151,7 @@ class ToolCallStream:
             if self._finished:
                 raise StopAsyncIteration
             try:
-                chunk = await self._iterator.__anext__()
+                chunk = await self._next_chunk()
             except StopAsyncIteration:
                 if self._template is None:
                     # llama.cpp answers 200 and sends nothing when it fails to render
@@ -106,9 +165,26 @@ class ToolCallStream:
             self._take(chunk)
         return self._ready.popleft()
 
+    async def _next_chunk(self) -> ChatCompletionChunk:
+        """The server's next chunk, or :class:`LLMTimeoutError` once a deadline passes."""
+        assert self._iterator is not None
+        if self._deadlines is None:
+            return await self._iterator.__anext__()
+        deadline, missed = self._deadlines.next(self._first_token_seen)
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                return await self._iterator.__anext__()
+        except TimeoutError:
+            if timeout.expired():
+                raise LLMTimeoutError(missed) from None
+            raise
+
     def _take(self, chunk: ChatCompletionChunk) -> None:
         self._template = self._template or chunk
         for choice in chunk.choices:
+            if choice.delta is not None and (choice.delta.content or choice.delta.tool_calls):
+                self._first_token_seen = True
             for call in choice.delta.tool_calls or []:
                 if self._open_index is not None and call.index != self._open_index:
                     self._flush_arguments()
@@ -172,6 +248,10 @@ class VoxlineLLMService(OpenAILLMService):
             request when the call starts, so that the server has computed it
             before the caller's first words (with the embedded llama.cpp server,
             facts after the cached persona prefix otherwise cost about 0.4 s).
+        first_token_timeout_secs: a completion with no first token this long after it
+            was asked (slot wait included) fails with :class:`LLMTimeoutError`.
+        total_timeout_secs: a completion still streaming this long after it was
+            asked fails the same way; it also bounds the call's prompt warm-up.
         **kwargs: passed to pipecat's ``OpenAILLMService``.
     """
 
@@ -180,10 +260,14 @@ class VoxlineLLMService(OpenAILLMService):
         *,
         backend: LLMBackend | None = None,
         warm_context: LLMContext | None = None,
+        first_token_timeout_secs: float = DEFAULT_FIRST_TOKEN_TIMEOUT_SECS,
+        total_timeout_secs: float = DEFAULT_TOTAL_TIMEOUT_SECS,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._backend = backend
+        self._first_token_timeout_secs = first_token_timeout_secs
+        self._total_timeout_secs = total_timeout_secs
         self._warm_context = warm_context
         self._warm_task: asyncio.Task | None = None
         self._speculation_gate = SpeculationTracker(name=f"{self}::SpeculationTracker")
@@ -249,7 +333,9 @@ class VoxlineLLMService(OpenAILLMService):
         )
         request = self.build_chat_completion_params(params)
         try:
-            seconds = await self._backend.warm(**request)
+            # A server that never answers must not hold a slot for the whole call.
+            async with asyncio.timeout(self._total_timeout_secs):
+                seconds = await self._backend.warm(**request)
         except Exception as exc:  # the first turn computes it instead
             logger.warning(f"{self}: warming the call's prompt failed: {exc!r}")
         else:
@@ -263,18 +349,36 @@ class VoxlineLLMService(OpenAILLMService):
         await super().cleanup()
 
     async def get_chat_completions(self, context: LLMContext):
-        """Take a backend slot, then stream; the slot is released when the stream closes."""
-        if self._backend is None:
-            return ToolCallStream(await super().get_chat_completions(context))
-        slot = self._backend.slot()
-        await slot.__aenter__()
+        """Take a backend slot, then stream; the slot is released when the stream closes.
+
+        The first-token deadline covers the slot wait and the server's response
+        headers too: a server that accepts the request and never answers fails here.
+
+        Raises:
+            LLMTimeoutError: no slot and no response within the first-token deadline.
+        """
+        deadlines = Deadlines.starting_now(self._first_token_timeout_secs, self._total_timeout_secs)
+        slot = self._backend.slot() if self._backend is not None else None
+        held = False
+        deadline, missed = deadlines.next(first_token_seen=False)
+        timeout = asyncio.timeout_at(deadline)
         try:
-            stream = await super().get_chat_completions(context)
+            async with timeout:
+                if slot is not None:
+                    await slot.__aenter__()
+                    held = True
+                stream = await super().get_chat_completions(context)
         except BaseException as exc:
-            await slot.__aexit__(type(exc), exc, exc.__traceback__)
+            if held and slot is not None:
+                await slot.__aexit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, TimeoutError) and timeout.expired():
+                raise LLMTimeoutError(missed) from None
             raise
 
-        async def release() -> None:
-            await slot.__aexit__(None, None, None)
+        release = None
+        if slot is not None:
 
-        return ToolCallStream(stream, on_close=release)
+            async def release() -> None:
+                await slot.__aexit__(None, None, None)
+
+        return ToolCallStream(stream, on_close=release, deadlines=deadlines)
