@@ -234,6 +234,11 @@ class WidgetConfig(_Strict):
         default_factory=list,
         description="Pages that may start calls (scheme://host[:port]); empty = this server only.",
     )
+    allow_non_browser_clients: bool = Field(
+        default=False,
+        description="Take offers and candidates without an Origin header (scripts, native apps, "
+        "kiosks): browsers always send one, so the default refuses them with 403.",
+    )
 
     @field_validator("allowed_origins")
     @classmethod
@@ -258,6 +263,27 @@ class WebRTCConfig(_Strict):
     ice_servers: list[IceServerConfig] = Field(default_factory=list)
     max_sdp_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     offers_per_minute_per_ip: int = Field(default=10, ge=1)
+    candidate_patches_per_minute_per_ip: int = Field(
+        default=60, ge=1, description="Trickled-candidate PATCHes one address may send a minute."
+    )
+
+
+class HTTPConfig(_Strict):
+    """Bounds on every HTTP request and websocket handshake, whatever the route."""
+
+    max_body_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=16_777_216,
+        description="Largest request body (WebRTC offers: at least webrtc.max_sdp_bytes); 413.",
+    )
+    requests_per_minute_per_ip: int = Field(
+        default=600,
+        ge=1,
+        description="Requests and websocket handshakes one client address may make a minute "
+        "(bursts up to that many); beyond it 429. Behind a proxy, the address is the one "
+        "the proxy reports in X-Forwarded-For (uvicorn trusts it from 127.0.0.1).",
+    )
 
 
 class ServerConfig(_Strict):
@@ -283,6 +309,7 @@ class ServerConfig(_Strict):
         description="Widget key -> persona and allowed origins; `demo` is the / page's.",
     )
     webrtc: WebRTCConfig = WebRTCConfig()
+    http: HTTPConfig = HTTPConfig()
 
     @field_validator("widgets", mode="after")
     @classmethod

@@ -285,6 +285,7 @@ class PhoneLine:
         control.worker = call.worker
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(call.worker)
+        logger.info(f"call {info.call_sid}: stream {info.stream_sid} started")
 
         async def on_stop() -> None:
             await call.worker.cancel(reason="caller hung up")

@@ -94,6 +94,7 @@ async def _serve(
     from voxline.bot.server import create_app
     from voxline.engines.llm import LLMServerError
     from voxline.models import ModelNotAvailableError
+    from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()
     config = await choose_llm_backend(config, personas, args.config)
@@ -132,7 +133,12 @@ async def _serve(
                 bad_input = isinstance(exc, ModelNotAvailableError)
                 return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
         app = create_app(config, personas, runtime)
-        server = Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # A Twilio message is under 1 KB: a far larger websocket message is closed with 1009.
+        server = Server(
+            uvicorn.Config(
+                app, log_level="warning", lifespan="on", ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES
+            )
+        )
         # uvicorn takes SIGINT/SIGTERM from here: it drains the calls, then the app's
         # lifespan closes the Runtime, which stops every server it started.
         await server.serve(sockets=[listener])

@@ -10,6 +10,9 @@ GET  /widget.js        the embeddable widget
 GET  /webrtc/config    ICE servers for a widget key
 POST /webrtc/offer     SDP offer in, answer out (a browser call starts)
 PATCH /webrtc/offer    trickled ICE candidates
+
+Every route is behind :class:`~voxline.bot.http_limits.RequestLimits`: bodies are
+bounded per route (413) and each client address has a request budget (429).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from loguru import logger
 
 from voxline.bot.admission import Admission
+from voxline.bot.http_limits import RequestLimits
 from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime
@@ -78,6 +82,17 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
     app = FastAPI(title="voxline", lifespan=lifespan)
     app.state.phone = line
 
+    def body_limit(path: str) -> int:
+        if path.startswith("/webrtc/"):
+            return max(config.http.max_body_bytes, config.webrtc.max_sdp_bytes)
+        return config.http.max_body_bytes
+
+    app.add_middleware(
+        RequestLimits,
+        body_limit=body_limit,
+        requests_per_minute=config.http.requests_per_minute_per_ip,
+    )
+
     @app.get("/health/live")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
@@ -101,8 +116,12 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
-        form = await request.form()
-        params = {key: str(value) for key, value in form.items()}
+        try:
+            form = await request.form(max_files=0, max_fields=200)
+        except Exception as exc:  # python-multipart's and starlette's parse errors
+            logger.warning(f"voice webhook refused (400): the body is not a form ({exc})")
+            return Response("the body is not a form", status_code=400, media_type="text/plain")
+        params = {key: value for key, value in form.items() if isinstance(value, str)}
         url = line.public_url(str(request.base_url)) + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -115,7 +134,11 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
 
     @app.websocket("/twilio/stream")
     async def twilio_stream(websocket: WebSocket) -> None:
-        await websocket.accept()
+        try:
+            await websocket.accept()
+        except (OSError, RuntimeError, WebSocketDisconnect) as exc:
+            logger.info(f"twilio stream: the peer left during the handshake ({exc!r})")
+            return
         await line.serve_stream(websocket)
 
     return app

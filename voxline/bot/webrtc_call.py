@@ -42,7 +42,7 @@ from pipecat.transports.smallwebrtc.transport import (
 )
 from pipecat.workers.runner import WorkerRunner
 
-from voxline.bot.admission import Admission, CallRejected
+from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.config import ServerConfig
@@ -55,6 +55,7 @@ from voxline.transports.webrtc import (
     RateLimiter,
     SignalingError,
     check_origin,
+    check_sdp,
     is_mdns_candidate,
     strip_mdns_candidates,
 )
@@ -63,6 +64,8 @@ OUT_SAMPLE_RATE = 24_000
 # A browser sends audio packets continuously, silence included; none for this long means
 # it is gone (ICE consent freshness alone takes ~30 s to notice a vanished peer).
 SILENT_PEER_SECS = 6.0
+# An answered offer's line waits this long for its call to start.
+OFFER_HOLD_SECS = 30.0
 
 
 class PlayoutOutputTransport(PlayoutGateMixin, SmallWebRTCOutputTransport):
@@ -173,7 +176,10 @@ class WebRTCLine:
     admission: Admission
     _handler: SmallWebRTCRequestHandler = field(init=False)
     _limiter: RateLimiter = field(init=False)
+    _patch_limiter: RateLimiter = field(init=False)
     _calls: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _keys: dict[str, str] = field(default_factory=dict, init=False)
+    """Widget key of every live connection, by pc_id."""
 
     def __post_init__(self) -> None:
         ice = [
@@ -182,6 +188,7 @@ class WebRTCLine:
         ]
         self._handler = SmallWebRTCRequestHandler(ice_servers=ice)
         self._limiter = RateLimiter(self.config.webrtc.offers_per_minute_per_ip)
+        self._patch_limiter = RateLimiter(self.config.webrtc.candidate_patches_per_minute_per_ip)
 
     @property
     def active_calls(self) -> int:
@@ -200,26 +207,43 @@ class WebRTCLine:
         return check_origin(widget, origin, own_origin)
 
     async def answer(self, offer: Offer, client_ip: str) -> dict:
-        """Accept an offer: start the call and return the SDP answer.
+        """Accept an offer: take a line, start the call and return the SDP answer.
+
+        An offer that names the ``pc_id`` of a live connection of the same widget
+        key renegotiates that call and takes no new line; any other offer is a new
+        call, whose line is checked and taken in one step before any work is done.
 
         Raises:
-            SignalingError: 429 too many offers from this address, 503 busy, 400 bad SDP.
+            SignalingError: 429 too many offers from this address, 404 a ``pc_id``
+                of another key, 503 busy, 400 bad SDP.
         """
         if not self._limiter.allow(client_ip):
             raise SignalingError(429, "too many offers from this address; try again in a minute")
-        if offer.pc_id is None and self.admission.full:
-            self.admission.refused += 1
-            raise SignalingError(503, "busy: every line is taken, please try again shortly")
+        check_sdp(offer.sdp)
+        pc_id = offer.pc_id if offer.pc_id in self._keys else None
+        if pc_id is not None and self._keys[pc_id] != offer.key:
+            raise SignalingError(404, "unknown connection for this widget key")
+        slot = None
+        if pc_id is None:
+            slot = self.admission.try_take(hold_secs=OFFER_HOLD_SECS)
+            if slot is None:
+                raise SignalingError(503, "busy: every line is taken, please try again shortly")
         persona = self.personas[offer.key]
         request = SmallWebRTCRequest(
             sdp=strip_mdns_candidates(offer.sdp),
             type=offer.type,
-            pc_id=offer.pc_id,
+            pc_id=pc_id,
             restart_pc=offer.restart_pc,
         )
 
+        started = False
+
         async def start(connection: SmallWebRTCConnection) -> None:
-            task = asyncio.create_task(self._run_call(connection, persona))
+            nonlocal started
+            assert slot is not None  # a renegotiation starts no call
+            started = True
+            self._keys[connection.pc_id] = offer.key
+            task = asyncio.create_task(self._run_call(connection, persona, slot))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
@@ -230,17 +254,27 @@ class WebRTCLine:
         except Exception as exc:
             if getattr(exc, "status_code", None):
                 raise SignalingError(int(exc.status_code), str(exc)) from None
-            raise SignalingError(400, f"the offer could not be answered: {exc}") from None
+            reason = str(exc) or type(exc).__name__  # aiortc's parser asserts without a message
+            raise SignalingError(400, f"the offer could not be answered: {reason}") from None
+        finally:
+            if slot is not None and not started:
+                slot.release()  # no call took the line
         if answer is None:
             raise SignalingError(400, "the offer produced no answer")
         return answer
 
-    async def add_candidates(self, patch: CandidatePatch) -> None:
-        """Trickled ICE candidates for a connection (mDNS ones are dropped).
+    async def add_candidates(self, patch: CandidatePatch, client_ip: str) -> None:
+        """Trickled ICE candidates for a live connection of the patch's key (mDNS ones dropped).
 
         Raises:
-            SignalingError: 404 when the connection is unknown.
+            SignalingError: 429 too many patches from this address, 404 when the
+                connection is unknown or belongs to another widget key, 400 for a
+                candidate aiortc cannot parse.
         """
+        if not self._patch_limiter.allow(client_ip):
+            raise SignalingError(429, "too many candidate patches from this address")
+        if self._keys.get(patch.pc_id) != patch.key:
+            raise SignalingError(404, "unknown connection for this widget key")
         request = SmallWebRTCPatchRequest(
             pc_id=patch.pc_id,
             candidates=[
@@ -255,17 +289,22 @@ class WebRTCLine:
             status = int(getattr(exc, "status_code", 400))
             raise SignalingError(status, f"candidates refused: {exc}") from None
 
-    async def _run_call(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
+    async def _run_call(
+        self, connection: SmallWebRTCConnection, persona: Persona, slot: Slot
+    ) -> None:
         try:
-            async with self.admission.admit():
+            async with self.admission.hold(slot):
                 await self._serve(connection, persona)
         except CallRejected as exc:
             logger.warning(f"browser call refused: {exc}")
             await connection.disconnect()
-        except Exception:
-            logger.exception(f"browser call {connection.pc_id} failed")
+        except Exception as exc:
+            logger.error(f"browser call {connection.pc_id} failed: {type(exc).__name__}: {exc}")
+            logger.opt(exception=exc).debug("browser call failure")
             with contextlib.suppress(Exception):
                 await connection.disconnect()
+        finally:
+            self._keys.pop(connection.pc_id, None)
 
     async def _serve(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
         transport = PlayoutWebRTCTransport(

@@ -117,8 +117,7 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
         try:
             parsed = await _parse(request, Offer, config.webrtc.max_sdp_bytes)
             allowed = line.check_page(parsed.key, origin, _own_origin(request))
-            client = request.client.host if request.client else "unknown"
-            answer = await line.answer(parsed, client)
+            answer = await line.answer(parsed, _client(request))
         except SignalingError as exc:
             return _refusal(exc, allowed or origin if exc.status != 403 else None)
         return JSONResponse(answer, headers=_cors(allowed))
@@ -128,15 +127,15 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
     @app.patch("/webrtc/offer")
     async def candidates(request: Request) -> Response:
         origin = request.headers.get("origin")
-        if (
-            origin is not None
-            and origin != _own_origin(request)
-            and not (origin in listed or "*" in listed)
-        ):
-            return _refusal(SignalingError(403, f"origin {origin} may not patch"), None)
+        allowed = None
         try:
             patch = await _parse(request, CandidatePatch, config.webrtc.max_sdp_bytes)
-            await line.add_candidates(patch)
+            allowed = line.check_page(patch.key, origin, _own_origin(request))
+            await line.add_candidates(patch, _client(request))
         except SignalingError as exc:
-            return _refusal(exc, origin)
-        return JSONResponse({"status": "ok"}, headers=_cors(origin))
+            return _refusal(exc, allowed or origin if exc.status != 403 else None)
+        return JSONResponse({"status": "ok"}, headers=_cors(allowed))
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

@@ -33,10 +33,15 @@ class MediaFormat(_Message):
     channels: int = 1
 
 
+# Twilio's ids are two letters and 32 hex digits; anything printable and short is accepted,
+# nothing that could break a log line (new lines, control characters, lone surrogates).
+_SID = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
 class StartInfo(_Message):
-    stream_sid: str = Field(alias="streamSid")
-    account_sid: str = Field("", alias="accountSid")
-    call_sid: str = Field(alias="callSid")
+    stream_sid: str = Field(alias="streamSid", pattern=_SID)
+    account_sid: str = Field("", alias="accountSid", max_length=64)
+    call_sid: str = Field(alias="callSid", pattern=_SID)
     tracks: list[str] = Field(default_factory=lambda: ["inbound"])
     custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
     media_format: MediaFormat = Field(default_factory=MediaFormat, alias="mediaFormat")
@@ -126,6 +131,10 @@ def parse_message(data: str | bytes) -> Connected | Start | Media | DTMF | Mark 
         document = json.loads(data)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit limit
+        raise ProtocolError(f"invalid JSON: {str(exc)[:80]}") from None
     if not isinstance(document, dict):
         raise ProtocolError("a message must be a JSON object")
     event = document.get("event")

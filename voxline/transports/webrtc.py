@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -57,15 +57,65 @@ class Candidate(BaseModel):
 
 
 class CandidatePatch(BaseModel):
-    """``PATCH /webrtc/offer``: candidates for a connection that already has an answer."""
+    """``PATCH /webrtc/offer``: candidates for a connection that already has an answer.
+
+    The widget key is checked as for the offer: a connection takes candidates only
+    under the key it was answered for.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    key: str = Field(min_length=1, max_length=64)
     pc_id: str = Field(min_length=1, max_length=128)
     candidates: list[Candidate] = Field(max_length=64)
 
 
 _MDNS_CANDIDATE = re.compile(r"^a=candidate:.* [0-9a-f-]+\.local .*$", re.MULTILINE)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_AUDIO_OVER_DTLS = re.compile(r"^m=audio \d+ UDP/TLS/RTP/SAVPF( \d+)+$", re.MULTILINE)
+_FINGERPRINT = re.compile(
+    r"^a=fingerprint:sha-(1|224|256|384|512) [0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+$", re.MULTILINE
+)
+_SETUP = re.compile(r"^a=setup:(.*)$", re.MULTILINE)
+
+
+def check_sdp(sdp: str) -> None:
+    """Refuse an offer a browser would never send, before any WebRTC work is done for it.
+
+    A WebRTC offer carries audio over DTLS-SRTP (``UDP/TLS/RTP/SAVPF``), a DTLS
+    certificate fingerprint, ICE credentials and a DTLS role. aiortc answers
+    some offers that lack these (the call then never connects, holding a line
+    until it times out), and raises bare errors on others: both become a 400
+    that names what is missing.
+
+    Raises:
+        SignalingError: 400 naming the first problem.
+    """
+    text = sdp.replace("\r\n", "\n")
+    problems = [
+        (_CONTROL.search(text) is not None, "contains control characters"),
+        (
+            _AUDIO_OVER_DTLS.search(text) is None,
+            "has no audio section over DTLS-SRTP (m=audio <port> UDP/TLS/RTP/SAVPF <formats>)",
+        ),
+        (_FINGERPRINT.search(text) is None, "has no DTLS fingerprint (a=fingerprint:sha-256 ...)"),
+        (
+            "\na=ice-ufrag:" not in text or "\na=ice-pwd:" not in text,
+            "has no ICE credentials (a=ice-ufrag, a=ice-pwd)",
+        ),
+        (
+            any(
+                role.strip() not in {"actpass", "active", "passive"}
+                for role in _SETUP.findall(text)
+            ),
+            "has an unknown DTLS role (a=setup must be actpass, active or passive)",
+        ),
+    ]
+    for failed, problem in problems:
+        if failed:
+            raise SignalingError(400, f"malformed SDP: the offer {problem}")
 
 
 def strip_mdns_candidates(sdp: str) -> str:
@@ -81,16 +131,23 @@ def is_mdns_candidate(candidate: str) -> bool:
 
 
 def check_origin(widget: WidgetConfig, origin: str | None, own_origin: str) -> str | None:
-    """The origin to allow in CORS headers, or raise when the page may not call.
+    """The origin to allow in CORS headers, or raise when the caller may not call.
 
-    A key with no allowed origins serves only pages of this server; ``*`` allows any.
+    A browser always sends ``Origin`` with a POST or PATCH. A request without one
+    (or with ``null``: a sandboxed frame or a local file) comes from something
+    that is not a web page of any site; only keys that set
+    ``allow_non_browser_clients`` take those. A key with no allowed origins
+    serves only pages of this server; ``*`` allows any site.
 
     Raises:
-        SignalingError: 403 for a page of another site.
+        SignalingError: 403 for a page of another site, or a client without an origin.
     """
     if origin is None or origin == "null":
-        # Not a browser page (a script or a test): nothing to protect with CORS.
-        return None
+        if widget.allow_non_browser_clients:
+            return None
+        raise SignalingError(
+            403, "this widget key takes calls from web pages only (no Origin header)"
+        )
     allowed = widget.allowed_origins or [own_origin]
     if "*" in allowed or origin in allowed:
         return origin
@@ -111,27 +168,35 @@ def ice_servers_for_page(servers: list[IceServerConfig]) -> list[dict]:
 
 
 class RateLimiter:
-    """At most ``limit`` events per address per ``window_secs``; remembers ``max_keys`` addresses.
+    """At most about ``limit`` events per address per ``window_secs``, as a token bucket.
 
-    Bounded: the least recently seen addresses are forgotten first.
+    Each address holds ``limit`` tokens, refilled at ``limit / window_secs`` a
+    second; an event takes one. Memory is two numbers per address, and at most
+    ``max_keys`` addresses are remembered (the least recently seen are forgotten
+    first), so a flood from many addresses cannot grow it without bound.
     """
 
     def __init__(self, limit: int, window_secs: float = 60.0, max_keys: int = 10_000):
         self.limit = limit
         self.window_secs = window_secs
         self.max_keys = max_keys
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._rate = limit / window_secs
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def allow(self, address: str, now: float | None = None) -> bool:
         """Record one event for ``address``; False when it is over the limit."""
         now = time.monotonic() if now is None else now
-        times = self._seen.pop(address, None) or deque()
-        while times and now - times[0] >= self.window_secs:
-            times.popleft()
-        allowed = len(times) < self.limit
-        if allowed:
-            times.append(now)
-        self._seen[address] = times
-        while len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
+        tokens, since = self._buckets.pop(address, (float(self.limit), now))
+        tokens = min(float(self.limit), tokens + (now - since) * self._rate)
+        allowed = tokens >= 1.0
+        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
         return allowed
+
+    def retry_after(self, address: str, now: float | None = None) -> float:
+        """Seconds until ``address`` may send one more event."""
+        now = time.monotonic() if now is None else now
+        tokens, since = self._buckets.get(address, (float(self.limit), now))
+        tokens = min(float(self.limit), tokens + (now - since) * self._rate)
+        return max(0.0, (1.0 - tokens) / self._rate)
