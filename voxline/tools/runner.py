@@ -1,17 +1,36 @@
 """Run one YAML-defined tool call: validate the arguments, call the handler, bound the time.
 
 Whatever goes wrong — arguments that do not match the schema, a handler that
-raises, times out or answers with something that is not JSON, an HTTP error —
-becomes an ``{"error": ...}`` result that the LLM sees and can apologise for.
-The call itself never fails because of a tool.
+raises, times out or answers with something that is not JSON or is too large, an
+HTTP error — becomes an ``{"error": ...}`` result that the LLM sees and can
+apologise for. The call itself never fails because of a tool, and no traceback
+reaches the log: one line names the tool and what went wrong.
+
+Blocking (``def``) handlers run in :class:`ToolThreads`, a thread pool of its own,
+bounded, and separate from the event loop's default executor (which the engines
+and pipecat use). Python cannot stop a thread: a blocking handler that outlives
+its ``timeout_secs`` keeps its thread until it returns. So the pool counts the
+threads still busy, and refuses at once, with an error result, a call that would
+need a thread when all are busy, or a call of a tool that already has
+:data:`MAX_HUNG_PER_TOOL` calls running past their timeout. A hung tool costs
+its own callers an apology; it never makes other tools, or calls, wait without end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import datetime
+import decimal
+import functools
 import json
 import os
+import threading
+import traceback
+import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +46,143 @@ from voxline.tools.spec import (
 )
 
 MAX_RESULT_CHARS = 4000
+"""The longest result (as JSON) the LLM is given; longer ones are an error result."""
+
+MAX_HTTP_RESPONSE_BYTES = 1 << 20
+"""The most an HTTP tool's endpoint may answer; a longer body is not read to its end."""
+
+DEFAULT_TOOL_THREADS = 8
+"""Threads for blocking handlers, per process (:class:`ToolThreads`)."""
+
+MAX_HUNG_PER_TOOL = 2
+"""Calls of one tool that may still run past their timeout before new calls of it
+are refused at once."""
+
+
+class ToolThreads:
+    """A bounded pool of threads for blocking tool handlers, which knows the hung ones.
+
+    Args:
+        max_threads: threads in the pool; a call that finds them all busy (running
+            or hung past their timeout) is refused instead of queued.
+        max_hung_per_tool: calls of one tool that may still be running past their
+            timeout; the next call of that tool is refused.
+    """
+
+    def __init__(
+        self,
+        max_threads: int = DEFAULT_TOOL_THREADS,
+        *,
+        max_hung_per_tool: int = MAX_HUNG_PER_TOOL,
+    ):
+        if max_threads < 1 or max_hung_per_tool < 1:
+            raise ValueError("max_threads and max_hung_per_tool must be >= 1")
+        self.max_threads = max_threads
+        self.max_hung_per_tool = max_hung_per_tool
+        self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="voxline-tool")
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._hung: Counter[str] = Counter()
+        self._running: set[Future[Any]] = set()
+
+    @property
+    def busy(self) -> int:
+        """Threads running a handler now, hung ones included."""
+        with self._lock:
+            return self._busy
+
+    def hung(self, tool: str) -> int:
+        """Calls of ``tool`` still running past their timeout."""
+        with self._lock:
+            return self._hung[tool]
+
+    async def run(
+        self, tool: str, function: Callable[..., Any], arguments: dict[str, Any], timeout: float
+    ) -> Any:
+        """Run ``function(**arguments)`` in a pool thread, waiting at most ``timeout`` s.
+
+        Raises:
+            ToolFailure: no thread is free, or ``tool`` has too many hung calls.
+            TimeoutError: the handler did not return in time (its thread is then
+                counted as hung until the handler returns).
+        """
+        with self._lock:
+            if self._hung[tool] >= self.max_hung_per_tool:
+                raise ToolFailure(
+                    f"{self._hung[tool]} earlier calls of it are still running past their "
+                    "timeout; not calling it again until they end"
+                )
+            if self._busy >= self.max_threads:
+                raise ToolFailure(
+                    f"all {self.max_threads} tool threads are busy ({sum(self._hung.values())} "
+                    "with calls past their timeout); try again later"
+                )
+            self._busy += 1
+        call = functools.partial(function, **arguments)
+        try:
+            future: Future[Any] = self._executor.submit(contextvars.copy_context().run, call)
+        except BaseException:
+            self._done(None, None)
+            raise
+        state = {"hung": False}
+        with self._lock:
+            self._running.add(future)
+        future.add_done_callback(lambda done: self._done(tool if state["hung"] else None, done))
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            with self._lock:
+                if not future.done():
+                    state["hung"] = True
+                    self._hung[tool] += 1
+            raise
+
+    def _done(self, hung_tool: str | None, future: Future[Any] | None) -> None:
+        with self._lock:
+            self._busy -= 1
+            if hung_tool is not None:
+                self._hung[hung_tool] -= 1
+            self._running.discard(future)  # type: ignore[arg-type]
+
+    async def drain(self) -> None:
+        """Wait until every handler started so far has returned (hung ones included)."""
+        with self._lock:
+            running = list(self._running)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in running), return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop taking work; threads still running finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_shared_threads: ToolThreads | None = None
+
+
+def tool_threads() -> ToolThreads:
+    """The process's pool for blocking handlers (made on first use)."""
+    global _shared_threads
+    if _shared_threads is None:
+        _shared_threads = ToolThreads()
+    return _shared_threads
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the values databases hand back; anything else is not JSON."""
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} is not JSON")
+
+
+def _where(exc: BaseException) -> str:
+    """The file and line a handler raised at, without its message (caller data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {Path(last.filename).name}:{last.lineno}"
 
 
 class ToolRunner:
@@ -36,10 +192,16 @@ class ToolRunner:
         spec: the validated spec.
         base_dir: the spec file's folder (where its Python module lives).
         http_client: shared HTTP client for ``http:`` tools; one is made if omitted.
+        threads: the pool blocking handlers run in (default: the process's).
     """
 
     def __init__(
-        self, spec: ToolSpec, base_dir: Path, http_client: httpx.AsyncClient | None = None
+        self,
+        spec: ToolSpec,
+        base_dir: Path,
+        http_client: httpx.AsyncClient | None = None,
+        *,
+        threads: ToolThreads | None = None,
     ):
         from jsonschema import Draft202012Validator
 
@@ -49,6 +211,7 @@ class ToolRunner:
             resolve_python_handler(spec.python, base_dir) if spec.python else None
         )
         self._http_client = http_client
+        self._threads = threads or tool_threads()
 
     @property
     def name(self) -> str:
@@ -78,38 +241,41 @@ class ToolRunner:
         return f"{where}: {first.message}"
 
     async def run(self, arguments: Any) -> dict[str, Any]:
-        """Call the tool; returns ``{"result": ...}`` or ``{"error": ...}``, never raises."""
+        """Call the tool; returns ``{"result": ...}`` or ``{"error": ...}``, never raises
+        (cancellation aside)."""
         if problem := self.check_arguments(arguments):
             return {"error": f"invalid arguments for {self.name}: {problem}"}
         try:
-            async with asyncio.timeout(self.spec.timeout_secs):
-                value = await self._call(dict(arguments))
+            value = await self._call(dict(arguments))
         except TimeoutError:
             return {"error": f"{self.name} did not answer within {self.spec.timeout_secs:g} s"}
         except ToolFailure as exc:
             return {"error": f"{self.name} failed: {exc}"}
-        except Exception as exc:  # a business's handler may raise anything
-            logger.opt(exception=exc).warning(f"tool {self.name} raised")
-            return {"error": f"{self.name} failed: {type(exc).__name__}: {exc}"}
+        except (Exception, SystemExit) as exc:  # a business's handler may raise anything
+            logger.warning(f"tool {self.name} raised {type(exc).__name__}{_where(exc)}")
+            return {"error": f"{self.name} failed: {type(exc).__name__}: {str(exc)[:200]}"}
         try:
-            text = json.dumps(value, default=str)
-        except (TypeError, ValueError) as exc:
+            text = json.dumps(value, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
             return {"error": f"{self.name} returned a value that is not JSON: {exc}"}
         if len(text) > MAX_RESULT_CHARS:
             return {
                 "error": f"{self.name} returned {len(text)} characters; the limit is "
                 f"{MAX_RESULT_CHARS}"
             }
-        return {"result": value}
+        return {"result": json.loads(text)}
 
     async def _call(self, arguments: dict[str, Any]) -> Any:
+        timeout = self.spec.timeout_secs
         if self._function is not None:
             if is_coroutine_function(self._function):
-                return await self._function(**arguments)
+                async with asyncio.timeout(timeout):
+                    return await self._function(**arguments)
             # Blocking handlers (a database, a SDK) must not stall every call's audio.
-            return await asyncio.to_thread(self._function, **arguments)
+            return await self._threads.run(self.name, self._function, arguments, timeout)
         assert self.spec.http is not None
-        return await call_http(self.spec.http, arguments, self._http_client)
+        async with asyncio.timeout(timeout):
+            return await call_http(self.spec.http, arguments, self._http_client)
 
 
 class ToolFailure(RuntimeError):
@@ -137,35 +303,45 @@ async def call_http(
 ) -> Any:
     """Send the arguments to the tool's HTTP endpoint and return its JSON answer.
 
+    Errors name the URL as the spec writes it (``${ENV}`` references unexpanded),
+    never the substituted one: a secret in a URL stays out of the log and the LLM's
+    context. At most :data:`MAX_HTTP_RESPONSE_BYTES` of the answer are read.
+
     Raises:
-        ToolFailure: an HTTP error status, a connection failure or a non-JSON body.
+        ToolFailure: an HTTP error status, a connection failure, a body that is too
+            large or not JSON.
     """
     url = substitute_env(handler.url)
     headers = {name: substitute_env(value) for name, value in handler.headers.items()}
     in_query = handler.method in ("GET", "DELETE")
+    named = f"{handler.method} {handler.url}"
     own_client = client is None
     client = client or httpx.AsyncClient()
     try:
-        response = await client.request(
+        async with client.stream(
             handler.method,
             url,
             headers=headers,
             params=arguments if in_query else None,
             json=None if in_query else arguments,
-        )
+        ) as response:
+            body = bytearray()
+            async for piece in response.aiter_bytes():
+                body += piece
+                if len(body) > MAX_HTTP_RESPONSE_BYTES:
+                    raise ToolFailure(f"{named} answered more than {MAX_HTTP_RESPONSE_BYTES} bytes")
     except httpx.HTTPError as exc:
-        raise ToolFailure(f"{handler.method} {url}: {type(exc).__name__}: {exc}") from None
+        raise ToolFailure(f"{named}: {type(exc).__name__}") from None
     finally:
         if own_client:
             await client.aclose()
+    text = bytes(body).decode(response.encoding or "utf-8", errors="replace")
     if response.status_code >= 400:
-        raise ToolFailure(
-            f"{handler.method} {url} answered HTTP {response.status_code}: {response.text[:200]}"
-        )
+        raise ToolFailure(f"{named} answered HTTP {response.status_code}: {text[:200]}")
     try:
-        return response.json()
+        return json.loads(text)
     except ValueError:
         raise ToolFailure(
-            f"{handler.method} {url} answered {response.headers.get('content-type', '?')}, "
-            f"not JSON: {response.text[:120]!r}"
+            f"{named} answered {response.headers.get('content-type', '?')}, "
+            f"not JSON: {text[:120]!r}"
         ) from None
