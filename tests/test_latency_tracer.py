@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import soxr
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    ErrorFrame,
     Frame,
+    InputAudioRawFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -24,7 +27,11 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_transport import TransportParams
 
 from tests.pipelines import RunningPipeline
+from tests.speech import caller_voice
+from voxline.engines.whisper import MAX_UTTERANCE_SECS, WhisperEngine
+from voxline.models import resolve_whisper
 from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.stt import SharedWhisperSTTService
 from voxline.transports.audiofile import AudioFileTransport
 
 RATE = 16_000
@@ -150,3 +157,64 @@ async def test_a_half_generated_answer_the_caller_talked_over_is_an_interrupted_
     second = done[1]
     assert second.caller_text == "What is my balance?" and second.bot_text == "Ten dollars."
     assert not second.interrupted and second.audio_out is not None
+
+
+class _Seen(BaseObserver):
+    """When frames of some types were pushed, on the pipeline clock."""
+
+    def __init__(self, *types: type[Frame]) -> None:
+        super().__init__(observe_every_push=False)
+        self.types = types
+        self.times: dict[type[Frame], list[int]] = {kind: [] for kind in types}
+        self.changed = asyncio.Event()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        for kind in self.types:
+            if isinstance(data.frame, kind):
+                self.times[kind].append(data.timestamp)
+                self.changed.set()
+
+    async def wait_for(self, kind: type[Frame], count: int) -> None:
+        while len(self.times[kind]) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 60)
+
+
+def _utterance(audio: np.ndarray, stop_secs: float = 0.2) -> list[Frame]:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    pieces = [pcm[start : start + RATE] for start in range(0, pcm.size, RATE)]
+    return [
+        VADUserStartedSpeakingFrame(),
+        *(InputAudioRawFrame(piece.tobytes(), RATE, 1) for piece in pieces),
+        VADUserStoppedSpeakingFrame(stop_secs=stop_secs),
+    ]
+
+
+async def test_an_utterance_whose_transcription_failed_does_not_time_the_next_turn():
+    # pipecat's segmented STT answers a failed utterance with an ErrorFrame and nothing
+    # else: the next transcript was timed from the failed utterance's end of speech.
+    engine = WhisperEngine(resolve_whisper("tiny.en"), num_workers=1)
+    try:
+        stt = SharedWhisperSTTService(engine=engine)
+        done: list[TurnTrace] = []
+        tracer = LatencyTracer(on_turn=done.append)
+        seen = _Seen(VADUserStoppedSpeakingFrame, ErrorFrame, TranscriptionFrame)
+        voice = caller_voice()
+        speech = np.frombuffer(voice.synthesize_all("What time do you open?"), np.int16)
+        speech = soxr.resample(speech.astype(np.float32) / 32768, voice.sample_rate, RATE)
+        too_long = np.zeros(int((MAX_UTTERANCE_SECS + 1) * RATE), np.float32)
+
+        async with RunningPipeline([stt], observers=[tracer, seen]) as run:
+            await run.queue(*_utterance(too_long))
+            await seen.wait_for(ErrorFrame, 1)  # Whisper refused it: no transcript
+            await run.queue(*_utterance(speech))
+            await seen.wait_for(TranscriptionFrame, 1)
+    finally:
+        await engine.close()
+
+    [first_stop, second_stop] = seen.times[VADUserStoppedSpeakingFrame]
+    [turn] = tracer.turns
+    assert "open" in turn.caller_text.lower(), turn.caller_text
+    assert turn.stt_request == second_stop, (turn.stt_request, first_stop, second_stop)
+    assert turn.speech_end == second_stop - int(0.2e9)
+    assert turn.latencies_ms()["stt"] is not None and turn.latencies_ms()["stt"] < 60_000

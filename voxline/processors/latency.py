@@ -46,6 +46,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
@@ -58,6 +59,7 @@ from voxline.processors.frames import (
     TranscriptionSkippedFrame,
     TurnCommittedFrame,
 )
+from voxline.processors.turn import TurnTaker
 
 
 def _latest(*times: int | None) -> int | None:
@@ -179,6 +181,8 @@ class TurnTrace:
 class _Utterance:
     stt_request: int
     speech_end: int
+    failed: bool = False
+    """Its transcription failed: no transcript will stand for it."""
 
 
 @dataclass
@@ -242,7 +246,7 @@ class LatencyTracer(BaseObserver):
         busy = (
             self._user_speaking
             or self._bot_speaking
-            or bool(self._pending)
+            or any(not utterance.failed for utterance in self._pending)
             or (self._turn is not None and not self._turn.complete)
         )
         if busy:
@@ -254,9 +258,14 @@ class LatencyTracer(BaseObserver):
         """Record the stage a frame marks."""
         frame, now = data.frame, data.timestamp
         if isinstance(frame, ErrorFrame):
-            # The turn's answer is now the apology the session speaks for it.
-            if self._turn is not None and not self._turn.complete:
+            if isinstance(frame.processor, (STTService, TurnTaker)):
+                # Speech recognition failed: the utterance waiting for its transcript
+                # gets none, so the next transcript must not be timed from it.
+                self._on_transcription_failed()
+            elif self._turn is not None and not self._turn.complete:
+                # The turn's answer is now the apology the session speaks for it.
                 self._turn.error = frame.error
+            self._update_idle()
             return
         if data.direction != FrameDirection.DOWNSTREAM:
             return
@@ -272,7 +281,7 @@ class LatencyTracer(BaseObserver):
             self._pending.append(_Utterance(stt_request=now, speech_end=speech_end))
         elif isinstance(frame, TranscriptionSkippedFrame):
             if self._pending:
-                self._pending.popleft()
+                self._pending.popleft()  # the utterance that was sent first, failed or not
         elif isinstance(frame, SpeculationStartedFrame):
             self._on_transcription(frame.text, now, whole_utterance=True)
         elif isinstance(frame, SpeculationCancelledFrame):
@@ -423,9 +432,28 @@ class LatencyTracer(BaseObserver):
         turn = self._turn
         return turn if turn is not None and not turn.complete and turn.audio_out else None
 
+    def _on_transcription_failed(self) -> None:
+        """The oldest utterance still waiting for a transcript will get none.
+
+        It stays queued, marked, because a turn-taker settles a failed utterance with
+        a :class:`TranscriptionSkippedFrame` too; a transcript passes over it.
+        """
+        for utterance in self._pending:
+            if not utterance.failed:
+                utterance.failed = True
+                return
+
+    def _next_utterance(self) -> _Utterance | None:
+        """The utterance a transcript stands for: the oldest one whose STT did not fail."""
+        while self._pending:
+            utterance = self._pending.popleft()
+            if not utterance.failed:
+                return utterance
+        return None
+
     def _on_transcription(self, text: str, now: int, *, whole_utterance: bool = False) -> None:
         """A transcript of the caller; ``whole_utterance``: it covers the turn so far."""
-        utterance = self._pending.popleft() if self._pending else None
+        utterance = self._next_utterance()
         turn = self._turn
         # The turn still being spoken takes every new transcript of the caller: a
         # speculative one (until committed), or, without speculation (keypad digits),
