@@ -5,6 +5,14 @@ processes on 127.0.0.1. Each runs in its own process group, so stopping it stops
 everything it started; on Linux it also receives SIGTERM if voxline dies without
 cleaning up. Its output is drained continuously (a full pipe would block it) and
 the last lines are kept for error messages.
+
+A server that exits on its own (a crash, the OOM killer, someone's ``kill``) is
+restarted on the same address, after 1 s, then 2, 4, 8, 16 and at most 30 s
+between attempts that fail, until one answers. Meanwhile :attr:`SupervisedServer.up`
+is False (readiness reports it), requests fail at once with a connection error
+(each call hears its persona's apology), and the completions that were streaming
+when it died fail the same way. Once it answers again, ``on_restart`` runs (the
+Runtime warms the personas' prompt prefixes again: the new process's cache is empty).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from loguru import logger
@@ -28,6 +36,9 @@ Progress = Callable[[str], None]
 """Receives one line of start-up progress ("vLLM server starting: 10 s"), for a person."""
 
 PROGRESS_INTERVAL_SECS = 5.0
+
+RESTART_BACKOFF_SECS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Waits before each restart attempt of a server that died; the last one repeats."""
 
 
 class LLMServerError(RuntimeError):
@@ -81,6 +92,10 @@ class SupervisedServer:
         port: its port.
         model_alias: the name clients send as ``model``.
         startup_timeout: seconds to wait for the server to answer.
+
+    Attributes:
+        restarts: how many times it was restarted after dying.
+        on_restart: awaited after each restart, once the server answers again.
     """
 
     ready_marker = "Uvicorn running on"
@@ -97,12 +112,22 @@ class SupervisedServer:
         self.startup_timeout = startup_timeout
         self._process: asyncio.subprocess.Process | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._tail: deque[str] = deque(maxlen=20)
+        self._up = False
+        self.restarts = 0
+        self.on_restart: Callable[[], Awaitable[None]] | None = None
+        self.restart_backoff_secs: tuple[float, ...] = RESTART_BACKOFF_SECS
 
     @property
     def endpoint(self) -> LLMEndpoint:
         """The server's URL and model name."""
         return LLMEndpoint(base_url=f"http://{self.host}:{self.port}", model=self.model_alias)
+
+    @property
+    def up(self) -> bool:
+        """Whether the server is running and answered since it last (re)started."""
+        return self._up and self.pid is not None
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +146,7 @@ class SupervisedServer:
         """Called with every line the server prints (counters, for example)."""
 
     async def start(self, progress: Progress | None = None) -> LLMEndpoint:
-        """Start the server and return once it answers requests.
+        """Start the server, return once it answers requests, and watch it from then on.
 
         Args:
             progress: told when the process starts, every few seconds while it
@@ -131,6 +156,12 @@ class SupervisedServer:
             LLMServerError: the process could not start, exited or did not answer in
                 time; the message carries the server's last output lines.
         """
+        endpoint = await self._launch(progress)
+        self._watch_task = asyncio.create_task(self._watch())
+        return endpoint
+
+    async def _launch(self, progress: Progress | None) -> LLMEndpoint:
+        """Start the process and wait until it answers (see :meth:`start`)."""
         from voxline.engines.llm import check_endpoint
 
         started = time.monotonic()
@@ -157,13 +188,14 @@ class SupervisedServer:
                 await check_endpoint(self.endpoint)
         except (TimeoutError, LLMServerError) as exc:
             tail = "\n".join(self._tail)
-            await self.stop()
+            await self._end_process()
             reason = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
             raise LLMServerError(f"{self.name} {reason}; its last output:\n{tail}") from None
         except BaseException:
-            await self.stop()
+            await self._end_process()
             raise
         self._drain_task = asyncio.create_task(self._drain())
+        self._up = True
         ready = f"{self.name} ready in {time.monotonic() - started:.1f} s"
         logger.info(ready)
         if progress is not None:
@@ -193,8 +225,51 @@ class SupervisedServer:
         while line := await self._process.stdout.readline():
             logger.trace(f"{self.name}: {self._keep(line)}")
 
+    async def _watch(self) -> None:
+        """Restart the server, with backoff, each time it exits without being stopped."""
+        while True:
+            process = self._process
+            if process is None:
+                return
+            code = await process.wait()
+            self._up = False
+            tail = "\n".join(list(self._tail)[-5:])
+            logger.error(
+                f"{self.name} pid {process.pid} exited with code {code}; restarting it. "
+                f"Its last output:\n{tail}"
+            )
+            await self._end_process()
+            attempt = 0
+            while True:
+                wait = self.restart_backoff_secs[min(attempt, len(self.restart_backoff_secs) - 1)]
+                await asyncio.sleep(wait)  # backoff: a server that cannot start is not hammered
+                try:
+                    await self._launch(None)
+                except LLMServerError as exc:
+                    attempt += 1
+                    logger.error(f"{self.name} restart {attempt} failed: {exc}")
+                    continue
+                break
+            self.restarts += 1
+            logger.warning(f"{self.name} restarted (restart {self.restarts}), pid {self.pid}")
+            if self.on_restart is not None:
+                try:
+                    await self.on_restart()
+                except Exception as exc:  # warming again only saves latency
+                    logger.warning(f"{self.name}: after the restart: {exc!r}")
+
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop the server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """Stop watching the server, then stop its process group: SIGTERM, then SIGKILL
+        after ``grace`` seconds."""
+        watch, self._watch_task = self._watch_task, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        await self._end_process(grace)
+
+    async def _end_process(self, grace: float = 5.0) -> None:
+        """End the process group (whatever is left of it) and its output reader."""
+        self._up = False
         process = self._process
         if process is None:
             return
@@ -207,6 +282,10 @@ class SupervisedServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+        else:
+            # The server died: children it left (vLLM's engine core) go with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         if self._drain_task is not None:
             self._drain_task.cancel()
             await asyncio.gather(self._drain_task, return_exceptions=True)
