@@ -25,6 +25,7 @@ from pydantic import (
 from voxline.cpu_budget import CpuBudget, cpu_budget
 from voxline.engines.piper import DEFAULT_MAX_PHONEMES
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
+from voxline.personas.schema import DEFAULT_LLM_MODEL
 from voxline.yamlfile import load_yaml_model
 
 
@@ -100,7 +101,12 @@ class EmbeddedLLMConfig(_Strict):
             "refusing to start."
         ),
     )
-    model: str = "smollm2"
+    model: str = Field(
+        default=DEFAULT_LLM_MODEL,
+        min_length=1,
+        description="The LLM of every persona that names no llm.model: an embedded GGUF "
+        "name or path (llama.cpp; converted once for vLLM), or a served model's name.",
+    )
     n_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
     n_ctx: int = Field(default=4096, ge=512)
     n_batch: int = Field(

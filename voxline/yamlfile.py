@@ -8,6 +8,7 @@ found, one line per problem.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +52,19 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[
     return sorted(getattr(current, "model_fields", {}))
 
 
+MAX_SHOWN_CHARS = 80
+"""Longest excerpt of a wrong value quoted in an error: the line stays a line."""
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to :data:`MAX_SHOWN_CHARS`, without building a huge string first."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        kind = type(value).__name__
+        return f"a {kind} of {len(value):,} items"
+    text = repr(value[: MAX_SHOWN_CHARS + 1] if isinstance(value, str) else value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
 def describe_validation_error(model: type[BaseModel], error: ValidationError) -> list[str]:
     """One line per pydantic error: field path, what was expected, what was found."""
     problems = []
@@ -64,26 +78,206 @@ def describe_validation_error(model: type[BaseModel], error: ValidationError) ->
         elif item["type"] == "missing":
             problems.append(f"{where}: required field is missing")
         else:
-            found = item.get("input")
-            problems.append(f"{where}: {item['msg']} (found {found!r})")
+            problems.append(f"{where}: {item['msg']} (found {_shown(item.get('input'))})")
+    return problems
+
+
+MAX_FILE_BYTES = 1 << 20
+"""Largest configuration file read (1 MiB). A persona with a long prompt is a few
+kilobytes; anything near a megabyte is a mistake (or an attack) and is refused
+before parsing, so a 10 MB file costs one ``stat``."""
+
+MAX_EXPANDED_NODES = 100_000
+"""Most YAML nodes a document may hold once every alias is expanded. Aliases
+(``*name``) reuse an anchored node; nested, a few hundred bytes of them describe
+billions of values ("billion laughs"), which cost nothing to parse but everything
+to validate, print or convert. A hand-written file has a few hundred nodes."""
+
+MAX_EXPANDED_CHARS = 4 << 20
+"""Most characters of scalar text a document may hold once aliases are expanded."""
+
+_DEFAULT_FIX = "write the file by hand, without nested anchors (&name) and aliases (*name)"
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's parser when built in), one node graph at a time."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Build one value; Python's own refusals (a 5000-digit int, the 13th month) name it.
+
+        Raises:
+            yaml.constructor.ConstructorError: with the value's line and column.
+        """
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read this value ({exc}): quote it to keep it as text",
+                node.start_mark,
+            ) from None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _line(node: yaml.Node) -> str:
+    mark = node.start_mark
+    return f"line {mark.line + 1}" if mark is not None else "(unknown line)"
+
+
+def check_node_graph(root: yaml.Node) -> list[str]:
+    """Problems of a composed YAML document that parsing alone does not catch.
+
+    Walks the node graph once (each shared node once, iteratively), computing how
+    big the document becomes when its aliases are expanded, and finds recursive
+    aliases and keys given twice in one mapping (YAML keeps the last one silently).
+
+    Returns:
+        One line per problem, starting with the line in the file.
+    """
+    problems: list[str] = []
+    sizes: dict[int, tuple[int, int]] = {}
+    expanding: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            expanding.discard(key)
+            nodes, chars = 1, 0
+            for child in _children(node):
+                child_nodes, child_chars = sizes[id(child)]
+                nodes, chars = nodes + child_nodes, chars + child_chars
+            if nodes > MAX_EXPANDED_NODES or chars > MAX_EXPANDED_CHARS:
+                what = (
+                    f"more than {MAX_EXPANDED_NODES:,} values"
+                    if nodes > MAX_EXPANDED_NODES
+                    else f"more than {MAX_EXPANDED_CHARS:,} characters"
+                )
+                return [
+                    f"{_line(node)}: YAML aliases expand this value to {what} "
+                    f'(a "billion laughs" file): {_DEFAULT_FIX}'
+                ]
+            sizes[key] = (nodes, chars)
+            continue
+        if key in sizes:
+            continue
+        if key in expanding:
+            return [
+                f"{_line(node)}: a YAML alias refers to a value that contains it (a recursive "
+                f"anchor): {_DEFAULT_FIX}"
+            ]
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = (1, len(node.value))
+            continue
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                name = (key_node.tag, key_node.value)
+                if name in seen:
+                    problems.append(
+                        f"{_line(key_node)}: {key_node.value!s:.60}: the key is given twice in "
+                        "the same mapping: keep one"
+                    )
+                seen.add(name)
+        expanding.add(key)
+        stack.append((node, True))
+        children = reversed(_children(node))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
     return problems
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse one YAML file, turning every failure into a ConfigError."""
+    """Parse one YAML file, turning every failure into a ConfigError.
+
+    The file must be a regular file of at most :data:`MAX_FILE_BYTES`; its
+    document must stay under :data:`MAX_EXPANDED_NODES` values and
+    :data:`MAX_EXPANDED_CHARS` characters once aliases are expanded, hold no
+    recursive alias and no key twice in one mapping. These are checked on the
+    parsed node graph, before any Python object is built.
+
+    Raises:
+        ConfigError: one line per problem, naming the line when there is one.
+    """
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(path, ["is not a regular file: give the path of a YAML file"])
+        if status.st_size > MAX_FILE_BYTES:
+            raise ConfigError(path, [_too_large(status.st_size)])
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [f"cannot be read: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:  # it grew after the stat
+        raise ConfigError(path, [_too_large(len(raw))])
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, [f"byte {exc.start} is not UTF-8 text: save the file as UTF-8"]
+        ) from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems = check_node_graph(node)
+        if problems:
+            raise ConfigError(path, problems)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, [f"{where}YAML syntax error: {problem}"]) from None
+        raise ConfigError(path, [_describe_yaml_error(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(path, ["values are nested too deeply: flatten the file"]) from None
+    finally:
+        loader.dispose()
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, text: str) -> str:
+    """One line for a PyYAML error: where, what, and the fix when there is a usual one."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        code = char if isinstance(char, int) else ord(char) if char else 0
+        return (
+            f"line {line}: character U+{code:04X} is not allowed in YAML (a control "
+            "character): remove it, or save the file as plain text"
+        )
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    if isinstance(exc, yaml.composer.ComposerError) and context and "single document" in context:
+        return f"{where}{context}, {problem}: keep one document (remove the `---` line)"
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        if "constructor for the tag" in problem:
+            problem += ": voxline reads plain YAML, remove the tag"
+        return f"{where}YAML error: {problem}"
+    if context:
+        problem = f"{context}, {problem}"
+    if mark is not None and text[mark.index : mark.index + 1] == "\t":
+        problem += ": indent with spaces, not tabs"
+    return f"{where}YAML syntax error: {problem}"
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"is {size:,} bytes, larger than the {MAX_FILE_BYTES:,} bytes a configuration file "
+        "may have: is it the right file? Put long prompts in a prompt_file"
+    )
 
 
 def load_yaml_model(path: Path | str, model: type[ModelT], **context: Any) -> ModelT:

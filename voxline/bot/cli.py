@@ -129,9 +129,9 @@ def _talk(args: argparse.Namespace) -> int:
     from voxline.yamlfile import ConfigError
 
     try:
-        persona = load_persona(args.persona)
         config = load_config(args.config)
         config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("talk")
+        persona = load_persona(args.persona, default_llm_model=config.engines.llm.model)
         audio = read_caller_audio(args.input) if args.input else None
     except (ConfigError, AudioInputError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)

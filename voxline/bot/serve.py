@@ -48,7 +48,6 @@ def progress(line: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
-    from voxline.personas import load_persona
     from voxline.yamlfile import ConfigError
 
     try:
@@ -56,13 +55,7 @@ def serve(args: argparse.Namespace) -> int:
         config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("serve")
         if args.persona is not None:
             config = config.model_copy(update={"default_persona": args.persona})
-        paths = config.persona_paths()
-        if not paths:
-            raise ConfigError(
-                args.config or "voxline.yaml",
-                ["no persona: give --persona or set default_persona in voxline.yaml"],
-            )
-        personas: dict[Path, Persona] = {path: load_persona(path) for path in paths}
+        personas = load_personas(config, args.config)
     except ConfigError as exc:
         print(f"voxline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -78,6 +71,29 @@ def serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"voxline: error: {exc}", file=sys.stderr)
         return exc.code
+
+
+def load_personas(config: ServerConfig, config_path: Path | None) -> dict[Path, Persona]:
+    """Load every persona the config answers with, by path, default first.
+
+    A persona whose file names no ``llm.model`` gets the config's
+    ``engines.llm.model``, so one line in ``voxline.yaml`` moves every such
+    persona to another model, on llama.cpp and vLLM alike.
+
+    Raises:
+        ConfigError: no persona is configured, or one of them is invalid.
+    """
+    from voxline.personas import load_persona
+    from voxline.yamlfile import ConfigError
+
+    paths = config.persona_paths()
+    if not paths:
+        raise ConfigError(
+            config_path or "voxline.yaml",
+            ["no persona: give --persona or set default_persona in voxline.yaml"],
+        )
+    model = config.engines.llm.model
+    return {path: load_persona(path, default_llm_model=model) for path in paths}
 
 
 async def _serve(

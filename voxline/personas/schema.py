@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from voxline.tools.spec import ToolSpec
+from voxline.tools.spec import TOOL_NAME, ToolSpec
 
 
 class _Strict(BaseModel):
@@ -70,11 +70,18 @@ class TTSSettings(_Strict):
         return self
 
 
+DEFAULT_LLM_MODEL = "smollm2"
+"""The LLM of a persona that names none, when no server config says otherwise."""
+
+
 class LLMSettings(_Strict):
     """The chat model that answers, and where it is served."""
 
     model: str = Field(
-        default="smollm2", description="Embedded GGUF name or path, or the served model name."
+        default=DEFAULT_LLM_MODEL,
+        min_length=1,
+        description="Embedded GGUF name or path, or the served model name. Unset: the "
+        "server config's engines.llm.model.",
     )
     base_url: str | None = Field(
         default=None,
@@ -312,6 +319,12 @@ class Persona(_Strict):
     @field_validator("tools")
     @classmethod
     def _tools_resolve(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        for name in names:
+            if not TOOL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a tool name: letters, digits and _ only, as in the "
+                    "tool spec's `name` (the spec is <tools_dir>/<name>.yaml)"
+                )
         if duplicates := sorted({name for name in names if names.count(name) > 1}):
             raise ValueError(f"tool(s) listed twice: {', '.join(duplicates)}")
         tools_dir = info.data.get("tools_dir")
@@ -322,6 +335,15 @@ class Persona(_Strict):
     @model_validator(mode="after")
     def _keep_tool_specs(self) -> Persona:
         self._tool_specs = _load_tool_specs(self.tools, self.tools_dir)
+        return self
+
+    @model_validator(mode="after")
+    def _default_llm_model(self, info: ValidationInfo) -> Persona:
+        # The server config's engines.llm.model, passed by the loader, is the model of
+        # every persona whose file does not name one.
+        default = (info.context or {}).get("default_llm_model")
+        if default and "model" not in self.llm.model_fields_set:
+            object.__setattr__(self, "llm", self.llm.model_copy(update={"model": default}))
         return self
 
     @model_validator(mode="after")
@@ -338,7 +360,7 @@ class Persona(_Strict):
             return None
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         resolved = value if value.is_absolute() else Path(base_dir) / value
-        if not resolved.is_file():
+        if not resolved.is_file():  # also refuses directories, FIFOs and devices
             raise ValueError(
                 f"prompt file not found: {resolved} (paths are relative to the persona file)"
             )
@@ -349,8 +371,7 @@ class Persona(_Strict):
         if (self.prompt is None) == (self.prompt_file is None):
             raise ValueError("give exactly one of `prompt` (inline text) or `prompt_file` (a path)")
         if self.prompt_file is not None:
-            text = self.prompt_file.read_text(encoding="utf-8")
-            object.__setattr__(self, "prompt", text)
+            object.__setattr__(self, "prompt", _read_prompt_file(self.prompt_file))
         if not (self.prompt or "").strip():
             raise ValueError("the system prompt is empty: write the persona's instructions")
         return self
@@ -364,6 +385,30 @@ class Persona(_Strict):
     def tool_specs(self) -> dict[str, tuple[ToolSpec, Path]]:
         """The persona's YAML-defined tools: name -> (spec, the spec's folder)."""
         return dict(self._tool_specs)
+
+
+MAX_PROMPT_BYTES = 256 * 1024
+"""Largest system prompt file read: far beyond any LLM context a call can afford."""
+
+
+def _read_prompt_file(path: Path) -> str:
+    """The prompt file's text; every failure is a ValueError saying what to fix."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_PROMPT_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"prompt file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PROMPT_BYTES:
+        raise ValueError(
+            f"prompt file {path} is larger than {MAX_PROMPT_BYTES // 1024} KB: a system prompt "
+            "must fit the LLM's context many times over; shorten it"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"prompt file {path}: byte {exc.start} is not UTF-8 text: save it as UTF-8"
+        ) from None
 
 
 def _load_tool_specs(names: list[str], tools_dir: Path) -> dict[str, tuple[ToolSpec, Path]]:

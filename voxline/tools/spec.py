@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from voxline.yamlfile import ConfigError, load_yaml_model
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""A tool's name: what the LLM calls, and the stem of its spec file."""
 
 
 class _Strict(BaseModel):
@@ -54,7 +56,7 @@ class ToolSpec(_Strict):
     Exactly one of ``python`` or ``http`` says how it runs.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    name: str = Field(pattern=rf"^{TOOL_NAME.pattern}$")
     description: str = Field(min_length=1)
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}},
@@ -118,7 +120,7 @@ def resolve_python_handler(reference: str, base_dir: Path) -> Callable[..., Any]
             module = _import_file(local, module_name)
         else:
             module = importlib.import_module(module_name)
-    except Exception as exc:  # any error while importing user code is a config error
+    except (Exception, SystemExit) as exc:  # any error while importing user code is a config error
         raise ValueError(
             f"cannot import module {module_name!r} (looked for {local} and on the import "
             f"path): {type(exc).__name__}: {exc}"
