@@ -11,11 +11,18 @@ The embedded LLM server is the one ``engines.llm.backend`` names; the commands
 resolve an unset backend first (``ServerConfig.for_command``: vLLM for ``serve``,
 llama.cpp for ``talk``), and a Runtime given an unset one runs llama.cpp, the
 engine that starts in a second.
+
+An embedded server that dies is restarted by its supervisor
+(:class:`~voxline.engines.server_process.SupervisedServer`); once it answers again,
+the Runtime warms every persona's prompt prefix on it again. :class:`ServerHealth`
+checks, on an interval, that every LLM and TTS server the personas use answers:
+``/health/ready`` reads its verdict instead of asking the servers on every probe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +42,7 @@ from voxline.engines.llm import (
 )
 from voxline.engines.llm_backend import BackendKind
 from voxline.engines.piper import PiperEngine
-from voxline.engines.server_process import Progress, SupervisedServer
+from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer
 from voxline.engines.snac import SNACDecoder, load_snac
 from voxline.engines.turn_model import EndOfTurnEngine, TurnModelError
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model
@@ -72,6 +79,8 @@ class Runtime:
         self._llm_servers: dict[str, SupervisedServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
+        self._personas_by_model: dict[str, dict[str, Persona]] = {}
+        self._tts_endpoints: set[LLMEndpoint] = set()
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Runtime:
@@ -98,7 +107,9 @@ class Runtime:
             await self._prepare_llm(persona)
             if persona.tts.engine == "orpheus" and persona.tts.base_url:
                 # Fail at start, naming the URL, rather than in the first caller's ear.
-                await check_endpoint(LLMEndpoint(persona.tts.base_url, persona.tts.model))
+                tts = LLMEndpoint(persona.tts.base_url, persona.tts.model)
+                await check_endpoint(tts)
+                self._tts_endpoints.add(tts)
 
     def _load_local_engines(self, persona: Persona) -> list[str]:
         """Load what ``persona`` needs and no other persona loaded yet; say what was loaded."""
@@ -158,6 +169,8 @@ class Runtime:
         key = (persona.llm.base_url, persona.llm.model)
         if key not in self._backends:
             self._backends[key] = await self._open_backend(persona)
+        if not persona.llm.base_url:
+            self._personas_by_model.setdefault(persona.llm.model, {})[persona.name] = persona
         prefix = persona_prefix(persona)
         if prefix.digest not in self._warmed:
             # A new persona, or an edited one (another prompt or tools): its prefix
@@ -247,7 +260,49 @@ class Runtime:
                 startup_timeout=settings.startup_timeout_secs,
             )
         self._llm_servers[persona.llm.model] = server
+        server.on_restart = functools.partial(self._warm_again, persona.llm.model)
         return await server.start(self._progress)
+
+    async def _warm_again(self, model: str) -> None:
+        """Warm the prompt prefixes of ``model``'s personas on its restarted server."""
+        server = self._llm_servers.get(model)
+        if server is None:
+            return
+        for persona in list(self._personas_by_model.get(model, {}).values()):
+            prefix = persona_prefix(persona)
+            try:
+                seconds = await warm_prefix(
+                    server.endpoint, persona.system_prompt, tools=prefix.tools
+                )
+            except LLMServerError as exc:
+                logger.warning(f"persona {persona.name}: warming after the restart failed: {exc}")
+            else:
+                logger.info(
+                    f"persona {persona.name}: prompt prefix warmed again in {seconds:.2f} s"
+                )
+
+    def servers_down(self) -> list[str]:
+        """Embedded servers not answering now (dead, or restarting): no I/O, for every probe."""
+        return [
+            f"{server.name} for {model} is down (restarting)"
+            for model, server in self._llm_servers.items()
+            if not server.up
+        ]
+
+    async def check_servers(self, timeout: float = 2.0) -> list[str]:
+        """Ask every LLM and TTS server in use whether it answers; what is wrong, if anything."""
+        endpoints = {backend.endpoint for backend in self._backends.values()}
+        endpoints |= self._tts_endpoints
+
+        async def problem(endpoint: LLMEndpoint) -> str | None:
+            try:
+                await check_endpoint(endpoint, timeout=timeout)
+            except LLMServerError as exc:
+                return str(exc)
+            return None
+
+        found = await asyncio.gather(*(problem(endpoint) for endpoint in endpoints))
+        return sorted(message for message in found if message is not None)
 
     def whisper(self, persona: Persona) -> WhisperEngine:
         """The shared Whisper engine for ``persona`` (after :meth:`prepare`)."""
@@ -323,6 +378,72 @@ class Runtime:
         for turn_model in turn_models:
             if turn_model is not None:
                 await turn_model.close()
+
+
+HEALTH_CHECK_INTERVAL_SECS = 5.0
+HEALTH_CHECK_TIMEOUT_SECS = 2.0
+
+
+class ServerHealth:
+    """Whether the model servers answer, checked in the background on an interval.
+
+    A readiness probe reads :meth:`problems`, which costs no I/O: the verdict of the
+    last check, plus any embedded server known to be down right now (its
+    supervisor saw it exit), so a crash is reported at once, not one interval later.
+
+    Args:
+        runtime: whose servers to check.
+        interval_secs: time between checks.
+        timeout_secs: how long one server may take to answer a check.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        interval_secs: float = HEALTH_CHECK_INTERVAL_SECS,
+        timeout_secs: float = HEALTH_CHECK_TIMEOUT_SECS,
+    ):
+        self._runtime = runtime
+        self.interval_secs = interval_secs
+        self.timeout_secs = timeout_secs
+        self._last: list[str] = []
+        self.checks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def problems(self) -> list[str]:
+        """What is wrong with the servers now; empty when all answer."""
+        found = self._runtime.servers_down()
+        return found + [problem for problem in self._last if problem not in found]
+
+    async def check(self) -> list[str]:
+        """Check every server once now; returns (and keeps) what is wrong."""
+        self._last = await self._runtime.check_servers(self.timeout_secs)
+        self.checks += 1
+        for problem in self._last:
+            logger.warning(f"health check: {problem}")
+        return self._last
+
+    def start(self) -> None:
+        """Start checking in the background (every ``interval_secs``)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_secs)  # the check interval, not a sync
+            try:
+                await self.check()
+            except Exception as exc:  # a failed check must not end the checking
+                logger.warning(f"health check failed: {exc!r}")
+
+    async def stop(self) -> None:
+        """Stop checking."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # gather, not suppress(CancelledError): a cancellation of the caller stays one.
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class TurnModelUnavailableError(ModelNotAvailableError):

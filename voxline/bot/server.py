@@ -2,8 +2,9 @@
 
 POST /twilio/voice     Twilio voice webhook (signed) -> TwiML <Connect><Stream>
 WS   /twilio/stream    Twilio media stream: one call
-GET  /health/live      the process is up
-GET  /health/ready     every persona's engines are loaded and its LLM answers
+GET  /health/live      the process is up (liveness: restart it if this fails)
+GET  /health/ready     it can take a call now: started, not draining, below max_calls,
+                       and every LLM and TTS server answers (checked in the background)
 GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches
 GET  /                 demo page with the widget (the `demo` key)
 GET  /widget.js        the embeddable widget
@@ -18,6 +19,7 @@ bounded per route (413) and each client address has a request budget (429).
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
@@ -28,7 +30,7 @@ from voxline.bot.admission import Admission
 from voxline.bot.http_limits import RequestLimits
 from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from voxline.bot.phone import PhoneLine, WebhookRejected
-from voxline.bot.runtime import Runtime
+from voxline.bot.runtime import HEALTH_CHECK_INTERVAL_SECS, Runtime, ServerHealth
 from voxline.bot.webrtc_call import WebRTCLine
 from voxline.bot.webrtc_routes import add_webrtc_routes
 from voxline.config import ServerConfig
@@ -38,13 +40,34 @@ from voxline.transports.twilio_webhook import StreamTokens
 TWIML = "application/xml"
 
 
-def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Runtime) -> FastAPI:
+@dataclass
+class Readiness:
+    """What ``/health/ready`` reports besides capacity and the servers' health.
+
+    Attributes:
+        started: every persona's engines are loaded and its servers answered once.
+        draining: the process is shutting down (or draining its calls): no new calls.
+    """
+
+    started: bool = False
+    draining: bool = False
+
+
+def create_app(
+    config: ServerConfig,
+    personas: dict[Path, Persona],
+    runtime: Runtime,
+    *,
+    health_interval_secs: float = HEALTH_CHECK_INTERVAL_SECS,
+) -> FastAPI:
     """Build the ASGI app. The Runtime is prepared for every persona at start-up.
 
     Args:
         config: the server config.
         personas: the personas this server answers with, by file; the first is the default.
         runtime: shared engines; the app closes it on shutdown.
+        health_interval_secs: how often the LLM and TTS servers are asked whether
+            they answer (readiness reads the last answer).
     """
     by_name = {persona.name: persona for persona in personas.values()}
     default_path = next(iter(personas))
@@ -66,21 +89,26 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         admission=admission,
         tokens=StreamTokens(ttl_secs=config.twilio.stream_token_ttl_secs),
     )
-    ready = {"value": False}
+    readiness = Readiness()
+    health = ServerHealth(runtime, interval_secs=health_interval_secs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
             for persona in by_name.values():
                 await runtime.prepare(persona)
-            ready["value"] = True  # `voxline serve` prints its ready line once it listens
+            readiness.started = True  # `voxline serve` prints its ready line once it listens
+            health.start()
             yield
         finally:
+            readiness.draining = True
+            await health.stop()
             await web.close()
             await runtime.close()
 
     app = FastAPI(title="voxline", lifespan=lifespan)
     app.state.phone = line
+    app.state.readiness = readiness
 
     def body_limit(path: str) -> int:
         if path.startswith("/webrtc/"):
@@ -99,12 +127,27 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
 
     @app.get("/health/ready")
     async def health_ready() -> JSONResponse:
+        """200 when a new call would be taken and answered now; 503 and the reasons if not.
+
+        No I/O here: the servers' health is the background check's last verdict, plus
+        any embedded server its supervisor saw die (reported at once).
+        """
+        admission = line.admission
+        problems: list[str] = []
+        if not readiness.started:
+            problems.append("starting: the engines are loading")
+        if readiness.draining:
+            problems.append("draining: no new calls")
+        if admission.full:
+            problems.append(f"full: {admission.active} of {admission.max_calls} calls")
+        problems.extend(health.problems())
         body = {
-            "ready": ready["value"],
-            "calls": line.admission.active,
-            "max_calls": line.admission.max_calls,
+            "ready": not problems,
+            "calls": admission.active,
+            "max_calls": admission.max_calls,
+            "problems": problems,
         }
-        return JSONResponse(body, status_code=200 if ready["value"] else 503)
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     registry = metrics_registry(runtime, line.admission)
 
