@@ -87,7 +87,9 @@ def create_app(
         personas=by_name,
         numbers=numbers,
         admission=admission,
-        tokens=StreamTokens(ttl_secs=config.twilio.stream_token_ttl_secs),
+        tokens=StreamTokens.configured(
+            config.twilio.stream_secret_file, config.twilio.stream_token_ttl_secs
+        ),
     )
     readiness = Readiness()
     health = ServerHealth(runtime, interval_secs=health_interval_secs)
