@@ -228,6 +228,12 @@ class TwilioConfig(_Strict):
         description="Twilio's REST root; point it at a local stand-in for tests.",
     )
     stream_token_ttl_secs: float = Field(default=60.0, gt=0, le=3600)
+    stream_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the stream-token key (at least 32 bytes) shared by every "
+        "server process behind one balancer; $VOXLINE_STREAM_SECRET instead; neither: a "
+        "random key per process. Relative to this file.",
+    )
 
 
 class WidgetConfig(_Strict):
@@ -330,6 +336,16 @@ class ServerConfig(_Strict):
                 persona = base_dir / persona
             resolved[key] = widget.model_copy(update={"persona": persona})
         return resolved
+
+    @field_validator("twilio", mode="after")
+    @classmethod
+    def _secret_file_relative_to_config(cls, twilio: TwilioConfig, info: ValidationInfo):
+        if twilio.stream_secret_file is None:
+            return twilio
+        path = twilio.stream_secret_file.expanduser()
+        if not path.is_absolute():
+            path = Path((info.context or {}).get("base_dir", ".")) / path
+        return twilio.model_copy(update={"stream_secret_file": path})
 
     @field_validator("default_persona", "numbers", mode="after")
     @classmethod

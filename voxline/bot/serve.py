@@ -48,6 +48,7 @@ def progress(line: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
+    from voxline.transports.twilio_webhook import StreamSecretError, stream_secret
     from voxline.yamlfile import ConfigError
 
     try:
@@ -56,7 +57,10 @@ def serve(args: argparse.Namespace) -> int:
         if args.persona is not None:
             config = config.model_copy(update={"default_persona": args.persona})
         personas = load_personas(config, args.config)
-    except ConfigError as exc:
+        # The stream-token key is read now, so a bad one stops serve before any engine
+        # loads; the app reads it again (the same way) when it builds its tokens.
+        stream_secret(config.twilio.stream_secret_file)
+    except (ConfigError, StreamSecretError) as exc:
         print(f"voxline: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 from twilio.request_validator import RequestValidator
@@ -54,22 +57,99 @@ class StreamTokenError(ValueError):
     """A stream token is malformed, forged, expired or already used."""
 
 
+STREAM_SECRET_ENV = "VOXLINE_STREAM_SECRET"
+"""The environment variable that gives the stream-token key to every server process."""
+MIN_STREAM_SECRET_BYTES = 32
+"""Shortest key accepted: 256 bits, what ``openssl rand -hex 32`` gives (and more)."""
+
+
+class StreamSecretError(ValueError):
+    """The configured stream-token key is missing, unreadable or too short (one line)."""
+
+
+def stream_secret(
+    secret_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> bytes | None:
+    """The stream-token key shared by every server process, or None for a per-process one.
+
+    It comes from ``$VOXLINE_STREAM_SECRET`` or from the file ``secret_file`` names
+    (``twilio.stream_secret_file`` in voxline.yaml; surrounding whitespace, such as
+    the file's last newline, is not part of the key). Giving both is refused, so two
+    processes cannot silently use different keys.
+
+    Raises:
+        StreamSecretError: both are given, the file cannot be read, or the key is
+            shorter than :data:`MIN_STREAM_SECRET_BYTES`.
+    """
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(STREAM_SECRET_ENV)
+    if from_env is not None and secret_file is not None:
+        raise StreamSecretError(
+            f"both ${STREAM_SECRET_ENV} and twilio.stream_secret_file ({secret_file}) give the "
+            "stream-token key: keep one"
+        )
+    if from_env is not None:
+        secret, source = from_env.strip().encode(), f"${STREAM_SECRET_ENV}"
+    elif secret_file is not None:
+        try:
+            with open(secret_file, "rb") as file:
+                secret = file.read(64 * 1024).strip()
+        except OSError as exc:
+            raise StreamSecretError(
+                f"twilio.stream_secret_file {secret_file} cannot be read: {exc.strerror or exc}"
+            ) from None
+        source = f"twilio.stream_secret_file {secret_file}"
+    else:
+        return None
+    if len(secret) < MIN_STREAM_SECRET_BYTES:
+        raise StreamSecretError(
+            f"{source} holds {len(secret)} bytes: the stream-token key needs at least "
+            f"{MIN_STREAM_SECRET_BYTES} (make one with `openssl rand -hex 32`)"
+        )
+    return secret
+
+
 class StreamTokens:
     """Short-lived, single-use tokens that tie a media stream to the webhook that created it.
 
     The token travels in the TwiML ``<Parameter>`` (Stream URLs take no query
-    string) and comes back in ``start.customParameters``.
+    string) and comes back in ``start.customParameters``. Server processes that
+    share a key (:func:`stream_secret`) accept each other's tokens, so the stream
+    may reach another process than the webhook did; each process remembers the
+    tokens it accepted, so single use holds per process.
 
     Args:
-        secret: the HMAC key; random per process unless given (give one when
-            several server processes share a number).
+        secret: the HMAC key, at least :data:`MIN_STREAM_SECRET_BYTES`; random per
+            process when None.
         ttl_secs: how long a token is valid after the webhook answered.
+
+    Raises:
+        StreamSecretError: the key is too short.
     """
 
     def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
+        if secret is not None and len(secret) < MIN_STREAM_SECRET_BYTES:
+            raise StreamSecretError(
+                f"the stream-token key holds {len(secret)} bytes: at least "
+                f"{MIN_STREAM_SECRET_BYTES} are needed"
+            )
         self._secret = secret or secrets.token_bytes(32)
         self.ttl_secs = ttl_secs
         self._used: dict[str, float] = {}
+
+    @classmethod
+    def configured(
+        cls,
+        secret_file: Path | None,
+        ttl_secs: float,
+        environ: Mapping[str, str] | None = None,
+    ) -> StreamTokens:
+        """Tokens signed with the key :func:`stream_secret` finds (random if none).
+
+        Raises:
+            StreamSecretError: as :func:`stream_secret`.
+        """
+        return cls(stream_secret(secret_file, environ), ttl_secs=ttl_secs)
 
     def _mac(self, persona: str, call_sid: str, expires: int) -> str:
         message = f"{persona}|{call_sid}|{expires}".encode()
