@@ -3,9 +3,9 @@
     transport in → turn-taker (VAD, end of turn, STT) → user context → LLM → chunker
     → TTS → speculative audio gate → transport out → assistant context
 
-Each call gets its own cheap, stateful pieces (Silero VAD state, LLM context,
-chunker); the expensive models (Whisper, the end-of-turn model, the LLM server,
-the voice) are the Runtime's shared engines.
+Each call gets its own cheap, stateful pieces (its Silero VAD state, on the
+process's one Silero model; LLM context; chunker); the expensive models (Whisper,
+the end-of-turn model, the LLM server, the voice) are the Runtime's shared engines.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 from pipecat.audio.dtmf.types import KeypadEntry
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame, UserIdleTimeoutUpdateFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -48,6 +47,7 @@ from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.tts import SharedPiperTTSService
 from voxline.processors.tts_orpheus import OrpheusTTSService
 from voxline.processors.turn import TurnTaker, TurnTakingSettings
+from voxline.processors.vad import SharedSileroVADAnalyzer
 from voxline.tools.builtins import CallControl
 
 STT_SAMPLE_RATE = 16_000
@@ -144,7 +144,8 @@ def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
         return await engine.decide(audio, threshold=turn.model_threshold)
 
     return TurnTaker(
-        vad=SileroVADAnalyzer(
+        # One Silero model for the process; each call keeps its own VAD state.
+        vad=SharedSileroVADAnalyzer(
             sample_rate=STT_SAMPLE_RATE,
             params=VADParams(
                 confidence=turn.vad_confidence,

@@ -1,0 +1,64 @@
+"""Silero VAD with one ONNX model per process, and each call's own state.
+
+pipecat's :class:`~pipecat.audio.vad.silero.SileroVADAnalyzer` builds an ONNX
+Runtime session for every analyzer, so every call loaded the model again: about
+10 MB and 28 ms per call on the build machine (``benchmarks/vad_memory.py``).
+The session itself holds no per-stream state: Silero's recurrent state and audio
+context are inputs and outputs of each run, kept by pipecat's
+:class:`~pipecat.audio.vad.silero.SileroOnnxModel` wrapper. So each call gets its
+own wrapper (its state) around the process's one session; ONNX Runtime allows
+concurrent ``run`` calls on one session from several threads.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import onnxruntime
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+
+
+@cache
+def shared_silero_session() -> onnxruntime.InferenceSession:
+    """The process's Silero VAD session (pipecat's bundled model), made on first use.
+
+    One thread per run, as pipecat configures it: a run takes about 0.1 ms, and
+    the calls' analyzers run in their own threads side by side.
+    """
+    path = str(resources.files("pipecat.audio.vad.data").joinpath("silero_vad.onnx"))
+    options = onnxruntime.SessionOptions()
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(
+        path, providers=["CPUExecutionProvider"], sess_options=options
+    )
+
+
+def _call_state(session: onnxruntime.InferenceSession) -> SileroOnnxModel:
+    """pipecat's model wrapper (one call's recurrent state) around a shared session."""
+    model = SileroOnnxModel.__new__(SileroOnnxModel)
+    model.session = session
+    model.sample_rates = [8000, 16000]
+    model.reset_states()
+    return model
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    """pipecat's Silero VAD analyzer, on the process's shared ONNX session.
+
+    Behaves exactly as :class:`SileroVADAnalyzer` (same thresholds, same state
+    resets); only the model load is shared.
+
+    Args:
+        sample_rate: 8000 or 16000, or None to take the pipeline's.
+        params: the VAD thresholds.
+    """
+
+    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None):
+        # Not SileroVADAnalyzer.__init__: that would load the model for this call.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model = _call_state(shared_silero_session())
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
