@@ -4,7 +4,9 @@ The LLM is a small OpenAI-compatible peer on loopback. It answers the health che
 and the prompt warm-up, then treats each streamed completion by the caller's words:
 a question about opening hours is accepted and never answered (no headers, no
 bytes); a question about a branch gets its headers and a first token, then nothing
-more; any other question is answered in full. One call asks all three in turn.
+more; a question about gift cards gets a first token, then the connection drops (a
+server that crashes mid-reply); any other question is answered in full. One call
+asks all four in turn.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ class StallingLLM:
             await response.write(_chunk("Let me"))
             await self.release.wait()  # a first token, then nothing
             return response
+        if "gift" in words:
+            self.seen.append("crash")
+            await response.write(_chunk("Well"))
+            assert request.transport is not None
+            request.transport.abort()  # the server died mid-reply
+            return response
         self.seen.append("answer")
         for word in ANSWER.split(" "):
             await response.write(_chunk(word + " "))
@@ -112,7 +120,7 @@ def _segments(frames: list[tuple[float, float]], gap: float = 0.7) -> list[tuple
 
 
 @pytest.mark.slow
-async def test_a_hung_or_stalled_completion_becomes_the_apology_and_the_call_goes_on():
+async def test_a_hung_stalled_or_dropped_completion_is_the_apology_and_the_call_goes_on():
     llm = StallingLLM()
     await llm.start()
     persona = Persona(
@@ -130,6 +138,7 @@ async def test_a_hung_or_stalled_completion_becomes_the_apology_and_the_call_goe
         [
             _speech("What time do you open tomorrow?", 9.0),
             _speech("Where is the nearest branch?", 11.0),
+            _speech("Do you sell gift cards?", 8.0),
             _speech("Can I pay with a card?", 0.5),
         ]
     )
@@ -146,14 +155,16 @@ async def test_a_hung_or_stalled_completion_becomes_the_apology_and_the_call_goe
     finally:
         await llm.stop()
 
-    assert {"hang", "stall", "answer"} <= set(llm.seen), llm.seen
+    assert {"hang", "stall", "crash", "answer"} <= set(llm.seen), llm.seen
     turns = [turn for turn in result.turns if turn.caller_text]
     errors = [turn.error or "" for turn in turns]
     assert any("no first token within 2 s" in error for error in errors), errors
     assert any("did not finish within 4 s" in error for error in errors), errors
+    assert sum(bool(error) for error in errors) == 3, errors
     last = turns[-1]
     assert last.error is None and normalize(ANSWER) in normalize(last.bot_text), last.as_dict()
-    # The caller heard two apologies (one per failed completion) and then the answer.
+    # The caller heard three apologies (one per failed completion) and then the answer.
     apologies = [text for text in heard if "went wrong" in text]
-    assert len(apologies) == 2, heard
-    assert "every card" in heard[-1], heard
+    assert len(apologies) == 3, heard
+    after = heard[len(heard) - heard[::-1].index(apologies[-1]) :]
+    assert any("every card" in text for text in after), heard
