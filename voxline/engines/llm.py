@@ -25,7 +25,11 @@ from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one impor
     LLMBusy,
     LLMEndpoint,
 )
-from voxline.engines.server_process import LLMServerError, SupervisedServer
+from voxline.engines.server_process import (  # noqa: F401  (check_endpoint re-exported)
+    LLMServerError,
+    SupervisedServer,
+    check_endpoint,
+)
 
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 _PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
@@ -37,22 +41,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
-    """Fail clearly, naming the URL, when an OpenAI-compatible server does not answer."""
-    url = endpoint.api_url + "/models"
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.get(url)
-    except httpx.HTTPError as exc:
-        raise LLMServerError(
-            f"LLM server at {endpoint.base_url} is not reachable: {exc!r}"
-        ) from None
-    if response.status_code != 200:
-        raise LLMServerError(
-            f"LLM server at {endpoint.base_url} answered {url} with HTTP {response.status_code}"
-        )
 
 
 async def warm_prefix(

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import httpx
 from loguru import logger
 
 from voxline.engines.llm_backend import LLMEndpoint
@@ -43,6 +44,22 @@ RESTART_BACKOFF_SECS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 class LLMServerError(RuntimeError):
     """An LLM server could not be started or reached."""
+
+
+async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
+    """Fail clearly, naming the URL, when an OpenAI-compatible server does not answer."""
+    url = endpoint.api_url + "/models"
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise LLMServerError(
+            f"LLM server at {endpoint.base_url} is not reachable: {exc!r}"
+        ) from None
+    if response.status_code != 200:
+        raise LLMServerError(
+            f"LLM server at {endpoint.base_url} answered {url} with HTTP {response.status_code}"
+        )
 
 
 @asynccontextmanager
@@ -162,8 +179,6 @@ class SupervisedServer:
 
     async def _launch(self, progress: Progress | None) -> LLMEndpoint:
         """Start the process and wait until it answers (see :meth:`start`)."""
-        from voxline.engines.llm import check_endpoint
-
         started = time.monotonic()
         command = self.command()
         try:
