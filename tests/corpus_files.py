@@ -45,7 +45,8 @@ class Case:
     Attributes:
         name: ``<kind>/<input>``, unique in the corpus.
         kind: persona, tool, server config or audio.
-        command: how the input reaches voxline: ``check``, ``serve`` or ``talk``.
+        command: how the input reaches voxline: ``check``, ``serve`` (``--config``),
+            ``talk`` (``--input``), ``talk-persona`` or ``serve-persona`` (``--persona``).
         path: the input file (made by ``make`` first, for generated cases).
         expect: text the refusal must contain.
         make: writes the input, for generated cases.
@@ -67,6 +68,20 @@ class Case:
             return [VOXLINE, "check", str(self.path)]
         if self.command == "serve":
             return [VOXLINE, "serve", "--config", str(self.path), "--port", "9"]
+        if self.command == "talk-persona":
+            reply = str(scratch / "reply.wav")
+            return [
+                VOXLINE,
+                "talk",
+                "--persona",
+                str(self.path),
+                "--say",
+                "Hello.",
+                "--output",
+                reply,
+            ]
+        if self.command == "serve-persona":
+            return [VOXLINE, "serve", "--persona", str(self.path), "--port", "9"]
         if self.command == "talk":
             reply = str(scratch / "reply.wav")
             persona = str(BANK_PERSONA)
@@ -385,6 +400,16 @@ def generated_cases(scratch: Path) -> list[Case]:
     for name, kind, command, expect, make in specs:
         path = scratch / name
         cases.append(Case(name, kind, command, path, expect, make))
+    # The same files through `talk --persona` and `serve --persona`: one loader, one refusal.
+    for command in ("talk-persona", "serve-persona"):
+        for shipped in ("billion_laughs.yaml", "recursive_anchor.yaml", "wrong_type_name.yaml"):
+            path = CORPUS / "persona" / shipped
+            expect = path.read_text().split("\n", 1)[0].removeprefix("# expect: ")
+            name = f"persona/{shipped} ({command.replace('-persona', '')})"
+            cases.append(Case(name, "persona yaml", command, path, expect))
+        name = f"persona/ten_megabytes.yaml ({command.replace('-persona', '')})"
+        path = scratch / "persona" / f"ten_megabytes_{command}.yaml"
+        cases.append(Case(name, "persona yaml", command, path, "larger than", _write_ten_megabytes))
     return cases
 
 

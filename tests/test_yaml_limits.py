@@ -159,3 +159,29 @@ def test_a_tool_module_that_exits_on_import_is_a_config_error(tmp_path):
     path = tmp_path / "quits.yaml"
     path.write_text("name: quits\ndescription: d\npython: 'quits:run'\n")
     assert "cannot import module 'quits'" in refusal(path, load_tool_spec)
+
+
+def test_check_validates_a_server_config_and_the_personas_it_names(tmp_path, voxline_env):
+    import subprocess
+
+    from tests.conftest import BANK_PERSONA, VOXLINE
+
+    (tmp_path / "broken.yaml").write_text("name: broken\nprompt: hi\nllm: {max_tokens: lots}\n")
+    good = tmp_path / "voxline.yaml"
+    good.write_text(f"default_persona: {BANK_PERSONA}\nmax_calls: 3\n")
+    bad = tmp_path / "bad" / "voxline.yaml"
+    bad.parent.mkdir()
+    bad.write_text("default_persona: ../broken.yaml\nnumbers: {'+15550100001': ../broken.yaml}\n")
+    result = subprocess.run(
+        [VOXLINE, "check", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        env=voxline_env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{good}: ok (server config; personas bank_support; max_calls 3)" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{bad.parent}/../broken.yaml: llm.max_tokens: "), lines[0]
+    assert "valid integer" in lines[0] and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""``voxline check``: validate persona files and tool specs before they reach a call."""
+"""``voxline check``: validate personas, tool specs and server configs before they reach a call."""
 
 from __future__ import annotations
 
@@ -10,12 +10,50 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 _TOOL_KEYS = {"python", "http", "parameters"}
 
 
+def _is_server_config(document: object) -> bool:
+    """Whether a parsed file is a ``voxline.yaml``: server keys and no persona key."""
+    from voxline.config import ServerConfig
+    from voxline.personas import Persona
+
+    if not isinstance(document, dict):
+        return False
+    keys = set(document)
+    return bool(keys & ServerConfig.model_fields.keys()) and not keys & Persona.model_fields.keys()
+
+
+def _check_server_config(path: Path) -> str:
+    """Validate a server config, every persona it names and its stream-key file.
+
+    Returns:
+        The ``ok`` line's summary.
+
+    Raises:
+        ConfigError: naming the config (or the persona) file and the field.
+    """
+    from voxline.bot.serve import load_personas
+    from voxline.config import load_config
+    from voxline.transports.twilio_webhook import StreamSecretError, stream_secret
+    from voxline.yamlfile import ConfigError
+
+    config = load_config(path)
+    personas = load_personas(config, path)
+    try:
+        # The file only: this shell's $VOXLINE_STREAM_SECRET is not the server's.
+        stream_secret(config.twilio.stream_secret_file, environ={})
+    except StreamSecretError as exc:
+        raise ConfigError(path, [f"twilio.stream_secret_file: {exc}"]) from None
+    names = ", ".join(persona.name for persona in personas.values())
+    return f"server config; personas {names}; max_calls {config.max_calls}"
+
+
 def check_paths(paths: list[Path]) -> int:
     """Validate each file; print ``ok`` or every problem (file, field, expectation).
 
     A file with a ``python``, ``http`` or ``parameters`` key is a tool spec: its
-    schema must be valid JSON Schema and its handler must import. Anything else
-    is a persona: its tools must resolve to built-ins or valid specs.
+    schema must be valid JSON Schema and its handler must import. A file with only
+    server keys (``engines``, ``max_calls``, ``numbers``, ...) is a ``voxline.yaml``:
+    it and every persona it names must be valid. Anything else is a persona: its
+    tools must resolve to built-ins or valid specs.
 
     Returns:
         0 when every file is valid, 2 otherwise.
@@ -29,7 +67,9 @@ def check_paths(paths: list[Path]) -> int:
     for path in paths:
         try:
             document = read_yaml(path)
-            if isinstance(document, dict) and _TOOL_KEYS & document.keys():
+            if _is_server_config(document):
+                print(f"{path}: ok ({_check_server_config(path)})")
+            elif isinstance(document, dict) and _TOOL_KEYS & document.keys():
                 spec = load_tool_spec(path)
                 if spec.name in names:
                     raise ConfigError(

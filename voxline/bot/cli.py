@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     dial.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
     check = commands.add_parser("check", help="validate persona and config files")
-    check.add_argument("paths", nargs="+", type=Path, help="persona YAML files")
+    check.add_argument(
+        "paths", nargs="+", type=Path, help="persona, tool spec or voxline.yaml files"
+    )
     return parser
 
 
