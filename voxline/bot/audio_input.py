@@ -56,17 +56,23 @@ def read_caller_audio(path: Path | str) -> tuple[np.ndarray, int]:
             rate, channels, frames = sound.samplerate, sound.channels, sound.frames
             _check_header(path, rate, channels, frames, sound.extra_info)
             limit = int(MAX_SECS * rate)
-            data = sound.read(frames=limit + 1, dtype="float32", always_2d=True)
+            # Block by block, mixed down to mono as it comes: memory holds one channel.
+            blocks = [
+                block.mean(axis=1)
+                for block in sound.blocks(
+                    blocksize=rate, frames=limit + 1, dtype="float32", always_2d=True
+                )
+            ]
     except (RuntimeError, soundfile.LibsndfileError) as exc:
         raise AudioInputError(
             f"input audio {path} is not a readable WAV file (nor FLAC or OGG): "
             f"{_libsndfile_reason(exc)}"
         ) from None
-    if data.shape[0] == 0:
+    mono = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    if mono.size == 0:
         raise AudioInputError(f"input audio {path} holds no samples")
-    if data.shape[0] > limit:
+    if mono.size > limit:
         raise AudioInputError(f"input audio {path} lasts more than {MAX_SECS:.0f} s: cut it")
-    mono = data.mean(axis=1)
     if not np.all(np.isfinite(mono)):
         raise AudioInputError(f"input audio {path} contains invalid (NaN or infinite) samples")
     if float(np.max(np.abs(mono))) < SILENT_PEAK:
