@@ -75,10 +75,8 @@ async def served(tmp_path: Path) -> AsyncIterator[dict]:
         turn={"model": "none"},
     )
     runtime = Runtime()
-    app = create_app(
-        ServerConfig(max_calls=1), {tmp_path / "desk.yaml": persona}, runtime,
-        health_interval_secs=INTERVAL,
-    )  # fmt: skip
+    config = ServerConfig(max_calls=1, health={"check_interval_secs": INTERVAL})
+    app = create_app(config, {tmp_path / "desk.yaml": persona}, runtime)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

@@ -298,6 +298,21 @@ class HTTPConfig(_Strict):
     )
 
 
+class HealthConfig(_Strict):
+    """How ``/health/ready`` learns whether the LLM and TTS servers answer."""
+
+    check_interval_secs: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Time between background checks of every LLM and TTS server in use; "
+        "readiness reads the last verdict (no I/O per probe).",
+    )
+    check_timeout_secs: float = Field(
+        default=2.0, gt=0, le=60, description="How long one server may take to answer a check."
+    )
+
+
 class ServerConfig(_Strict):
     """The whole ``voxline.yaml``.
 
@@ -322,6 +337,7 @@ class ServerConfig(_Strict):
     )
     webrtc: WebRTCConfig = WebRTCConfig()
     http: HTTPConfig = HTTPConfig()
+    health: HealthConfig = HealthConfig()
 
     @field_validator("widgets", mode="after")
     @classmethod

@@ -30,7 +30,7 @@ from voxline.bot.admission import Admission
 from voxline.bot.http_limits import RequestLimits
 from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
 from voxline.bot.phone import PhoneLine, WebhookRejected
-from voxline.bot.runtime import HEALTH_CHECK_INTERVAL_SECS, Runtime, ServerHealth
+from voxline.bot.runtime import Runtime, ServerHealth
 from voxline.bot.webrtc_call import WebRTCLine
 from voxline.bot.webrtc_routes import add_webrtc_routes
 from voxline.config import ServerConfig
@@ -53,21 +53,13 @@ class Readiness:
     draining: bool = False
 
 
-def create_app(
-    config: ServerConfig,
-    personas: dict[Path, Persona],
-    runtime: Runtime,
-    *,
-    health_interval_secs: float = HEALTH_CHECK_INTERVAL_SECS,
-) -> FastAPI:
+def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Runtime) -> FastAPI:
     """Build the ASGI app. The Runtime is prepared for every persona at start-up.
 
     Args:
         config: the server config.
         personas: the personas this server answers with, by file; the first is the default.
         runtime: shared engines; the app closes it on shutdown.
-        health_interval_secs: how often the LLM and TTS servers are asked whether
-            they answer (readiness reads the last answer).
     """
     by_name = {persona.name: persona for persona in personas.values()}
     default_path = next(iter(personas))
@@ -92,7 +84,11 @@ def create_app(
         ),
     )
     readiness = Readiness()
-    health = ServerHealth(runtime, interval_secs=health_interval_secs)
+    health = ServerHealth(
+        runtime,
+        interval_secs=config.health.check_interval_secs,
+        timeout_secs=config.health.check_timeout_secs,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
