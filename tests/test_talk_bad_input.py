@@ -91,3 +91,15 @@ def test_missing_output_directory(tmp_path, voxline_env):
     soundfile.write(str(caller), (np.sin(np.arange(16000) / 5) * 8000).astype(np.int16), 16000)
     result = run_talk(caller, str(tmp_path / "no" / "r.wav"), voxline_env)
     assert_refused(result, "output directory does not exist")
+
+
+def test_every_problem_of_a_persona_is_one_error_line(tmp_path, output, voxline_env):
+    persona = tmp_path / "two_mistakes.yaml"
+    persona.write_text("name: t\nprompt: hi\nllm: {temperature: hot, max_tokens: lots}\n")
+    caller = tmp_path / "caller.wav"
+    soundfile.write(str(caller), (np.sin(np.arange(16000) / 5) * 8000).astype(np.int16), 16000)
+    result = run_talk(caller, output, voxline_env, persona=persona)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[3] for line in lines] == ["llm.temperature", "llm.max_tokens"]
+    assert all(line.startswith(f"voxline: error: {persona}: ") for line in lines), lines

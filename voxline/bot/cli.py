@@ -36,7 +36,9 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"voxline: error: {message}", file=sys.stderr)
+    # A file with several problems gives one line each, every line marked as an error.
+    for line in str(message).splitlines() or [""]:
+        print(f"voxline: error: {line}", file=sys.stderr)
     return code
 
 

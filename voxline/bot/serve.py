@@ -61,7 +61,8 @@ def serve(args: argparse.Namespace) -> int:
         # loads; the app reads it again (the same way) when it builds its tokens.
         stream_secret(config.twilio.stream_secret_file)
     except (ConfigError, StreamSecretError) as exc:
-        print(f"voxline: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # one line per problem, each marked an error
+            print(f"voxline: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     if not os.environ.get("TWILIO_AUTH_TOKEN"):

@@ -360,7 +360,9 @@ class Persona(_Strict):
             return None
         base_dir = (info.context or {}).get("base_dir", Path.cwd())
         resolved = value if value.is_absolute() else Path(base_dir) / value
-        if not resolved.is_file():  # also refuses directories, FIFOs and devices
+        if resolved.exists() and not resolved.is_file():
+            raise ValueError(f"prompt file {resolved} is not a regular file: name a text file")
+        if not resolved.is_file():
             raise ValueError(
                 f"prompt file not found: {resolved} (paths are relative to the persona file)"
             )
