@@ -30,7 +30,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ are refused at once."""
 class ToolThreads:
     """A bounded pool of threads for blocking tool handlers, which knows the hung ones.
 
+    Each call runs in a daemon thread of its own, so a handler that never returns
+    cannot keep the process from exiting; at most ``max_threads`` run at once.
+
     Args:
         max_threads: threads in the pool; a call that finds them all busy (running
             or hung past their timeout) is refused instead of queued.
@@ -79,7 +82,6 @@ class ToolThreads:
             raise ValueError("max_threads and max_hung_per_tool must be >= 1")
         self.max_threads = max_threads
         self.max_hung_per_tool = max_hung_per_tool
-        self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="voxline-tool")
         self._lock = threading.Lock()
         self._busy = 0
         self._hung: Counter[str] = Counter()
@@ -118,16 +120,32 @@ class ToolThreads:
                     "with calls past their timeout); try again later"
                 )
             self._busy += 1
-        call = functools.partial(function, **arguments)
-        try:
-            future: Future[Any] = self._executor.submit(contextvars.copy_context().run, call)
-        except BaseException:
-            self._done(None, None)
-            raise
+        future: Future[Any] = Future()
         state = {"hung": False}
         with self._lock:
             self._running.add(future)
         future.add_done_callback(lambda done: self._done(tool if state["hung"] else None, done))
+        call = functools.partial(contextvars.copy_context().run, function, **arguments)
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = call()
+            except BaseException as exc:  # handed to the awaiting call, as an executor does
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        # A daemon thread per call (their number is bounded above), not an executor's:
+        # at exit Python joins every executor thread, and a hung handler would then keep
+        # the process from ending.
+        thread = threading.Thread(target=work, name=f"voxline-tool-{tool}", daemon=True)
+        try:
+            thread.start()
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.wrap_future(future)
@@ -150,10 +168,6 @@ class ToolThreads:
         with self._lock:
             running = list(self._running)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in running), return_exceptions=True)
-
-    def close(self) -> None:
-        """Stop taking work; threads still running finish on their own."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 _shared_threads: ToolThreads | None = None
