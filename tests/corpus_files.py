@@ -153,6 +153,11 @@ def _write_alias_text_bomb(path: Path) -> None:
     path.write_text(f"name: t\nprompt: hi\nx-text: &t {long}\ntools: [{aliases}]\n")
 
 
+def _write_many_values(path: Path) -> None:
+    # 150 000 distinct list items in 450 KB: no alias, simply more than any file needs.
+    path.write_text("name: t\nprompt: hi\ntools: [" + ", ".join(["a"] * 150_000) + "]\n")
+
+
 def _write_persona_with_prompt(prompt: bytes) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         (path.parent / f"{path.stem}.md").write_bytes(prompt)
@@ -274,6 +279,13 @@ def generated_cases(scratch: Path) -> list[Case]:
             "check",
             "characters",
             _write_alias_text_bomb,
+        ),
+        (
+            "persona/150k_values.yaml",
+            "persona yaml",
+            "check",
+            "this value holds more than 100,000 values",
+            _write_many_values,
         ),
         ("persona/fifo.yaml", "persona yaml", "check", "is not a regular file", _write_fifo),
         (

@@ -143,7 +143,9 @@ def check_node_graph(root: yaml.Node) -> list[str]:
         One line per problem, starting with the line in the file.
     """
     problems: list[str] = []
-    sizes: dict[int, tuple[int, int]] = {}
+    # id(node) -> (values once expanded, characters once expanded, an alias inside)
+    sizes: dict[int, tuple[int, int, bool]] = {}
+    uses: dict[int, int] = {}
     expanding: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -151,21 +153,28 @@ def check_node_graph(root: yaml.Node) -> list[str]:
         key = id(node)
         if children_done:
             expanding.discard(key)
-            nodes, chars = 1, 0
+            nodes, chars, aliased = 1, 0, False
             for child in _children(node):
-                child_nodes, child_chars = sizes[id(child)]
+                child_nodes, child_chars, child_aliased = sizes[id(child)]
+                uses[id(child)] = uses.get(id(child), 0) + 1
                 nodes, chars = nodes + child_nodes, chars + child_chars
+                aliased = aliased or child_aliased or uses[id(child)] > 1
             if nodes > MAX_EXPANDED_NODES or chars > MAX_EXPANDED_CHARS:
                 what = (
                     f"more than {MAX_EXPANDED_NODES:,} values"
                     if nodes > MAX_EXPANDED_NODES
                     else f"more than {MAX_EXPANDED_CHARS:,} characters"
                 )
+                if not aliased:  # the file is simply that big
+                    return [
+                        f"{_line(node)}: this value holds {what}: no voxline file needs "
+                        "that many; is it the right file?"
+                    ]
                 return [
                     f"{_line(node)}: YAML aliases expand this value to {what} "
                     f'(a "billion laughs" file): {_DEFAULT_FIX}'
                 ]
-            sizes[key] = (nodes, chars)
+            sizes[key] = (nodes, chars, aliased)
             continue
         if key in sizes:
             continue
@@ -175,7 +184,7 @@ def check_node_graph(root: yaml.Node) -> list[str]:
                 f"anchor): {_DEFAULT_FIX}"
             ]
         if isinstance(node, yaml.ScalarNode):
-            sizes[key] = (1, len(node.value))
+            sizes[key] = (1, len(node.value), False)
             continue
         if isinstance(node, yaml.MappingNode):
             seen: set[tuple[str, str]] = set()
