@@ -112,3 +112,37 @@ def test_the_embedded_llama_cpp_server_serves_the_configs_model(tmp_path):
     assert model == str(alias)
     assert served == [str(alias)]
     assert text.strip()
+
+
+@pytest.mark.slow
+def test_the_embedded_vllm_server_serves_the_configs_model(tmp_path):
+    """On vLLM the config names a checkpoint directory; a persona without a model runs it."""
+    from voxline.config import VLLMConfig
+    from voxline.engines.vllm import prepare_vllm_model
+
+    vllm = VLLMConfig()
+    # The packaged SmolLM2, converted once into a directory vLLM loads as it is.
+    checkpoint = asyncio.run(
+        prepare_vllm_model(
+            "smollm2",
+            vllm.python,
+            resolve_llm_gguf("smollm2"),
+            checkpoint_dir=vllm.checkpoint_dir,
+        )
+    )
+    config_path = write_setup(tmp_path, checkpoint)
+    config = load_config(config_path).with_llm_backend("vllm")
+    unnamed = next(p for p in load_personas(config, config_path).values() if p.name == "unnamed")
+    assert unnamed.llm.model == checkpoint
+
+    async def run() -> tuple[str, list[str]]:
+        async with Runtime(config) as runtime:
+            await runtime.prepare(unnamed)
+            endpoint = runtime.llm_endpoint(unnamed)
+            async with httpx.AsyncClient(timeout=30) as client:
+                models = (await client.get(f"{endpoint.base_url}/v1/models")).json()
+            return endpoint.model, [m["id"] for m in models["data"]]
+
+    model, served = asyncio.run(run())
+    assert model == checkpoint
+    assert served == [checkpoint]
