@@ -146,3 +146,23 @@ def test_the_embedded_vllm_server_serves_the_configs_model(tmp_path):
     model, served = asyncio.run(run())
     assert model == checkpoint
     assert served == [checkpoint]
+
+
+def test_a_gguf_named_by_its_path_is_converted_into_the_checkpoint_folder(tmp_path):
+    """engines.llm.model: /models/house.gguf on vLLM: the checkpoint stays in checkpoint_dir."""
+    from voxline.engines.vllm import checkpoint_path
+
+    gguf = tmp_path / "models" / "house.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    checkpoints = tmp_path / "checkpoints"
+    for name in (str(gguf), "models/house.gguf"):
+        target = checkpoint_path(name, gguf, checkpoints)
+        assert target.parent == checkpoints, target
+        assert target.name.startswith("house-") and target.name.endswith("-64")
+    other = tmp_path / "elsewhere" / "house.gguf"
+    assert checkpoint_path(str(other), gguf, checkpoints) != checkpoint_path(
+        str(gguf), gguf, checkpoints
+    )
+    # Packaged names keep the folders earlier starts converted into.
+    assert checkpoint_path("smollm2", gguf, checkpoints) == checkpoints / "smollm2-64"

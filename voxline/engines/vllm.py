@@ -13,6 +13,7 @@ later start. No pipecat imports here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -170,8 +171,17 @@ class VLLMServer(SupervisedServer):
 
 
 def checkpoint_path(model: str, gguf: Path, checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR) -> Path:
-    """Where the converted checkpoint of ``gguf`` lives: one per model name and file size."""
-    return checkpoint_dir / f"{model}-{gguf.stat().st_size}"
+    """Where the converted checkpoint of ``gguf`` lives: one per model name and file size.
+
+    A model named by its path (``/models/house.gguf``) gets a folder named after the
+    file and a digest of its full path, inside ``checkpoint_dir`` like every other:
+    the path itself would put the checkpoint beside the GGUF file.
+    """
+    size = gguf.stat().st_size
+    if "/" not in model and os.sep not in model:
+        return checkpoint_dir / f"{model}-{size}"
+    digest = hashlib.sha256(str(Path(model).expanduser().resolve()).encode()).hexdigest()[:12]
+    return checkpoint_dir / f"{Path(model).stem}-{digest}-{size}"
 
 
 async def prepare_vllm_model(
