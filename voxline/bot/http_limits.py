@@ -30,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from voxline.transports.webrtc import RateLimiter
 
 LOG_EVERY_SECS = 10.0
+DRAIN_BYTES = 1_048_576
+"""How much of a too-large body is still read (and dropped) so its client can read the 413."""
 
 
 class RequestLimits:
@@ -97,26 +99,32 @@ class RequestLimits:
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it is known to be larger than ``limit``."""
+    """The whole request body, or None once it is known to be larger than ``limit``.
+
+    A body found too large is read on (and dropped) up to :data:`DRAIN_BYTES` more,
+    so a client still sending it can read the 413 instead of a reset connection;
+    a larger one is answered at once and its connection closed.
+    """
+    declared = None
     for name, value in scope.get("headers", []):
         if name == b"content-length":
-            declared = value.decode("latin-1").strip()
-            if not declared.isdigit() or int(declared) > limit:
-                return None
+            text = value.decode("latin-1").strip()
+            declared = int(text) if text.isdigit() else -1
+    if declared is not None and (declared < 0 or declared > limit + DRAIN_BYTES):
+        return None
     pieces: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break  # the client went away; the route sees an empty body
+            break  # the client went away; the route sees what came
         piece = message.get("body", b"")
         size += len(piece)
-        if size > limit:
-            return None
-        pieces.append(piece)
-        if not message.get("more_body", False):
+        if size <= limit:
+            pieces.append(piece)
+        if not message.get("more_body", False) or size > limit + DRAIN_BYTES:
             break
-    return b"".join(pieces)
+    return b"".join(pieces) if size <= limit else None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -249,13 +249,11 @@ class WebRTCLine:
 
         try:
             answer = await self._handler.handle_web_request(request, start)
-        except ValueError as exc:  # aiortc's SDP parser
-            raise SignalingError(400, f"malformed SDP: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # aiortc's SDP parser: ValueError, KeyError, bare asserts
             if getattr(exc, "status_code", None):
                 raise SignalingError(int(exc.status_code), str(exc)) from None
-            reason = str(exc) or type(exc).__name__  # aiortc's parser asserts without a message
-            raise SignalingError(400, f"the offer could not be answered: {reason}") from None
+            reason = f"malformed SDP: it could not be answered ({str(exc) or type(exc).__name__})"
+            raise SignalingError(400, reason) from None
         finally:
             if slot is not None and not started:
                 slot.release()  # no call took the line

@@ -56,7 +56,7 @@ from voxline.transports.twilio_protocol import (
 TWILIO_RATE = 8000
 POLICY_VIOLATION = 1008
 """The close code for a stream refused for what its peer sent."""
-MAX_WEBSOCKET_MESSAGE_BYTES = 65_536
+MAX_WEBSOCKET_MESSAGE_BYTES = 131_072
 """The server closes a websocket (1009) on a larger message; Twilio's are under 1 KB."""
 KEYPAD = frozenset(entry.value for entry in KeypadEntry)
 """The keys a call hears: 0-9, * and #. Twilio also reports A-D (from some handsets)."""
