@@ -124,7 +124,7 @@ async def test_a_raising_handler_or_a_result_that_is_not_json_is_an_error_result
         ("python: handlers", "python: String should match pattern"),
         (
             "python: handlers:add\nparameters: {type: object, properties: {a: {type: 7}}}",
-            "parameters: Value error, not a valid JSON Schema at properties/a/type",
+            "parameters: not a valid JSON Schema at properties/a/type",
         ),
         ("python: handlers:add\nparameters: {type: array}", "must have `type: object`"),
         ("description: x", "give exactly one handler"),

@@ -28,6 +28,9 @@ from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 from voxline.yamlfile import load_yaml_model
 
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+"""A phone number as Twilio writes it: +, country code and number, at most 15 digits."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -362,6 +365,26 @@ class ServerConfig(_Strict):
         if not path.is_absolute():
             path = Path((info.context or {}).get("base_dir", ".")) / path
         return twilio.model_copy(update={"stream_secret_file": path})
+
+    @field_validator("numbers", mode="before")
+    @classmethod
+    def _e164_numbers(cls, numbers: object) -> object:
+        # Twilio sends the called number in E.164 ("+15550100001"); any other spelling
+        # would never match and its calls would silently reach the default persona.
+        if not isinstance(numbers, dict):
+            return numbers
+        for number in numbers:
+            if isinstance(number, int):
+                raise ValueError(
+                    f'{number}: quote the number ("+{number}"): unquoted, YAML reads it '
+                    "as an integer"
+                )
+            if not isinstance(number, str) or not E164.fullmatch(number):
+                raise ValueError(
+                    f"{number!r} is not a phone number as Twilio sends it (E.164, like "
+                    '"+15550100001"): a + and the country code, no spaces'
+                )
+        return numbers
 
     @field_validator("default_persona", "numbers", mode="after")
     @classmethod

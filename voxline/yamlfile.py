@@ -77,6 +77,9 @@ def describe_validation_error(model: type[BaseModel], error: ValidationError) ->
             problems.append(f"{where}: unknown field (check its spelling){hint}")
         elif item["type"] == "missing":
             problems.append(f"{where}: required field is missing")
+        elif item["type"] == "value_error":
+            # voxline's own checks: the message already names the value and the fix.
+            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
         else:
             problems.append(f"{where}: {item['msg']} (found {_shown(item.get('input'))})")
     return problems
