@@ -158,6 +158,15 @@ def _write_many_values(path: Path) -> None:
     path.write_text("name: t\nprompt: hi\ntools: [" + ", ".join(["a"] * 150_000) + "]\n")
 
 
+def _write_deep_schema(path: Path) -> None:
+    # A JSON Schema 300 objects deep: 10 KB, and deeper than Python can check recursively.
+    levels = 300
+    schema = "{type: object, properties: {a: " * levels + "{type: string}" + "}}" * levels
+    path.write_text("name: deep\ndescription: d\nhttp: {url: 'https://x.example'}\n")
+    with path.open("a") as file:
+        file.write(f"parameters: {schema}\n")
+
+
 def _write_persona_with_prompt(prompt: bytes) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         (path.parent / f"{path.stem}.md").write_bytes(prompt)
@@ -326,6 +335,13 @@ def generated_cases(scratch: Path) -> list[Case]:
             _write_server_ten_megabytes,
         ),
         ("server/fifo.yaml", "server config yaml", "serve", "is not a regular file", _write_fifo),
+        (
+            "tools/schema_300_levels_deep.yaml",
+            "tool yaml",
+            "check",
+            "nested more than 64 levels deep",
+            _write_deep_schema,
+        ),
         ("audio/empty.wav", "audio file (talk --input)", "talk", "is empty", _empty),
         (
             "audio/truncated.wav",

@@ -96,6 +96,17 @@ def test_aliases_of_one_long_text_are_bounded_by_characters(tmp_path):
     assert "characters" in refusal(path, load_persona)
 
 
+def test_nesting_is_bounded_even_when_aliases_build_it(tmp_path):
+    path = tmp_path / "tool.yaml"
+    # Each anchor wraps the one before in 10 more lists: 70 levels in 300 bytes.
+    lines = ["a0: &a0 " + "[" * 10 + "x" + "]" * 10]
+    lines += [f"a{i}: &a{i} " + "[" * 10 + f"*a{i - 1}" + "]" * 10 for i in range(1, 7)]
+    path.write_text("\n".join(lines) + "\nname: t\n")
+    assert "nested more than 64 levels deep" in refusal(path)
+    path.write_text("\n".join(lines[:5]) + "\nname: t\n")  # 50 levels: fine
+    assert read_yaml(path)["name"] == "t"
+
+
 def test_recursive_anchor_is_refused(tmp_path):
     path = tmp_path / "persona.yaml"
     path.write_text("name: t\nprompt: hi\ntools: &loop [end_call, *loop]\n")

@@ -96,6 +96,11 @@ MAX_EXPANDED_NODES = 100_000
 billions of values ("billion laughs"), which cost nothing to parse but everything
 to validate, print or convert. A hand-written file has a few hundred nodes."""
 
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists accepted. A persona is 3 levels deep and a tool's
+JSON Schema rarely 10; validating a schema nested hundreds of levels deep exhausts
+Python's recursion limit."""
+
 MAX_EXPANDED_CHARS = 4 << 20
 """Most characters of scalar text a document may hold once aliases are expanded."""
 
@@ -139,15 +144,16 @@ def check_node_graph(root: yaml.Node) -> list[str]:
     """Problems of a composed YAML document that parsing alone does not catch.
 
     Walks the node graph once (each shared node once, iteratively), computing how
-    big the document becomes when its aliases are expanded, and finds recursive
-    aliases and keys given twice in one mapping (YAML keeps the last one silently).
+    big and how deep the document becomes when its aliases are expanded, and finds
+    recursive aliases and keys given twice in one mapping (YAML keeps the last one
+    silently).
 
     Returns:
         One line per problem, starting with the line in the file.
     """
     problems: list[str] = []
-    # id(node) -> (values once expanded, characters once expanded, an alias inside)
-    sizes: dict[int, tuple[int, int, bool]] = {}
+    # id(node) -> (values once expanded, characters once expanded, an alias inside, depth)
+    sizes: dict[int, tuple[int, int, bool, int]] = {}
     uses: dict[int, int] = {}
     expanding: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -156,12 +162,18 @@ def check_node_graph(root: yaml.Node) -> list[str]:
         key = id(node)
         if children_done:
             expanding.discard(key)
-            nodes, chars, aliased = 1, 0, False
+            nodes, chars, aliased, depth = 1, 0, False, 1
             for child in _children(node):
-                child_nodes, child_chars, child_aliased = sizes[id(child)]
+                child_nodes, child_chars, child_aliased, child_depth = sizes[id(child)]
                 uses[id(child)] = uses.get(id(child), 0) + 1
                 nodes, chars = nodes + child_nodes, chars + child_chars
                 aliased = aliased or child_aliased or uses[id(child)] > 1
+                depth = max(depth, child_depth + 1)
+            if depth > MAX_DEPTH:
+                return [
+                    f"{_line(node)}: values are nested more than {MAX_DEPTH} levels deep: no "
+                    "voxline file needs that; flatten it"
+                ]
             if nodes > MAX_EXPANDED_NODES or chars > MAX_EXPANDED_CHARS:
                 what = (
                     f"more than {MAX_EXPANDED_NODES:,} values"
@@ -177,7 +189,7 @@ def check_node_graph(root: yaml.Node) -> list[str]:
                     f"{_line(node)}: YAML aliases expand this value to {what} "
                     f'(a "billion laughs" file): {_DEFAULT_FIX}'
                 ]
-            sizes[key] = (nodes, chars, aliased)
+            sizes[key] = (nodes, chars, aliased, depth)
             continue
         if key in sizes:
             continue
@@ -187,7 +199,7 @@ def check_node_graph(root: yaml.Node) -> list[str]:
                 f"anchor): {_DEFAULT_FIX}"
             ]
         if isinstance(node, yaml.ScalarNode):
-            sizes[key] = (1, len(node.value), False)
+            sizes[key] = (1, len(node.value), False, 1)
             continue
         if isinstance(node, yaml.MappingNode):
             seen: set[tuple[str, str]] = set()
@@ -212,8 +224,9 @@ def read_yaml(path: Path) -> Any:
     """Parse one YAML file, turning every failure into a ConfigError.
 
     The file must be a regular file of at most :data:`MAX_FILE_BYTES`; its
-    document must stay under :data:`MAX_EXPANDED_NODES` values and
-    :data:`MAX_EXPANDED_CHARS` characters once aliases are expanded, hold no
+    document must stay under :data:`MAX_EXPANDED_NODES` values,
+    :data:`MAX_EXPANDED_CHARS` characters and :data:`MAX_DEPTH` levels of nesting
+    once aliases are expanded, hold no
     recursive alias and no key twice in one mapping. These are checked on the
     parsed node graph, before any Python object is built.
 

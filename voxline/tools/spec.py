@@ -78,6 +78,8 @@ class ToolSpec(_Strict):
 
         try:
             Draft202012Validator.check_schema(schema)
+        except RecursionError:
+            raise ValueError("the schema is nested too deeply to check: flatten it") from None
         except SchemaError as exc:
             where = "/".join(str(part) for part in exc.path) or "(top)"
             raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
