@@ -133,7 +133,7 @@ def test_a_ten_megabyte_file_is_refused_without_being_parsed(tmp_path):
 def test_python_values_yaml_cannot_build_name_their_line(tmp_path):
     path = tmp_path / "persona.yaml"
     path.write_text("name: t\nprompt: hi\nfiller_after_ms: " + "9" * 5000 + "\n")
-    assert f"{path}: line 3, column 18: YAML error: cannot read this value" in refusal(path)
+    assert f"{path}: line 3, column 18: YAML error: cannot read '99999" in refusal(path)
     path.write_text("name: t\nprompt: hi\ndescription: 2026-13-45\n")
     assert "quote it to keep it as text" in refusal(path)
 

@@ -113,16 +113,28 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Build one value; Python's own refusals (a 5000-digit int, the 13th month) name it.
 
+        PyYAML builds tagged and implicit scalars with Python's constructors, which
+        raise ValueError, KeyError or AttributeError on values they cannot read.
+
         Raises:
             yaml.constructor.ConstructorError: with the value's line and column.
         """
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # PyYAML's own constructors: `!!bool z` is a KeyError
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            value = "this value"
+            if isinstance(node, yaml.ScalarNode):
+                text = str(node.value)
+                value = repr(text if len(text) <= 40 else text[:37] + "...")
+            # Short reasons help ("month must be in 1..12"); long ones advise Python calls.
+            reason = f" ({exc})" if isinstance(exc, ValueError) and len(str(exc)) < 60 else ""
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"cannot read this value ({exc}): quote it to keep it as text",
+                f"cannot read {value} as {tag}{reason}: quote it to keep it as text",
                 node.start_mark,
             ) from None
 
