@@ -254,10 +254,14 @@ def read_yaml(path: Path) -> Any:
             raise ConfigError(path, [_too_large(status.st_size)])
         with path.open("rb") as file:
             raw = file.read(MAX_FILE_BYTES + 1)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
+    except ValueError:  # a NUL character in the path: no file can have that name
+        raise ConfigError(path, ["file not found (the path holds a NUL character)"]) from None
     if len(raw) > MAX_FILE_BYTES:  # it grew after the stat
         raise ConfigError(path, [_too_large(len(raw))])
     try:

@@ -56,7 +56,7 @@ def serve(args: argparse.Namespace) -> int:
         config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("serve")
         if args.persona is not None:
             config = config.model_copy(update={"default_persona": args.persona})
-        personas = load_personas(config, args.config)
+        personas = load_personas(config, args.config, persona_flag=args.persona is not None)
         # The stream-token key is read now, so a bad one stops serve before any engine
         # loads; the app reads it again (the same way) when it builds its tokens.
         stream_secret(config.twilio.stream_secret_file)
@@ -78,27 +78,71 @@ def serve(args: argparse.Namespace) -> int:
         return exc.code
 
 
-def load_personas(config: ServerConfig, config_path: Path | None) -> dict[Path, Persona]:
+def load_personas(
+    config: ServerConfig, config_path: Path | None, *, persona_flag: bool = False
+) -> dict[Path, Persona]:
     """Load every persona the config answers with, by path, default first.
 
     A persona whose file names no ``llm.model`` gets the config's
     ``engines.llm.model``, so one line in ``voxline.yaml`` moves every such
     persona to another model, on llama.cpp and vLLM alike.
 
+    Args:
+        config: the server config.
+        config_path: its file, named in errors about it.
+        persona_flag: the default persona came from ``--persona``, not the file.
+
     Raises:
-        ConfigError: no persona is configured, or one of them is invalid.
+        ConfigError: no persona is configured, a persona file the config names is
+            missing (naming the config's field), or a persona is invalid (naming
+            the persona's file and field).
     """
     from voxline.personas import load_persona
     from voxline.yamlfile import ConfigError
 
+    where = config_path or "voxline.yaml"
     paths = config.persona_paths()
     if not paths:
         raise ConfigError(
-            config_path or "voxline.yaml",
-            ["no persona: give --persona or set default_persona in voxline.yaml"],
+            where, ["no persona: give --persona or set default_persona in voxline.yaml"]
         )
+    # A persona file that is not there is the config's mistake: name the field. A
+    # persona that is there but wrong names its own file and field.
+    missing = [
+        f"{field}: persona file not found: {_shown(path)}"
+        for field, path in _persona_fields(config)
+        if not _is_file(path) and not (persona_flag and field == "default_persona")
+    ]
+    if missing:
+        raise ConfigError(where, missing)
     model = config.engines.llm.model
     return {path: load_persona(path, default_llm_model=model) for path in paths}
+
+
+def _persona_fields(config: ServerConfig) -> list[tuple[str, Path]]:
+    """Every persona path of ``config`` with the field that names it."""
+    fields: list[tuple[str, Path]] = []
+    if config.default_persona is not None:
+        fields.append(("default_persona", config.default_persona))
+    fields += [(f"numbers.{number}", path) for number, path in config.numbers.items()]
+    fields += [
+        (f"widgets.{key}.persona", widget.persona)
+        for key, widget in config.widgets.items()
+        if widget.persona is not None
+    ]
+    return fields
+
+
+def _shown(path: Path) -> str:
+    """The path as text, escaped if it holds characters a terminal would hide."""
+    return str(path) if str(path).isprintable() else repr(str(path))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # ValueError: a NUL character in the path
+        return False
 
 
 async def _serve(
