@@ -1,10 +1,10 @@
-"""`voxline check` on thousands of mistaken versions of the shipped personas and tool specs.
+"""`voxline check` on thousands of mistaken personas, tool specs and server configs.
 
-Each version changes one to three lines of a shipped file: a value replaced by another
-type, a YAML tag, an alias or an odd scalar; a line cut short, repeated or re-indented.
-Whatever the result (valid or not), checking it must never raise: every problem is a
-line that names the file, and the exit code is 0 or 2. The mutations are seeded, so a
-failure reproduces.
+Each version changes one to three lines of a shipped persona or tool spec, or of a
+full voxline.yaml: a value replaced by another type, a YAML tag, an alias or an odd
+scalar; a line cut short, repeated or re-indented. Whatever the result (valid or not),
+checking it must never raise: every problem is a line that names the file, and the exit
+code is 0 or 2. The mutations are seeded, so a failure reproduces.
 """
 
 from __future__ import annotations
@@ -26,6 +26,30 @@ SHIPPED = [
     ROOT / "tools" / "book_table.yaml",
     ROOT / "tools" / "list_recent_transactions.yaml",
 ]
+SERVER_CONFIG = """\
+public_url: https://voice.example.com
+default_persona: personas/bank.yaml
+numbers:
+  "+15550100001": personas/bank.yaml
+max_calls: 4
+engines:
+  cpu_cores: 2
+  whisper: {device: cpu, max_batch: 8, min_window_secs: 15}
+  llm:
+    backend: llama_cpp
+    model: smollm2
+    n_ctx: 4096
+  vllm: {device: cpu, extra_args: [--foo]}
+twilio:
+  stream_token_ttl_secs: 60
+  stream_secret_file: stream.key
+widgets:
+  demo:
+    allowed_origins: ["https://shop.example.com"]
+webrtc:
+  ice_servers:
+    - urls: stun:stun.example.com
+"""
 VALUES = [
     "null", "~", "[]", "{}", "-1", "0", "1e999", "-.inf", ".nan", '"x"', "0x1F", "0o17",
     "2026-01-01", "2026-13-45", "!!binary aGVsbG8=", "!!binary ###", "true", "[1, [2]]",
@@ -60,12 +84,16 @@ def mutate(text: str, rng: random.Random) -> str:
 def test_check_never_raises_on_a_mistaken_file(tmp_path, seed):
     shutil.copytree(ROOT / "tools", tmp_path / "tools")
     (tmp_path / "personas").mkdir()
+    shutil.copy(ROOT / "personas" / "bank_support.yaml", tmp_path / "personas" / "bank.yaml")
+    (tmp_path / "stream.key").write_text("k" * 40)
+    sources = [(path.read_text(), path.parent.name, path.name) for path in SHIPPED]
+    sources += [(SERVER_CONFIG, ".", "voxline.yaml")] * 2
     rng = random.Random(seed)
     outcomes = {0: 0, 2: 0}
     for index in range(250):
-        source = rng.choice(SHIPPED)
-        path = tmp_path / source.parent.name / f"m{seed}_{index}_{source.name}"
-        path.write_text(mutate(source.read_text(), rng))
+        text, folder, name = rng.choice(sources)
+        path = tmp_path / folder / f"m{seed}_{index}_{name}"
+        path.write_text(mutate(text, rng))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             code = check_paths([path])  # raises on a crash: the test fails with its traceback
