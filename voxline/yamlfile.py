@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -37,19 +37,40 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: itself, or inside Optional, list or dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in reversed(get_args(annotation)):  # a dict's values come last
+        if (found := _model_in(argument)) is not None:
+            return found
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    """Whether an annotation is a dict (or an optional one): its keys are the user's."""
+    return get_origin(annotation) is dict or any(_is_mapping(a) for a in get_args(annotation))
+
+
 def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """Field names allowed at ``loc``'s parent, for an unknown-key hint."""
-    current: Any = model
+    """Field names allowed at ``loc``'s parent, for an unknown-key hint.
+
+    List indexes and the keys of user-named mappings (a widget key, a phone number)
+    are stepped over on the way down.
+    """
+    current: type[BaseModel] | None = model
+    user_key = False
     for item in loc[:-1]:
-        if isinstance(item, int):
+        if user_key or isinstance(item, int):
+            user_key = False
             continue
-        fields = getattr(current, "model_fields", {})
+        fields = current.model_fields if current is not None else {}
         if item not in fields:
             return []
         annotation = fields[item].annotation
-        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-        current = annotation if isinstance(annotation, type) else (inner[0] if inner else None)
-    return sorted(getattr(current, "model_fields", {}))
+        user_key = _is_mapping(annotation)
+        current = _model_in(annotation)
+    return sorted(current.model_fields) if current is not None else []
 
 
 MAX_SHOWN_CHARS = 80
