@@ -310,6 +310,21 @@ class Persona(_Strict):
 
     _tool_specs: dict[str, tuple[ToolSpec, Path]] = PrivateAttr(default_factory=dict)
 
+    @field_validator("language")
+    @classmethod
+    def _whisper_knows_the_language(cls, language: str) -> str:
+        # Whisper refuses an unknown language at every utterance; refuse it here once.
+        try:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES
+        except ImportError:  # checked again when Whisper runs
+            return language
+        if language not in _LANGUAGE_CODES:
+            raise ValueError(
+                f"{language!r} is not a language Whisper knows: use its code, e.g. en, es, "
+                "fr, de, pt, zh, ja"
+            )
+        return language
+
     @field_validator("tools_dir")
     @classmethod
     def _resolve_tools_dir(cls, value: Path, info: ValidationInfo) -> Path:
