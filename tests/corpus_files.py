@@ -46,7 +46,8 @@ class Case:
         name: ``<kind>/<input>``, unique in the corpus.
         kind: persona, tool, server config or audio.
         command: how the input reaches voxline: ``check``, ``serve`` (``--config``),
-            ``talk`` (``--input``), ``talk-persona`` or ``serve-persona`` (``--persona``).
+            ``talk`` (``--input``), ``talk-persona`` or ``serve-persona`` (``--persona``),
+            ``talk-config`` (``--config``).
         path: the input file (made by ``make`` first, for generated cases).
         expect: text the refusal must contain.
         make: writes the input, for generated cases.
@@ -77,6 +78,21 @@ class Case:
                 str(self.path),
                 "--say",
                 "Hello.",
+                "--output",
+                reply,
+            ]
+        if self.command == "talk-config":
+            reply = str(scratch / "reply.wav")
+            persona = str(BANK_PERSONA)
+            config = ["--config", str(self.path)]
+            return [
+                VOXLINE,
+                "talk",
+                *config,
+                "--persona",
+                persona,
+                "--say",
+                "Hi.",
                 "--output",
                 reply,
             ]
@@ -438,6 +454,13 @@ def generated_cases(scratch: Path) -> list[Case]:
         name = f"persona/ten_megabytes.yaml ({command.replace('-persona', '')})"
         path = scratch / "persona" / f"ten_megabytes_{command}.yaml"
         cases.append(Case(name, "persona yaml", command, path, "larger than", _write_ten_megabytes))
+    # Server configs through `talk --config`: the same loader as `serve`.
+    for shipped in ("billion_laughs.yaml", "unknown_engine_key.yaml", "duplicate_section.yaml"):
+        path = CORPUS / "server" / shipped
+        expect = path.read_text().split("\n", 1)[0].removeprefix("# expect: ")
+        cases.append(
+            Case(f"server/{shipped} (talk)", "server config yaml", "talk-config", path, expect)
+        )
     return cases
 
 
