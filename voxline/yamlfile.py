@@ -2,8 +2,13 @@
 
 Every configuration file voxline reads (personas, tool specs, the server config)
 goes through :func:`load_yaml_model`, so a mistake is always reported the same
-way: the file, the path of the field inside it, what was expected and what was
-found, one line per problem.
+way: the file, the path of the field inside it (or the line), what was expected
+and what was found, one line per problem.
+
+Files are hostile until read: :func:`read_yaml` bounds the file's size, and the
+size and depth of its document once YAML aliases are expanded, on the parsed node
+graph before any Python object exists, so a few hundred bytes of nested anchors
+(a "billion laughs" file) are refused at once instead of expanding to gigabytes.
 """
 
 from __future__ import annotations
