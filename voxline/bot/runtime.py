@@ -418,11 +418,17 @@ class ServerHealth:
 
     async def check(self) -> list[str]:
         """Check every server once now; returns (and keeps) what is wrong."""
-        self._last = await self._runtime.check_servers(self.timeout_secs)
+        found = await self._runtime.check_servers(self.timeout_secs)
         self.checks += 1
+        # One line when a problem appears and one when it clears, not one per check.
+        for problem in found:
+            if problem not in self._last:
+                logger.warning(f"health check: {problem}")
         for problem in self._last:
-            logger.warning(f"health check: {problem}")
-        return self._last
+            if problem not in found:
+                logger.info(f"health check: cleared: {problem}")
+        self._last = found
+        return found
 
     def start(self) -> None:
         """Start checking in the background (every ``interval_secs``)."""
