@@ -141,3 +141,85 @@ def test_serve_refuses_a_short_key_at_start_with_one_line(tmp_path, voxline_env,
     assert lines[0].startswith("voxline: error: ")
     assert "holds 7 bytes: the stream-token key needs at least 32" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory):
+    """Two `voxline serve` processes with one stream key: A from the environment, B from a file.
+
+    A third, C, has another key. Each runs the bank persona on its own llama.cpp server.
+    """
+    import os
+
+    from tests.servers import start_voxline
+    from voxline.engines.llm import free_port
+
+    root = tmp_path_factory.mktemp("balanced")
+    (root / "stream.key").write_text(KEY + "\n")
+    servers = {}
+    try:
+        for name, key_in in [("a", "env"), ("b", "file"), ("c", "other")]:
+            config = root / f"{name}.yaml"
+            lines = [
+                f"default_persona: {BANK_PERSONA}",
+                "max_calls: 2",
+                "engines:\n  llm: {backend: llama_cpp}",
+            ]
+            if key_in == "file":
+                lines.append(f"twilio: {{stream_secret_file: {root / 'stream.key'}}}")
+            config.write_text("\n".join(lines) + "\n")
+            env = {**os.environ, "TWILIO_AUTH_TOKEN": AUTH, "VOXLINE_OFFLINE": "1"}
+            env.pop(STREAM_SECRET_ENV, None)
+            if key_in == "env":
+                env[STREAM_SECRET_ENV] = KEY
+            elif key_in == "other":
+                env[STREAM_SECRET_ENV] = KEY[::-1]
+            port = free_port()
+            servers[name] = (start_voxline(config, env, port), f"http://127.0.0.1:{port}")
+        yield {name: url for name, (_, url) in servers.items()}
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+
+
+@pytest.mark.slow
+def test_a_stream_is_answered_by_another_process_that_shares_the_key(two_servers):
+    """Twilio's webhook reaches A, its media stream reaches B (as a balancer may route them)."""
+    import asyncio
+
+    import numpy as np
+
+    from voxline.transports.twilio_caller import RATE, TwilioCaller
+
+    caller = TwilioCaller(two_servers["a"], auth_token=AUTH)
+
+    async def balanced_call():
+        url, parameters = await caller.request_stream()  # answered by A
+        assert url.startswith(two_servers["a"].replace("http", "ws"))
+        to_b = url.replace(
+            two_servers["a"].replace("http", "ws"), two_servers["b"].replace("http", "ws")
+        )
+        return await caller.call(
+            np.zeros(0, dtype=np.float32), RATE, stream=(to_b, parameters), timeout=60
+        )
+
+    result = asyncio.run(balanced_call())
+    assert result.close_code != 1008, result.received[:5]
+    assert "media" in result.received  # B played the greeting
+    assert np.abs(result.heard).max() > 1000, "the caller heard no greeting from B"
+
+    # C signs with another key: the same kind of token from A is refused there.
+    caller = TwilioCaller(two_servers["a"], auth_token=AUTH)
+
+    async def wrong_key_call():
+        url, parameters = await caller.request_stream()
+        to_c = url.replace(
+            two_servers["a"].replace("http", "ws"), two_servers["c"].replace("http", "ws")
+        )
+        return await caller.call(
+            np.zeros(0, dtype=np.float32), RATE, stream=(to_c, parameters), timeout=30
+        )
+
+    refused = asyncio.run(wrong_key_call())
+    assert refused.close_code == 1008
+    assert "media" not in refused.received
