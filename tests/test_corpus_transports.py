@@ -562,6 +562,32 @@ class Corpus:
                     refused += exc.response.status_code == 403
             return refused >= 5, f"{refused} handshakes refused"
 
+        async def huge_headers(_since: int) -> tuple[bool, str]:
+            host, port = self.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(
+                host, int(port), local_addr=(self.address(), 0)
+            )
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"j" * 1_000_000)
+            writer.write(b"\r\n\r\n")
+            try:
+                await writer.drain()
+                status = await asyncio.wait_for(reader.readline(), 10)
+            except ConnectionError as exc:
+                status = f"connection closed ({type(exc).__name__})".encode()
+            finally:
+                writer.close()
+            text = status.decode(errors="replace").strip()
+            return text.startswith("HTTP/1.1 4") or "closed" in text, text or "closed, no answer"
+
+        async def unknown_websocket(_since: int) -> tuple[bool, str]:
+            try:
+                async with self.connect(self.url.replace("http://", "ws://") + "/nope"):
+                    return False, "accepted"
+            except websockets.InvalidStatus as exc:
+                return exc.response.status_code == 403, f"HTTP {exc.response.status_code}"
+
+        await self.check(category, "1 MB of request headers", huge_headers)
+        await self.check(category, "websocket to an unknown path", unknown_websocket)
         await self.check(category, "1 MB body on GET /health/live", big_body)
         await self.check(category, "100 KB chunked webhook body", chunked)
         await self.check(

@@ -92,6 +92,9 @@ def test_the_demo_page_and_the_widget_are_served(server):
     config = httpx.get(server["url"] + "/webrtc/config?key=shop", headers={"Origin": SHOP})
     assert config.json() == {"ice_servers": [{"urls": "stun:stun.example.com:3478"}]}
     assert config.headers["access-control-allow-origin"] == SHOP
+    # The demo page's own GET carries no Origin (browsers send none for same-origin GETs).
+    own_page = httpx.get(server["url"] + "/webrtc/config?key=demo", timeout=10)
+    assert own_page.status_code == 200, own_page.text
 
 
 @pytest.mark.parametrize(

@@ -195,8 +195,18 @@ class WebRTCLine:
         """Browser calls whose pipeline is still running."""
         return len(self._calls)
 
-    def check_page(self, key: str, origin: str | None, own_origin: str) -> str | None:
+    def check_page(
+        self, key: str, origin: str | None, own_origin: str, *, require_origin: bool = True
+    ) -> str | None:
         """The CORS origin to answer with for ``key`` from ``origin``.
+
+        Args:
+            key: the widget key.
+            origin: the request's ``Origin`` header, if any.
+            own_origin: this server's own origin (for keys without allowed origins).
+            require_origin: refuse a request without ``Origin`` unless the key takes
+                non-browser clients (False for ``GET``, which same-origin pages send
+                without one).
 
         Raises:
             SignalingError: 404 unknown key, 403 disallowed origin.
@@ -204,7 +214,7 @@ class WebRTCLine:
         widget = self.config.widgets.get(key)
         if widget is None or key not in self.personas:
             raise SignalingError(404, f"unknown widget key {key!r}")
-        return check_origin(widget, origin, own_origin)
+        return check_origin(widget, origin, own_origin, require_origin=require_origin)
 
     async def answer(self, offer: Offer, client_ip: str) -> dict:
         """Accept an offer: take a line, start the call and return the SDP answer.

@@ -95,7 +95,8 @@ def add_webrtc_routes(app: FastAPI, line: WebRTCLine, config: ServerConfig) -> N
     async def ice_config(request: Request, key: str) -> Response:
         origin = request.headers.get("origin")
         try:
-            allowed = line.check_page(key, origin, _own_origin(request))
+            # A page's same-origin GET carries no Origin; the answer is only the ICE servers.
+            allowed = line.check_page(key, origin, _own_origin(request), require_origin=False)
         except SignalingError as exc:
             return _refusal(exc, origin)
         servers = ice_servers_for_page(config.webrtc.ice_servers)

@@ -130,7 +130,9 @@ def is_mdns_candidate(candidate: str) -> bool:
     return bool(re.search(r" [0-9a-f-]+\.local ", candidate))
 
 
-def check_origin(widget: WidgetConfig, origin: str | None, own_origin: str) -> str | None:
+def check_origin(
+    widget: WidgetConfig, origin: str | None, own_origin: str, *, require_origin: bool = True
+) -> str | None:
     """The origin to allow in CORS headers, or raise when the caller may not call.
 
     A browser always sends ``Origin`` with a POST or PATCH. A request without one
@@ -139,11 +141,14 @@ def check_origin(widget: WidgetConfig, origin: str | None, own_origin: str) -> s
     ``allow_non_browser_clients`` take those. A key with no allowed origins
     serves only pages of this server; ``*`` allows any site.
 
+    ``require_origin=False`` is for ``GET`` requests, which a browser sends
+    without ``Origin`` when the page is the server's own.
+
     Raises:
         SignalingError: 403 for a page of another site, or a client without an origin.
     """
     if origin is None or origin == "null":
-        if widget.allow_non_browser_clients:
+        if widget.allow_non_browser_clients or not require_origin:
             return None
         raise SignalingError(
             403, "this widget key takes calls from web pages only (no Origin header)"
