@@ -28,8 +28,9 @@ class ConfigError(ValueError):
 
     def __init__(self, path: Path | str, problems: list[str]):
         self.path = Path(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {problem}" for problem in problems))
+        # One line each, whatever a message quoted (an import error's own text, say).
+        self.problems = [" / ".join(problem.splitlines()) for problem in problems]
+        super().__init__("\n".join(f"{self.path}: {problem}" for problem in self.problems))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
