@@ -454,6 +454,16 @@ def generated_cases(scratch: Path) -> list[Case]:
         name = f"persona/ten_megabytes.yaml ({command.replace('-persona', '')})"
         path = scratch / "persona" / f"ten_megabytes_{command}.yaml"
         cases.append(Case(name, "persona yaml", command, path, "larger than", _write_ten_megabytes))
+    # A file of one kind given where another is expected.
+    tool = ROOT / "tools" / "get_balance.yaml"
+    server = CORPUS / "server" / "short_stream_secret.yaml"
+    cases += [
+        Case("persona/a tool spec (talk)", "persona yaml", "talk-persona", tool, "is a tool spec"),
+        Case("persona/a server config (serve)", "persona yaml", "serve-persona", server,
+             "this is a server config (voxline.yaml), not a persona: give it with --config"),
+        Case("server/a persona (serve)", "server config yaml", "serve", BANK_PERSONA,
+             "this is a persona, not a server config"),
+    ]  # fmt: skip
     # Server configs through `talk --config`: the same loader as `serve`.
     for shipped in ("billion_laughs.yaml", "unknown_engine_key.yaml", "duplicate_section.yaml"):
         path = CORPUS / "server" / shipped

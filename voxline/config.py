@@ -432,4 +432,21 @@ def load_config(path: Path | str | None) -> ServerConfig:
     path = path or os.environ.get("VOXLINE_CONFIG")
     if not path:
         return ServerConfig()
-    return load_yaml_model(path, ServerConfig)
+    return load_yaml_model(path, ServerConfig, wrong_kind=_not_a_server_config)
+
+
+def _not_a_server_config(document: dict) -> str | None:
+    """Say so when the document is a persona or a tool spec, not a server config."""
+    from voxline.personas import Persona
+
+    keys = set(document)
+    if keys & ServerConfig.model_fields.keys():
+        return None
+    if keys & {"python", "http", "parameters"}:
+        return "this is a tool spec, not a server config: list it under a persona's `tools`"
+    if keys & Persona.model_fields.keys():
+        return (
+            "this is a persona, not a server config (voxline.yaml): give it with --persona, "
+            "or name it in a config's default_persona"
+        )
+    return None

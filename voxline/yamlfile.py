@@ -14,6 +14,7 @@ graph before any Python object exists, so a few hundred bytes of nested anchors
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
@@ -348,12 +349,21 @@ def _too_large(size: int) -> str:
     )
 
 
-def load_yaml_model(path: Path | str, model: type[ModelT], **context: Any) -> ModelT:
+def load_yaml_model(
+    path: Path | str,
+    model: type[ModelT],
+    *,
+    wrong_kind: Callable[[dict[Any, Any]], str | None] | None = None,
+    **context: Any,
+) -> ModelT:
     """Read ``path`` and validate it as ``model``.
 
     Args:
         path: the YAML file.
         model: the pydantic model the document must match.
+        wrong_kind: given the document, says (in one line) when it is another kind
+            of voxline file (a server config given as a persona, say), so the error
+            is that instead of every field being unknown.
         **context: passed to pydantic validators (e.g. the file's directory).
 
     Raises:
@@ -367,6 +377,8 @@ def load_yaml_model(path: Path | str, model: type[ModelT], **context: Any) -> Mo
         raise ConfigError(
             path, [f"expected a mapping of fields at the top level, found {type(data).__name__}"]
         )
+    if wrong_kind is not None and (problem := wrong_kind(data)) is not None:
+        raise ConfigError(path, [problem])
     try:
         return model.model_validate(data, context={"base_dir": path.parent, **context})
     except ValidationError as exc:
