@@ -103,3 +103,21 @@ def test_every_problem_of_a_persona_is_one_error_line(tmp_path, output, voxline_
     lines = result.stderr.strip().splitlines()
     assert [line.split(": ")[3] for line in lines] == ["llm.temperature", "llm.max_tokens"]
     assert all(line.startswith(f"voxline: error: {persona}: ") for line in lines), lines
+
+
+def test_an_output_directory_is_refused_before_the_call(tmp_path, voxline_env):
+    caller = tmp_path / "caller.wav"
+    soundfile.write(str(caller), (np.sin(np.arange(16000) / 5) * 8000).astype(np.int16), 16000)
+    result = run_talk(caller, str(tmp_path), voxline_env)
+    assert_refused(result, f"--output {tmp_path} is a directory")
+
+
+@pytest.mark.slow
+def test_the_reply_is_a_wav_file_whatever_the_output_is_called(tmp_path, voxline_env):
+    output = tmp_path / "reply.audio"
+    command = [VOXLINE, "talk", "--persona", str(BANK_PERSONA), "--say", "Hello, who are you?"]
+    command += ["--output", str(output), "--timeout", "60"]
+    result = subprocess.run(command, capture_output=True, text=True, env=voxline_env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = soundfile.info(str(output))
+    assert (info.format, info.subtype) == ("WAV", "PCM_16") and info.frames > 0

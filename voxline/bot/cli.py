@@ -144,6 +144,14 @@ def _talk(args: argparse.Namespace) -> int:
     output = args.output
     if not output.parent.is_dir():
         return _fail(f"output directory does not exist: {output.parent}", EXIT_BAD_INPUT)
+    if output.is_dir():
+        return _fail(
+            f"--output {output} is a directory: name the WAV file to write", EXIT_BAD_INPUT
+        )
+    if not os.access(output.parent, os.W_OK) or (
+        output.exists() and not os.access(output, os.W_OK)
+    ):
+        return _fail(f"--output {output} cannot be written (permission denied)", EXIT_BAD_INPUT)
 
     from voxline.bot.talk import TalkTimeoutError, synthesize_caller, talk
     from voxline.engines.llm import LLMServerError
@@ -189,7 +197,12 @@ def _talk(args: argparse.Namespace) -> int:
 
     import soundfile
 
-    soundfile.write(str(output), result.audio, result.sample_rate, subtype="PCM_16")
+    try:  # WAV whatever the file is called: the call is not lost to an odd extension
+        soundfile.write(
+            str(output), result.audio, result.sample_rate, format="WAV", subtype="PCM_16"
+        )
+    except (OSError, RuntimeError) as exc:
+        return _fail(f"cannot write {output}: {exc}", EXIT_FAILURE)
     turns = [turn.as_dict() for turn in result.turns]
     if args.json:
         document = {
