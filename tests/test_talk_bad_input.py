@@ -121,3 +121,10 @@ def test_the_reply_is_a_wav_file_whatever_the_output_is_called(tmp_path, voxline
     assert result.returncode == 0, result.stderr[-2000:]
     info = soundfile.info(str(output))
     assert (info.format, info.subtype) == ("WAV", "PCM_16") and info.frames > 0
+
+
+def test_dial_refuses_an_output_directory_before_calling(tmp_path, voxline_env):
+    env = {**voxline_env, "TWILIO_AUTH_TOKEN": "test-token"}
+    command = [VOXLINE, "dial", "http://127.0.0.1:9", "--say", "Hi.", "--output", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert_refused(result, f"--output {tmp_path} is a directory")

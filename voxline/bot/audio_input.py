@@ -9,6 +9,7 @@ header; a compressed one is never decoded past the bound.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -108,3 +109,14 @@ def _libsndfile_reason(exc: Exception) -> str:
     """libsndfile's own reason, without the file name it repeats."""
     text = str(exc)
     return text.split(": ", 1)[1] if text.startswith("Error opening") and ": " in text else text
+
+
+def output_problem(path: Path) -> str | None:
+    """Why a WAV cannot be written at ``path``, checked before a call is placed; None if it can."""
+    if not path.parent.is_dir():
+        return f"output directory does not exist: {path.parent}"
+    if path.is_dir():
+        return f"--output {path} is a directory: name the WAV file to write"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--output {path} cannot be written (permission denied)"
+    return None

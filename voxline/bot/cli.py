@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _talk(args: argparse.Namespace) -> int:
-    from voxline.bot.audio_input import AudioInputError, read_caller_audio
+    from voxline.bot.audio_input import AudioInputError, output_problem, read_caller_audio
     from voxline.config import load_config
     from voxline.models import ModelNotAvailableError
     from voxline.personas import load_persona
@@ -142,16 +142,8 @@ def _talk(args: argparse.Namespace) -> int:
     if args.say is not None and not args.say.strip():
         return _fail("--say needs the caller's words", EXIT_BAD_INPUT)
     output = args.output
-    if not output.parent.is_dir():
-        return _fail(f"output directory does not exist: {output.parent}", EXIT_BAD_INPUT)
-    if output.is_dir():
-        return _fail(
-            f"--output {output} is a directory: name the WAV file to write", EXIT_BAD_INPUT
-        )
-    if not os.access(output.parent, os.W_OK) or (
-        output.exists() and not os.access(output, os.W_OK)
-    ):
-        return _fail(f"--output {output} cannot be written (permission denied)", EXIT_BAD_INPUT)
+    if (problem := output_problem(output)) is not None:
+        return _fail(problem, EXIT_BAD_INPUT)
 
     from voxline.bot.talk import TalkTimeoutError, synthesize_caller, talk
     from voxline.engines.llm import LLMServerError

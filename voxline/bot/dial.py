@@ -39,12 +39,15 @@ def _transcribe_segments(heard: np.ndarray, cuts: list[float]) -> list[str]:
 
 def dial(args: argparse.Namespace) -> int:
     """Place one call and report it."""
-    from voxline.bot.audio_input import AudioInputError, read_caller_audio
+    from voxline.bot.audio_input import AudioInputError, output_problem, read_caller_audio
     from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
 
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN", "")
     if not auth_token:
         print("voxline: error: set TWILIO_AUTH_TOKEN to the server's token", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.output is not None and (problem := output_problem(args.output)) is not None:
+        print(f"voxline: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         if args.input is not None:
@@ -72,7 +75,11 @@ def dial(args: argparse.Namespace) -> int:
     if args.output is not None:
         import soundfile
 
-        soundfile.write(str(args.output), result.heard, RATE, subtype="PCM_16")
+        try:  # WAV whatever the file is called
+            soundfile.write(str(args.output), result.heard, RATE, format="WAV", subtype="PCM_16")
+        except (OSError, RuntimeError) as exc:
+            print(f"voxline: error: cannot write {args.output}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     cuts = [turn.caller_end for turn in result.turns]
     texts = _transcribe_segments(result.heard, cuts) if result.heard.size else []
     greeting, replies = (texts[0], texts[1:]) if texts else ("", [])
