@@ -223,3 +223,25 @@ def test_a_stream_is_answered_by_another_process_that_shares_the_key(two_servers
     refused = asyncio.run(wrong_key_call())
     assert refused.close_code == 1008
     assert "media" not in refused.received
+
+
+def test_check_warns_when_other_users_can_read_the_key_file(tmp_path, voxline_env):
+    config = write_config(tmp_path)
+    key = tmp_path / "stream.key"
+    results = {}
+    for mode in (0o644, 0o600):
+        key.chmod(mode)
+        results[mode] = subprocess.run(
+            [VOXLINE, "check", str(config)],
+            capture_output=True,
+            text=True,
+            env=voxline_env,
+            timeout=60,
+        )
+    loose, tight = results[0o644], results[0o600]
+    assert loose.returncode == tight.returncode == 0, loose.stderr + tight.stderr
+    assert f"{config}: warning: twilio.stream_secret_file {key} can be read by other users" in (
+        loose.stderr
+    )
+    assert "chmod 600" in loose.stderr
+    assert "warning" not in tight.stderr

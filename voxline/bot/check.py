@@ -32,7 +32,11 @@ def _check_server_config(path: Path) -> str:
     """
     from voxline.bot.serve import load_personas
     from voxline.config import load_config
-    from voxline.transports.twilio_webhook import StreamSecretError, stream_secret
+    from voxline.transports.twilio_webhook import (
+        StreamSecretError,
+        secret_file_warning,
+        stream_secret,
+    )
     from voxline.yamlfile import ConfigError
 
     config = load_config(path)
@@ -42,6 +46,8 @@ def _check_server_config(path: Path) -> str:
         stream_secret(config.twilio.stream_secret_file, environ={})
     except StreamSecretError as exc:
         raise ConfigError(path, [f"twilio.stream_secret_file: {exc}"]) from None
+    if (warning := secret_file_warning(config.twilio.stream_secret_file)) is not None:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     names = ", ".join(persona.name for persona in personas.values())
     return f"server config; personas {names}; max_calls {config.max_calls}"
 

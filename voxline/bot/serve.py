@@ -48,7 +48,11 @@ def progress(line: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
-    from voxline.transports.twilio_webhook import StreamSecretError, stream_secret
+    from voxline.transports.twilio_webhook import (
+        StreamSecretError,
+        secret_file_warning,
+        stream_secret,
+    )
     from voxline.yamlfile import ConfigError
 
     try:
@@ -65,6 +69,8 @@ def serve(args: argparse.Namespace) -> int:
             print(f"voxline: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    if (warning := secret_file_warning(config.twilio.stream_secret_file)) is not None:
+        print(f"voxline: warning: {warning}", file=sys.stderr)
     if not os.environ.get("TWILIO_AUTH_TOKEN"):
         print(
             "voxline: warning: TWILIO_AUTH_TOKEN is not set: Twilio voice webhooks will be "

@@ -109,6 +109,22 @@ def stream_secret(
     return secret
 
 
+def secret_file_warning(secret_file: Path | None) -> str | None:
+    """A warning when the stream-key file can be read by other users of the machine."""
+    if secret_file is None:
+        return None
+    try:
+        mode = os.stat(secret_file).st_mode
+    except (OSError, ValueError):
+        return None  # stream_secret() reports a file it cannot read
+    if mode & 0o077:
+        return (
+            f"twilio.stream_secret_file {secret_file} can be read by other users "
+            f"(mode {mode & 0o777:o}): chmod 600 it"
+        )
+    return None
+
+
 class StreamTokens:
     """Short-lived, single-use tokens that tie a media stream to the webhook that created it.
 
