@@ -53,6 +53,7 @@ def serve(tmp_path_factory) -> Iterator[dict]:
             public_url: http://127.0.0.1:{port}
             default_persona: desk.yaml
             max_calls: 1
+            log_content: true  # the tests read what the bot said from the log
             engines:
               llm: {{backend: llama_cpp}}
             twilio:

@@ -74,6 +74,7 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
             f"""\
             public_url: http://127.0.0.1:{port}
             default_persona: {BANK_PERSONA}
+            log_content: true  # the tests read the calls' contexts from the log
             engines:
               llm: {{backend: llama_cpp}}  # the calls, not the LLM, are under test here
             numbers:

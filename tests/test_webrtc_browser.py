@@ -58,6 +58,7 @@ def server(tmp_path_factory) -> Iterator[dict]:
     # The browser calls, not the LLM, are under test: the light engine starts in a second.
     config.write_text(
         f"default_persona: {BANK_PERSONA}\nmax_calls: 4\nengines: {{llm: {{backend: llama_cpp}}}}\n"
+        "log_content: true\n"  # the tests read the call's context from the log
     )
     port = free_port()
     env = {**os.environ, "VOXLINE_OFFLINE": "1", "VOXLINE_LOG_LEVEL": "INFO"}

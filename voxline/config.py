@@ -341,6 +341,12 @@ class ServerConfig(_Strict):
     webrtc: WebRTCConfig = WebRTCConfig()
     http: HTTPConfig = HTTPConfig()
     health: HealthConfig = HealthConfig()
+    log_content: bool = Field(
+        default=False,
+        description="Log what callers and the bot say, tool arguments and results, LLM "
+        "contexts and whole phone numbers (development only; $VOXLINE_LOG_CONTENT=1 too). "
+        "Off: lines carry ids, timings and counts, and numbers are masked.",
+    )
 
     @field_validator("widgets", mode="after")
     @classmethod

@@ -135,6 +135,8 @@ def _talk(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         config = (config.with_llm_backend(args.llm) if args.llm else config).for_command("talk")
+        if args.verbose:  # one local call, the developer's own: its words may be logged
+            config = config.model_copy(update={"log_content": True})
         persona = load_persona(args.persona, default_llm_model=config.engines.llm.model)
         audio = read_caller_audio(args.input) if args.input else None
     except (ConfigError, AudioInputError) as exc:

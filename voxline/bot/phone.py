@@ -12,7 +12,6 @@ with at most a close code and a one-line log, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from loguru import logger
 from pipecat.workers.runner import WorkerRunner
 
+from voxline import logcontent
 from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
 from voxline.bot.runtime import Runtime
@@ -151,7 +151,8 @@ class PhoneLine:
         base = url.split("/twilio/")[0]
         stream_url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         token = self.tokens.issue(persona.name, call_sid)
-        logger.info(f"call {call_sid} to {params.get('To', '?')}: persona {persona.name}")
+        masked, called = logcontent.number(params.get("From", "")) or "?", params.get("To", "?")
+        logger.info(f"call {call_sid} from {masked} to {called}: persona {persona.name}")
         parameters = {"persona": persona.name, "token": token}
         if caller := params.get("From", ""):
             parameters["caller"] = caller
@@ -317,7 +318,7 @@ class PhoneLine:
             )
             # The persona's own prompt is left out: it is the same in every call.
             messages = call.context.get_messages()[1:]
-            logger.info(f"call {info.call_sid} context {json.dumps(messages)}")
+            logger.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
 
     async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
         logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")

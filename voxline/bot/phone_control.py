@@ -13,6 +13,7 @@ from loguru import logger
 from pipecat.frames.frames import EndFrame
 from pipecat.pipeline.worker import PipelineWorker
 
+from voxline import logcontent
 from voxline.processors.frames import spoken_line
 from voxline.transports.twilio import MarkGate, TwilioStream
 from voxline.transports.twilio_webhook import TwilioRestClient, dial_twiml
@@ -97,7 +98,7 @@ class TwilioCallControl:
         """
         if self._rest is None:
             raise RuntimeError("transfer needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
-        logger.info(f"call {self._stream.call_sid}: transferring to {number}")
+        logger.info(f"call {self._stream.call_sid}: transferring to {logcontent.number(number)}")
         await self._rest.redirect(self._stream.call_sid, dial_twiml(number))
 
     async def send_dtmf(self, digits: str) -> None:

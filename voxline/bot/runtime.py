@@ -29,6 +29,7 @@ from types import TracebackType
 
 from loguru import logger
 
+from voxline import logcontent
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
 from voxline.cpu_budget import cpu_budget
@@ -70,6 +71,7 @@ class Runtime:
 
     def __init__(self, config: ServerConfig | None = None, progress: Progress | None = None):
         self.config = config or ServerConfig()
+        logcontent.configure(self.config.log_content)
         self._progress = progress
         self._whisper: dict[str, WhisperEngine] = {}
         self._piper: dict[str, PiperEngine] = {}

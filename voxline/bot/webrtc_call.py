@@ -42,6 +42,7 @@ from pipecat.transports.smallwebrtc.transport import (
 )
 from pipecat.workers.runner import WorkerRunner
 
+from voxline import logcontent
 from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
@@ -373,9 +374,12 @@ class WebRTCLine:
             # What the bot said (every chunk written) and what went into the context (the
             # chunks the browser was sent before any barge-in); the persona's prompt is left out.
             gate = transport.output().gate
-            logger.info(f"browser call {connection.pc_id} spoken {json.dumps(gate.spoken)}")
+            spoken = f"{len(gate.spoken)} chunks"
+            if logcontent.enabled():
+                spoken = json.dumps(gate.spoken)
+            logger.info(f"browser call {connection.pc_id} spoken {spoken}")
             messages = call.context.get_messages()[1:]
-            logger.info(f"browser call {connection.pc_id} context {json.dumps(messages)}")
+            logger.info(f"browser call {connection.pc_id} context {logcontent.messages(messages)}")
 
     async def close(self) -> None:
         """Hang up every browser call (server shutdown)."""

@@ -50,6 +50,7 @@ from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
+from voxline import logcontent
 from voxline.processors.frames import (
     BargeInFrame,
     EndOfTurnDecisionFrame,
@@ -167,6 +168,23 @@ class TurnTrace:
             },
         }
 
+    def log_dict(self) -> dict[str, object]:
+        """:meth:`as_dict` for the log: without what was said unless content is logged.
+
+        The caller's and the bot's words become word counts, tool calls their names
+        and whether they failed; timings, ids and turn-taking stay.
+        """
+        summary = self.as_dict()
+        if logcontent.enabled():
+            return summary
+        summary["caller"] = {"words": len(self.caller_text.split())}
+        summary["bot"] = {"words": len(self.bot_text.split())}
+        summary["tools"] = [
+            {"name": call.get("name"), "failed": _failed(call.get("result"))}
+            for call in self.tool_calls
+        ]
+        return summary
+
     def reset_speculation(self, reason: str) -> None:
         """Forget a withdrawn speculation's stages: the next one answers the turn."""
         self.cancellations.append(reason)
@@ -175,6 +193,10 @@ class TurnTrace:
         self.llm_done = False
         self.tools_running = 0
         self.follow_up_expected = False
+
+
+def _failed(result: object) -> bool:
+    return isinstance(result, dict) and "error" in result
 
 
 @dataclass
@@ -493,6 +515,6 @@ class LatencyTracer(BaseObserver):
 
     def _finish(self, turn: TurnTrace) -> None:
         turn.complete = True
-        logger.info(f"turn {json.dumps(turn.as_dict())}")
+        logger.info(f"turn {json.dumps(turn.log_dict())}")
         if self._on_turn is not None:
             self._on_turn(turn)

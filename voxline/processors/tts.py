@@ -10,6 +10,7 @@ from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
+from voxline import logcontent
 from voxline.engines.piper import Overloaded, PiperEngine
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
@@ -68,10 +69,10 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
                 await self.stop_ttfb_metrics()
                 yield frame
         except Overloaded as exc:  # refused at once rather than heard late
-            logger.warning(f"{self}: {exc}; dropped {text!r}")
+            logger.warning(f"{self}: {exc}; dropped {logcontent.text(text)}")
             yield ErrorFrame(error=f"TTS overloaded: {exc}")
         except Exception as exc:  # a voice failure must not end the call
-            logger.error(f"{self}: synthesis failed for {text!r}: {exc}")
+            logger.error(f"{self}: synthesis failed for {logcontent.text(text)}: {exc}")
             yield ErrorFrame(error=f"Piper synthesis failed: {exc}")
         finally:
             await self.stop_ttfb_metrics()

@@ -19,6 +19,7 @@ from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
+from voxline import logcontent
 from voxline.engines.orpheus import (
     SAMPLE_RATE,
     WINDOW_CODES,
@@ -84,7 +85,7 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
                 await self.stop_ttfb_metrics()
                 yield frame
         except (OrpheusError, ValueError) as exc:
-            logger.error(f"{self}: Orpheus failed for {text!r}: {exc}")
+            logger.error(f"{self}: Orpheus failed for {logcontent.text(text)}: {exc}")
             yield ErrorFrame(error=f"Orpheus TTS failed: {exc}")
         finally:
             await self.stop_ttfb_metrics()

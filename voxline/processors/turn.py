@@ -61,6 +61,7 @@ from pipecat.processors.frame_processor import (
 )
 from pipecat.utils.time import time_now_iso8601
 
+from voxline import logcontent
 from voxline.engines.batcher import BatcherClosed, Overloaded
 from voxline.engines.turn_model import TurnDecision
 from voxline.processors.frames import (
@@ -480,7 +481,8 @@ class TurnTaker(FrameProcessor):
             await self._settle_without_reply(turn, "no speech")
             return
         if self._bot_busy() and self._overheard(turn, text):
-            logger.debug(f"{self}: overheard {text!r} while the bot spoke; not a turn")
+            heard = logcontent.text(text)
+            logger.debug(f"{self}: overheard {heard} while the bot spoke; not a turn")
             self._counters.overheard += 1
             if self._settings.overheard == "join":
                 self._carried_text = f"{self._carried_text} {text}".strip()
