@@ -17,6 +17,7 @@ from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
+from voxline import logcontent
 from voxline.personas import Persona
 from voxline.processors.frames import spoken_line
 from voxline.processors.llm import INVALID_ARGUMENTS
@@ -122,6 +123,11 @@ async def run_with_filler(
         task.cancel()
 
 
+def _detail(error: str) -> str:
+    """What a tool's error says, for the log line, only when caller content may be logged."""
+    return f": {error}" if logcontent.enabled() else ""
+
+
 def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> None:
     """Run each listed tool when the LLM calls it.
 
@@ -143,7 +149,8 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
 
         name, raw = params.function_name, params.arguments
         if isinstance(raw, dict) and INVALID_ARGUMENTS in raw:
-            logger.warning(f"tool {name}: arguments {raw[INVALID_ARGUMENTS]}")
+            detail = _detail(raw[INVALID_ARGUMENTS])
+            logger.warning(f"tool {name}: the LLM's arguments are not a JSON object{detail}")
             await answer({"error": f"invalid arguments for {name}: {raw[INVALID_ARGUMENTS]}"}, True)
             return
         if name in runners:
@@ -153,9 +160,8 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
                     spoken_line(text, interruptible="filler" not in persona.turn.uninterruptible)
                 )
 
+            # The runner logs a failure itself (its kind, not the caller's values).
             result = await run_with_filler(runners[name].run(raw), persona, speak)
-            if "error" in result:
-                logger.warning(f"tool {name}: {result['error']}")
             await answer(result, True)
             return
         if name not in persona.tools:
@@ -166,7 +172,7 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
         try:
             arguments = parse_arguments(name, raw)
         except ToolArgumentError as exc:
-            logger.warning(f"tool {name}: {exc}")
+            logger.warning(f"tool {name}: invalid arguments (ToolArgumentError){_detail(str(exc))}")
             await answer({"error": str(exc)}, True)
             return
         if isinstance(arguments, EndCallArguments):
@@ -189,7 +195,7 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
             )
         result = await perform(arguments, control, goodbye=persona.phrases.goodbye)
         if "error" in result:
-            logger.warning(f"tool {name}: {result['error']}")
+            logger.warning(f"tool {name} failed: RuntimeError{_detail(result['error'])}")
         await answer(result, "error" in result)
 
     for name in persona.tools:

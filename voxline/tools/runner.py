@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 from loguru import logger
 
+from voxline import logcontent
 from voxline.tools.spec import (
     ENV_REFERENCE,
     HTTPHandler,
@@ -53,6 +54,9 @@ MAX_HTTP_RESPONSE_BYTES = 1 << 20
 
 DEFAULT_TOOL_THREADS = 8
 """Threads for blocking handlers, per process (:class:`ToolThreads`)."""
+
+MIN_SECRET_CHARS = 4
+"""Shorter ``${ENV}`` values are not taken out of error texts (they would mangle them)."""
 
 MAX_HUNG_PER_TOOL = 2
 """Calls of one tool that may still run past their timeout before new calls of it
@@ -256,28 +260,64 @@ class ToolRunner:
 
     async def run(self, arguments: Any) -> dict[str, Any]:
         """Call the tool; returns ``{"result": ...}`` or ``{"error": ...}``, never raises
-        (cancellation aside)."""
+        (cancellation aside).
+
+        A failure is logged as one line naming the tool and what kind of failure it
+        was (the exception's type, never its message: that can hold the caller's
+        values); the error text follows only when ``log_content`` is on. The values
+        of the spec's ``${ENV}`` references are taken out of the error, for the log
+        and for the LLM, even when an endpoint echoes them back.
+        """
         if problem := self.check_arguments(arguments):
-            return {"error": f"invalid arguments for {self.name}: {problem}"}
+            return self._failed(
+                "arguments that do not fit its schema",
+                f"invalid arguments for {self.name}: {problem}",
+            )
         try:
             value = await self._call(dict(arguments))
         except TimeoutError:
-            return {"error": f"{self.name} did not answer within {self.spec.timeout_secs:g} s"}
+            timeout = f"{self.spec.timeout_secs:g} s"
+            return self._failed(
+                f"TimeoutError after {timeout}", f"{self.name} did not answer within {timeout}"
+            )
         except ToolFailure as exc:
-            return {"error": f"{self.name} failed: {exc}"}
+            return self._failed("ToolFailure", f"{self.name} failed: {exc}")
         except (Exception, SystemExit) as exc:  # a business's handler may raise anything
-            logger.warning(f"tool {self.name} raised {type(exc).__name__}{_where(exc)}")
-            return {"error": f"{self.name} failed: {type(exc).__name__}: {str(exc)[:200]}"}
+            return self._failed(
+                f"{type(exc).__name__}{_where(exc)}",
+                f"{self.name} failed: {type(exc).__name__}: {str(exc)[:200]}",
+            )
         try:
             text = json.dumps(value, default=_json_default, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
-            return {"error": f"{self.name} returned a value that is not JSON: {exc}"}
+            return self._failed(
+                "a result that is not JSON",
+                f"{self.name} returned a value that is not JSON: {exc}",
+            )
         if len(text) > MAX_RESULT_CHARS:
-            return {
-                "error": f"{self.name} returned {len(text)} characters; the limit is "
-                f"{MAX_RESULT_CHARS}"
-            }
+            return self._failed(
+                "a result over the size limit",
+                f"{self.name} returned {len(text)} characters; the limit is {MAX_RESULT_CHARS}",
+            )
         return {"result": json.loads(text)}
+
+    def _failed(self, kind: str, error: str) -> dict[str, Any]:
+        """The error result, logged: ``kind`` always, the error text with ``log_content``."""
+        error = self._without_secrets(error)
+        detail = f": {error}" if logcontent.enabled() else ""
+        logger.warning(f"tool {self.name} failed: {kind}{detail}")
+        return {"error": error}
+
+    def _without_secrets(self, text: str) -> str:
+        """``text`` with the value of each ``${ENV}`` the spec refers to put back as ``${ENV}``."""
+        if self.spec.http is None:
+            return text
+        values = {name: os.environ.get(name, "") for name in self.spec.http.env_names()}
+        # Longest first, so that a secret holding another is replaced whole.
+        for name, value in sorted(values.items(), key=lambda item: -len(item[1])):
+            if len(value) >= MIN_SECRET_CHARS:
+                text = text.replace(value, f"${{{name}}}")
+        return text
 
     async def _call(self, arguments: dict[str, Any]) -> Any:
         timeout = self.spec.timeout_secs
