@@ -2,24 +2,45 @@
 
 Read at scrape time from the objects that already hold it (the Runtime's
 engines and LLM backends, the admission counter), so nothing on the audio path
-pays for metrics. The LLM servers' prefix-cache counters are fetched first (vLLM's
-own ``/metrics``, the embedded llama.cpp server's log) and exported as
-``voxline_llm_prefix_cache_hit_ratio`` per server.
+pays for metrics, and a scrape makes no request of its own. The LLM servers'
+prefix-cache counters (vLLM's own ``/metrics``, the embedded llama.cpp server's
+log) are read in the background every ``health.check_interval_secs`` by
+:class:`LLMCounterRefresh`, and exported as ``voxline_llm_prefix_cache_hit_ratio``.
+
+LLM series are labelled by names, never by URLs (a URL can carry a host name
+or a key the scraper has no business seeing): ``kind`` (``llama_cpp``, ``vllm``
+or ``external``), ``model`` (the served model's name) and ``personas`` (the
+personas it serves, comma-separated; unique per server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections.abc import Iterable, Iterator
+from pathlib import PurePath
 
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from voxline.bot.admission import Admission
 from voxline.bot.runtime import Runtime
+from voxline.engines.llm_backend import LLMBackend
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+LLM_LABELS = ["kind", "model", "personas"]
+
+
+def llm_labels(backend: LLMBackend) -> list[str]:
+    """The label values of one LLM server's series: its kind, model name and personas."""
+    model = backend.endpoint.model
+    if model.startswith(("/", "~", ".")):  # a local file: its name, not the machine's layout
+        model = PurePath(model).name
+    return [backend.kind, model, ",".join(sorted(backend.personas))]
 
 
 def _p95(values: Iterable[float]) -> float:
@@ -46,26 +67,26 @@ class VoxlineCollector(Collector):
         hit_ratio = GaugeMetricFamily(
             "voxline_llm_prefix_cache_hit_ratio",
             "Share of prompt tokens the LLM server served from its prefix cache.",
-            labels=["server", "kind"],
+            labels=LLM_LABELS,
         )
         running = GaugeMetricFamily(
-            "voxline_llm_requests_running", "LLM requests holding a slot.", labels=["server"]
+            "voxline_llm_requests_running", "LLM requests holding a slot.", labels=LLM_LABELS
         )
         waiting = GaugeMetricFamily(
-            "voxline_llm_requests_waiting", "LLM requests waiting for a slot.", labels=["server"]
+            "voxline_llm_requests_waiting", "LLM requests waiting for a slot.", labels=LLM_LABELS
         )
         wait_p95 = GaugeMetricFamily(
             "voxline_llm_slot_wait_p95_seconds",
             "95th percentile of recent waits for an LLM slot.",
-            labels=["server"],
+            labels=LLM_LABELS,
         )
         for backend in self._runtime.llm_backends:
-            server = backend.endpoint.base_url
+            labels = llm_labels(backend)
             if backend.prefix_cache_hit_ratio is not None:
-                hit_ratio.add_metric([server, backend.kind], backend.prefix_cache_hit_ratio)
-            running.add_metric([server], backend.cap.running)
-            waiting.add_metric([server], backend.cap.waiting)
-            wait_p95.add_metric([server], _p95(backend.cap.wait_secs))
+                hit_ratio.add_metric(labels, backend.prefix_cache_hit_ratio)
+            running.add_metric(labels, backend.cap.running)
+            waiting.add_metric(labels, backend.cap.waiting)
+            wait_p95.add_metric(labels, _p95(backend.cap.wait_secs))
         yield from (hit_ratio, running, waiting, wait_p95)
 
         batch_size = GaugeMetricFamily(
@@ -132,11 +153,60 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
     yield from (speculations, commits, barge_ins, overheard, decisions, decision_p95)
 
 
-async def render_metrics(runtime: Runtime, registry: CollectorRegistry) -> bytes:
-    """Refresh the LLM servers' cache counters, then render every metric."""
-    for backend in runtime.llm_backends:
-        await backend.prefix_cache_counters()
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """Every metric as it stands now: no I/O (the LLM counters are refreshed apart)."""
     return generate_latest(registry)
+
+
+class LLMCounterRefresh:
+    """Reads every LLM server's prefix-cache counters in the background, on an interval.
+
+    Once at :meth:`start`, then every ``interval_secs``: a scrape of voxline's
+    ``/metrics`` only renders what the last refresh read, so scrapers, however
+    many and however often, cost the LLM servers nothing.
+
+    Args:
+        runtime: whose LLM servers to read.
+        interval_secs: time between refreshes.
+    """
+
+    def __init__(self, runtime: Runtime, interval_secs: float):
+        self._runtime = runtime
+        self.interval_secs = interval_secs
+        self.refreshes = 0
+        self._failing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Read every server's counters once now."""
+        for backend in self._runtime.llm_backends:
+            await backend.prefix_cache_counters()
+        self.refreshes += 1
+
+    def start(self) -> None:
+        """Refresh now and then every ``interval_secs``, until :meth:`stop`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                if self._failing:
+                    logger.info("LLM prefix-cache counters: read again")
+                self._failing = False
+            except Exception as exc:  # a failed read must not end the refreshing
+                if not self._failing:  # one line when it starts failing, not one per read
+                    logger.warning(f"LLM prefix-cache counters not read: {type(exc).__name__}")
+                self._failing = True
+            await asyncio.sleep(self.interval_secs)  # the refresh interval, not a sync
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def metrics_registry(runtime: Runtime, admission: Admission) -> CollectorRegistry:

@@ -171,6 +171,7 @@ class Runtime:
         key = (persona.llm.base_url, persona.llm.model)
         if key not in self._backends:
             self._backends[key] = await self._open_backend(persona)
+        self._backends[key].personas.add(persona.name)
         if not persona.llm.base_url:
             self._personas_by_model.setdefault(persona.llm.model, {})[persona.name] = persona
         prefix = persona_prefix(persona)

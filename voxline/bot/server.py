@@ -6,6 +6,7 @@ GET  /health/live      the process is up (liveness: restart it if this fails)
 GET  /health/ready     it can take a call now: started, not draining, below max_calls,
                        and every LLM and TTS server answers (checked in the background)
 GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches
+                       (renders only: the LLM counters are read in the background)
 GET  /                 demo page with the widget (the `demo` key)
 GET  /widget.js        the embeddable widget
 GET  /webrtc/config    ICE servers for a widget key
@@ -28,7 +29,12 @@ from loguru import logger
 
 from voxline.bot.admission import Admission
 from voxline.bot.http_limits import RequestLimits
-from voxline.bot.metrics import CONTENT_TYPE, metrics_registry, render_metrics
+from voxline.bot.metrics import (
+    CONTENT_TYPE,
+    LLMCounterRefresh,
+    metrics_registry,
+    render_metrics,
+)
 from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime, ServerHealth
 from voxline.bot.webrtc_call import WebRTCLine
@@ -89,6 +95,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         interval_secs=config.health.check_interval_secs,
         timeout_secs=config.health.check_timeout_secs,
     )
+    counters = LLMCounterRefresh(runtime, interval_secs=config.health.check_interval_secs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,9 +104,11 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
                 await runtime.prepare(persona)
             readiness.started = True  # `voxline serve` prints its ready line once it listens
             health.start()
+            counters.start()
             yield
         finally:
             readiness.draining = True
+            await counters.stop()
             await health.stop()
             await web.close()
             await runtime.close()
@@ -151,7 +160,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(await render_metrics(runtime, registry), media_type=CONTENT_TYPE)
+        return Response(render_metrics(registry), media_type=CONTENT_TYPE)
 
     add_webrtc_routes(app, web, config)
 

@@ -8,7 +8,8 @@ without bound. The time each request waited is recorded.
 
 The backend also reads back how well the server's prefix (KV) cache serves the
 personas' prompts: vLLM counts hits in ``/metrics``; the embedded llama.cpp
-server reports them on its log, which its launcher counts.
+server reports them on its log, which its launcher counts. A server reached by
+URL is asked for vLLM's ``/metrics`` too, until it answers without them.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ class LLMBackend:
             endpoint.base_url, max_concurrent=max_concurrent, max_waiting=max_waiting
         )
         self.prefix_cache_hit_ratio: float | None = None
+        self.personas: set[str] = set()
+        """Names of the personas served from here (metrics label it by them, not its URL)."""
         self._prefix_counter = prefix_counter
+        self._ask_external = kind == "external"  # until it answers without vLLM's counters
         self._client = None
 
     @property
@@ -197,12 +201,17 @@ class LLMBackend:
     async def prefix_cache_counters(self) -> tuple[float, float] | None:
         """Prompt tokens looked up in and served from the server's prefix cache so far.
 
-        Updates :attr:`prefix_cache_hit_ratio`. None when the server does not say.
+        Updates :attr:`prefix_cache_hit_ratio`. None when the server does not say. A
+        server reached by URL that answers ``/metrics`` without vLLM's counters (or
+        not at all, the first time) is not asked again.
         """
         if self._prefix_counter is not None:
             counters = await self._prefix_counter()
         elif self.kind == "vllm":
             counters = await vllm_prefix_counters(self.endpoint.base_url)
+        elif self._ask_external:
+            counters = await vllm_prefix_counters(self.endpoint.base_url)
+            self._ask_external = counters is not None
         else:
             counters = None
         if counters is not None and counters[0] > 0:
@@ -227,9 +236,16 @@ async def vllm_prefix_counters(base_url: str, timeout: float = 5.0) -> tuple[flo
     except httpx.HTTPError:
         return None
     totals = {"vllm:prefix_cache_queries": 0.0, "vllm:prefix_cache_hits": 0.0}
-    for family in text_string_to_metric_families(response.text):
-        if family.name in totals:
-            totals[family.name] += sum(
-                sample.value for sample in family.samples if sample.name.endswith("_total")
-            )
+    found = False
+    try:
+        for family in text_string_to_metric_families(response.text):
+            if family.name in totals:
+                found = True
+                totals[family.name] += sum(
+                    sample.value for sample in family.samples if sample.name.endswith("_total")
+                )
+    except ValueError:  # not Prometheus' text format
+        return None
+    if not found:
+        return None
     return totals["vllm:prefix_cache_queries"], totals["vllm:prefix_cache_hits"]
