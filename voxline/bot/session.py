@@ -35,7 +35,12 @@ from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies
 
 from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
-from voxline.bot.tool_wiring import call_prefix, persona_context, register_tools
+from voxline.bot.tool_wiring import (
+    call_prefix,
+    persona_context,
+    persona_system_instruction,
+    register_tools,
+)
 from voxline.engines.orpheus import OrpheusSampling
 from voxline.engines.turn_model import TurnDecision
 from voxline.personas import Persona
@@ -241,6 +246,8 @@ def build_call(
         base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(
             model=backend.endpoint.model,
+            # The first message of every request, byte-identical in every call.
+            system_instruction=persona_system_instruction(persona),
             temperature=persona.llm.temperature,
             max_tokens=persona.llm.max_tokens,
         ),

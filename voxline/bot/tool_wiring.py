@@ -14,7 +14,7 @@ from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.adapters.llm.services.open_ai_adapter import OpenAILLMAdapter
 from pipecat.frames.frames import FunctionCallResultProperties
-from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 
 from voxline import logcontent
@@ -81,22 +81,41 @@ def persona_prefix(persona: Persona) -> PersonaPrefix:
     return PersonaPrefix(persona.system_prompt, tools, digest)
 
 
+def persona_system_instruction(persona: Persona) -> str:
+    """The LLM service's ``system_instruction`` for the persona's calls: its prompt,
+    the same text :func:`persona_prefix` warms on the server."""
+    return persona.system_prompt
+
+
 def call_facts(persona: Persona, facts: dict[str, str]) -> str:
-    """The per-call system message that follows the persona's cached prefix."""
+    """The per-call instructions that follow the persona's cached prefix."""
     lines = [f"{key}: {value}" for key, value in facts.items() if value]
     return "Facts about this call:\n" + "\n".join(lines)
 
 
-def persona_context(persona: Persona, facts: dict[str, str] | None = None) -> LLMContext:
-    """A new conversation: the persona's frozen prefix, then this call's facts.
+FACTS_ROLE = "developer"
+"""The role of the call's facts in the context.
 
-    The first message (the system prompt) and the tools are byte-identical for
-    every call of the persona, so the LLM server's prefix cache serves them; what
-    differs per call (caller number, time, call id) comes after them.
+pipecat deprecates a ``"system"`` message at the head of a context (the prompt
+belongs in the LLM service's ``system_instruction``); a ``"developer"`` message is
+its form for supplementary instructions. :class:`~voxline.processors.llm.VoxlineLLMService`
+sends it as the ``"system"`` message it always was, right after the persona's prompt.
+"""
+
+
+def persona_context(persona: Persona, facts: dict[str, str] | None = None) -> LLMContext:
+    """A new conversation: this call's facts, then (as the call goes on) its turns.
+
+    The persona's prompt is not in the context: it is the LLM service's
+    ``system_instruction`` (:func:`persona_system_instruction`), which pipecat sends
+    as the first message of every request. That message and the tools are
+    byte-identical for every call of the persona, so the LLM server's prefix cache
+    serves them; what differs per call (caller number, time, call id) comes after
+    them, as a second system message.
     """
-    messages: list[dict[str, Any]] = [{"role": "system", "content": persona.system_prompt}]
+    messages: list[LLMContextMessage] = []
     if facts:
-        messages.append({"role": "system", "content": call_facts(persona, facts)})
+        messages.append({"role": FACTS_ROLE, "content": call_facts(persona, facts)})
     schemas = persona_tool_schemas(persona)
     if schemas is None:
         return LLMContext(messages=messages)
@@ -207,13 +226,15 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
 
 
 def call_prefix(persona: Persona, context: LLMContext) -> LLMContext:
-    """What every LLM request of a new call starts with: its context, then the greeting.
+    """What every LLM request of a new call starts with after the persona's prompt:
+    its context (the call's facts), then the greeting.
 
-    Warmed on the LLM server as the call starts (``VoxlineLLMService``), so that the
-    call's facts, which follow the persona's cached prefix, are computed while the
+    Warmed on the LLM server as the call starts (``VoxlineLLMService``, which puts
+    its ``system_instruction`` first as in every request), so that the call's
+    facts, which follow the persona's cached prefix, are computed while the
     greeting plays.
     """
-    messages = list(context.get_messages())
+    messages: list[LLMContextMessage] = list(context.get_messages())
     if persona.greeting:
         messages.append({"role": "assistant", "content": persona.greeting})
     return LLMContext(messages=messages, tools=context.tools)

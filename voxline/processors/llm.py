@@ -243,8 +243,9 @@ class VoxlineLLMService(OpenAILLMService):
 
     Args:
         backend: the shared server this call's requests go to (its concurrency cap).
-        warm_context: what every request of this call will start with (the
-            persona's prefix, the call's facts, the greeting). Sent as a one-token
+        warm_context: what every request of this call will start with after the
+            ``system_instruction`` (the persona's prompt): the call's facts and the
+            greeting. Sent, after the ``system_instruction``, as a one-token
             request when the call starts, so that the server has computed it
             before the caller's first words (with the embedded llama.cpp server,
             facts after the cached persona prefix otherwise cost about 0.4 s).
@@ -254,6 +255,10 @@ class VoxlineLLMService(OpenAILLMService):
             asked fails the same way; it also bounds the call's prompt warm-up.
         **kwargs: passed to pipecat's ``OpenAILLMService``.
     """
+
+    supports_developer_role = True
+    """The facts' ``"developer"`` message reaches :meth:`build_chat_completion_params`
+    as such (not as a caller's ``"user"`` line), which sends it as ``"system"``."""
 
     def __init__(
         self,
@@ -307,31 +312,56 @@ class VoxlineLLMService(OpenAILLMService):
         await super().run_function_calls(function_calls)
 
     def build_chat_completion_params(self, params_from_context) -> dict:
-        """A tool choice that names a tool forces it in answers to the caller only.
+        """The request as every server voxline talks to reads it.
 
-        The completion that follows a tool's result must be free to speak, or a
-        forced choice would call the tool again, forever.
+        * ``"developer"`` messages (the call's facts, see
+          :data:`~voxline.bot.tool_wiring.FACTS_ROLE`) are sent as ``"system"``
+          messages: llama.cpp's server refuses the role and chat templates know
+          only ``system``. So a request starts, byte for byte as it always has,
+          with the persona's prompt (the ``system_instruction``) and then the facts.
+        * A tool choice that names a tool forces it in answers to the caller only:
+          the completion that follows a tool's result must be free to speak, or a
+          forced choice would call the tool again, forever.
         """
         params = super().build_chat_completion_params(params_from_context)
-        messages = params.get("messages") or []
-        for message in messages:
+        messages = [
+            # New dicts: the adapter's may be the context's own (LLM-specific messages).
+            {**message, "role": "system"}
+            if isinstance(message, dict) and message.get("role") == "developer"
+            else message
+            for message in params.get("messages") or []
+        ]
+        for index, message in enumerate(messages):
             # Chat templates (llama.cpp's jinja ones) read every message's content;
             # an assistant message that only calls tools has none.
             if isinstance(message, dict) and message.get("content") is None:
-                message["content"] = ""
+                messages[index] = {**message, "content": ""}
+        if "messages" in params:
+            params["messages"] = messages
         forced = isinstance(params.get("tool_choice"), dict)
         if forced and messages and messages[-1].get("role") == "tool":
             params["tool_choice"] = "auto"
         return params
 
+    async def chat_request(self, context: LLMContext) -> dict:
+        """The chat-completion arguments a completion of ``context`` sends.
+
+        Built as pipecat's ``get_chat_completions`` builds them: the service's
+        ``system_instruction`` first, then the context's messages and tools.
+        """
+        instruction = self._settings.system_instruction
+        params = await self.get_llm_adapter().get_llm_invocation_params(
+            context,
+            system_instruction=instruction if isinstance(instruction, str) else None,
+            convert_developer_to_user=not self.supports_developer_role,
+        )
+        return self.build_chat_completion_params(params)
+
     async def _warm_up(self, context: LLMContext) -> None:
         """Compute the call's prompt prefix on the server; a failure only costs latency."""
         if self._backend is None:
             return
-        params = await self.get_llm_adapter().get_llm_invocation_params(
-            context, convert_developer_to_user=not self.supports_developer_role
-        )
-        request = self.build_chat_completion_params(params)
+        request = await self.chat_request(context)
         try:
             # A server that never answers must not hold a slot for the whole call.
             async with asyncio.timeout(self._total_timeout_secs):
