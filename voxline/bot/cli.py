@@ -14,7 +14,9 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from loguru import logger
 
@@ -33,6 +35,34 @@ def _configure_logging(verbose: bool) -> None:
     logger.remove()
     level = "DEBUG" if verbose else os.environ.get("VOXLINE_LOG_LEVEL", "WARNING")
     logger.add(sys.stderr, level=level, filter=_not_known_noise)
+    _configure_warnings(verbose)
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    logger.debug(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+
+def _configure_warnings(verbose: bool) -> None:
+    """Python warnings (the libraries' deprecations, FutureWarning, UserWarning) go to
+    the log at DEBUG: shown with ``-v``, each once per place it is raised; never
+    printed to the user's terminal otherwise.
+
+    Filters alone cannot hide them: pipecat raises its deprecations under an
+    ``"always"`` filter of its own, so their display is what is replaced. Warnings
+    asked for explicitly (``python -W``, ``PYTHONWARNINGS``) are left as Python shows them.
+    """
+    if sys.warnoptions:
+        return
+    if verbose:
+        warnings.simplefilter("default")
+    warnings.showwarning = _log_warning
 
 
 def _fail(message: str, code: int) -> int:
@@ -44,7 +74,12 @@ def _fail(message: str, code: int) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxline", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug output to stderr, with the libraries' Python warnings",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     talk = commands.add_parser(
