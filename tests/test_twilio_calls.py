@@ -24,6 +24,7 @@ import websockets
 from tests.conftest import BANK_PERSONA, VOXLINE
 from tests.servers import ServerProcess, start_rest_standin, start_voxline
 from tests.speech import caller_voice, normalize, voiced_secs, wer
+from voxline.bot.tool_wiring import FACTS_ROLE
 from voxline.engines.llm import free_port
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
@@ -182,7 +183,8 @@ def test_full_call(phone):
 
     context = json.loads(call_log(server, dialer.call_sid)["context"])
     facts = context[0]
-    assert facts["role"] == "system" and f"Call id: {dialer.call_sid}" in facts["content"]
+    # The call's facts follow the persona's prompt (the LLM service's system instruction).
+    assert facts["role"] == FACTS_ROLE and f"Call id: {dialer.call_sid}" in facts["content"]
     assert context[1]["role"] == "assistant" and "Northwind" in context[1]["content"]
     assert context[2]["role"] == "user"
 

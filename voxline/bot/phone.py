@@ -316,8 +316,9 @@ class PhoneLine:
                 f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
                 f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
             )
-            # The persona's own prompt is left out: it is the same in every call.
-            messages = call.context.get_messages()[1:]
+            # The persona's own prompt is not in the context (the LLM service's
+            # system_instruction): the context starts with the call's facts.
+            messages = call.context.get_messages()
             logger.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
 
     async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:

@@ -372,13 +372,14 @@ class WebRTCLine:
                 await connection.disconnect()
             logger.info(f"browser call {connection.pc_id} ended")
             # What the bot said (every chunk written) and what went into the context (the
-            # chunks the browser was sent before any barge-in); the persona's prompt is left out.
+            # chunks the browser was sent before any barge-in; not the persona's prompt, which
+            # is the LLM service's system instruction).
             gate = transport.output().gate
             spoken = f"{len(gate.spoken)} chunks"
             if logcontent.enabled():
                 spoken = json.dumps(gate.spoken)
             logger.info(f"browser call {connection.pc_id} spoken {spoken}")
-            messages = call.context.get_messages()[1:]
+            messages = call.context.get_messages()
             logger.info(f"browser call {connection.pc_id} context {logcontent.messages(messages)}")
 
     async def close(self) -> None:
