@@ -35,12 +35,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LLM_LABELS = ["kind", "model", "personas"]
 
 
+def model_name(model: str) -> str:
+    """A model as a label: its name; a local file or folder's name, not the machine's layout."""
+    return PurePath(model).name if model.startswith(("/", "~", ".")) else model
+
+
 def llm_labels(backend: LLMBackend) -> list[str]:
     """The label values of one LLM server's series: its kind, model name and personas."""
-    model = backend.endpoint.model
-    if model.startswith(("/", "~", ".")):  # a local file: its name, not the machine's layout
-        model = PurePath(model).name
-    return [backend.kind, model, ",".join(sorted(backend.personas))]
+    return [backend.kind, model_name(backend.endpoint.model), ",".join(sorted(backend.personas))]
 
 
 def _p95(values: Iterable[float]) -> float:
@@ -108,9 +110,10 @@ class VoxlineCollector(Collector):
             records = list(engine.batch_records)
             if not records:
                 continue
-            batch_size.add_metric([name], statistics.fmean(r.size for r in records))
-            queue_p95.add_metric([name], _p95(r.max_queue_wait_secs for r in records))
-            run_p95.add_metric([name], _p95(r.run_secs for r in records))
+            label = [model_name(name)]
+            batch_size.add_metric(label, statistics.fmean(r.size for r in records))
+            queue_p95.add_metric(label, _p95(r.max_queue_wait_secs for r in records))
+            run_p95.add_metric(label, _p95(r.run_secs for r in records))
         yield from (batch_size, queue_p95, run_p95)
         yield from _turn_metrics(self._runtime)
 
