@@ -75,12 +75,18 @@ class TwilioCallControl:
         self._gate = gate
         self._rest = rest
         self._goodbye = goodbye
+        self._ending = False
         self.worker: PipelineWorker | None = None
 
     async def end_call(self, goodbye: str = "") -> None:
-        """Say goodbye, then hang up."""
+        """Say goodbye, then hang up; once per call (a second request while the
+        goodbye plays, e.g. the LLM calling ``end_call`` again, is ignored)."""
         if self.worker is None:
             raise RuntimeError("the call is not running")
+        if self._ending:
+            logger.info(f"call {self._stream.call_sid}: already ending")
+            return
+        self._ending = True
         await say_goodbye_and_hang_up(
             self.worker,
             self._stream,
