@@ -27,7 +27,7 @@ from collections.abc import Callable
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from voxline.transports.webrtc import RateLimiter
+from voxline.transports.rate_limit import RateLimiter
 
 LOG_EVERY_SECS = 10.0
 DRAIN_BYTES = 1_048_576

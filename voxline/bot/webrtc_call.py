@@ -50,10 +50,10 @@ from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer, TurnTrace
 from voxline.transports.playout import PlayoutGateMixin
+from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.webrtc import (
     CandidatePatch,
     Offer,
-    RateLimiter,
     SignalingError,
     check_origin,
     check_sdp,

@@ -40,6 +40,7 @@ from pipecat.transports.websocket.fastapi import (
 from starlette.websockets import WebSocketState
 
 from voxline.transports.playout import HeardTextGate
+from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.twilio_protocol import (
     DTMF,
     Mark,
@@ -84,20 +85,16 @@ class InboundBudget:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._started = clock()
-        self._tokens = float(MESSAGE_BURST)
-        self._refilled = self._started
+        # A burst of MESSAGE_BURST, refilled at MAX_MESSAGES_PER_SEC.
+        self._messages = RateLimiter(
+            MESSAGE_BURST, window_secs=MESSAGE_BURST / MAX_MESSAGES_PER_SEC, max_keys=1
+        )
         self._audio_secs = 0.0
 
     def message(self) -> str | None:
         """Count one inbound message; the reason to close the stream, or None."""
-        now = self._clock()
-        self._tokens = min(
-            float(MESSAGE_BURST), self._tokens + (now - self._refilled) * MAX_MESSAGES_PER_SEC
-        )
-        self._refilled = now
-        if self._tokens < 1.0:
+        if not self._messages.allow("stream", self._clock()):
             return f"more than {MAX_MESSAGES_PER_SEC:.0f} messages a second"
-        self._tokens -= 1.0
         return None
 
     def audio(self, num_bytes: int) -> str | None:

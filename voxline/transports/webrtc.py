@@ -10,8 +10,6 @@ key's allowed origins, and how many offers one address sends per minute.
 from __future__ import annotations
 
 import re
-import time
-from collections import OrderedDict
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -170,38 +168,3 @@ def ice_servers_for_page(servers: list[IceServerConfig]) -> list[dict]:
             entry["credential"] = server.credential
         page.append(entry)
     return page
-
-
-class RateLimiter:
-    """At most about ``limit`` events per address per ``window_secs``, as a token bucket.
-
-    Each address holds ``limit`` tokens, refilled at ``limit / window_secs`` a
-    second; an event takes one. Memory is two numbers per address, and at most
-    ``max_keys`` addresses are remembered (the least recently seen are forgotten
-    first), so a flood from many addresses cannot grow it without bound.
-    """
-
-    def __init__(self, limit: int, window_secs: float = 60.0, max_keys: int = 10_000):
-        self.limit = limit
-        self.window_secs = window_secs
-        self.max_keys = max_keys
-        self._rate = limit / window_secs
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, address: str, now: float | None = None) -> bool:
-        """Record one event for ``address``; False when it is over the limit."""
-        now = time.monotonic() if now is None else now
-        tokens, since = self._buckets.pop(address, (float(self.limit), now))
-        tokens = min(float(self.limit), tokens + (now - since) * self._rate)
-        allowed = tokens >= 1.0
-        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-        return allowed
-
-    def retry_after(self, address: str, now: float | None = None) -> float:
-        """Seconds until ``address`` may send one more event."""
-        now = time.monotonic() if now is None else now
-        tokens, since = self._buckets.get(address, (float(self.limit), now))
-        tokens = min(float(self.limit), tokens + (now - since) * self._rate)
-        return max(0.0, (1.0 - tokens) / self._rate)
