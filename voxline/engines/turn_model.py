@@ -1,7 +1,7 @@
 """The shared end-of-turn engine: one Smart Turn v3.2 ONNX session for all calls.
 
 A fixed VAD silence is wrong both ways: too long after a finished question, too
-short for a caller who pauses mid-sentence (DESIGN.md section 4). An end-of-turn
+short for a caller who pauses mid-sentence (docs/architecture.md). An end-of-turn
 model listens to the last seconds of the caller's audio and says whether the
 turn sounds finished. pipecat ships Smart Turn v3.2 for CPU (an 8 MB int8
 Whisper-tiny encoder with a linear head) but loads one session per call; voxline
