@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from voxline.bot.admission import Admission, CallRejected
+from voxline.server.admission import Admission, CallRejected
 
 
 class Clock:

@@ -18,9 +18,9 @@ import soundfile
 
 from tests.conftest import VOXLINE
 from voxline.bot.runtime import Runtime
-from voxline.bot.serve import load_personas
 from voxline.config import load_config
 from voxline.models import resolve_llm_gguf
+from voxline.server.serve import load_personas
 
 PERSONA = "name: {name}\nprompt: You answer in one short sentence.\nturn: {{model: none}}\n"
 

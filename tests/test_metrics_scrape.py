@@ -21,10 +21,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from voxline.bot.runtime import Runtime
-from voxline.bot.server import create_app
 from voxline.config import ServerConfig
 from voxline.engines.llm import free_port
 from voxline.personas import Persona
+from voxline.server.app import create_app
 
 INTERVAL = 2.0
 SCRAPES = 20

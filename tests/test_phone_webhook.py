@@ -8,11 +8,11 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import BANK_PERSONA
-from voxline.bot.admission import Admission, CallRejected
-from voxline.bot.phone import PhoneLine, WebhookRejected
 from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
 from voxline.personas import Persona, load_persona
+from voxline.server.admission import Admission, CallRejected
+from voxline.server.phone import PhoneLine, WebhookRejected
 from voxline.transports.twilio_webhook import StreamTokens
 
 URL = "https://voice.example.com/twilio/voice"

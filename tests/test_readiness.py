@@ -19,10 +19,10 @@ import uvicorn
 from aiohttp import web
 
 from voxline.bot.runtime import Runtime
-from voxline.bot.server import create_app
 from voxline.config import ServerConfig
 from voxline.engines.llm import free_port
 from voxline.personas import Persona
+from voxline.server.app import create_app
 
 INTERVAL = 0.5
 

@@ -16,11 +16,11 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import BANK_PERSONA, VOXLINE
-from voxline.bot.admission import Admission
-from voxline.bot.phone import PhoneLine
 from voxline.bot.runtime import Runtime
 from voxline.config import load_config
 from voxline.personas import load_persona
+from voxline.server.admission import Admission
+from voxline.server.phone import PhoneLine
 from voxline.transports.twilio_webhook import (
     STREAM_SECRET_ENV,
     StreamSecretError,

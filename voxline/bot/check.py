@@ -30,8 +30,8 @@ def _check_server_config(path: Path) -> str:
     Raises:
         ConfigError: naming the config (or the persona) file and the field.
     """
-    from voxline.bot.serve import load_personas
     from voxline.config import load_config
+    from voxline.server.serve import load_personas
     from voxline.transports.twilio_webhook import (
         StreamSecretError,
         secret_file_warning,

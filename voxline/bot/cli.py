@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
     if args.command == "serve":
-        from voxline.bot.serve import serve
+        from voxline.server.serve import serve
 
         return serve(args)
     if args.command == "dial":

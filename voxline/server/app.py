@@ -13,7 +13,7 @@ GET  /webrtc/config    ICE servers for a widget key
 POST /webrtc/offer     SDP offer in, answer out (a browser call starts)
 PATCH /webrtc/offer    trickled ICE candidates
 
-Every route is behind :class:`~voxline.bot.http_limits.RequestLimits`: bodies are
+Every route is behind :class:`~voxline.server.http_limits.RequestLimits`: bodies are
 bounded per route (413) and each client address has a request budget (429).
 """
 
@@ -27,20 +27,20 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from voxline.bot.admission import Admission
-from voxline.bot.http_limits import RequestLimits
-from voxline.bot.metrics import (
+from voxline.bot.runtime import Runtime, ServerHealth
+from voxline.config import ServerConfig
+from voxline.personas import Persona
+from voxline.server.admission import Admission
+from voxline.server.http_limits import RequestLimits
+from voxline.server.metrics import (
     CONTENT_TYPE,
     LLMCounterRefresh,
     metrics_registry,
     render_metrics,
 )
-from voxline.bot.phone import PhoneLine, WebhookRejected
-from voxline.bot.runtime import Runtime, ServerHealth
-from voxline.bot.webrtc_call import WebRTCLine
-from voxline.bot.webrtc_routes import add_webrtc_routes
-from voxline.config import ServerConfig
-from voxline.personas import Persona
+from voxline.server.phone import PhoneLine, WebhookRejected
+from voxline.server.webrtc_call import WebRTCLine
+from voxline.server.webrtc_routes import add_webrtc_routes
 from voxline.transports.twilio_webhook import StreamTokens
 
 TWIML = "application/xml"

@@ -21,13 +21,13 @@ from loguru import logger
 from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
-from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
+from voxline.server.admission import Admission, CallRejected, Slot
 from voxline.transports.twilio import (
     POLICY_VIOLATION,
     TWILIO_RATE,

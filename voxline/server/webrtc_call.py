@@ -43,12 +43,12 @@ from pipecat.transports.smallwebrtc.transport import (
 from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
-from voxline.bot.admission import Admission, CallRejected, Slot
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.server.admission import Admission, CallRejected, Slot
 from voxline.transports.playout import PlayoutGateMixin
 from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.webrtc import (

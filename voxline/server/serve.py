@@ -162,9 +162,9 @@ async def _serve(
     import uvicorn
 
     from voxline.bot.runtime import Runtime
-    from voxline.bot.server import create_app
     from voxline.engines.llm import LLMServerError
     from voxline.models import ModelNotAvailableError
+    from voxline.server.app import create_app
     from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()

@@ -1,6 +1,6 @@
 """The browser side of the server: the demo page, the widget script and WebRTC signaling.
 
-Thin routes over :class:`~voxline.bot.webrtc_call.WebRTCLine`: each reads the
+Thin routes over :class:`~voxline.server.webrtc_call.WebRTCLine`: each reads the
 request, lets the line decide, and turns a refusal into a JSON error with the
 right status (and CORS headers, so the page can show it).
 """
@@ -16,8 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
-from voxline.bot.webrtc_call import WebRTCLine
 from voxline.config import ServerConfig
+from voxline.server.webrtc_call import WebRTCLine
 from voxline.transports.webrtc import (
     CandidatePatch,
     Offer,
