@@ -100,6 +100,8 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_queue = max_queue
         self.workers = workers
         self.records: deque[BatchRecord] = deque(maxlen=history)
+        self.refused = 0
+        """Submits refused with :class:`Overloaded` since the batcher was made (for metrics)."""
         self._run_batch = run_batch
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
@@ -129,6 +131,7 @@ class MicroBatcher(Generic[Item, Result]):
             raise BatcherClosed(f"{self.name} is shut down")
         self._prune_cancelled()
         if len(self._queue) >= self.max_queue:
+            self.refused += 1
             raise Overloaded(
                 f"{self.name} is overloaded: {len(self._queue)} requests already queued "
                 f"(max_queue={self.max_queue})"

@@ -151,6 +151,12 @@ class PiperEngine:
             config=voice_config, session=_session(self.model_path, use_cuda, threads)
         )
         self.records: deque[SynthesisRecord] = deque(maxlen=history)
+        self.refused = 0
+        """Requests refused because the queue was full (overload), for metrics."""
+        self.synthesis_secs_total = 0.0
+        """Seconds workers spent synthesizing, since the voice loaded (for metrics)."""
+        self.audio_secs_total = 0.0
+        """Seconds of audio synthesized, since the voice loaded (for metrics)."""
         self._phonemize_lock = threading.Lock()  # espeak-ng is not thread-safe
         self._arrivals = itertools.count()
         self._fifo = itertools.count()
@@ -261,6 +267,7 @@ class PiperEngine:
                 heapq.heapify(self._heap)
             limit = self.max_queue if admission else 2 * self.max_queue
             if len(self._heap) >= limit:
+                self.refused += 1
                 raise Overloaded(
                     f"piper is overloaded: {len(self._heap)} syntheses already queued "
                     f"(max_queue={self.max_queue})"
@@ -326,19 +333,21 @@ class PiperEngine:
     ) -> bytes:
         started = time.perf_counter()
         audio = self._audio(phonemes)
-        self.records.append(
-            SynthesisRecord(
-                label=label,
-                request=request,
-                piece=index,
-                first=first,
-                phonemes=len(phonemes),
-                queued_at=queued_at,
-                started_at=started,
-                ended_at=time.perf_counter(),
-                audio_secs=len(audio) / 2 / self.sample_rate,
-            )
+        record = SynthesisRecord(
+            label=label,
+            request=request,
+            piece=index,
+            first=first,
+            phonemes=len(phonemes),
+            queued_at=queued_at,
+            started_at=started,
+            ended_at=time.perf_counter(),
+            audio_secs=len(audio) / 2 / self.sample_rate,
         )
+        self.records.append(record)
+        with self._cond:  # several workers add to the totals
+            self.synthesis_secs_total += record.ended_at - record.started_at
+            self.audio_secs_total += record.audio_secs
         return audio
 
     def _audio(self, phonemes: list[str]) -> bytes:

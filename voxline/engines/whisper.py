@@ -145,6 +145,11 @@ class WhisperEngine:
         """Size, queue wait and run time of recent batches."""
         return self._batcher.records
 
+    @property
+    def refused(self) -> int:
+        """Utterances refused because the queue was full (overload), since the engine loaded."""
+        return self._batcher.refused
+
     async def transcribe(
         self, audio: np.ndarray, *, language: str | None = "en", beam_size: int = 1
     ) -> Transcript:
