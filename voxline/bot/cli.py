@@ -20,6 +20,8 @@ from typing import TextIO
 
 from loguru import logger
 
+from voxline import call_log
+
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
@@ -34,7 +36,8 @@ def _configure_logging(verbose: bool) -> None:
     # Before pipecat is imported: it logs a banner at import time.
     logger.remove()
     level = "DEBUG" if verbose else os.environ.get("VOXLINE_LOG_LEVEL", "WARNING")
-    logger.add(sys.stderr, level=level, filter=_not_known_noise)
+    # Lines of a call carry its id (and trace id) after the source location.
+    logger.add(sys.stderr, level=level, filter=_not_known_noise, format=call_log.log_format)
     _configure_warnings(verbose)
 
 

@@ -30,6 +30,7 @@ from types import TracebackType
 from loguru import logger
 
 from voxline import logcontent
+from voxline.bot.call_events import CallEvents
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
 from voxline.cpu_budget import cpu_budget
@@ -78,6 +79,8 @@ class Runtime:
         self._snac: SNACDecoder | None = None
         self._turn_models: dict[str, EndOfTurnEngine | None] = {}
         self.turn_counters = TurnCounters()
+        self.calls = CallEvents()
+        """Every call's start, turns and end, to its listeners (records, traces, dashboard)."""
         self._llm_servers: dict[str, SupervisedServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()

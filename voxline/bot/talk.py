@@ -14,6 +14,7 @@ import numpy as np
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
+from voxline.bot.call_events import CallInfo
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.engines.orpheus import SAMPLE_RATE as ORPHEUS_RATE
@@ -122,13 +123,16 @@ async def talk(
         ),
         tail_secs=persona.turn.stop_secs + 1.0,
     )
-    tracer = LatencyTracer(speech_end_at=transport.speech_end_at)
+    events = runtime.calls.open(CallInfo(persona=persona.name, transport="talk"))
+    tracer = LatencyTracer(speech_end_at=transport.speech_end_at, on_turn=events.turn_finished)
     call = build_call(
         persona, runtime, transport, tracer=tracer, out_sample_rate=out_rate, facts=facts
     )
+    events.attach(call.worker, tracer)
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(call.worker)
-    run_task = asyncio.create_task(runner.run())
+    with events.log_context():  # the call's tasks carry its id in their log lines
+        run_task = asyncio.create_task(runner.run())
 
     async def converse() -> None:
         if over_greeting_after_secs is not None:
@@ -164,6 +168,7 @@ async def talk(
     finally:
         script.cancel()
         await asyncio.gather(script, run_task, return_exceptions=True)
+        events.end()
     return TalkResult(
         persona=persona.name,
         greeting=persona.greeting or "",

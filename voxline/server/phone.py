@@ -21,6 +21,7 @@ from loguru import logger
 from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
+from voxline.bot.call_events import TIME_LIMIT, CallEventsForCall, CallInfo
 from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import build_call
@@ -156,6 +157,8 @@ class PhoneLine:
         parameters = {"persona": persona.name, "token": token}
         if caller := params.get("From", ""):
             parameters["caller"] = caller
+        if called != "?":
+            parameters["called"] = called
         return connect_twiml(f"{stream_url}/twilio/stream", parameters)
 
     async def serve_stream(self, websocket: WebSocket) -> None:
@@ -262,7 +265,16 @@ class PhoneLine:
         stream.events.extend(["connected", "start"])
         serializer = TwilioMediaSerializer(stream)
         transport = TwilioTransport(websocket, stream, params=twilio_params(serializer))
-        tracer = LatencyTracer()
+        events = self.runtime.calls.open(
+            CallInfo(
+                persona=persona.name,
+                transport="twilio",
+                caller=info.custom_parameters.get("caller", ""),
+                called=info.custom_parameters.get("called") or None,
+                call_sid=info.call_sid,
+            )
+        )
+        tracer = LatencyTracer(on_turn=events.turn_finished)
         control = TwilioCallControl(
             stream=stream,
             gate=transport.gate,
@@ -306,12 +318,15 @@ class PhoneLine:
 
         limit = asyncio.get_running_loop().call_later(
             persona.limits.max_call_secs,
-            lambda: asyncio.ensure_future(self._end_call(call.worker, transport, persona)),
+            lambda: asyncio.ensure_future(self._end_call(call.worker, transport, persona, events)),
         )
+        events.attach(call.worker, tracer)
         try:
-            await runner.run()
+            with events.log_context():
+                await runner.run()
         finally:
             limit.cancel()
+            events.end()
             logger.info(
                 f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
                 f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
@@ -321,8 +336,11 @@ class PhoneLine:
             messages = call.context.get_messages()
             logger.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
 
-    async def _end_call(self, worker, transport: TwilioTransport, persona: Persona) -> None:
+    async def _end_call(
+        self, worker, transport: TwilioTransport, persona: Persona, events: CallEventsForCall
+    ) -> None:
         logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")
+        events.note_end_reason(TIME_LIMIT)
         await say_goodbye_and_hang_up(
             worker,
             transport.stream,

@@ -43,6 +43,7 @@ from pipecat.transports.smallwebrtc.transport import (
 from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
+from voxline.bot.call_events import TIME_LIMIT, CallInfo
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.config import ServerConfig
@@ -254,7 +255,7 @@ class WebRTCLine:
             assert slot is not None  # a renegotiation starts no call
             started = True
             self._keys[connection.pc_id] = offer.key
-            task = asyncio.create_task(self._run_call(connection, persona, slot))
+            task = asyncio.create_task(self._run_call(connection, persona, slot, offer.key))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
@@ -299,11 +300,11 @@ class WebRTCLine:
             raise SignalingError(status, f"candidates refused: {exc}") from None
 
     async def _run_call(
-        self, connection: SmallWebRTCConnection, persona: Persona, slot: Slot
+        self, connection: SmallWebRTCConnection, persona: Persona, slot: Slot, key: str = ""
     ) -> None:
         try:
             async with self.admission.hold(slot):
-                await self._serve(connection, persona)
+                await self._serve(connection, persona, key)
         except CallRejected as exc:
             logger.warning(f"browser call refused: {exc}")
             await connection.disconnect()
@@ -315,7 +316,7 @@ class WebRTCLine:
         finally:
             self._keys.pop(connection.pc_id, None)
 
-    async def _serve(self, connection: SmallWebRTCConnection, persona: Persona) -> None:
+    async def _serve(self, connection: SmallWebRTCConnection, persona: Persona, key: str) -> None:
         transport = PlayoutWebRTCTransport(
             connection,
             TransportParams(
@@ -326,7 +327,15 @@ class WebRTCLine:
             ),
         )
         events = PageEvents(connection)
-        tracer = LatencyTracer(on_turn=events.turn)
+        lifecycle = self.runtime.calls.open(
+            CallInfo(persona=persona.name, transport="webrtc", caller=key)
+        )
+
+        def on_turn(turn: TurnTrace) -> None:
+            events.turn(turn)
+            lifecycle.turn_finished(turn)
+
+        tracer = LatencyTracer(on_turn=on_turn)
         call = build_call(
             persona,
             self.runtime,
@@ -351,7 +360,7 @@ class WebRTCLine:
         logger.info(f"browser call {connection.pc_id}: persona {persona.name}")
         limit = asyncio.get_running_loop().call_later(
             persona.limits.max_call_secs,
-            lambda: asyncio.ensure_future(call.worker.cancel(reason="call time limit")),
+            lambda: asyncio.ensure_future(call.worker.cancel(reason=TIME_LIMIT)),
         )
 
         async def watch_peer() -> None:
@@ -363,11 +372,14 @@ class WebRTCLine:
                     return
 
         watchdog = asyncio.create_task(watch_peer())
+        lifecycle.attach(call.worker, tracer)
         try:
-            await runner.run()
+            with lifecycle.log_context():
+                await runner.run()
         finally:
             limit.cancel()
             watchdog.cancel()
+            lifecycle.end()
             with contextlib.suppress(Exception):
                 await connection.disconnect()
             logger.info(f"browser call {connection.pc_id} ended")
