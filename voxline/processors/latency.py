@@ -39,11 +39,13 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import LLMUsageMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_service import STTService
@@ -129,6 +131,16 @@ class TurnTrace:
     barge_in_ms: float | None = None
     transcript_confirmed: bool = False
     audio_released: bool = False
+    llm_done_at: int | None = None
+    """When the LLM's last completion of the turn ended (the reply's text is all out)."""
+    ended: int | None = None
+    """When the turn was finished (answered, interrupted or failed)."""
+    tool_times: list[tuple[int | None, int]] = field(default_factory=list)
+    """When each of :attr:`tool_calls` started (if seen) and returned, in the same order."""
+    llm_usage: dict[str, int] = field(default_factory=dict)
+    """Token counts the LLM server reported for the turn's completions, summed:
+    ``prompt_tokens``, ``completion_tokens`` and, when the server says,
+    ``cached_tokens`` (prompt tokens served from its prefix cache)."""
 
     def latencies_ms(self) -> dict[str, float | None]:
         """Each stage's duration in milliseconds (None where a stage did not happen)."""
@@ -190,6 +202,8 @@ class TurnTrace:
         self.cancellations.append(reason)
         self.bot_text = ""
         self.llm_first_token = self.first_chunk = self.tts_first_audio = None
+        self.llm_done_at = None
+        self.llm_usage = {}
         self.llm_done = False
         self.tools_running = 0
         self.follow_up_expected = False
@@ -255,6 +269,8 @@ class LatencyTracer(BaseObserver):
         self._decisions: list[dict[str, object]] = []
         self._withdrawn = False  # a withdrawn speculation's frames are still arriving
         self._barge_in_ms: float | None = None
+        self._tools_started: dict[str, int] = {}  # tool_call_id -> when it started
+        self._now = 0
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -279,6 +295,7 @@ class LatencyTracer(BaseObserver):
     async def on_push_frame(self, data: FramePushed):
         """Record the stage a frame marks."""
         frame, now = data.frame, data.timestamp
+        self._now = now
         if isinstance(frame, ErrorFrame):
             if isinstance(frame.processor, (STTService, TurnTaker)):
                 # Speech recognition failed: the utterance waiting for its transcript
@@ -346,8 +363,13 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, FunctionCallsStartedFrame):
             if self._turn is not None and not self._turn.complete:
                 self._turn.tools_running += len(frame.function_calls)
+                if len(self._tools_started) < 64:
+                    for call in frame.function_calls:
+                        self._tools_started[call.tool_call_id] = now
         elif isinstance(frame, FunctionCallResultFrame):
             self._on_tool_result(frame)
+        elif isinstance(frame, MetricsFrame):
+            self._on_metrics(frame)
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._llm_responding, self._llm_interrupted = True, False
             self._withdrawn = False
@@ -358,6 +380,8 @@ class LatencyTracer(BaseObserver):
             cancelled = self._llm_interrupted
             self._llm_responding, self._llm_interrupted = False, False
             if self._turn is not None:
+                if not cancelled and not self._turn.complete and not self._withdrawn:
+                    self._turn.llm_done_at = now
                 if self._turn.tools_running or self._turn.follow_up_expected:
                     return  # the reply comes from the completion after the tool results
                 self._turn.llm_done = True
@@ -440,6 +464,7 @@ class LatencyTracer(BaseObserver):
         turn.tool_calls.append(
             {"name": frame.function_name, "arguments": frame.arguments, "result": frame.result}
         )
+        turn.tool_times.append((self._tools_started.pop(frame.tool_call_id, None), self._now))
         run_llm = frame.run_llm if frame.properties is None else frame.properties.run_llm
         if run_llm is False:
             if not turn.tools_running:
@@ -448,6 +473,23 @@ class LatencyTracer(BaseObserver):
         else:
             turn.follow_up_expected = True
         self._update_idle()
+
+    def _on_metrics(self, frame: MetricsFrame) -> None:
+        """The LLM server's token counts for the turn's completion, when it reports them."""
+        turn = self._turn
+        if turn is None or turn.complete or self._withdrawn:
+            return
+        for data in frame.data:
+            if isinstance(data, LLMUsageMetricsData):
+                usage = data.value
+                counts = {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cached_tokens": usage.cache_read_input_tokens,
+                }
+                for name, count in counts.items():
+                    if count is not None:
+                        turn.llm_usage[name] = turn.llm_usage.get(name, 0) + count
 
     def _speaking_turn(self) -> TurnTrace | None:
         """The turn whose reply the caller is hearing, if any."""
@@ -515,6 +557,8 @@ class LatencyTracer(BaseObserver):
 
     def _finish(self, turn: TurnTrace) -> None:
         turn.complete = True
+        turn.ended = self._now
+        self._tools_started.clear()
         logger.info(f"turn {json.dumps(turn.log_dict())}")
         if self._on_turn is not None:
             self._on_turn(turn)
