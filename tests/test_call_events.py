@@ -7,6 +7,7 @@ import asyncio
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, TranscriptionFrame, TTSTextFrame
 from pipecat.observers.base_observer import FramePushed
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection
 
 from voxline import call_log
@@ -47,6 +48,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.observers: list = []
+        self.pipeline = Pipeline([])
 
     def add_observer(self, observer) -> None:
         self.observers.append(observer)

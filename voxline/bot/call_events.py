@@ -56,7 +56,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.pipeline.worker import PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.aggregators.llm_response_universal import (
+    AssistantTurnStoppedMessage,
+    LLMAssistantAggregator,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voxline import call_log
 from voxline.processors.latency import LatencyTracer, TurnTrace
@@ -122,6 +126,16 @@ class CallListener:
 
     def bot_said(self, info: CallInfo, text: str) -> None:
         """Words of the bot's reply, as their audio goes out (a few words at a time)."""
+
+    def bot_heard(self, info: CallInfo, turn: int, text: str, interrupted: bool) -> None:
+        """What the caller heard of one bot reply, once it played (or was cut off).
+
+        ``turn`` is the caller turn it answers (its :attr:`TurnTrace.index`), 0 for
+        the greeting. This is the text that went into the LLM context: on a barge-in
+        it ends with the last chunk the caller heard. It may come after that turn's
+        :meth:`turn_finished` (the phone's marks come back once the audio played),
+        and a turn may have several (a reply before and after a tool call).
+        """
 
     def turn_finished(self, info: CallInfo, turn: TurnTrace) -> None:
         """A caller turn is over (answered, interrupted or failed), with its trace."""
@@ -195,11 +209,16 @@ class CallEventsForCall(BaseObserver):
         self._started = False
         self._ended = False
         self._reason: str | None = None
+        self._reply_turn: int | None = None
 
     def attach(self, worker: PipelineWorker, tracer: LatencyTracer) -> None:
         """Watch ``worker``'s frames and announce the call (``call_started``)."""
         self._tracer = tracer
         worker.add_observer(self)
+        assistant = _find(worker.pipeline, LLMAssistantAggregator)
+        if assistant is not None:
+            assistant.add_event_handler("on_assistant_turn_started", self._assistant_started)
+            assistant.add_event_handler("on_assistant_turn_stopped", self._assistant_stopped)
         self._started = True
         self.hub.live[self.info.call_id] = self.info
         call_log.register(self.info.call_id, self.info)
@@ -209,6 +228,20 @@ class CallEventsForCall(BaseObserver):
         """A :class:`LatencyTracer` ``on_turn`` callback: announce the finished turn."""
         if self._started and not self._ended:
             self.hub.emit("turn_finished", self.info, turn)
+
+    async def _assistant_started(self, _aggregator: object) -> None:
+        self._reply_turn = len(self._tracer.turns) if self._tracer is not None else 0
+
+    async def _assistant_stopped(
+        self, _aggregator: object, message: AssistantTurnStoppedMessage
+    ) -> None:
+        if self._ended or not message.content.strip():
+            return
+        turn = self._reply_turn
+        if turn is None:
+            turn = len(self._tracer.turns) if self._tracer is not None else 0
+        self._reply_turn = None
+        self.hub.emit("bot_heard", self.info, turn, message.content.strip(), message.interrupted)
 
     def note_end_reason(self, reason: str) -> None:
         """Why the call is ending, if nothing said so before (the first reason wins)."""
@@ -261,3 +294,14 @@ class CallEventsForCall(BaseObserver):
             call.function_name == "end_call" for call in frame.function_calls
         ):
             self.note_end_reason(BOT_ENDED)
+
+
+def _find(processor: FrameProcessor, kind: type) -> FrameProcessor | None:
+    """The first processor of type ``kind`` in a pipeline (depth first), if any."""
+    if isinstance(processor, kind):
+        return processor
+    for child in processor.processors:
+        found = _find(child, kind)
+        if found is not None:
+            return found
+    return None
