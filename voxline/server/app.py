@@ -12,6 +12,8 @@ GET  /widget.js        the embeddable widget
 GET  /webrtc/config    ICE servers for a widget key
 POST /webrtc/offer     SDP offer in, answer out (a browser call starts)
 PATCH /webrtc/offer    trickled ICE candidates
+GET  /dashboard        live calls, recent calls, latency waterfalls ($VOXLINE_ADMIN_TOKEN;
+                       see voxline/server/dashboard.py)
 
 Every route is behind :class:`~voxline.server.http_limits.RequestLimits`: bodies are
 bounded per route (413) and each client address has a request budget (429).
@@ -31,6 +33,7 @@ from voxline.bot.runtime import Runtime, ServerHealth
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.server.admission import Admission
+from voxline.server.dashboard import mount_dashboard
 from voxline.server.http_limits import RequestLimits
 from voxline.server.metrics import (
     CONTENT_TYPE,
@@ -163,6 +166,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         return Response(render_metrics(registry), media_type=CONTENT_TYPE)
 
     add_webrtc_routes(app, web, config)
+    mount_dashboard(app, runtime)
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
