@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     dial.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
+    from voxline.bench.command import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
+
     check = commands.add_parser("check", help="validate persona and config files")
     check.add_argument(
         "paths", nargs="+", type=Path, help="persona, tool spec or voxline.yaml files"
@@ -156,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from voxline.bot.dial import dial
 
         return dial(args)
+    if args.command == "bench":
+        from voxline.bench.command import bench
+
+        return bench(args)
     if args.command == "check":
         from voxline.bot.check import check_paths
 
