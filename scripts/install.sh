@@ -38,8 +38,9 @@ if (( with_tests && light )); then
     exit 2
 fi
 
-system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1)
-(( with_tests )) && system_packages+=(espeak-ng sox chromium)
+# espeak-ng: the voices of `voxline bench`'s simulated callers.
+system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1 espeak-ng)
+(( with_tests )) && system_packages+=(sox chromium)
 
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
