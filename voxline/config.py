@@ -26,6 +26,7 @@ from voxline.cpu_budget import CpuBudget, cpu_budget
 from voxline.engines.piper import DEFAULT_MAX_PHONEMES
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
+from voxline.records.settings import RecordsConfig, check_records_url
 from voxline.yamlfile import load_yaml_model
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
@@ -341,6 +342,12 @@ class ServerConfig(_Strict):
     webrtc: WebRTCConfig = WebRTCConfig()
     http: HTTPConfig = HTTPConfig()
     health: HealthConfig = HealthConfig()
+    records_url: str | None = Field(
+        default=None,
+        description="Call records database: sqlite:///path (relative to this file) or "
+        "postgresql://user@host/db; default: a SQLite file (docs/records.md).",
+    )
+    records: RecordsConfig = RecordsConfig()
     log_content: bool = Field(
         default=False,
         description="Log what callers and the bot say, tool arguments and results, LLM "
@@ -371,6 +378,12 @@ class ServerConfig(_Strict):
         if not path.is_absolute():
             path = Path((info.context or {}).get("base_dir", ".")) / path
         return twilio.model_copy(update={"stream_secret_file": path})
+
+    @field_validator("records_url", mode="after")
+    @classmethod
+    def _records_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        base_dir = Path((info.context or {}).get("base_dir", "."))
+        return None if url is None else check_records_url(url, base_dir)
 
     @field_validator("numbers", mode="before")
     @classmethod
