@@ -164,12 +164,14 @@ async def _serve(
     from voxline.bot.runtime import Runtime
     from voxline.engines.llm import LLMServerError
     from voxline.models import ModelNotAvailableError
+    from voxline.records.writer import attached
     from voxline.server.app import create_app
     from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()
     config = await choose_llm_backend(config, personas, args.config)
     listener = _bind(args.host, args.port)
+    records = await _open_records(config, listener)
     url = f"http://{args.host}:{args.port}"
     names = ", ".join(persona.name for persona in personas.values())
 
@@ -184,7 +186,7 @@ async def _serve(
                     flush=True,
                 )
 
-    async with Runtime(config, progress=progress) as runtime:
+    async with Runtime(config, progress=progress) as runtime, attached(records, runtime.calls):
         async with _signals_cancel_this_task() as received:
             try:
                 for persona in personas.values():
@@ -204,6 +206,7 @@ async def _serve(
                 bad_input = isinstance(exc, ModelNotAvailableError)
                 return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
         app = create_app(config, personas, runtime)
+        app.state.records = records  # the RecordWriter (None with records off)
         # A Twilio message is under 1 KB: a far larger websocket message is closed with 1009.
         server = Server(
             uvicorn.Config(
@@ -250,6 +253,26 @@ async def choose_llm_backend(
         f"llama_cpp in {config_path or 'voxline.yaml'}",
         EXIT_BAD_INPUT,
     )
+
+
+async def _open_records(config: ServerConfig, listener: socket.socket):
+    """The call records' writer, its database reached and its schema ready (or None).
+
+    Raises:
+        StartupError: the database cannot be reached and ``records.optional`` is false
+            (exit code 2).
+    """
+    from voxline.records.store import RecordsUnavailableError
+    from voxline.records.writer import open_writer
+
+    try:
+        return await open_writer(config)
+    except RecordsUnavailableError as exc:
+        listener.close()
+        raise StartupError(
+            f"{exc} (fix records_url, or set records.optional: true to serve while it is away)",
+            EXIT_BAD_INPUT,
+        ) from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
