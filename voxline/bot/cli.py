@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_bench_parser(commands)
 
+    from voxline.records.cli import add_parser as add_calls_parser
+
+    add_calls_parser(commands)  # `voxline calls list | show`: the call records
+
     check = commands.add_parser("check", help="validate persona and config files")
     check.add_argument(
         "paths", nargs="+", type=Path, help="persona, tool spec or voxline.yaml files"
@@ -164,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         from voxline.bench.command import bench
 
         return bench(args)
+    if args.command == "calls":
+        from voxline.records.cli import run as calls
+
+        return calls(args)
     if args.command == "check":
         from voxline.bot.check import check_paths
 
