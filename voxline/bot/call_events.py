@@ -161,6 +161,11 @@ class CallEvents:
         self.listener_errors = 0
         self._failed: set[tuple[int, str]] = set()
 
+    @property
+    def listeners(self) -> tuple[CallListener, ...]:
+        """The registered listeners, in the order they hear events."""
+        return tuple(self._listeners)
+
     def add_listener(self, listener: CallListener) -> None:
         """Register ``listener`` for every call that starts from now on."""
         if listener not in self._listeners:

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from voxline.bot.runtime import Runtime
 from voxline.engines.llm_backend import LLMBackend
+from voxline.records.metrics import records_metrics
 from voxline.server.admission import Admission
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,6 +116,7 @@ class VoxlineCollector(Collector):
             queue_p95.add_metric(label, _p95(r.max_queue_wait_secs for r in records))
             run_p95.add_metric(label, _p95(r.run_secs for r in records))
         yield from (batch_size, queue_p95, run_p95)
+        yield from records_metrics(self._runtime.calls)
         yield from _turn_metrics(self._runtime)
 
 
