@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
@@ -81,6 +82,8 @@ class Runtime:
         self.turn_counters = TurnCounters()
         self.calls = CallEvents()
         """Every call's start, turns and end, to its listeners (records, traces, dashboard)."""
+        self.errors: Counter[str] = Counter()
+        """Errors in every call's pipeline by kind (``stt``, ``llm``, ``tts``, ...): metrics."""
         self._llm_servers: dict[str, SupervisedServer] = {}
         self._backends: dict[tuple[str | None, str], LLMBackend] = {}
         self._warmed: set[str] = set()
@@ -342,6 +345,11 @@ class Runtime:
     def llm_endpoint(self, persona: Persona) -> LLMEndpoint:
         """Where ``persona``'s chat completions are served (after :meth:`prepare`)."""
         return self.llm_backend(persona).endpoint
+
+    @property
+    def piper_engines(self) -> dict[str, PiperEngine]:
+        """Every loaded Piper voice by voice name, for metrics."""
+        return dict(self._piper)
 
     @property
     def whisper_engines(self) -> dict[str, WhisperEngine]:

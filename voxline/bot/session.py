@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.tts_service import TTSService
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop import ExactMatch
 from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies
@@ -122,6 +125,26 @@ def apologise_on_failure(
         if now - last["at"] >= APOLOGY_INTERVAL_SECS:
             last["at"] = now
             await worker.queue_frame(persona_line(persona, "apology"))
+
+
+def count_errors(
+    worker: PipelineWorker, counts: Counter[str], stages: dict[str, FrameProcessor]
+) -> None:
+    """Count every error that reaches the call's worker by the stage that raised it.
+
+    ``stages`` names the call's processors (``stt``, ``llm``, ``tts``); an error from any
+    other processor counts as ``transport`` when it is the wire's, else ``pipeline``.
+    The counts are the process's (``/metrics``' ``voxline_errors_total``).
+    """
+    kinds = {id(processor): kind for kind, processor in stages.items()}
+
+    @worker.event_handler("on_pipeline_error")
+    async def _count(worker: PipelineWorker, frame: ErrorFrame) -> None:
+        kind = kinds.get(id(frame.processor))
+        if kind is None:
+            wire = isinstance(frame.processor, (BaseInputTransport, BaseOutputTransport))
+            kind = "transport" if wire else "pipeline"
+        counts[kind] += 1
 
 
 def persona_line(persona: Persona, line: str, text: str | None = None) -> TTSSpeakFrame:
@@ -297,6 +320,8 @@ def build_call(
             audio_in_sample_rate=STT_SAMPLE_RATE,
             audio_out_sample_rate=out_sample_rate,
             enable_metrics=True,
+            # Token counts (and prefix-cache hits) of each completion, for traces.
+            enable_usage_metrics=True,
         ),
         observers=[tracer],
         # A backstop behind the idle line and goodbye: a call in which nothing at
@@ -305,6 +330,7 @@ def build_call(
         enable_rtvi=False,
     )
     apologise_on_failure(worker, persona, failing=(turns, llm))
+    count_errors(worker, runtime.errors, {"stt": turns, "llm": llm, "tts": tts})
     handle_idle_callers(worker, user_aggregator, persona, control, turns)
     if persona.greeting:
         greeting = persona_line(persona, "greeting", persona.greeting)

@@ -16,12 +16,15 @@ personas it serves, comma-separated; unique per server).
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 import statistics
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +32,7 @@ from voxline.bot.runtime import Runtime
 from voxline.engines.llm_backend import LLMBackend
 from voxline.records.metrics import records_metrics
 from voxline.server.admission import Admission
+from voxline.server.call_metrics import CallMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -117,7 +121,70 @@ class VoxlineCollector(Collector):
             run_p95.add_metric(label, _p95(r.run_secs for r in records))
         yield from (batch_size, queue_p95, run_p95)
         yield from records_metrics(self._runtime.calls)
+        yield from _refusals_and_errors(self._runtime)
+        yield from _tts_metrics(self._runtime)
         yield from _turn_metrics(self._runtime)
+
+
+ERROR_KINDS = ("stt", "llm", "tts", "tool", "transport", "pipeline")
+"""The ``kind`` label of ``voxline_errors_total``: always present, 0 until one happens."""
+
+
+def _refusals_and_errors(runtime: Runtime) -> Iterator[Metric]:
+    """Whisper's overload refusals and every call's errors by kind."""
+    refused = CounterMetricFamily(
+        "voxline_whisper_refused",
+        "Utterances Whisper refused because its queue was full (overload).",
+        labels=["model"],
+    )
+    for name, engine in runtime.whisper_engines.items():
+        refused.add_metric([model_name(name)], engine.refused)
+    errors = CounterMetricFamily(
+        "voxline_errors",
+        "Errors in calls, by kind: stt, llm, tts (the stage that failed), tool (a tool "
+        "call's error result), transport, pipeline (any other processor).",
+        labels=["kind"],
+    )
+    counts = runtime.errors
+    for kind in sorted(set(ERROR_KINDS) | set(counts)):
+        errors.add_metric([kind], counts.get(kind, 0))
+    yield from (refused, errors)
+
+
+RTF_WINDOW = 200
+"""Recent synthesized pieces over which ``voxline_tts_real_time_factor`` is taken."""
+
+
+def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
+    """Piper voices: real-time factor (recent and cumulative seconds) and refusals."""
+    rtf = GaugeMetricFamily(
+        "voxline_tts_real_time_factor",
+        f"Seconds of synthesis per second of audio over the last {RTF_WINDOW} pieces "
+        "(below 1: faster than real time).",
+        labels=["voice"],
+    )
+    synth = CounterMetricFamily(
+        "voxline_tts_synthesis_seconds", "Seconds spent synthesizing speech.", labels=["voice"]
+    )
+    audio = CounterMetricFamily(
+        "voxline_tts_audio_seconds", "Seconds of speech synthesized.", labels=["voice"]
+    )
+    refused = CounterMetricFamily(
+        "voxline_tts_refused",
+        "Syntheses refused because the voice's queue was full (overload).",
+        labels=["voice"],
+    )
+    for name, engine in runtime.piper_engines.items():
+        label = [model_name(name)]
+        recent = list(engine.records)[-RTF_WINDOW:]
+        spoken = sum(record.audio_secs for record in recent)
+        if spoken > 0:
+            busy = sum(record.ended_at - record.started_at for record in recent)
+            rtf.add_metric(label, busy / spoken)
+        synth.add_metric(label, engine.synthesis_secs_total)
+        audio.add_metric(label, engine.audio_secs_total)
+        refused.add_metric(label, engine.refused)
+    yield from (rtf, synth, audio, refused)
 
 
 def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
@@ -214,8 +281,43 @@ class LLMCounterRefresh:
             await asyncio.gather(task, return_exceptions=True)
 
 
+METRICS_TOKEN_ENV = "VOXLINE_METRICS_TOKEN"
+
+
+@dataclass(frozen=True)
+class MetricsToken:
+    """The bearer token ``/metrics`` asks for; None: the page is open (the default).
+
+    The token comes from the environment only (``VOXLINE_METRICS_TOKEN``), never from
+    ``voxline.yaml``, like every other secret.
+    """
+
+    token: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> MetricsToken:
+        """``$VOXLINE_METRICS_TOKEN``, if set and not empty."""
+        return cls(os.environ.get(METRICS_TOKEN_ENV, "").strip() or None)
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value may read the metrics."""
+        if self.token is None:
+            return True
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+
 def metrics_registry(runtime: Runtime, admission: Admission) -> CollectorRegistry:
-    """A registry of this server's own metrics (not the process-global default)."""
+    """A registry of this server's own metrics (not the process-global default).
+
+    Besides what is read at scrape time, it holds the stage histograms and call
+    counters of a :class:`~voxline.server.call_metrics.CallMetrics`, which listens to
+    the Runtime's call events from now on.
+    """
     registry = CollectorRegistry()
     registry.register(VoxlineCollector(runtime, admission))
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds, fds
+    runtime.calls.add_listener(CallMetrics(registry, runtime.errors))
     return registry
