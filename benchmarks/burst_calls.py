@@ -13,7 +13,7 @@ voices of several speeds and pitches; no test uses espeak-ng, and no Piper voice
 other than the persona's is installed here, so there is no Piper caller.
 
 The same callers (same seed: same voices, utterances and pauses) then call a stock
-pipecat 1.14 Twilio bot (``benchmarks/baseline_pipecat.py``: per-call Whisper,
+pipecat 1.14 Twilio bot (``voxline/bench/stock_bot.py``: per-call Whisper,
 Piper, Silero VAD and Smart Turn v3) backed by an LLM server of the same kind,
 started by this script (vLLM with voxline's flags; ``llama_cpp.server`` the way a
 pipecat user starts it, without voxline's RAM prompt cache).
@@ -57,235 +57,33 @@ import asyncio
 import json
 import math
 import os
-import random
 import re
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
-    SAMPLE_RATE,
-    UTTERANCES,
-    StackMemory,
-    Voice,
-    bot_voiced_at,
-    caller_clip,
-    p50,
-    p95,
-    serve_voxline,
-)
-from tests.servers import ServerProcess  # noqa: E402
-from voxline.config import VLLMConfig  # noqa: E402
+from benchmarks.common import p50, p95, serve_voxline  # noqa: E402
+from voxline.bench.callers import UTTERANCES, VOICES, Clips, script  # noqa: E402
+from voxline.bench.calls import Call, Line, burst  # noqa: E402
+from voxline.bench.memory import StackMemory  # noqa: E402
+from voxline.bench.stock import StockStack  # noqa: E402
 from voxline.engines.llm import free_port  # noqa: E402
 from voxline.engines.server_process import SupervisedServer  # noqa: E402
-from voxline.engines.vllm import VLLMServer, prepare_vllm_model  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
-from voxline.transports.levels import is_voiced  # noqa: E402
-from voxline.transports.twilio_caller import RATE as PHONE_RATE  # noqa: E402
-from voxline.transports.twilio_caller import DialResult, TwilioCaller  # noqa: E402
 
 TOKEN = "burst-calls-benchmark-token"
 NUMBER = "+15550100050"
 PERSONA = ROOT / "personas" / "bank_support.yaml"
 BACKENDS = ("vllm", "llama_cpp")
 SYSTEMS = ("voxline", "stock")
-GREETING_QUIET_SECS = 0.6
-"""The greeting is heard once the bot has spoken and then been quiet this long."""
-PAUSES = (0.5, 2.0)
-"""Range of the caller's pause after the bot's answer, before its next turn."""
 STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "voice_to_voice", "commit")
 TURN_LINE = re.compile(r"\bturn (\{.*\})\s*$")
-
-# espeak-ng voice (with a variant), words per minute, pitch; none is a voice the
-# tests or benchmarks/turn_latency.py use.
-VOICES: list[Voice] = [
-    ("en-us", 140, 42),
-    ("en-gb-scotland", 160, 55),
-    ("en-029", 150, 62),
-    ("en-us-nyc+f4", 175, 70),
-    ("en-gb-x-rp+m3", 145, 35),
-    ("en-us+Annie", 185, 50),
-    ("en-gb+Gene", 125, 45),
-    ("en-us+f2", 165, 65),
-]
-
-
-# --- what each caller says ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Script:
-    """One caller: a voice, the utterances of its turns, and the pauses before turns 2..."""
-
-    caller: int
-    voice: Voice
-    utterances: tuple[int, ...]
-    pauses: tuple[float, ...]
-
-
-def script(caller: int, turns: int, seed: int) -> Script:
-    """Caller number ``caller``'s script; the same for every system with the same seed."""
-    rng = random.Random(f"{seed}:{caller}")
-    return Script(
-        caller=caller,
-        voice=rng.choice(VOICES),
-        utterances=tuple(rng.sample(range(len(UTTERANCES)), turns)),
-        pauses=tuple(round(rng.uniform(*PAUSES), 2) for _ in range(turns - 1)),
-    )
-
-
-class Clips:
-    """Caller clips made once per (utterance, voice) and reused by every system."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self._clips: dict[tuple[int, Voice], np.ndarray] = {}
-
-    def get(self, utterance: int, voice: Voice) -> np.ndarray:
-        key = (utterance, voice)
-        if key not in self._clips:
-            self._clips[key] = caller_clip(UTTERANCES[utterance], voice, self.tmp)
-        return self._clips[key]
-
-
-# --- one call, as the caller heard it --------------------------------------------------------
-
-
-@dataclass
-class Call:
-    """One call's figures."""
-
-    script: Script
-    error: str | None = None
-    greeted: bool = False
-    latencies: list[float | None] = field(default_factory=list)
-    """Heard latency per turn (ms); None: no answer, or the bot spoke during the turn."""
-    overheard: list[bool] = field(default_factory=list)
-    """Per turn: the caller heard the bot's voice while it was speaking."""
-    underruns: list[float] = field(default_factory=list)
-    """Stalls (s) inside replies of at least the underrun threshold."""
-    greeting_underruns: list[float] = field(default_factory=list)
-    stall_secs: float = 0.0
-    """All stalls inside bot utterances, however short."""
-
-    @property
-    def answered(self) -> bool:
-        """The first question has a heard latency (a reply, not one spoken over it)."""
-        return self.error is None and bool(self.latencies) and self.latencies[0] is not None
-
-    @property
-    def first_reply(self) -> float | None:
-        return self.latencies[0] if self.latencies else None
-
-    def half_sentence(self) -> int:
-        return sum(
-            heard and UTTERANCES[index].paused
-            for heard, index in zip(self.overheard, self.script.utterances, strict=False)
-        )
-
-    def talk_over(self) -> int:
-        return sum(
-            heard and not UTTERANCES[index].paused
-            for heard, index in zip(self.overheard, self.script.utterances, strict=False)
-        )
-
-
-def stalls(result: DialResult) -> list[tuple[int, float]]:
-    """(bot utterance, seconds) of every stall inside a bot utterance (see the docstring).
-
-    Bot utterance 0 is the greeting; utterance k is what the bot said after the caller
-    began its k-th turn and before it began the next.
-    """
-    starts = [turn.caller_start for turn in result.turns if turn.caller_start is not None]
-    found: list[tuple[int, float]] = []
-    chunks = [
-        (start, start + pcm.size / PHONE_RATE, is_voiced(pcm)) for start, pcm in result.played
-    ]
-    for window, begin in enumerate([0.0, *starts]):
-        end = starts[window] if window < len(starts) else math.inf
-        inside = [chunk for chunk in chunks if begin <= chunk[0] < end]
-        voiced_after = [any(v for _, _, v in inside[i:]) for i in range(len(inside))]
-        spoken = False
-        for i, (start, _, voiced) in enumerate(inside):
-            if i and spoken and voiced_after[i]:
-                before = inside[i - 1][1]
-                gap = start - before
-                cleared = any(before - 0.001 <= at <= start for at in result.clear_times)
-                if gap > 0.001 and not cleared:
-                    found.append((window, gap))
-            spoken = spoken or voiced
-    return found
-
-
-def analyse(script: Script, result: DialResult, underrun_secs: float) -> Call:
-    call = Call(script=script, greeted=bool(result.played))
-    for index, turn in enumerate(result.turns):
-        start = turn.caller_start if turn.caller_start is not None else turn.caller_end
-        overheard = bot_voiced_at(result.heard, start, turn.caller_end)
-        call.overheard.append(overheard)
-        # A reply first heard after the caller began the next turn answers no question
-        # of this one: the caller gave up waiting (REPLY_TIMEOUT_SECS).
-        following = result.turns[index + 1].caller_start if index + 1 < len(result.turns) else None
-        late = turn.bot_start is not None and following is not None and turn.bot_start >= following
-        call.latencies.append(None if overheard or late else turn.latency_ms)
-    for window, gap in stalls(result):
-        call.stall_secs += gap
-        if gap >= underrun_secs:
-            (call.greeting_underruns if window == 0 else call.underruns).append(gap)
-    return call
-
-
-async def burst(
-    url: str,
-    scripts: Sequence[Script],
-    clips: Clips,
-    underrun_secs: float,
-) -> list[Call]:
-    """All ``scripts`` dial at once; each speaks once every caller has heard its greeting."""
-    everyone = {s.caller for s in scripts}
-    arrived: set[int] = set()
-    failed: set[int] = set()
-    go = asyncio.Event()
-
-    def check() -> None:
-        if arrived | failed >= everyone:
-            go.set()
-
-    async def one(s: Script) -> Call:
-        async def gate() -> None:
-            arrived.add(s.caller)
-            check()
-            await go.wait()
-
-        first, *rest = (clips.get(u, s.voice) for u in s.utterances)
-        caller = TwilioCaller(url, auth_token=TOKEN, number=NUMBER)
-        try:
-            result = await caller.call(
-                first,
-                SAMPLE_RATE,
-                then=list(zip(rest, s.pauses, strict=True)),
-                gate=gate,
-                greeting_quiet=GREETING_QUIET_SECS,
-                greeting_timeout=60,
-                hang_up_after_quiet=2.5,
-                timeout=300,
-            )
-        except Exception as exc:  # reported as a call not answered; the others go on
-            failed.add(s.caller)
-            check()
-            return Call(script=s, error=f"{type(exc).__name__}: {exc}"[:200])
-        return analyse(s, result, underrun_secs)
-
-    return list(await asyncio.gather(*(one(s) for s in scripts)))
 
 
 # --- the stacks under test ----------------------------------------------------------------------
@@ -320,24 +118,12 @@ class LlamaCppPlain(SupervisedServer):
 
 @dataclass
 class Stack:
-    """A running system: its URL, the processes to measure, and how to stop it."""
+    """A running system: its URL, the processes to measure, its output, and how to stop it."""
 
     url: str
     roots: list[int]
-    server: ServerProcess
-    llm: SupervisedServer | None = None
-
-    @property
-    def lines(self) -> list[str]:
-        return self.server.lines
-
-    async def stop(self, log: Path) -> None:
-        code = await asyncio.to_thread(self.server.stop)
-        log.write_text(self.server.output)
-        if code not in (0, -15):
-            print(f"server exited {code}:\n" + "\n".join(self.server.lines[-30:]), flush=True)
-        if self.llm is not None:
-            await self.llm.stop()
+    lines: list[str]
+    stop: Callable[[Path], Awaitable[None]]
 
 
 async def start_voxline_stack(backend: str, tmp: Path, max_calls: int) -> Stack:
@@ -351,42 +137,29 @@ async def start_voxline_stack(backend: str, tmp: Path, max_calls: int) -> Stack:
         engines={"llm": {"backend": backend}},
         log_level="INFO",
     )
-    return Stack(url=url, roots=[server.process.pid], server=server)
+
+    async def stop(log: Path) -> None:
+        code = await asyncio.to_thread(server.stop)
+        log.write_text(server.output)
+        if code not in (0, -15):
+            print(f"server exited {code}:\n" + "\n".join(server.lines[-30:]), flush=True)
+
+    return Stack(url=url, roots=[server.process.pid], lines=server.lines, stop=stop)
 
 
-async def start_stock_stack(backend: str) -> Stack:
-    persona = yaml.safe_load(PERSONA.read_text())
-    model = persona["llm"]["model"]
-    gguf = resolve_llm_gguf(model)
-    llm: SupervisedServer
-    if backend == "vllm":
-        settings = VLLMConfig()
-        llm = VLLMServer(
-            await prepare_vllm_model(model, settings.python, gguf),
-            python=settings.python,
-            model_alias=model,
-        )
-    else:
-        llm = LlamaCppPlain(gguf)
-    endpoint = await llm.start()
-    port = free_port()
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "baseline_pipecat.py"),
-        "--port", str(port), "--persona", str(PERSONA),
-        "--llm-url", endpoint.api_url, "--llm-model", model,
-    ]  # fmt: skip
-    try:
-        server = ServerProcess(
-            command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, ready_marker="stock bot ready"
-        )
-        await asyncio.to_thread(server.wait_ready, 240)
-    except BaseException:
-        await llm.stop()
-        raise
-    assert llm.pid is not None
-    return Stack(
-        url=f"http://127.0.0.1:{port}", roots=[server.process.pid, llm.pid], server=server, llm=llm
-    )
+async def start_stock_stack(backend: str, max_calls: int) -> Stack:
+    """The stock bot (``voxline.bench.stock_bot``) on llama.cpp as a pipecat user starts
+    it, or on vLLM with voxline's flags."""
+    model = "smollm2"
+    llm = LlamaCppPlain(resolve_llm_gguf(model)) if backend == "llama_cpp" else None
+    stack = StockStack(PERSONA, backend, max_calls, llm=llm)
+    await stack.start()
+
+    async def stop(log: Path) -> None:
+        await stack.stop()
+        log.write_text("\n".join(stack.tail))
+
+    return Stack(url=stack.url, roots=stack.roots, lines=[], stop=stop)
 
 
 # --- one system through every N ------------------------------------------------------------------
@@ -461,7 +234,8 @@ async def run_system(
             for _ in range(math.ceil(args.samples / n)):
                 scripts = [script(caller + i, args.turns, args.seed) for i in range(n)]
                 caller += n
-                calls += await burst(stack.url, scripts, clips, args.underrun_ms / 1000)
+                line = Line(stack.url, TOKEN, NUMBER)
+                calls += await burst(line, scripts, clips, args.underrun_ms / 1000)
                 await asyncio.sleep(1.5)  # the server ends the calls before the next round
             memory.stop()
             phase = Phase(
@@ -612,7 +386,7 @@ def main() -> None:
                     sub.mkdir()
                     start = lambda b=backend, d=sub: start_voxline_stack(b, d, args.max_calls)  # noqa: E731
                 else:
-                    start = lambda b=backend: start_stock_stack(b)  # noqa: E731
+                    start = lambda b=backend: start_stock_stack(b, args.max_calls)  # noqa: E731
                 results[name] = await run_system(name, start, counts, args, clips)
         return results
 

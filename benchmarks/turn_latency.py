@@ -51,20 +51,18 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import p50, p95, serve_voxline  # noqa: E402
+from tests.servers import ServerProcess  # noqa: E402
+from tests.speech import normalize  # noqa: E402
+from voxline.bench.callers import (  # noqa: E402
     SAMPLE_RATE,
     UTTERANCES,
     Utterance,
-    bot_voiced_at,
     caller_clip,
     espeak,
-    p50,
-    p95,
-    serve_voxline,
     silence,
 )
-from tests.servers import ServerProcess  # noqa: E402
-from tests.speech import normalize  # noqa: E402
+from voxline.bench.calls import bot_voiced_at  # noqa: E402
 from voxline.bot.runtime import Runtime  # noqa: E402
 from voxline.bot.talk import TalkTimeoutError, talk  # noqa: E402
 from voxline.personas import Persona, load_persona  # noqa: E402

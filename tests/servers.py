@@ -8,6 +8,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from voxline.engines.llm import free_port
 
@@ -83,3 +86,35 @@ def start_voxline(config: Path, env: dict[str, str], port: int) -> ServerProcess
     )
     server.wait_ready(240)
     return server
+
+
+def serve_voxline(
+    tmp: Path,
+    *,
+    numbers: dict[str, Path],
+    default_persona: Path,
+    token: str,
+    max_calls: int,
+    engines: dict[str, Any] | None = None,
+    log_level: str | None = None,
+) -> tuple[ServerProcess, str]:
+    """``voxline serve`` on a free loopback port with a ``voxline.yaml`` written here.
+
+    ``log_level`` INFO makes it log a ``turn {json}`` line per turn. Returns the
+    server (its output is collected) and its base URL.
+    """
+    port = free_port()
+    config: dict[str, Any] = {
+        "public_url": f"http://127.0.0.1:{port}",
+        "default_persona": str(default_persona),
+        "max_calls": max_calls,
+        "numbers": {number: str(path) for number, path in numbers.items()},
+    }
+    if engines:
+        config["engines"] = engines
+    path = tmp / "voxline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "VOXLINE_OFFLINE": "1"}
+    if log_level:
+        env["VOXLINE_LOG_LEVEL"] = log_level
+    return start_voxline(path, env, port), f"http://127.0.0.1:{port}"

@@ -41,14 +41,17 @@ class StockStack:
         persona: the persona file whose prompt, greeting, sampling and tools it uses.
         backend: ``llama_cpp`` or ``vllm``.
         max_calls: the most calls the bench places at once (sizes llama.cpp's cache).
+        llm: an LLM server to start instead of one with voxline's settings.
     """
 
-    def __init__(self, persona: Path, backend: str, max_calls: int):
+    def __init__(
+        self, persona: Path, backend: str, max_calls: int, llm: SupervisedServer | None = None
+    ):
         self.persona = persona
         self.backend = backend
         self.max_calls = max_calls
         self.port = free_port()
-        self.llm: SupervisedServer | None = None
+        self.llm: SupervisedServer | None = llm
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self.tail: deque[str] = deque(maxlen=40)
@@ -65,6 +68,8 @@ class StockStack:
         return [pid for pid in pids if pid is not None]
 
     async def _start_llm(self, model: str) -> str:
+        if self.llm is not None:
+            return (await self.llm.start()).api_url
         gguf = resolve_llm_gguf(model)
         if self.backend == "vllm":
             settings = VLLMConfig()
