@@ -317,6 +317,25 @@ class HealthConfig(_Strict):
     )
 
 
+class TelemetryConfig(_Strict):
+    """OpenTelemetry traces: off unless an OTLP endpoint is set (docs/operations.md)."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s?#]+$",
+        description="OTLP/HTTP base URL of a collector, Jaeger or Langfuse (/v1/traces is "
+        "appended); $OTEL_EXPORTER_OTLP_ENDPOINT does the same when this is unset. Needs "
+        "the otel extra. Headers (an API key) come from $OTEL_EXPORTER_OTLP_HEADERS.",
+    )
+    service_name: str = Field(default="voxline", min_length=1, max_length=100)
+    max_queued_spans: int = Field(
+        default=2048,
+        ge=64,
+        le=1_000_000,
+        description="Spans waiting for export; beyond it new spans are dropped, not queued.",
+    )
+
+
 class ServerConfig(_Strict):
     """The whole ``voxline.yaml``.
 
@@ -348,6 +367,7 @@ class ServerConfig(_Strict):
         "postgresql://user@host/db; default: a SQLite file (docs/records.md).",
     )
     records: RecordsConfig = RecordsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     log_content: bool = Field(
         default=False,
         description="Log what callers and the bot say, tool arguments and results, LLM "

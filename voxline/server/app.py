@@ -5,8 +5,9 @@ WS   /twilio/stream    Twilio media stream: one call
 GET  /health/live      the process is up (liveness: restart it if this fails)
 GET  /health/ready     it can take a call now: started, not draining, below max_calls,
                        and every LLM and TTS server answers (checked in the background)
-GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches
-                       (renders only: the LLM counters are read in the background)
+GET  /metrics          Prometheus metrics: calls, LLM prefix-cache hits and waits, batches,
+                       stage latency histograms (renders only: the LLM counters are read in
+                       the background); bearer token $VOXLINE_METRICS_TOKEN when it is set
 GET  /                 demo page with the widget (the `demo` key)
 GET  /widget.js        the embeddable widget
 GET  /webrtc/config    ICE servers for a widget key
@@ -21,6 +22,7 @@ bounded per route (413) and each client address has a request budget (429).
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,12 @@ from voxline.server.http_limits import RequestLimits
 from voxline.server.metrics import (
     CONTENT_TYPE,
     LLMCounterRefresh,
+    MetricsToken,
     metrics_registry,
     render_metrics,
 )
 from voxline.server.phone import PhoneLine, WebhookRejected
+from voxline.server.telemetry import start_tracing
 from voxline.server.webrtc_call import WebRTCLine
 from voxline.server.webrtc_routes import add_webrtc_routes
 from voxline.transports.twilio_webhook import StreamTokens
@@ -71,6 +75,10 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         runtime: shared engines; the app closes it on shutdown.
     """
     by_name = {persona.name: persona for persona in personas.values()}
+    # First among the call listeners: its call_started gives the call its trace id.
+    telemetry = start_tracing(config.telemetry, by_name)
+    if telemetry is not None:
+        runtime.calls.add_listener(telemetry.listener)
     default_path = next(iter(personas))
     admission = Admission(config.max_calls)
     web = WebRTCLine(
@@ -115,6 +123,8 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             await health.stop()
             await web.close()
             await runtime.close()
+            if telemetry is not None:  # after the calls' last spans
+                await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title="voxline", lifespan=lifespan)
     app.state.phone = line
@@ -160,9 +170,15 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         return JSONResponse(body, status_code=503 if problems else 200)
 
     registry = metrics_registry(runtime, line.admission)
+    metrics_token = MetricsToken.from_environment()
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not metrics_token.allows(request.headers.get("Authorization")):
+            return Response(
+                "a bearer token is required", status_code=401, media_type="text/plain",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )  # fmt: skip
         return Response(render_metrics(registry), media_type=CONTENT_TYPE)
 
     add_webrtc_routes(app, web, config)

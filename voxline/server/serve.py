@@ -48,6 +48,8 @@ def progress(line: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
+    from voxline.server.telemetry import TelemetryUnavailable
+    from voxline.server.telemetry import check_available as check_telemetry
     from voxline.transports.twilio_webhook import (
         StreamSecretError,
         secret_file_warning,
@@ -64,7 +66,8 @@ def serve(args: argparse.Namespace) -> int:
         # The stream-token key is read now, so a bad one stops serve before any engine
         # loads; the app reads it again (the same way) when it builds its tokens.
         stream_secret(config.twilio.stream_secret_file)
-    except (ConfigError, StreamSecretError) as exc:
+        check_telemetry(config.telemetry)  # traces asked for: the otel extra is installed
+    except (ConfigError, StreamSecretError, TelemetryUnavailable) as exc:
         for line in str(exc).splitlines():  # one line per problem, each marked an error
             print(f"voxline: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
