@@ -81,7 +81,8 @@ def start_voxline(config: Path, env: dict[str, str], port: int) -> ServerProcess
     voxline = str(Path(sys.executable).parent / "voxline")
     server = ServerProcess(
         [voxline, "serve", "--config", str(config), "--port", str(port)],
-        env=env,
+        # Call records without a records_url: a file beside the config, not in $HOME.
+        env={"XDG_DATA_HOME": str(config.parent / "data"), **env},
         ready_marker="voxline ready",
     )
     server.wait_ready(240)
