@@ -99,7 +99,7 @@
       const head = el("header");
       head.append(el("strong", "persona", call.persona));
       head.append(el("span", "line-kind", call.transport));
-      if (call.caller) head.append(el("span", "caller", call.caller));
+      if (call.caller) head.append(el("span", "caller-id", call.caller));
       head.append(el("span", "since", `${duration(call.started_at)} min`));
       const open = el("button", "open", "waterfall");
       open.type = "button";
@@ -120,7 +120,8 @@
         state.liveVersion = body.version;
         renderLive();
         const now = new Set(body.calls.map((call) => call.id));
-        if ([...before].some((id) => !now.has(id))) loadRecent(); // a call ended
+        if ([...before].some((id) => !now.has(id))) loadStages(); // a call ended
+        if (before.size !== now.size || [...now].some((id) => !before.has(id))) loadRecent();
         if (state.selected) loadDetail(state.selected);
       }
     } catch (error) {
@@ -336,8 +337,9 @@
       if (call.lines && call.lines.length) turns.append(transcript(call.lines));
     }
     $("#legend").textContent =
-      "Bars share one time axis from the caller's last word: bars to the left of a later " +
-      "stage's start ran speculatively, before the turn was committed.";
+      "Bars share one time axis, in ms from the caller's last word. Stages that start " +
+      "before the end-of-turn bar ends were prepared speculatively, before the turn was " +
+      "committed; a tool call runs inside the LLM's first-token time.";
   }
 
   async function loadDetail(id) {
