@@ -120,3 +120,93 @@ def test_bench_bad_input():
     unreachable = bench(f"http://127.0.0.1:{port}")
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith(f"voxline: error: cannot reach http://127.0.0.1:{port}")
+
+
+METRICS_BEFORE = """\
+# TYPE voxline_turn_stage_seconds histogram
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="0.1"} 1.0
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="0.2"} 1.0
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="+Inf"} 1.0
+voxline_turn_stage_seconds_count{persona="bank",stage="stt"} 1.0
+voxline_turn_stage_seconds_sum{persona="bank",stage="stt"} 0.05
+# TYPE voxline_errors_total counter
+voxline_errors_total{kind="llm"} 1.0
+# TYPE voxline_calls_refused_total counter
+voxline_calls_refused_total 0.0
+# TYPE voxline_calls_active gauge
+voxline_calls_active 2.0
+"""
+
+METRICS_AFTER = """\
+# TYPE voxline_turn_stage_seconds histogram
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="0.1"} 1.0
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="0.2"} 3.0
+voxline_turn_stage_seconds_bucket{persona="bank",stage="stt",le="+Inf"} 5.0
+voxline_turn_stage_seconds_count{persona="bank",stage="stt"} 5.0
+voxline_turn_stage_seconds_sum{persona="bank",stage="stt"} 2.0
+voxline_turn_stage_seconds_bucket{persona="other",stage="stt",le="0.1"} 0.0
+voxline_turn_stage_seconds_bucket{persona="other",stage="stt",le="0.2"} 2.0
+voxline_turn_stage_seconds_bucket{persona="other",stage="stt",le="+Inf"} 2.0
+voxline_turn_stage_seconds_count{persona="other",stage="stt"} 2.0
+voxline_turn_stage_seconds_sum{persona="other",stage="stt"} 0.3
+# TYPE voxline_errors_total counter
+voxline_errors_total{kind="llm"} 2.0
+voxline_errors_total{kind="tts"} 1.0
+# TYPE voxline_calls_refused_total counter
+voxline_calls_refused_total 3.0
+# TYPE voxline_calls_active gauge
+voxline_calls_active 0.0
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 1.048576e+09
+"""
+
+
+def test_server_figures_are_what_the_calls_added():
+    """Percentiles from the buckets the run added (all personas summed), counter increases."""
+    from voxline.bench.server_stats import bucket_quantile, difference, parse_metrics
+
+    before, after = parse_metrics(METRICS_BEFORE), parse_metrics(METRICS_AFTER)
+    assert before.calls_active == 2 and after.calls_active == 0
+    figures = difference(before, after)
+    # Added: 0 in (0, 0.1], 4 in (0.1, 0.2], 2 above 0.2 (6 turns).
+    stt = figures.stage_ms["stt"]
+    assert stt["n"] == 6
+    assert stt["p50"] == 175.0  # rank 3 of the 4 in (0.1, 0.2]: 0.1 + 0.1 * 3/4
+    assert stt["p95"] == 200.0  # in +Inf: the largest finite bound
+    assert figures.errors == 2 and figures.refused == 3 and figures.rss_mb == 1000.0
+    assert set(figures.stage_ms) == {"stt"}
+    assert bucket_quantile(0.5, {}) != bucket_quantile(0.5, {})  # NaN when empty
+    assert difference(None, after).stage_ms == {} and difference(before, None).errors is None
+
+
+def test_underruns_are_stalls_inside_one_bot_utterance():
+    """A stall counts between voiced audio of one utterance, not across a clear or at its end."""
+    import numpy as np
+
+    from voxline.bench.callers import Script
+    from voxline.bench.calls import analyse
+    from voxline.transports.twilio_caller import RATE, DialResult, HeardTurn
+
+    tone = (8000 * np.sin(np.arange(800) * 2 * np.pi * 440 / RATE)).astype(np.int16)
+    quiet = np.zeros(800, dtype=np.int16)
+    played = [
+        (0.0, tone), (0.2, tone),  # greeting: a 100 ms stall
+        (2.5, tone), (2.63, tone),  # reply: a 30 ms stall, under the threshold
+        (2.9, tone),  # after a clear at 2.8: not a stall
+        (3.2, quiet),  # nothing voiced after it: the reply had ended
+    ]  # fmt: skip
+    heard = np.zeros(int(3.3 * RATE) + 1, dtype=np.int16)
+    for start, pcm in played:
+        heard[int(start * RATE) : int(start * RATE) + pcm.size] = pcm
+    result = DialResult(
+        call_sid="CA1",
+        turns=[HeardTurn(caller_end=2.0, bot_start=2.5, caller_start=1.0)],
+        heard=heard,
+        played=played,
+        clear_times=[2.8],
+    )
+    call = analyse(Script(0, ("en-us", 150, 50), (1,), ()), result, underrun_secs=0.06)
+    assert [round(g, 3) for g in call.greeting_underruns] == [0.1]
+    assert call.underruns == []
+    assert round(call.stall_secs, 3) == 0.13
+    assert call.latencies == [500.0] and call.answered and not call.refused
