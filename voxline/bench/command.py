@@ -2,7 +2,7 @@
 
 Exit codes: 0 the run finished (whatever the calls did), 1 it could not run (the
 server or the stock bot unreachable), 2 bad input (a flag out of range, no
-``TWILIO_AUTH_TOKEN``, espeak-ng missing).
+``TWILIO_AUTH_TOKEN``, espeak-ng missing), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_CALLS = 64
 DEFAULT_PERSONA = Path("personas") / "bank_support.yaml"
 
@@ -128,6 +128,8 @@ def bench(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run_bench(settings, progress))
+    except KeyboardInterrupt:  # the stock stack, if any, was stopped on the way out
+        return _fail("interrupted", EXIT_INTERRUPTED)
     except SpeechError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     except (StockStackError, LLMServerError) as exc:
