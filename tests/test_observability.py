@@ -271,6 +271,8 @@ def test_a_call_is_one_trace_with_turn_and_stage_spans(traced_call):
     assert stt_attributes["gen_ai.operation.name"] == "stt"
     assert stt_attributes["gen_ai.request.model"] == "tiny.en"
     assert stt_attributes["metrics.ttfb"] > 0
+    assert stt_attributes["voxline.stt.batch_size"] >= 1
+    assert stt_attributes["voxline.stt.queue_wait_ms"] >= 0
     assert "transcript" not in stt_attributes  # no caller content without log_content
     llm = [attributes(span) for span in spans if span.name == "llm"]
     assert any(span.get("metrics.ttfb", 0) > 0 for span in llm), llm

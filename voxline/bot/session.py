@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,14 +157,22 @@ def persona_line(persona: Persona, line: str, text: str | None = None) -> TTSSpe
 TURN_TAKING_FIELDS = {field.name for field in dataclasses.fields(TurnTakingSettings)}
 
 
-def turn_taker(persona: Persona, runtime: Runtime) -> TurnTaker:
-    """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model."""
+def turn_taker(
+    persona: Persona, runtime: Runtime, on_stt: Callable[[int, float], None] | None = None
+) -> TurnTaker:
+    """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model.
+
+    ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces).
+    """
     turn = persona.turn
     whisper = runtime.whisper(persona)
     language, beam_size = persona.language, persona.stt.beam_size
 
     async def transcribe(audio: np.ndarray) -> str:
-        return (await whisper.transcribe(audio, language=language, beam_size=beam_size)).text
+        heard = await whisper.transcribe(audio, language=language, beam_size=beam_size)
+        if on_stt is not None and heard.batch_size:
+            on_stt(heard.batch_size, heard.queue_wait_secs)
+        return heard.text
 
     engine = runtime.end_of_turn(persona)
 
@@ -295,7 +304,7 @@ def build_call(
         ),
     )
     tts = persona_tts(persona, runtime)
-    turns = turn_taker(persona, runtime)
+    turns = turn_taker(persona, runtime, on_stt=tracer.note_stt)
     pipeline = Pipeline(
         [
             transport.input(),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +53,7 @@ class Transcript:
         run_secs: wall time of the model run that decoded it (0 when skipped).
         skipped: why no decoding was attempted or its result was dropped, if so.
         batch_size: utterances decoded in the same model run.
+        queue_wait_secs: how long the utterance waited for its batch to start.
     """
 
     text: str
@@ -60,6 +61,7 @@ class Transcript:
     run_secs: float
     skipped: str | None = None
     batch_size: int = 0
+    queue_wait_secs: float = 0.0
 
 
 @dataclass
@@ -83,6 +85,7 @@ class _Utterance:
     samples: np.ndarray
     language: str | None
     beam_size: int
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class WhisperEngine:
@@ -202,6 +205,7 @@ class WhisperEngine:
     def _run_batch(self, utterances: list[_Utterance]) -> list[Transcript]:
         """Decode utterances that share language and beam size together (worker thread)."""
         results: dict[int, Transcript] = {}
+        batch_started = time.perf_counter()
         groups: dict[tuple[str | None, int], list[int]] = {}
         for index, utterance in enumerate(utterances):
             groups.setdefault((utterance.language, utterance.beam_size), []).append(index)
@@ -216,6 +220,7 @@ class WhisperEngine:
                     run_secs,
                     skipped=None if text else "no speech",
                     batch_size=len(indexes),
+                    queue_wait_secs=max(0.0, batch_started - utterances[index].queued_at),
                 )
         return [results[i] for i in range(len(utterances))]
 

@@ -137,6 +137,10 @@ class TurnTrace:
     """When the turn was finished (answered, interrupted or failed)."""
     tool_times: list[tuple[int | None, int]] = field(default_factory=list)
     """When each of :attr:`tool_calls` started (if seen) and returned, in the same order."""
+    stt_batch_size: int | None = None
+    """Utterances in the Whisper batch that gave the turn's transcript, if known."""
+    stt_queue_wait_ms: float | None = None
+    """How long that utterance waited for its batch, if known."""
     llm_usage: dict[str, int] = field(default_factory=dict)
     """Token counts the LLM server reported for the turn's completions, summed:
     ``prompt_tokens``, ``completion_tokens`` and, when the server says,
@@ -270,10 +274,19 @@ class LatencyTracer(BaseObserver):
         self._withdrawn = False  # a withdrawn speculation's frames are still arriving
         self._barge_in_ms: float | None = None
         self._tools_started: dict[str, int] = {}  # tool_call_id -> when it started
+        self._last_stt: tuple[int, float] | None = None
         self._now = 0
         self.greeting_done = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def note_stt(self, batch_size: int, queue_wait_secs: float) -> None:
+        """The speech recognizer's batch size and queue wait for the transcript it just gave.
+
+        The next turn transcript takes them (the recognizer calls this just before the
+        turn-taker pushes that transcript's frame).
+        """
+        self._last_stt = (batch_size, round(queue_wait_secs * 1000, 1))
 
     @property
     def turns(self) -> list[TurnTrace]:
@@ -535,6 +548,7 @@ class LatencyTracer(BaseObserver):
             if utterance is not None:
                 turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
             turn.transcribed = now
+            self._take_stt(turn)
             return
         if turn is not None and not turn.complete:
             # The caller spoke again before this turn's answer was over.
@@ -545,8 +559,13 @@ class LatencyTracer(BaseObserver):
         turn.speculative_starts = 1 if whole_utterance else 0
         if utterance is not None:
             turn.speech_end, turn.stt_request = utterance.speech_end, utterance.stt_request
+        self._take_stt(turn)
         self.trace.turns.append(turn)
         self._turn = turn
+
+    def _take_stt(self, turn: TurnTrace) -> None:
+        if self._last_stt is not None:
+            (turn.stt_batch_size, turn.stt_queue_wait_ms), self._last_stt = self._last_stt, None
 
     def _complete_if_done(self, force: bool = False) -> None:
         turn = self._turn

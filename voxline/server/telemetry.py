@@ -274,6 +274,10 @@ class CallTracing(CallListener):
             stt["language"] = persona.language or ""
         if (ttfb := _secs(turn.stt_request, turn.transcribed)) is not None:
             stt["metrics.ttfb"] = ttfb
+        if turn.stt_batch_size is not None:
+            stt["voxline.stt.batch_size"] = turn.stt_batch_size
+        if turn.stt_queue_wait_ms is not None:
+            stt["voxline.stt.queue_wait_ms"] = turn.stt_queue_wait_ms
         if content:
             stt["transcript"] = turn.caller_text
         stages.append(("stt", t(turn.stt_request), t(turn.transcribed), stt))
