@@ -160,3 +160,47 @@ async def test_text_of_audio_not_yet_played_is_not_released_early_by_the_timer()
     await gate.interrupt()
     assert gate.heard == ["First."]
     await gate.close()
+
+
+async def test_a_line_is_heard_only_when_its_own_words_have_played():
+    # The goodbye is requested while an earlier reply is still playing and the
+    # goodbye's audio is not written yet: the earlier reply's drain is not its end,
+    # nor is a drain between its two sentences.
+    clock = FakeClock()
+    gate, _ = gate_with(clock)
+    clock.written = 1.0
+    assert await gate.admit(text("Sure."))
+    since = gate.mark()
+    heard = asyncio.create_task(gate.wait_heard("Thank you for calling. Goodbye.", since, 5.0))
+    clock.played = 1.0
+    await gate.update()  # "Sure." played: a drain, but not the goodbye's
+    await asyncio.sleep(0.05)
+    assert not heard.done()
+    clock.written = 2.0
+    assert await gate.admit(text("Thank you for calling."))
+    clock.played = 2.0
+    await gate.update()  # drained between the goodbye's sentences
+    await asyncio.sleep(0.05)
+    assert not heard.done()
+    clock.written = 2.6
+    assert await gate.admit(text("Goodbye."))
+    clock.played = 2.6
+    await gate.update()
+    assert await asyncio.wait_for(heard, 1.0) is True
+    await gate.close()
+
+
+async def test_waiting_for_a_line_ends_when_the_caller_talks_over_it_or_on_timeout():
+    clock = FakeClock()
+    gate, _ = gate_with(clock)
+    since = gate.mark()
+    heard = asyncio.create_task(gate.wait_heard("Goodbye.", since, 5.0))
+    clock.written = 0.8
+    assert await gate.admit(text("Goodbye."))
+    await gate.interrupt()
+    assert await asyncio.wait_for(heard, 1.0) is False
+    assert gate.interruptions == since[1] + 1
+    started = asyncio.get_running_loop().time()
+    assert await gate.wait_heard("Goodbye.", gate.mark(), 0.2) is False
+    assert asyncio.get_running_loop().time() - started >= 0.19
+    await gate.close()

@@ -193,12 +193,15 @@ def test_full_call(phone):
     assert "voxline_calls_active 0.0" in metrics
     assert 'voxline_llm_prefix_cache_hit_ratio{kind="llama_cpp"' in metrics
     assert "voxline_whisper_batch_size_mean" in metrics
-    # The question's turn was committed (by the end-of-turn model or the silence after it),
-    # and the model was asked about it.
-    commits = re.findall(r'^voxline_turn_commits_total\{reason="\w+"\} (\d+)', metrics, re.M)
-    assert sum(float(count) for count in commits) >= 1, metrics
+    # The question's turn was committed: by the end-of-turn model, which then gave a
+    # decision, or by Whisper's question mark, which does not wait for the model (on a
+    # busy machine the transcript can come first), or by the silence after it.
+    commits = dict(
+        re.findall(r'^voxline_turn_commits_total\{reason="(\w+)"\} (\S+)', metrics, re.M)
+    )
+    assert sum(float(count) for count in commits.values()) >= 1, metrics
     decisions = re.findall(r"^voxline_end_of_turn_decisions_total\{.*\} (\S+)", metrics, re.M)
-    assert sum(float(count) for count in decisions) >= 1, metrics
+    assert sum(float(count) for count in decisions) >= float(commits["model"]), metrics
     assert re.search(r'^voxline_speculations_total\{outcome="reused"\} ', metrics, re.M)
 
 

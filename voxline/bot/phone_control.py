@@ -6,8 +6,6 @@ and the ``max_call_secs`` limit on Twilio calls.
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 from loguru import logger
 from pipecat.frames.frames import EndFrame
@@ -32,16 +30,19 @@ async def say_goodbye_and_hang_up(
 ) -> None:
     """Say ``goodbye``, wait until Twilio confirms it played, then end the call.
 
+    "Played" means Twilio acknowledged the marks of the goodbye's own words (or the
+    caller talked over it), not merely that the audio queued before it drained.
     With Twilio credentials the call is completed through the REST API; without
     them, ending the ``<Connect>`` stream is what ends the call. Either way the
     call's pipeline ends.
     """
-    played = gate.next_drain()
+    since = gate.mark()
     await worker.queue_frame(spoken_line(goodbye, interruptible=interruptible))
-    try:
-        await asyncio.wait_for(played, timeout=GOODBYE_TIMEOUT_SECS)
-    except TimeoutError:
-        logger.warning(f"call {stream.call_sid}: goodbye not confirmed; hanging up")
+    if not await gate.wait_heard(goodbye, since, timeout=GOODBYE_TIMEOUT_SECS):
+        if gate.interruptions > since[1]:
+            logger.info(f"call {stream.call_sid}: the caller talked over the goodbye")
+        else:
+            logger.warning(f"call {stream.call_sid}: goodbye not confirmed; hanging up")
     if rest is not None:
         try:
             await rest.hang_up(stream.call_sid)
@@ -77,6 +78,11 @@ class TwilioCallControl:
         self._goodbye = goodbye
         self._ending = False
         self.worker: PipelineWorker | None = None
+
+    @property
+    def call_sid(self) -> str:
+        """The call's Twilio id."""
+        return self._stream.call_sid
 
     async def end_call(self, goodbye: str = "") -> None:
         """Say goodbye, then hang up; once per call (a second request while the

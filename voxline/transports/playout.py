@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -62,6 +64,7 @@ class HeardTextGate:
         self._lock = asyncio.Lock()
         self.heard: list[str] = []
         self.spoken: list[str] = []
+        self.interruptions = 0
 
     def bind(self, release: Callable[[Frame], Awaitable[None]]) -> None:
         """Where released frames go (the transport's downstream push)."""
@@ -72,6 +75,33 @@ class HeardTextGate:
         future = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(future)
         return future
+
+    def mark(self) -> tuple[int, int]:
+        """Where the heard texts and the interruptions stand now, for :meth:`wait_heard`."""
+        return len(self.heard), self.interruptions
+
+    async def wait_heard(self, text: str, since: tuple[int, int], timeout: float) -> bool:
+        """Wait until ``text`` was heard whole after ``since`` (a :meth:`mark`).
+
+        A drain alone is not enough: audio spoken before ``text`` can drain while
+        ``text`` is still being synthesized (a busy machine), and a line spoken in
+        sentences can drain between them. Returns True once the texts released
+        since the mark hold all of ``text``'s words in order, False when an
+        interruption dropped unplayed text first or ``timeout`` passed.
+        """
+        words = _words(text)
+        deadline = time.monotonic() + timeout
+        while True:
+            heard = _words(" ".join(self.heard[since[0] :]))
+            if _contains(heard, words):
+                return True
+            if self.interruptions > since[1]:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.next_drain()), remaining)
 
     @property
     def holding(self) -> bool:
@@ -99,9 +129,12 @@ class HeardTextGate:
         """Drop unplayed text; keep the order of every other held frame."""
         async with self._lock:
             held, self._held = self._held, deque()
+            if any(key is not None for _, key in held):
+                self.interruptions += 1
             for frame, key in held:
                 if key is None:
                     await self._emit(frame)
+            self._resolve_drain_waiters()
 
     def _held_keys(self) -> list[object]:
         """The keys of the held texts, oldest first."""
@@ -130,14 +163,26 @@ class HeardTextGate:
             if not self._held:
                 if self._on_drained is not None:
                     self._on_drained()
-                waiters, self._drain_waiters = self._drain_waiters, []
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._resolve_drain_waiters()
+
+    def _resolve_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _emit(self, frame: Frame) -> None:
         if self._release is not None:
             await self._release(frame)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _contains(words: list[str], part: list[str]) -> bool:
+    """Whether ``part`` occurs in ``words`` as a contiguous run."""
+    return any(words[i : i + len(part)] == part for i in range(len(words) - len(part) + 1))
 
 
 class PlayoutClock(Protocol):
