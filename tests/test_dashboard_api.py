@@ -7,14 +7,19 @@ tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from voxline.bot.call_events import CallInfo
+from voxline.bot.call_events import CallEvents, CallInfo
 from voxline.processors.latency import TurnTrace
+from voxline.records.settings import RecordsConfig
+from voxline.records.store import RecordStore
+from voxline.records.writer import RecordWriter, attached
 from voxline.server.dashboard import add_dashboard_routes
 from voxline.server.dashboard_auth import COOKIE, AdminAuth
 from voxline.server.dashboard_calls import CallSearch
@@ -254,3 +259,53 @@ def test_caller_text_is_data_and_every_view_is_bounded():
     assert "innerHTML" not in script_js and "insertAdjacentHTML" not in script_js
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert client.get("/dashboard/static/../dashboard.py").status_code == 404
+
+
+def test_recent_calls_and_waterfalls_come_from_the_call_records(tmp_path):
+    """A call recorded on a real SQLite file by the records' writer, read by the dashboard."""
+
+    async def scenario() -> None:
+        url = f"sqlite:///{tmp_path}/records.sqlite3"
+        store = RecordStore(url)
+        await store.open()
+        writer = RecordWriter(store, RecordsConfig())
+        info = CallInfo(persona="bank_support", transport="twilio", caller="+15551234567")
+        info.call_sid, info.clock_origin_ns = "CA" + "5" * 32, 1_790_000_000_000_000_000
+        async with attached(writer, CallEvents()):
+            writer.call_started(info)
+            writer.bot_heard(info, 0, "Hello, bank.", False)
+            writer.turn_finished(info, traced_turn())
+            writer.bot_heard(info, 1, "It is", True)
+            info.ended_at = datetime.now(UTC)
+            writer.call_ended(info, "caller hung up", None)
+        reader = RecordStore(url)
+        live = LiveCalls()  # a fresh process: nothing in memory, everything from the records
+        app = FastAPI()
+        add_dashboard_routes(app, live, CallSearch(live, lambda: reader), AdminAuth(token=TOKEN))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                listed = (await client.get("/dashboard/api/calls", headers=bearer())).json()
+                assert listed["source"] == "records"
+                [line] = listed["calls"]
+                assert (line["id"], line["turns"]) == (info.call_id, 1)
+                assert line["caller"] == "+1555***4567"
+                hostile = {"persona": "' OR 1=1 --"}
+                none = await client.get("/dashboard/api/calls", params=hostile, headers=bearer())
+                assert none.json()["calls"] == []
+                path = f"/dashboard/api/calls/{info.call_sid}"
+                call = (await client.get(path, headers=bearer())).json()
+                assert call["id"] == info.call_id and call["end_reason"] == "caller hung up"
+                [turn] = call["turns"]
+                assert turn["bot_heard"] == "It is [interrupted]"
+                bars = {bar["stage"]: (bar["start_ms"], bar["end_ms"]) for bar in turn["bars"]}
+                assert bars["stt"] == (100, 250) and bars["transport"] == (600, 620)
+                [tool] = turn["tools"]
+                assert (tool["start_ms"], tool["end_ms"], tool["duration_ms"]) == (300, 350, 50)
+                assert [line["who"] for line in call["lines"]] == ["bot", "caller", "bot"]
+                missing = await client.get("/dashboard/api/calls/" + "ab" * 8, headers=bearer())
+                assert missing.status_code == 404
+        finally:
+            await reader.close()
+
+    asyncio.run(scenario())

@@ -34,6 +34,7 @@ from voxline.server.live_calls import STATS_WINDOW_SECS, LiveCalls
 
 if TYPE_CHECKING:
     from voxline.bot.runtime import Runtime
+    from voxline.records.store import RecordStore
 
 STATIC = files("voxline.server") / "dashboard_static"
 ASSETS = {
@@ -69,7 +70,12 @@ def mount_dashboard(app: FastAPI, runtime: Runtime) -> LiveCalls:
     """Serve the dashboard on ``app``, fed by ``runtime``'s call hub; returns its live view."""
     live = LiveCalls()
     runtime.calls.add_listener(live)
-    add_dashboard_routes(app, live, CallSearch(live))
+
+    def records() -> RecordStore | None:
+        writer = getattr(app.state, "records", None)  # serve sets it once records are open
+        return getattr(writer, "store", None)
+
+    add_dashboard_routes(app, live, CallSearch(live, records))
     return live
 
 

@@ -89,6 +89,8 @@ class TurnView(BaseModel):
     turn: int
     caller: str = ""
     bot: str = ""
+    bot_heard: str | None = None
+    """What the caller heard of the reply, when it is known (call records)."""
     interrupted: bool = False
     unfinished: bool = False
     error: str | None = None

@@ -78,7 +78,7 @@
     const list = el("ol", "transcript");
     for (const line of lines) {
       const item = el("li", `line ${line.who}${line.interrupted ? " interrupted" : ""}`);
-      item.append(el("span", "who", line.who === "caller" ? "caller" : "bot"));
+      item.append(el("span", "who", line.who));
       item.append(el("span", "text", line.text));
       list.append(item);
     }
@@ -323,10 +323,14 @@
       if (turn.interrupted) title.push("interrupted");
       if (turn.unfinished) title.push("unfinished");
       block.append(el("h3", "", title.join(" · ")));
-      block.append(transcript([
+      const said = [
         { who: "caller", text: turn.caller },
         { who: "bot", text: turn.bot },
-      ]));
+      ];
+      if (turn.bot_heard && turn.bot_heard !== turn.bot) {
+        said.push({ who: "heard", text: turn.bot_heard });
+      }
+      block.append(transcript(said));
       if (turn.error) block.append(el("p", "error", turn.error));
       block.append(waterfall(turn, scale));
       if (turn.tools.length) block.append(tools(turn));
