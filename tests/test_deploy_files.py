@@ -11,7 +11,6 @@ settings: a renamed route, metric, variable or setting breaks a test here.
 from __future__ import annotations
 
 import ast
-import fnmatch
 import io
 import json
 import re
@@ -205,26 +204,28 @@ def exec_form(value: str) -> list[str]:
     return parsed
 
 
-def dockerignore_patterns() -> list[str]:
-    lines = (ROOT / ".dockerignore").read_text().splitlines()
-    return [line.strip().lstrip("/") for line in lines if line.strip() and line[0] != "#"]
+def dockerignore_patterns() -> list[re.Pattern[str]]:
+    """The patterns of ``.dockerignore`` as regular expressions (``**``, ``*``, ``?``)."""
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip().lstrip("/")
+        if not pattern or pattern.startswith("#"):
+            continue
+        assert not pattern.startswith("!"), "exceptions are not read here"
+        regex = ""
+        for token in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]+", pattern):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                token, re.escape(token)
+            )
+        patterns.append(re.compile(regex))
+    return patterns
 
 
 def ignored(relative: str) -> bool:
     """Whether ``.dockerignore`` leaves this path (or a folder above it) out of the context."""
     parts = PurePosixPath(relative).parts
-    candidates = ["/".join(parts[: end + 1]) for end in range(len(parts))]
-    for pattern in dockerignore_patterns():
-        patterns = (
-            [pattern, pattern.removeprefix("**/")] if pattern.startswith("**/") else [pattern]
-        )
-        for candidate in candidates:
-            tails = ["/".join(candidate.split("/")[start:]) for start in range(len(parts))]
-            for each in patterns:
-                subjects = tails if each != pattern else [candidate]
-                if any(fnmatch.fnmatchcase(subject, each) for subject in subjects):
-                    return True
-    return False
+    prefixes = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    return any(regex.fullmatch(prefix) for regex in dockerignore_patterns() for prefix in prefixes)
 
 
 def read_yaml(path: Path) -> Any:
