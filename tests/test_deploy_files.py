@@ -672,6 +672,14 @@ def test_compose_grace_period_outlasts_the_drain():
     assert grace >= drain_timeout(config) + GOODBYE_MARGIN_SECS
 
 
+def test_cpu_docker_run_waits_for_the_drain():
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    (run,) = re.findall(r"^docker run .*(?:\\\n.*)*", doc, re.MULTILINE)
+    (timeout,) = re.findall(r"--stop-timeout (\d+)", run)
+    config = load_config(in_repo(dockerfile_env("cpu")["VOXLINE_CONFIG"]))
+    assert int(timeout) >= drain_timeout(config) + GOODBYE_MARGIN_SECS
+
+
 def test_gpu_persona_is_the_bank_persona_on_gpu_servers():
     gpu = persona_of(DOCKER / "voxline.compose.yaml")
     cpu = load_persona(ROOT / "personas" / "bank_support.yaml")
