@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,7 @@ from voxline.processors.tts_orpheus import OrpheusTTSService
 from voxline.processors.turn import TurnTaker, TurnTakingSettings
 from voxline.processors.vad import SharedSileroVADAnalyzer
 from voxline.tools.builtins import CallControl
+from voxline.tools.runner import ToolRunner
 
 STT_SAMPLE_RATE = 16_000
 
@@ -252,6 +253,7 @@ def build_call(
     out_sample_rate: int,
     call_control: CallControl | None = None,
     facts: dict[str, str] | None = None,
+    tool_runners: Mapping[str, ToolRunner] | None = None,
 ) -> Call:
     """Assemble the call's pipeline. ``runtime.prepare(persona)`` must have run.
 
@@ -265,6 +267,7 @@ def build_call(
             by default, ``end_call`` ends the pipeline after the goodbye.
         facts: what the bot may know about this call (caller number, call id, time);
             they follow the persona's cached prompt prefix.
+        tool_runners: runners that replace some YAML tools' handlers (test fixtures).
     """
     backend = runtime.llm_backend(persona)
     context = persona_context(persona, facts)
@@ -287,7 +290,7 @@ def build_call(
     control = call_control or PipelineCallControl(
         persona.phrases.goodbye, interruptible="goodbye" not in persona.turn.uninterruptible
     )
-    register_tools(llm, persona, control)
+    register_tools(llm, persona, control, replaced=tool_runners)
     first_idle = persona.limits.idle_prompt_secs or persona.limits.idle_timeout_secs
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
         context,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +147,17 @@ def _detail(error: str) -> str:
     return f": {error}" if logcontent.enabled() else ""
 
 
-def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> None:
+def register_tools(
+    llm: LLMService,
+    persona: Persona,
+    control: CallControl,
+    *,
+    replaced: Mapping[str, ToolRunner] | None = None,
+) -> None:
     """Run each listed tool when the LLM calls it.
+
+    ``replaced`` runs some YAML tools with other runners (``voxline test``'s fixtures),
+    so a test answers from a fixture instead of a production system.
 
     Built-in tools act on the call through ``control``; YAML tools run their
     Python or HTTP handler. Bad arguments, unknown tools, failing or slow
@@ -160,6 +169,7 @@ def register_tools(llm: LLMService, persona: Persona, control: CallControl) -> N
     runners = {
         name: ToolRunner(spec, base_dir) for name, (spec, base_dir) in persona.tool_specs.items()
     }
+    runners.update(replaced or {})
 
     async def handler(params: FunctionCallParams) -> None:
         async def answer(result: dict, speak_again: bool) -> None:
