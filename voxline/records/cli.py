@@ -193,9 +193,12 @@ def _print_turn(turn: TurnRecord) -> None:
     print(f"\nturn {turn.turn}" + (f"  [{'; '.join(flags)}]" if flags else ""))
     print(f"  caller: {turn.caller_text}")
     heard = turn.bot_heard
-    print(f"  bot:    {heard if heard is not None else turn.bot_text}")
-    if heard is not None and turn.bot_text and _words(heard) != _words(turn.bot_text):
-        print(f"  (LLM wrote: {turn.bot_text})")
+    if heard is not None:
+        print(f"  bot:    {heard}")
+        if turn.bot_text and _words(heard) != _words(turn.bot_text):
+            print(f"  (LLM wrote: {turn.bot_text})")
+    elif turn.bot_text:
+        print(f"  bot:    (not heard) LLM wrote: {turn.bot_text}")
     if turn.error:
         print(f"  error:  {turn.error}")
     for tool in turn.tools:
