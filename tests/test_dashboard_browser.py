@@ -158,6 +158,14 @@ def test_the_dashboard_shows_a_call_live_then_its_waterfall(server):
                 )
                 row = f'#recent tr[data-call-id="{found["id"]}"]'
                 await page.wait_for_selector(row, timeout=20_000)
+                # Search: another persona finds nothing, this one finds the call.
+                await page.fill("#search input[name=persona]", "nobody")
+                await page.click("#search button[type=submit]")
+                await page.locator(row).wait_for(state="detached", timeout=10_000)
+                await page.fill("#search input[name=persona]", "parcels")
+                await page.click("#search button[type=submit]")
+                await page.wait_for_selector(row, timeout=10_000)
+                source = await page.text_content("#recent-source")
                 await page.click(row)
                 await page.wait_for_selector(
                     '#detail-section .waterfall .bar[data-stage="stt"]', timeout=10_000
@@ -188,6 +196,7 @@ def test_the_dashboard_shows_a_call_live_then_its_waterfall(server):
                     "found": found,
                     "bars": bars,
                     "stages": stages,
+                    "source": source,
                 }
         finally:
             browser.stop()
@@ -199,6 +208,7 @@ def test_the_dashboard_shows_a_call_live_then_its_waterfall(server):
         raise
     print(f"\nlive transcript in the page: {seen['live_lines']}")
     print(f"waterfall bars (stage, left px, width px): {seen['bars']}")
+    print(f"recent calls from: {seen['source']}")
     print(
         f"screenshots: {ARTIFACTS / 'dashboard-live.png'}, {ARTIFACTS / 'dashboard-waterfall.png'}"
     )
