@@ -7,6 +7,7 @@ up, spans go to the SDK's in-memory exporter, and series to a registry.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import VOXLINE
 from voxline.bot.call_events import CallInfo
 from voxline.config import ServerConfig, TelemetryConfig
 from voxline.personas import Persona
@@ -58,9 +60,14 @@ def test_tracing_asked_for_without_the_sdk_names_the_extra(monkeypatch):
     config = TelemetryConfig(otlp_endpoint="http://127.0.0.1:4318")
     check_available(config)  # installed here
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if not installed
-    with pytest.raises(TelemetryUnavailable, match=r"voxline\[otel\]"):
+    with pytest.raises(TelemetryUnavailable, match=r"otlp_endpoint .*voxline\[otel\]"):
         check_available(config)
-    check_available(TelemetryConfig())  # no endpoint: nothing is needed
+    with pytest.raises(TelemetryUnavailable):
+        start_tracing(config, {})
+    # The standard variable alone (perhaps set for other programs): a warning, no traces.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    check_available(TelemetryConfig())
+    assert start_tracing(TelemetryConfig(), {}) is None
 
 
 def test_the_metrics_token_is_a_bearer_token():
@@ -162,3 +169,29 @@ def test_a_call_with_an_unfinished_turn_is_one_trace_and_moves_the_series():
     ended = (("persona", "desk"), ("reason", "caller_hung_up"), ("transport", "twilio"))
     assert series[("voxline_calls_ended_total", ended)] == 1
     assert errors == {"tool": 1}
+
+
+def test_serve_refuses_to_start_when_voxline_yaml_asks_for_traces_it_cannot_send(
+    tmp_path, voxline_env
+):
+    """Exit 2 and one line naming the extra, before any engine loads."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    # As if the otel extra were not installed: the SDK cannot be imported.
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['opentelemetry.sdk'] = None\n"
+        "sys.modules['opentelemetry.sdk.trace'] = None\n"
+    )
+    (tmp_path / "voxline.yaml").write_text(
+        "default_persona: desk.yaml\ntelemetry: {otlp_endpoint: 'http://127.0.0.1:4318'}\n"
+    )
+    (tmp_path / "desk.yaml").write_text("name: desk\nprompt: You are a front desk.\n")
+    env = {**voxline_env, "PYTHONPATH": str(hide)}
+    done = subprocess.run(
+        [VOXLINE, "serve", "--config", str(tmp_path / "voxline.yaml"), "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("voxline: error:")]
+    assert len(errors) == 1 and "voxline[otel]" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

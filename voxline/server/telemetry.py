@@ -29,6 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
@@ -70,22 +71,41 @@ def traces_endpoint(config: TelemetryConfig, environ: dict[str, str] | None = No
     return None
 
 
-def check_available(config: TelemetryConfig) -> None:
-    """Fail at start when tracing is configured but its packages are missing.
-
-    Raises:
-        TelemetryUnavailable: one line naming what to install.
-    """
-    if traces_endpoint(config) is None:
-        return
+def _missing_package() -> str | None:
+    """The OpenTelemetry module that cannot be imported, or None when all can."""
     try:
         import opentelemetry.exporter.otlp.proto.http.trace_exporter
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
+        return exc.name or "opentelemetry"
+    return None
+
+
+def check_available(config: TelemetryConfig) -> None:
+    """Fail at start when ``voxline.yaml`` asks for traces but the packages are missing.
+
+    Only the config's own ``otlp_endpoint`` makes this fail: the standard variables
+    may be set for other programs, so with them alone :func:`start_tracing` warns and
+    runs without traces.
+
+    Raises:
+        TelemetryUnavailable: one line naming what to install.
+    """
+    if config.otlp_endpoint is None or traces_endpoint(config) is None:
+        return
+    if (missing := _missing_package()) is not None:
         raise TelemetryUnavailable(
-            f"an OTLP endpoint is configured for traces but OpenTelemetry is not installed "
-            f"({exc.name}): {INSTALL_HINT}"
-        ) from None
+            f"telemetry.otlp_endpoint is set but OpenTelemetry is not installed "
+            f"({missing}): {INSTALL_HINT}"
+        )
+
+
+def _shown(url: str) -> str:
+    """A URL for the log: without any user name or password in it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass
@@ -121,6 +141,12 @@ def start_tracing(
     if endpoint is None and exporter is None:
         return None
     check_available(config)
+    if (missing := _missing_package()) is not None:
+        logger.warning(
+            f"tracing: an OTLP endpoint is set in the environment but OpenTelemetry is not "
+            f"installed ({missing}): no traces; {INSTALL_HINT}"
+        )
+        return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -134,7 +160,7 @@ def start_tracing(
         BatchSpanProcessor(exporter, max_queue_size=config.max_queued_spans)
     )
     tracer = provider.get_tracer("voxline")
-    where = endpoint or type(exporter).__name__
+    where = _shown(endpoint) if endpoint else type(exporter).__name__
     logger.info(f"tracing: spans go to {where} as service {config.service_name}")
     return Telemetry(provider, CallTracing(tracer, personas), where)
 
