@@ -104,6 +104,9 @@ class AdminAuth:
 
 
 def is_https(request: Request) -> bool:
-    """The browser reached us over HTTPS (directly, or through a TLS proxy that says so)."""
-    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return request.url.scheme == "https" or forwarded == "https"
+    """The browser reached us over HTTPS: directly, or through a proxy the server trusts.
+
+    ``X-Forwarded-Proto`` is not read here: the server's forwarded-headers handling sets
+    the request's scheme from it only for a trusted proxy.
+    """
+    return request.url.scheme == "https"
