@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_calls_parser(commands)  # `voxline calls list | show`: the call records
 
+    from voxline.scenarios.command import add_parser as add_test_parser
+
+    add_test_parser(commands)  # `voxline test`: scenario files through the real pipeline
+
     check = commands.add_parser("check", help="validate persona and config files")
     check.add_argument(
         "paths", nargs="+", type=Path, help="persona, tool spec or voxline.yaml files"
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from voxline.records.cli import run as calls
 
         return calls(args)
+    if args.command == "test":
+        from voxline.scenarios.command import run as run_scenarios
+
+        return run_scenarios(args)
     if args.command == "check":
         from voxline.bot.check import check_paths
 
