@@ -52,13 +52,31 @@ def _check_server_config(path: Path) -> str:
     return f"server config; personas {names}; max_calls {config.max_calls}"
 
 
+def _check_scenarios(path: Path) -> str:
+    """Validate a scenario file (``voxline test``) against its persona.
+
+    Raises:
+        ConfigError: one line per problem, as ``voxline test`` reports them.
+    """
+    from voxline.scenarios.load import ScenarioFileError, load_suite
+    from voxline.yamlfile import ConfigError
+
+    try:
+        suite = load_suite([path])
+    except ScenarioFileError as exc:
+        prefix = f"{path}: "
+        raise ConfigError(path, [line.removeprefix(prefix) for line in exc.problems]) from None
+    return f"{len(suite.scenarios)} scenarios for persona {suite.scenarios[0].persona.name}"
+
+
 def check_paths(paths: list[Path]) -> int:
     """Validate each file; print ``ok`` or every problem (file, field, expectation).
 
     A file with a ``python``, ``http`` or ``parameters`` key is a tool spec: its
     schema must be valid JSON Schema and its handler must import. A file with only
     server keys (``engines``, ``max_calls``, ``numbers``, ...) is a ``voxline.yaml``:
-    it and every persona it names must be valid. Anything else is a persona: its
+    it and every persona it names must be valid. A file with ``scenarios`` is a
+    ``voxline test`` scenario file, checked against its persona. Anything else is a persona: its
     tools must resolve to built-ins or valid specs.
 
     Returns:
@@ -73,7 +91,9 @@ def check_paths(paths: list[Path]) -> int:
     for path in paths:
         try:
             document = read_yaml(path)
-            if _is_server_config(document):
+            if isinstance(document, dict) and "scenarios" in document:
+                print(f"{path}: ok ({_check_scenarios(path)})")
+            elif _is_server_config(document):
                 print(f"{path}: ok ({_check_server_config(path)})")
             elif isinstance(document, dict) and _TOOL_KEYS & document.keys():
                 spec = load_tool_spec(path)
