@@ -41,6 +41,8 @@ fi
 # espeak-ng: the voices of `voxline bench`'s simulated callers.
 system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1 espeak-ng)
 (( with_tests )) && system_packages+=(sox chromium)
+# postgresql: tests/test_records_postgres.py runs its own cluster (temp folder, loopback only).
+(( with_tests )) && system_packages+=(postgresql)
 
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
