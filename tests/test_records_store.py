@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,29 @@ def test_calls_command_bad_input(tmp_path: Path, voxline_env: dict[str, str]):
     config.write_text("records_url: mysql://db/records\n")
     wrong = calls("list", "--config", str(config), env=env)
     assert wrong.returncode == 2 and "records_url" in wrong.stderr
+
+
+def test_calls_older_than_retention_days_are_deleted_at_start(tmp_path: Path):
+    async def scenario() -> None:
+        url = f"sqlite:///{tmp_path}/records.sqlite3"
+        store = RecordStore(url)
+        await store.open()
+        old, recent = a_call(), a_call()
+        old.started_at = datetime.now(UTC) - timedelta(days=40)
+        writer = RecordWriter(store, RecordsConfig(retention_days=None))
+        async with attached(writer, CallEvents()):
+            record(writer, old, turns=1)
+            record(writer, recent, turns=1)
+        store = RecordStore(url)
+        await store.open()
+        kept = RecordWriter(store, RecordsConfig(retention_days=30))
+        async with attached(kept, CallEvents()):
+
+            async def purged() -> None:
+                while await store.call(old.call_id) is not None:
+                    await asyncio.sleep(0.05)  # polling the database, under a deadline
+
+            await asyncio.wait_for(purged(), 10)
+            assert await store.call(recent.call_id) is not None
+
+    asyncio.run(scenario())
