@@ -27,6 +27,7 @@ def process_label(process: psutil.Process) -> str:
         ("llama_cpp.server", "llama.cpp server"),
         ("voxline serve", "voxline serve"),
         ("stock_bot", "stock pipecat bot"),
+        ("multiprocessing", "multiprocessing helper"),
     ):
         if marker in name or marker in command:
             return label
