@@ -33,6 +33,9 @@ from voxline.scenarios.transport import (
 from voxline.scenarios.voices import CallerVoices
 from voxline.tools.runner import ToolRunner
 
+KEYS_REPLY_SECS = 8.0
+"""How long the caller waits for an answer to keys it pressed before acting again."""
+
 
 @dataclass
 class TurnRun:
@@ -151,9 +154,16 @@ async def run_call(loaded: LoadedScenario, runtime: Runtime, voices: CallerVoice
         ``voxline talk`` does), then waits for the call to be idle. Keys are no speech:
         the caller waits for the bot's first audio after them first.
         """
-        await asyncio.sleep(tail)  # the caller's silence after speaking
         if keys:
-            await transport.wait_voiced_after(since)
+            # A keypad entry is no speech turn: the call's idle state says nothing about
+            # it. The reply is the bot's audio after the keys, up to a second of quiet.
+            try:
+                await asyncio.wait_for(transport.wait_voiced_after(since), KEYS_REPLY_SECS)
+            except TimeoutError:
+                return  # no reply came: the turn's expectations will say so
+            await transport.wait_quiet(1.0)
+            return
+        await asyncio.sleep(tail)  # the caller's silence after speaking
         await tracer.idle.wait()
 
     async def converse() -> None:

@@ -60,7 +60,21 @@ def heard_contains(heard: str, phrase: str) -> bool:
         pattern = re.compile(phrase[1:-1], re.IGNORECASE)
         return bool(pattern.search(heard) or pattern.search(normalize(heard)))
     wanted = normalize(phrase)
-    return f" {wanted} " in f" {normalize(heard)} "
+    said = normalize(heard)
+    if f" {wanted} " in f" {said} ":
+        return True
+    # Names are split or joined differently ("North Wind" for "Northwind"): the phrase
+    # also matches whole heard words that spell it without the spaces.
+    target, words = wanted.replace(" ", ""), said.split()
+    for start in range(len(words)):
+        joined = ""
+        for word in words[start:]:
+            joined += word
+            if joined == target:
+                return True
+            if not target.startswith(joined):
+                break
+    return False
 
 
 def _check_heard(where: str, heard: str, expected: HeardExpectations) -> list[str]:

@@ -154,5 +154,6 @@ async def run_suite(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    outcome.results.sort(key=lambda result: (result.attempt, suite.scenarios.index(result.loaded)))
+    order = {id(loaded): position for position, loaded in enumerate(suite.scenarios)}
+    outcome.results.sort(key=lambda result: (result.attempt, order[id(result.loaded)]))
     return outcome

@@ -202,6 +202,15 @@ class ScenarioTransport(AudioFileTransport):
             self._played_event.clear()
             await self._played_event.wait()
 
+    async def wait_quiet(self, secs: float) -> None:
+        """Return once the bot has played nothing for ``secs`` seconds."""
+        while True:
+            now = self.clock_secs()
+            last_end = max((start + length for start, length in self._played), default=0.0)
+            if now - last_end >= secs:
+                return
+            await asyncio.sleep(secs - (now - last_end))  # the quiet being measured
+
     def played_since(self, moment: float) -> float:
         """Seconds of bot audio that started playing after ``moment``."""
         return sum(duration for starts, duration in self._played if starts >= moment)
@@ -271,13 +280,14 @@ class ToolCallLog(BaseObserver):
     def __init__(self) -> None:
         super().__init__(observe_every_push=False)
         self.calls: list[ToolCall] = []
-        self._seen: set[int] = set()
+        self._seen: set[str] = set()
 
     async def on_push_frame(self, data: FramePushed) -> None:
         """Keep each tool result once (a frame is pushed again at every processor)."""
         frame = data.frame
-        if isinstance(frame, FunctionCallResultFrame) and frame.id not in self._seen:
-            self._seen.add(frame.id)
+        # One result per tool call: pipecat pushes it both ways, as two frames.
+        if isinstance(frame, FunctionCallResultFrame) and frame.tool_call_id not in self._seen:
+            self._seen.add(frame.tool_call_id)
             arguments = frame.arguments if isinstance(frame.arguments, dict) else {}
             self.calls.append(ToolCall(data.timestamp / 1e9, frame.function_name, arguments,
                                        frame.result))  # fmt: skip
