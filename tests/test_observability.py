@@ -285,3 +285,6 @@ def test_a_call_is_one_trace_with_turn_and_stage_spans(traced_call):
     # The call's log lines carry the trace id: its turn lines, for one.
     tagged = [line for line in traced_call["log"] if f" trace {trace_id}]" in line]
     assert any(" - turn {" in line for line in tagged), "\n".join(traced_call["log"][-30:])
+    sid = traced_call["sid"]
+    for end_line in (f"call {sid} ended", f"call {sid} context"):
+        assert any(end_line in line for line in tagged), "\n".join(traced_call["log"][-30:])

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -64,6 +64,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voxline import call_log
 from voxline.processors.latency import LatencyTracer, TurnTrace
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 Transport = Literal["twilio", "webrtc", "talk"]
 
@@ -256,8 +259,19 @@ class CallEventsForCall(BaseObserver):
     @contextlib.contextmanager
     def log_context(self) -> Iterator[None]:
         """Every log line inside (and in tasks started inside) carries this ``call_id``."""
-        with logger.contextualize(call_id=self.info.call_id):
+        with logger.contextualize(**self._log_ids()):
             yield
+
+    def bound_logger(self) -> Logger:
+        """A logger whose lines carry this call's ids, for lines logged outside
+        :meth:`log_context` (the end-of-call lines, after :meth:`end`)."""
+        return logger.bind(**self._log_ids())
+
+    def _log_ids(self) -> dict[str, str]:
+        ids = {"call_id": self.info.call_id}
+        if self.info.trace_id is not None:  # known once the call started, if traced
+            ids["trace_id"] = self.info.trace_id
+        return ids
 
     def end(self, reason: str | None = None) -> None:
         """Announce the end (``call_ended``), once; the first reason noted wins over ``reason``."""

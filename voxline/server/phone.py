@@ -327,14 +327,15 @@ class PhoneLine:
         finally:
             limit.cancel()
             events.end()
-            logger.info(
+            log = events.bound_logger()  # the end-of-call lines carry the call's ids too
+            log.info(
                 f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
                 f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
             )
             # The persona's own prompt is not in the context (the LLM service's
             # system_instruction): the context starts with the call's facts.
             messages = call.context.get_messages()
-            logger.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
+            log.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
 
     async def _end_call(
         self, worker, transport: TwilioTransport, persona: Persona, events: CallEventsForCall

@@ -380,9 +380,10 @@ class WebRTCLine:
             limit.cancel()
             watchdog.cancel()
             lifecycle.end()
+            log = lifecycle.bound_logger()  # the end-of-call lines carry the call's ids too
             with contextlib.suppress(Exception):
                 await connection.disconnect()
-            logger.info(f"browser call {connection.pc_id} ended")
+            log.info(f"browser call {connection.pc_id} ended")
             # What the bot said (every chunk written) and what went into the context (the
             # chunks the browser was sent before any barge-in; not the persona's prompt, which
             # is the LLM service's system instruction).
@@ -390,9 +391,9 @@ class WebRTCLine:
             spoken = f"{len(gate.spoken)} chunks"
             if logcontent.enabled():
                 spoken = json.dumps(gate.spoken)
-            logger.info(f"browser call {connection.pc_id} spoken {spoken}")
+            log.info(f"browser call {connection.pc_id} spoken {spoken}")
             messages = call.context.get_messages()
-            logger.info(f"browser call {connection.pc_id} context {logcontent.messages(messages)}")
+            log.info(f"browser call {connection.pc_id} context {logcontent.messages(messages)}")
 
     async def close(self) -> None:
         """Hang up every browser call (server shutdown)."""
