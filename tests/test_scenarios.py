@@ -199,7 +199,7 @@ def test_reply_contains_is_checked_on_the_audio_as_heard(calls):
     assert not cut["passed"]
     [message] = cut["failures"]
     assert message.startswith(f"greeting: reply_contains '{BANK_GREETING_END}': the caller heard")
-    assert "northwind" in normalize(cut["greeting_heard"]) or cut["greeting_heard"]
+    assert heard_contains(cut["greeting_heard"], "hello")  # its start was heard
     assert normalize(BANK_GREETING_END) not in normalize(cut["greeting_heard"])
 
 
