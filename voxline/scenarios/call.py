@@ -234,6 +234,12 @@ async def run_call(loaded: LoadedScenario, runtime: Runtime, voices: CallerVoice
         script.cancel()
         await asyncio.gather(script, run_task, return_exceptions=True)
         events.end()
+    if (partial := transport.partial_action()) is not None:
+        # The call ended while the caller was still speaking (or pressing keys): that
+        # turn was reached; it is the first one the script had not finished.
+        unfinished = next((run for run in turns if run.started is None), None)
+        if unfinished is not None:
+            unfinished.started, unfinished.ended = partial.started, partial.ended
     await _summarise(loaded, runtime, transport, control, tool_log, tracer, turns, result)
     result.context = list(call.context.get_messages())
     return result

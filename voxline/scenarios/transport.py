@@ -158,6 +158,13 @@ class ScenarioTransport(AudioFileTransport):
         last = self._action_last if self._action_last is not None else started
         return Spoken(started=started, ended=last)
 
+    def partial_action(self) -> Spoken | None:
+        """The action in progress, if it had started (a call can end while the caller talks)."""
+        if self._action_done.is_set() or self._action_started is None:
+            return None
+        last = self._action_last if self._action_last is not None else self._action_started
+        return Spoken(started=self._action_started, ended=last)
+
     def _begin(self) -> None:
         self._action_started = self._action_last = None
         self._action_done.clear()
