@@ -40,7 +40,8 @@ fi
 
 # espeak-ng: the voices of `voxline bench`'s simulated callers.
 system_packages=(python3 python3-venv python3-dev build-essential cmake git libsndfile1 espeak-ng)
-(( with_tests )) && system_packages+=(sox chromium)
+# nginx: tests/test_scale_out.py runs two servers behind it (its own config, loopback only).
+(( with_tests )) && system_packages+=(sox chromium nginx)
 # postgresql: tests/test_records_postgres.py runs its own cluster (temp folder, loopback only).
 (( with_tests )) && system_packages+=(postgresql)
 

@@ -76,8 +76,11 @@ def start_rest_standin(log_path: Path) -> tuple[ServerProcess, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def start_voxline(config: Path, env: dict[str, str], port: int) -> ServerProcess:
-    """``voxline serve`` with ``config`` on ``port``, once every persona is ready."""
+def start_voxline(
+    config: Path, env: dict[str, str], port: int, *, wait: bool = True
+) -> ServerProcess:
+    """``voxline serve`` with ``config`` on ``port``, once every persona is ready
+    (``wait=False``: at once; call ``wait_ready(240)``, e.g. after starting others)."""
     voxline = str(Path(sys.executable).parent / "voxline")
     server = ServerProcess(
         [voxline, "serve", "--config", str(config), "--port", str(port)],
@@ -85,7 +88,8 @@ def start_voxline(config: Path, env: dict[str, str], port: int) -> ServerProcess
         env={"XDG_DATA_HOME": str(config.parent / "data"), **env},
         ready_marker="voxline ready",
     )
-    server.wait_ready(240)
+    if wait:
+        server.wait_ready(240)
     return server
 
 

@@ -81,3 +81,30 @@ async def test_admit_refuses_beyond_capacity_and_releases():
     slot.release()
     slot.release()  # twice is harmless
     assert admission.active == 0
+
+
+async def test_a_closed_admission_takes_no_new_call_but_its_promises_stand():
+    admission = Admission(max_calls=4)
+    promised = admission.try_take(key="CA1", hold_secs=60)
+    admission.close()
+    assert admission.try_take() is None and admission.try_take(key="CA2", hold_secs=60) is None
+    assert admission.refused == 2 and admission.busy_reason().startswith("draining")
+    assert admission.claim("CA1") is promised  # the stream of a call promised before
+    async with admission.hold(promised):
+        assert admission.held == 1
+    assert admission.active == 0
+
+
+async def test_wait_idle_wakes_at_the_last_release_and_at_a_lapse():
+    admission = Admission(max_calls=2)
+    call = admission.try_take()
+    assert call is not None
+    assert not await admission.wait_idle(0.05)
+    asyncio.get_running_loop().call_later(0.1, call.release)
+    assert await asyncio.wait_for(admission.wait_idle(5), 1)
+
+    admission.try_take(key="CA1", hold_secs=0.2)  # a promise nobody claims
+    assert await admission.wait_idle(0.0, calls_only=True)  # no call in progress
+    started = asyncio.get_running_loop().time()
+    assert await admission.wait_idle(5)  # the reservation lapses
+    assert asyncio.get_running_loop().time() - started < 1.0

@@ -1,4 +1,5 @@
-"""The voice webhook's decisions: signature first, persona by number, busy at capacity."""
+"""The voice webhook's decisions: signature first, persona by number, busy at capacity
+and while draining; and where a media stream is taken when several processes share a balancer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
 from voxline.personas import Persona, load_persona
 from voxline.server.admission import Admission, CallRejected
-from voxline.server.phone import PhoneLine, WebhookRejected
+from voxline.server.phone import HandshakeRefused, PhoneLine, WebhookRejected
 from voxline.transports.twilio_webhook import StreamTokens
 
 URL = "https://voice.example.com/twilio/voice"
@@ -40,7 +41,11 @@ def signed(params: dict[str, str]) -> str:
 
 def stream_parameters(twiml: str) -> dict[str, str]:
     stream = ElementTree.fromstring(twiml).find("./Connect/Stream")
-    assert stream is not None and stream.get("url") == "wss://voice.example.com/twilio/stream"
+    assert stream is not None
+    # The stream URL names the process that answered (a balancer hands it back there).
+    url = stream.get("url", "")
+    assert url.startswith("wss://voice.example.com/twilio/stream/"), url
+    assert len(url.rsplit("/", 1)[1]) == 8
     return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
 
@@ -88,3 +93,40 @@ def test_the_webhook_takes_the_line_it_promises(line):
     twiml = line.answer_webhook(URL, second, signed(second))
     assert ElementTree.fromstring(twiml).find("./Reject").get("reason") == "busy"
     assert line.admission.claim("CA5") is not None and line.admission.claim("CA6") is None
+
+
+def test_a_draining_process_answers_busy_but_its_promised_calls_still_start(line):
+    promised = {"CallSid": "CA7", "To": "+15550000000"}
+    assert stream_parameters(line.answer_webhook(URL, promised, signed(promised)))["token"]
+    line.admission.close()  # the drain began
+    line.admission.claim("CA7").release()  # even a free line is not taken now
+    late = {"CallSid": "CA8", "To": "+15550000000"}
+    twiml = line.answer_webhook(URL, late, signed(late))
+    assert ElementTree.fromstring(twiml).find("./Reject").get("reason") == "busy"
+    assert line.admission.busy_reason().startswith("draining")
+
+
+def test_busy_status_503_lets_a_balancer_try_another_process(line):
+    line.config = ServerConfig(twilio={"busy_status": 503})
+    first = {"CallSid": "CA9", "To": "+15550000000"}
+    assert stream_parameters(line.answer_webhook(URL, first, signed(first)))["token"]
+    second = {"CallSid": "CA10", "To": "+15550000000"}
+    with pytest.raises(WebhookRejected, match="busy: 1 of 1") as refused:
+        line.answer_webhook(URL, second, signed(second))
+    assert refused.value.status == 503
+
+
+def test_a_stream_of_another_process_needs_a_free_line_here(line):
+    """Its own streams are always let in (their line is reserved); another process's
+    take a free line at the handshake, or are handed back with 503."""
+    assert line.handshake(line.instance) is None
+    assert line.handshake(None) is None  # the plain /twilio/stream: decided at start
+    foreign = line.handshake("0badc0de")
+    assert foreign is not None and line.admission.full
+    with pytest.raises(HandshakeRefused, match="busy: 1 of 1"):
+        line.handshake("0badc0de")
+    foreign.release()
+    line.admission.close()
+    with pytest.raises(HandshakeRefused, match="draining"):
+        line.handshake("0badc0de")
+    assert line.handshake(line.instance) is None  # its own promised calls still come in

@@ -3,7 +3,8 @@
 The voxline app runs under uvicorn on loopback with its real engines; its
 persona's LLM is an OpenAI-compatible server on loopback that the test stops and
 starts again. Readiness follows it within the background check's interval, and
-is also 503 while the process is full or draining; ``/health/live`` stays 200.
+is also 503 while the process is full or draining (when a browser's new offer is
+refused too); ``/health/live`` stays 200.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from aiohttp import web
+from aiortc import RTCPeerConnection
 
 from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
@@ -123,6 +125,16 @@ async def test_readiness_follows_the_llm_server_capacity_and_draining(served):
     slot.release()
     await wait_for_status(url, 200, 1)
 
-    app.state.readiness.draining = True
+    app.state.drain.begin()  # what SIGTERM does under `voxline serve`
     draining = await wait_for_status(url, 503, 1)
     assert draining["problems"] == ["draining: no new calls"]
+    assert app.state.phone.admission.try_take() is None  # and no new call is taken
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(url + "/health/live")).status_code == 200
+        peer = RTCPeerConnection()  # a real offer: refused for the drain, not its SDP
+        peer.addTransceiver("audio", direction="sendrecv")
+        await peer.setLocalDescription(await peer.createOffer())
+        offer = {"key": "demo", "type": "offer", "sdp": peer.localDescription.sdp}
+        refused = await client.post(url + "/webrtc/offer", json=offer, headers={"Origin": url})
+        await peer.close()
+    assert refused.status_code == 503 and "closing" in refused.json()["error"], refused.text

@@ -72,7 +72,7 @@ def serve(tmp_path_factory) -> Iterator[dict]:
     yield {"url": f"http://127.0.0.1:{port}", "server": server}
     code = server.stop()
     rest.stop()
-    assert code in (0, -15), server.output[-3000:]
+    assert code == 0, server.output[-3000:]  # SIGTERM with no call left: drained at once
 
 
 def llama_pids(server: ServerProcess) -> list[int]:

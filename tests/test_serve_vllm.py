@@ -240,7 +240,7 @@ def test_sigterm_stops_every_process_serve_started(vllm_serve):
     engine = [pid for pid, name in started.items() if name.startswith("VLLM::EngineCor")]
     assert vllm in started and engine, started
     code = server.stop(timeout=60)
-    assert code in (0, -15), server.output[-3000:]  # uvicorn re-raises SIGTERM once shut down
+    assert code == 0, server.output[-3000:]  # SIGTERM with no call left: drained at once
     left = {pid: name for pid, name in started.items() if running(pid)}
     assert not left, f"still running after SIGTERM: {left}"
     assert f"vLLM server pid {vllm} stopped" in server.output

@@ -99,8 +99,7 @@ def phone(tmp_path_factory, request) -> Iterator[dict]:
     yield {"url": url, "server": server, "rest_log": rest_log}
     code = server.stop()
     rest.stop()
-    # uvicorn re-raises SIGTERM after its graceful shutdown
-    assert code in (0, -15), server.output[-3000:]
+    assert code == 0, server.output[-3000:]  # SIGTERM with no call left: drained at once
     pids = [int(pid) for pid in re.findall(r"llama\.cpp server pid (\d+) stopped", server.output)]
     assert pids, "the server did not stop its LLM server"
 

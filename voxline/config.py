@@ -7,6 +7,7 @@ from the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -238,6 +239,13 @@ class TwilioConfig(_Strict):
         "server process behind one balancer; $VOXLINE_STREAM_SECRET instead; neither: a "
         "random key per process. Relative to this file.",
     )
+    busy_status: Literal[200, 503] = Field(
+        default=200,
+        description="HTTP status of the voice webhook's busy answer (at max_calls or "
+        "draining): 200 gives Twilio the busy TwiML (one process, or a balancer that routes "
+        "on /health/ready); 503 lets a balancer that retries on 503 try another process "
+        "(it must answer busy TwiML itself when every process is busy: docs/operations.md).",
+    )
 
 
 class WidgetConfig(_Strict):
@@ -297,9 +305,30 @@ class HTTPConfig(_Strict):
         default=600,
         ge=1,
         description="Requests and websocket handshakes one client address may make a minute "
-        "(bursts up to that many); beyond it 429. Behind a proxy, the address is the one "
-        "the proxy reports in X-Forwarded-For (uvicorn trusts it from 127.0.0.1).",
+        "(bursts up to that many); beyond it 429. Behind a proxy listed in trusted_proxies, "
+        "the address is the one the proxy reports in X-Forwarded-For.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Addresses or networks (10.0.0.0/8) of the proxies whose X-Forwarded-For, "
+        "X-Forwarded-Proto and X-Forwarded-Host are believed: the client's address (rate "
+        "limits) and the URL the Twilio signature is checked against (when public_url is "
+        'unset). "*" trusts every peer; [] none. Headers from any other peer are ignored.',
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f'{entry!r} is not an IP address or network (like 10.0.0.0/8), nor "*"'
+                ) from None
+        return entries
 
 
 class HealthConfig(_Strict):
@@ -344,6 +373,15 @@ class ServerConfig(_Strict):
 
     engines: EnginesConfig = EnginesConfig()
     max_calls: int = Field(default=4, ge=1)
+    drain_timeout_secs: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="On SIGTERM (or the first Ctrl-C) the process takes no new call and "
+        "lets the calls in progress go on this long; then each hears the persona's goodbye "
+        "and is hung up, and the process exits 0. A second signal stops at once. Give a "
+        "container platform a grace period longer than this plus ~20 s for the goodbyes.",
+    )
     public_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^/?#]+$",

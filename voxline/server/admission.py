@@ -7,10 +7,16 @@ when the call is *promised* (the Twilio webhook answers with a stream, the WebRT
 offer is answered) and held by the call once it runs. A promised call that never
 arrives (Twilio never opens the stream, a browser never connects) gives its slot
 back when its reservation expires.
+
+A process that drains (:mod:`voxline.server.drain`) *closes* its admission: every
+new call is refused, while the reservations already made can still be claimed by
+their calls, and :meth:`Admission.wait_idle` tells when the last call has ended.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -59,7 +65,10 @@ class Admission:
     def __init__(self, max_calls: int, clock: Callable[[], float] = time.monotonic):
         self.max_calls = max_calls
         self.refused = 0
+        self.closed = False
+        """No new call is taken (the process drains); reservations can still be claimed."""
         self._clock = clock
+        self._released = asyncio.Event()
         self._slots: set[Slot] = set()
         self._by_key: dict[str, Slot] = {}
 
@@ -75,6 +84,7 @@ class Admission:
         self._slots.discard(slot)
         if slot.key is not None and self._by_key.get(slot.key) is slot:
             del self._by_key[slot.key]
+        self._released.set()
 
     @property
     def active(self) -> int:
@@ -89,9 +99,48 @@ class Admission:
         return sum(1 for slot in self._slots if not slot.held)
 
     @property
+    def held(self) -> int:
+        """Calls in progress (slots their call holds)."""
+        return sum(1 for slot in self._slots if slot.held)
+
+    @property
     def full(self) -> bool:
-        """Whether a new call would be refused now."""
+        """Whether every slot is in use (a new call would be refused for capacity)."""
         return self.active >= self.max_calls
+
+    def busy_reason(self) -> str:
+        """Why a new call is refused now, in a few words."""
+        if self.closed:
+            return "draining: this server takes no new calls"
+        return f"busy: {self.active} of {self.max_calls} calls in progress"
+
+    def close(self) -> None:
+        """Take no new call from now on; calls in progress and reservations go on."""
+        self.closed = True
+
+    async def wait_idle(self, timeout: float, *, calls_only: bool = False) -> bool:
+        """Wait until no slot is in use: every call ended, every reservation claimed
+        (and its call ended) or lapsed. Returns False if ``timeout`` seconds pass first.
+
+        Woken by each release; a reservation that lapses is noticed at its expiry.
+
+        Args:
+            timeout: seconds.
+            calls_only: wait for the calls in progress only, not for reservations.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.held if calls_only else self.active:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            expiries = [s.expires_at for s in self._slots if not s.held and s.expires_at]
+            if expiries and not calls_only:  # the next lapse, on this admission's clock
+                remaining = min(remaining, max(0.01, min(expiries) - self._clock()))
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), remaining)
+        return True
 
     def try_take(self, *, key: str | None = None, hold_secs: float | None = None) -> Slot | None:
         """Check for a free slot and take it, in one step; None when every slot is in use.
@@ -103,11 +152,12 @@ class Admission:
                 (the caller holds the slot at once).
 
         Returns:
-            The slot, or None (counted in ``refused``).
+            The slot, or None (counted in ``refused``): every slot is in use, or the
+            admission is closed.
         """
         if key is not None and (previous := self._by_key.get(key)) is not None:
             self._release(previous)  # Twilio retried the webhook for the same call
-        if self.full:
+        if self.closed or self.full:
             self.refused += 1
             return None
         expires_at = None if hold_secs is None else self._clock() + hold_secs
@@ -149,6 +199,6 @@ class Admission:
         """
         slot = self.try_take()
         if slot is None:
-            raise CallRejected(f"busy: {self.active} of {self.max_calls} calls in progress")
+            raise CallRejected(self.busy_reason())
         async with self.hold(slot):
             yield slot

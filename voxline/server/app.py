@@ -1,7 +1,8 @@
 """The voxline server: FastAPI routes over plain functions, one Runtime for all calls.
 
 POST /twilio/voice     Twilio voice webhook (signed) -> TwiML <Connect><Stream>
-WS   /twilio/stream    Twilio media stream: one call
+WS   /twilio/stream/{instance}  Twilio media stream: one call (the URL names the process
+                       that answered the webhook; plain /twilio/stream is taken too)
 GET  /health/live      the process is up (liveness: restart it if this fails)
 GET  /health/ready     it can take a call now: started, not draining, below max_calls,
                        and every LLM and TTS server answers (checked in the background)
@@ -17,7 +18,9 @@ GET  /dashboard        live calls, recent calls, latency waterfalls ($VOXLINE_AD
                        see voxline/server/dashboard.py)
 
 Every route is behind :class:`~voxline.server.http_limits.RequestLimits`: bodies are
-bounded per route (413) and each client address has a request budget (429).
+bounded per route (413) and each client address has a request budget (429), the
+address being the one a trusted proxy forwards (:mod:`voxline.server.proxies`).
+On SIGTERM ``voxline serve`` drains the app (:mod:`voxline.server.drain`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.server.admission import Admission
 from voxline.server.dashboard import mount_dashboard
+from voxline.server.drain import Drain
 from voxline.server.http_limits import RequestLimits
 from voxline.server.metrics import (
     CONTENT_TYPE,
@@ -44,7 +48,8 @@ from voxline.server.metrics import (
     metrics_registry,
     render_metrics,
 )
-from voxline.server.phone import PhoneLine, WebhookRejected
+from voxline.server.phone import TRY_AGAIN_LATER, HandshakeRefused, PhoneLine, WebhookRejected
+from voxline.server.proxies import ForwardedHeaders, TrustedProxies
 from voxline.server.telemetry import start_tracing
 from voxline.server.webrtc_call import WebRTCLine
 from voxline.server.webrtc_routes import add_webrtc_routes
@@ -81,6 +86,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         runtime.calls.add_listener(telemetry.listener)
     default_path = next(iter(personas))
     admission = Admission(config.max_calls)
+    drain = Drain(admission, timeout_secs=config.drain_timeout_secs)
     web = WebRTCLine(
         config=config,
         runtime=runtime,
@@ -88,6 +94,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             key: personas[widget.persona or default_path] for key, widget in config.widgets.items()
         },
         admission=admission,
+        drain=drain,
     )
     numbers = {number: personas[path].name for number, path in config.numbers.items()}
     line = PhoneLine(
@@ -99,6 +106,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         tokens=StreamTokens.configured(
             config.twilio.stream_secret_file, config.twilio.stream_token_ttl_secs
         ),
+        drain=drain,
     )
     readiness = Readiness()
     health = ServerHealth(
@@ -129,6 +137,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
     app = FastAPI(title="voxline", lifespan=lifespan)
     app.state.phone = line
     app.state.readiness = readiness
+    app.state.drain = drain
 
     def body_limit(path: str) -> int:
         if path.startswith("/webrtc/"):
@@ -140,6 +149,8 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         body_limit=body_limit,
         requests_per_minute=config.http.requests_per_minute_per_ip,
     )
+    # Outermost: the limits above see the client address a trusted proxy forwarded.
+    app.add_middleware(ForwardedHeaders, trusted=TrustedProxies(config.http.trusted_proxies))
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
@@ -156,7 +167,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         problems: list[str] = []
         if not readiness.started:
             problems.append("starting: the engines are loading")
-        if readiness.draining:
+        if readiness.draining or drain.draining:
             problems.append("draining: no new calls")
         if admission.full:
             problems.append(f"full: {admission.active} of {admission.max_calls} calls")
@@ -210,5 +221,27 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             logger.info(f"twilio stream: the peer left during the handshake ({exc!r})")
             return
         await line.serve_stream(websocket)
+
+    @app.websocket("/twilio/stream/{instance}")
+    async def twilio_stream_of(websocket: WebSocket, instance: str) -> None:
+        try:
+            slot = line.handshake(instance)
+        except HandshakeRefused as exc:
+            # Before accepting: a balancer that retries on 503 tries the next process.
+            logger.info(f"twilio stream for another process refused (503): {exc}")
+            refusal = Response(str(exc), status_code=503, media_type="text/plain")
+            try:
+                await websocket.send_denial_response(refusal)
+            except (OSError, RuntimeError, WebSocketDisconnect):
+                await websocket.close(TRY_AGAIN_LATER)  # the server cannot answer 503: 403
+            return
+        try:
+            await websocket.accept()
+        except (OSError, RuntimeError, WebSocketDisconnect) as exc:
+            logger.info(f"twilio stream: the peer left during the handshake ({exc!r})")
+            if slot is not None:
+                slot.release()
+            return
+        await line.serve_stream(websocket, slot)
 
     return app

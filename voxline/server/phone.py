@@ -7,13 +7,23 @@ as stream parameters. The media stream reads Twilio's ``connected``/``start``
 messages itself, checks the token, claims the reserved slot and only then builds
 the call's pipeline on the shared engines. Whatever a peer sends, the stream ends
 with at most a close code and a one-line log, never a traceback.
+
+Behind a balancer the stream may reach another process than the webhook did (they
+share the token key). The stream URL names the process that answered the webhook
+(``/twilio/stream/<instance>``), so a process can tell at the handshake, before
+accepting, whether the stream is its own promised call: a stream of another
+process's call is taken only when a line is free here and this process is not
+draining; otherwise the handshake is answered 503 and a balancer that retries on
+503 tries the next process, eventually the one holding the call's reservation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -22,13 +32,14 @@ from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
 from voxline.bot.call_events import TIME_LIMIT, CallEventsForCall, CallInfo
-from voxline.bot.phone_control import TwilioCallControl, run_lengths, say_goodbye_and_hang_up
+from voxline.bot.phone_control import TwilioCallControl, run_lengths
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
 from voxline.server.admission import Admission, CallRejected, Slot
+from voxline.server.drain import DRAIN_TIMEOUT, Drain
 from voxline.transports.twilio import (
     POLICY_VIOLATION,
     TWILIO_RATE,
@@ -63,6 +74,11 @@ class StreamRefused(Exception):
         self.code = code
 
 
+class HandshakeRefused(Exception):
+    """A media stream is refused before its websocket is accepted (HTTP 503): another
+    process behind the balancer should take it."""
+
+
 class WebhookRejected(Exception):
     """The webhook is refused; ``status`` is the HTTP status to answer."""
 
@@ -89,6 +105,10 @@ class PhoneLine:
     numbers: dict[str, str]
     admission: Admission
     tokens: StreamTokens
+    drain: Drain | None = None
+    """The process's drain, which ends the calls still running at its deadline."""
+    instance: str = field(default_factory=lambda: secrets.token_hex(4))
+    """Names this process in the stream URLs it hands out (``/twilio/stream/<instance>``)."""
     waiting: int = 0
     """Media streams open and not yet started (bounded by :attr:`max_waiting`)."""
 
@@ -130,11 +150,13 @@ class PhoneLine:
             signature: the ``X-Twilio-Signature`` header.
 
         Returns:
-            TwiML connecting the stream, or rejecting the call as busy at capacity.
+            TwiML connecting the stream, or rejecting the call as busy at capacity or
+            while the process drains.
 
         Raises:
             WebhookRejected: 403 for a missing or wrong signature, 400 for a
-                request without a CallSid.
+                request without a CallSid, 503 instead of the busy TwiML when
+                ``twilio.busy_status`` is 503 (a balancer in front retries).
         """
         if not self.auth_token:
             logger.error("TWILIO_AUTH_TOKEN is not set: every voice webhook is refused")
@@ -146,7 +168,10 @@ class PhoneLine:
             raise WebhookRejected(400, "CallSid is missing")
         # Check and take in one step: the stream claims this slot when it starts.
         if self.admission.try_take(key=call_sid, hold_secs=self.tokens.ttl_secs) is None:
-            logger.warning(f"call {call_sid} rejected: {self.admission.active} calls in progress")
+            reason = self.admission.busy_reason()
+            if self.config.twilio.busy_status == 503:
+                raise WebhookRejected(503, reason)
+            logger.warning(f"call {call_sid} rejected: {reason}")
             return busy_twiml()
         persona = self.persona_for(params.get("To", ""))
         base = url.split("/twilio/")[0]
@@ -159,28 +184,56 @@ class PhoneLine:
             parameters["caller"] = caller
         if called != "?":
             parameters["called"] = called
-        return connect_twiml(f"{stream_url}/twilio/stream", parameters)
+        return connect_twiml(f"{stream_url}/twilio/stream/{self.instance}", parameters)
 
-    async def serve_stream(self, websocket: WebSocket) -> None:
+    def handshake(self, instance: str | None) -> Slot | None:
+        """Decide, before accepting it, whether a media stream is taken here.
+
+        Args:
+            instance: the process named in the stream's URL; None for the plain
+                ``/twilio/stream`` (decided when the stream starts, as before).
+
+        Returns:
+            A free line taken for a stream of another process's call (the stream's
+            start claims it), or None for this process's own calls.
+
+        Raises:
+            HandshakeRefused: another process's call while this one is full or draining.
+        """
+        if instance is None or instance == self.instance:
+            return None
+        slot = self.admission.try_take(hold_secs=START_TIMEOUT_SECS)
+        if slot is None:
+            raise HandshakeRefused(self.admission.busy_reason())
+        return slot
+
+    async def serve_stream(self, websocket: WebSocket, line: Slot | None = None) -> None:
         """Run one call over an accepted media-stream websocket until it ends.
 
         Nothing a peer sends makes this raise: a refusal closes the socket with a
         code and a reason, a peer that vanishes ends the call, and anything else
         unexpected is logged as one line.
+
+        Args:
+            websocket: the accepted stream.
+            line: the slot :meth:`handshake` took for it, if any (released if unused).
         """
         try:
-            await self._serve_stream(websocket)
+            await self._serve_stream(websocket, line)
         except (WebSocketDisconnect, OSError) as exc:
             logger.info(f"twilio stream: the peer went away ({type(exc).__name__})")
         except Exception as exc:
             logger.error(f"twilio stream failed: {type(exc).__name__}: {exc}")
             logger.opt(exception=exc).debug("twilio stream failure")
             await close_quietly(websocket, 1011, "internal error")
+        finally:
+            if line is not None:
+                line.release()  # harmless when the call held (and released) it
 
-    async def _serve_stream(self, websocket: WebSocket) -> None:
+    async def _serve_stream(self, websocket: WebSocket, line: Slot | None = None) -> None:
         try:
             start = await self._read_start(websocket)
-            persona, slot = self._admit(start)
+            persona, slot = self._admit(start, line)
         except StreamRefused as exc:
             logger.warning(f"twilio stream refused ({exc.code}): {exc}")
             await close_quietly(websocket, exc.code, str(exc))
@@ -192,8 +245,9 @@ class PhoneLine:
             logger.warning(f"call {start.start.call_sid} refused: {exc}")
             await close_quietly(websocket, TRY_AGAIN_LATER, str(exc))
 
-    def _admit(self, start: Start) -> tuple[Persona, Slot]:
-        """Check the stream's token and claim its call's slot (reserved by the webhook).
+    def _admit(self, start: Start, line: Slot | None = None) -> tuple[Persona, Slot]:
+        """Check the stream's token and claim its call's slot (reserved by the webhook,
+        or ``line``, taken at the handshake for another process's call).
 
         Raises:
             StreamRefused: 1008 for a bad token or persona, 1013 when no slot is free.
@@ -210,12 +264,12 @@ class PhoneLine:
             raise StreamRefused(POLICY_VIOLATION, f"call {call_sid}: {exc}") from None
         # A stream whose webhook reached another process (or whose reservation lapsed)
         # takes a free slot if there is one.
-        slot = self.admission.claim(call_sid) or self.admission.try_take()
+        slot = self.admission.claim(call_sid)
+        if slot is not None and line is not None:
+            line.release()  # the reservation was here after all
+        slot = slot or line or self.admission.try_take()
         if slot is None:
-            raise StreamRefused(
-                TRY_AGAIN_LATER,
-                f"busy: {self.admission.active} of {self.admission.max_calls} calls in progress",
-            )
+            raise StreamRefused(TRY_AGAIN_LATER, self.admission.busy_reason())
         return persona, slot
 
     async def _read_start(self, websocket: WebSocket) -> Start:
@@ -318,11 +372,21 @@ class PhoneLine:
 
         limit = asyncio.get_running_loop().call_later(
             persona.limits.max_call_secs,
-            lambda: asyncio.ensure_future(self._end_call(call.worker, transport, persona, events)),
+            lambda: asyncio.ensure_future(self._end_call(control, events)),
         )
         events.attach(call.worker, tracer)
+
+        async def end_at_drain_deadline() -> None:
+            events.note_end_reason(DRAIN_TIMEOUT)
+            await control.end_call()
+
+        tracked = (
+            self.drain.track(f"call {info.call_sid}", end_at_drain_deadline)
+            if self.drain is not None
+            else contextlib.nullcontext()
+        )
         try:
-            with events.log_context():
+            with events.log_context(), tracked:
                 await runner.run()
         finally:
             limit.cancel()
@@ -337,16 +401,7 @@ class PhoneLine:
             messages = call.context.get_messages()
             log.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
 
-    async def _end_call(
-        self, worker, transport: TwilioTransport, persona: Persona, events: CallEventsForCall
-    ) -> None:
-        logger.info(f"call {transport.stream.call_sid}: max_call_secs reached")
+    async def _end_call(self, control: TwilioCallControl, events: CallEventsForCall) -> None:
+        logger.info(f"call {control.call_sid}: max_call_secs reached")
         events.note_end_reason(TIME_LIMIT)
-        await say_goodbye_and_hang_up(
-            worker,
-            transport.stream,
-            transport.gate,
-            self.rest_client(),
-            persona.phrases.goodbye,
-            interruptible="goodbye" not in persona.turn.uninterruptible,
-        )
+        await control.end_call()  # once per call, with end_call and the drain's deadline

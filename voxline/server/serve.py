@@ -5,12 +5,19 @@ unless ``engines.llm.backend`` says otherwise) is started and answers, every
 persona's engines are loaded and its prompt prefix is warmed, each step reported
 on stderr; only then does the server listen and print ``voxline ready``. A
 failure on the way is one line on stderr, never a traceback.
+
+Signals: during start-up SIGINT or SIGTERM stops what was started. Once serving,
+the first one drains (:mod:`voxline.server.drain`: no new calls, readiness 503,
+the calls in progress go on until they end or ``drain_timeout_secs`` passes, then
+hear the goodbye), the server stops, the engines close and the process exits 0;
+a second signal stops at once (every connection closed, exit 130 or 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -20,8 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from voxline.config import ServerConfig
     from voxline.personas import Persona
+    from voxline.server.drain import Drain
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -179,6 +189,10 @@ async def _serve(
     names = ", ".join(persona.name for persona in personas.values())
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # _DrainOnSignal has them: uvicorn's would close every call at once
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # listening: scripts and people wait for this line
@@ -211,14 +225,22 @@ async def _serve(
         app = create_app(config, personas, runtime)
         app.state.records = records  # the RecordWriter (None with records off)
         # A Twilio message is under 1 KB: a far larger websocket message is closed with 1009.
+        # X-Forwarded-* are the app's to read (http.trusted_proxies), not uvicorn's.
         server = Server(
             uvicorn.Config(
-                app, log_level="warning", lifespan="on", ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES
+                app,
+                log_level="warning",
+                lifespan="on",
+                ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+                proxy_headers=False,
             )
         )
-        # uvicorn takes SIGINT/SIGTERM from here: it drains the calls, then the app's
-        # lifespan closes the Runtime, which stops every server it started.
-        await server.serve(sockets=[listener])
+        # The first signal drains the calls, then stops the server, whose shutdown
+        # (the app's lifespan) closes the Runtime, which stops every server it started.
+        with _DrainOnSignal(server, app.state.drain) as signals:
+            await server.serve(sockets=[listener])
+    if signals.stopped_by is not None:
+        return EXIT_BY_SIGNAL[signals.stopped_by]
     return EXIT_OK if server.started else EXIT_FAILURE
 
 
@@ -304,6 +326,64 @@ def _bind(host: str, port: int) -> socket.socket:
             EXIT_BAD_INPUT,
         ) from None
     return listener
+
+
+class _DrainOnSignal:
+    """While the server runs: the first SIGINT or SIGTERM drains, the next ones stop it.
+
+    A signal before the server listens, or a second one, stops the server at once
+    (``should_exit``: every connection is closed); a third does not wait at all.
+    ``stopped_by`` is the signal that stopped it without a complete drain, if any.
+    """
+
+    def __init__(self, server, drain: Drain):
+        self.server = server
+        self.drain = drain
+        self.received: list[signal.Signals] = []
+        self.stopped_by: signal.Signals | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _DrainOnSignal:
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_BY_SIGNAL:
+            loop.add_signal_handler(sig, self._handle, sig)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in EXIT_BY_SIGNAL:
+            loop.remove_signal_handler(sig)
+        if self._task is not None:
+            self._task.cancel()
+
+    def _handle(self, sig: signal.Signals) -> None:
+        self.received.append(sig)
+        name = sig.name
+        if len(self.received) == 1 and self.server.started:
+            calls = self.drain.admission.active
+            print(
+                f"voxline: {name}: draining: no new calls; {calls} in progress may go on for "
+                f"up to {self.drain.timeout_secs:g} s (drain_timeout_secs); {name} again stops "
+                "at once",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._task = asyncio.ensure_future(self._drain_then_stop())
+            return
+        if self.server.should_exit and self.stopped_by is not None:
+            self.server.force_exit = True
+            return
+        print(f"voxline: {name}: stopping now", file=sys.stderr, flush=True)
+        self.stopped_by = sig
+        self.drain.begin()
+        if self._task is not None:
+            self._task.cancel()
+        self.server.should_exit = True
+
+    async def _drain_then_stop(self) -> None:
+        await self.drain.run()
+        print("voxline: drained: stopping", file=sys.stderr, flush=True)
+        self.server.should_exit = True
 
 
 class _signals_cancel_this_task:

@@ -43,6 +43,7 @@ from pipecat.transports.smallwebrtc.transport import (
 from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
+from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.call_events import TIME_LIMIT, CallInfo
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
@@ -50,6 +51,7 @@ from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer, TurnTrace
 from voxline.server.admission import Admission, CallRejected, Slot
+from voxline.server.drain import DRAIN_TIMEOUT, Drain
 from voxline.transports.playout import PlayoutGateMixin
 from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.webrtc import (
@@ -176,6 +178,8 @@ class WebRTCLine:
     runtime: Runtime
     personas: dict[str, Persona]
     admission: Admission
+    drain: Drain | None = None
+    """The process's drain, which ends the calls still running at its deadline."""
     _handler: SmallWebRTCRequestHandler = field(init=False)
     _limiter: RateLimiter = field(init=False)
     _patch_limiter: RateLimiter = field(init=False)
@@ -238,6 +242,8 @@ class WebRTCLine:
         slot = None
         if pc_id is None:
             slot = self.admission.try_take(hold_secs=OFFER_HOLD_SECS)
+            if slot is None and self.admission.closed:
+                raise SignalingError(503, "busy: this server is closing, please call again")
             if slot is None:
                 raise SignalingError(503, "busy: every line is taken, please try again shortly")
         persona = self.personas[offer.key]
@@ -336,12 +342,16 @@ class WebRTCLine:
             lifecycle.turn_finished(turn)
 
         tracer = LatencyTracer(on_turn=on_turn)
+        control = PipelineCallControl(
+            persona.phrases.goodbye, interruptible="goodbye" not in persona.turn.uninterruptible
+        )
         call = build_call(
             persona,
             self.runtime,
             transport,
             tracer=tracer,
             out_sample_rate=OUT_SAMPLE_RATE,
+            call_control=control,
             facts={"Channel": "web browser", "Call id": connection.pc_id},
         )
         call.worker.add_observer(events)
@@ -373,8 +383,18 @@ class WebRTCLine:
 
         watchdog = asyncio.create_task(watch_peer())
         lifecycle.attach(call.worker, tracer)
+
+        async def end_at_drain_deadline() -> None:
+            lifecycle.note_end_reason(DRAIN_TIMEOUT)
+            await control.end_call()
+
+        tracked = (
+            self.drain.track(f"browser call {connection.pc_id}", end_at_drain_deadline)
+            if self.drain is not None
+            else contextlib.nullcontext()
+        )
         try:
-            with lifecycle.log_context():
+            with lifecycle.log_context(), tracked:
                 await runner.run()
         finally:
             limit.cancel()
