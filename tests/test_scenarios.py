@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from tests.conftest import BANK_PERSONA, VOXLINE
+from tests.speech import synthesize_wav
 from voxline.scenarios.checks import heard_contains, normalize
 from voxline.scenarios.spec import ArgumentMatcher
 
@@ -130,6 +131,13 @@ scenarios:
       reply_contains: {greeting_end}
     turns:
       - say: Hello there.
+  - name: a recorded clip, a pause and an espeak-ng voice
+    voice: {{engine: espeak, speed: 0.9}}
+    turns:
+      - audio: caller.wav
+        no_tool: true
+      - silence: 1.0
+      - say: Thank you.
   - name: greeting cut by a barge-in
     greeting:
       reply_contains: {greeting_end}
@@ -146,6 +154,7 @@ def calls(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("scenarios")
     path = tmp / "calls.tests.yaml"
     path.write_text(CALLS.format(persona=BANK_PERSONA, greeting_end=BANK_GREETING_END))
+    synthesize_wav("When does the branch open on Saturday?", tmp / "caller.wav")
     junit = tmp / "report.xml"
     env = {**os.environ, "VOXLINE_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     result = run_test_command([str(path), "--parallel", "4", "--json", "--junit", str(junit)], env)
@@ -171,7 +180,7 @@ def test_a_failing_scenario_makes_the_command_exit_1_and_fails_in_junit(calls):
     assert set(cases) == set(calls["by_name"])
     assert cases["expects another tool"].find("failure") is not None
     assert cases["expects get_balance"].find("failure") is None
-    assert root.get("tests") == "4"
+    assert root.get("tests") == "5"
 
 
 def test_expected_tool_passes_when_called_and_fails_naming_the_other(calls):
@@ -209,3 +218,13 @@ def test_report_carries_latencies_and_the_transcript_of_both_sides(calls):
     assert turn["first_reply_ms"] is not None and turn["first_reply_ms"] > 0
     assert [line["who"] for line in scenario["transcript"]][:2] == ["bot", "caller"]
     assert calls["document"]["wall_secs"] > 0
+
+
+def test_clip_silence_and_espeak_turns_are_spoken_and_answered(calls):
+    scenario = calls["by_name"]["a recorded clip, a pause and an espeak-ng voice"]
+    assert scenario["passed"], scenario["failures"]
+    clip, pause, spoken = scenario["turns"]
+    assert clip["caller"].startswith("(audio ") and clip["heard"], clip
+    assert clip["first_reply_ms"] is not None
+    assert pause["caller"] == "(silent 1 s)"
+    assert spoken["reached"] and spoken["heard"], spoken
