@@ -6,7 +6,8 @@ asks a question. While the call is still on the line the page shows both sides o
 the conversation as they are said; once it is over, the call opened from the
 recent calls shows each turn's latency waterfall and its tool call. Screenshots
 of both moments are saved in ``test-artifacts/`` (not committed). Without the
-token the page and the API answer 401.
+token the page and the API answer 401. And markup in what a caller says stays
+text in the page (an in-process server fed hostile transcripts).
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
+import uvicorn
+from fastapi import FastAPI
 from playwright.async_api import Page, async_playwright
 
 from tests.browser import Chromium
 from tests.conftest import ROOT
 from tests.servers import ServerProcess, start_voxline
 from tests.speech import caller_voice, wer
+from voxline.bot.call_events import CallInfo
 from voxline.engines.llm import free_port
+from voxline.processors.latency import TurnTrace
+from voxline.server.dashboard import add_dashboard_routes
+from voxline.server.dashboard_auth import AdminAuth
+from voxline.server.dashboard_calls import CallSearch
+from voxline.server.live_calls import LiveCalls
 from voxline.transports.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.slow
@@ -239,3 +248,66 @@ def test_the_dashboard_shows_a_call_live_then_its_waterfall(server):
     assert int(counts["voice_to_voice"]) >= 1, seen["stages"]
     assert (ARTIFACTS / "dashboard-waterfall.png").stat().st_size > 10_000
     assert Path(ARTIFACTS / "dashboard-live.png").is_file()
+
+
+HOSTILE = (
+    '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    "</span><b onmouseover=window.pwned=3>hi</b>"
+)
+
+
+def test_caller_text_with_markup_is_shown_as_text(tmp_path):
+    """What a caller says is untrusted: markup in a transcript stays text in the page."""
+    live = LiveCalls()
+    app = FastAPI()
+    add_dashboard_routes(app, live, CallSearch(live), AdminAuth(token=ADMIN_TOKEN))
+    info = CallInfo(persona="x<i>persona</i>", transport="webrtc", caller="<b>key</b>")
+    live.call_started(info)
+    live.caller_said(info, HOSTILE)
+    live.bot_said(info, HOSTILE)
+    turn = TurnTrace(index=1, caller_text=HOSTILE, bot_text=HOSTILE, complete=True)
+    turn.speech_end, turn.stt_request, turn.transcribed = 0, 100_000_000, 200_000_000
+    turn.tool_calls = [{"name": "<svg onload=1>", "arguments": {"q": HOSTILE}, "result": HOSTILE}]
+    live.turn_finished(info, turn)
+    port = free_port()
+    silence = tmp_path / "silence.wav"
+    soundfile.write(str(silence), np.zeros(8000, dtype=np.int16), 16000, subtype="PCM_16")
+
+    async def look() -> dict:
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
+        serving = asyncio.create_task(server.serve())
+        browser = Chromium(silence)
+        try:
+            while not server.started:
+                await asyncio.sleep(0.02)  # uvicorn's own start flag, under the test's timeout
+            async with async_playwright() as playwright:
+                chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
+                page = await chromium.contexts[0].new_page()
+                await sign_in(page, f"http://127.0.0.1:{port}")
+                await page.wait_for_selector("#live .call .line.caller")
+                await page.click("#live .call button.open")
+                await page.wait_for_selector('#detail-section tr[data-tool="<svg onload=1>"]')
+                seen = {
+                    "texts": await page.eval_on_selector_all(
+                        "#live .line .text, #detail-turns .line .text",
+                        "nodes => nodes.map(n => n.textContent)",
+                    ),
+                    "persona": await page.text_content("#live .call .persona"),
+                    "injected": await page.eval_on_selector_all(
+                        "main img, main script, main b, main svg, main i", "nodes => nodes.length"
+                    ),
+                    "pwned": await page.evaluate("() => window.pwned === undefined"),
+                }
+                await chromium.close()
+                return seen
+        finally:
+            browser.stop()
+            server.should_exit = True
+            await serving
+
+    seen = asyncio.run(asyncio.wait_for(look(), 60))
+    assert seen["texts"] and all(text == HOSTILE for text in seen["texts"]), seen["texts"]
+    assert seen["persona"] == "x<i>persona</i>"
+    assert seen["injected"] == 0 and seen["pwned"], seen
