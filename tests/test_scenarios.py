@@ -228,3 +228,13 @@ def test_clip_silence_and_espeak_turns_are_spoken_and_answered(calls):
     assert clip["first_reply_ms"] is not None
     assert pause["caller"] == "(silent 1 s)"
     assert spoken["reached"] and spoken["heard"], spoken
+
+
+def test_the_judges_answer_is_read_as_a_verdict_or_refused():
+    from voxline.scenarios.judge import JudgeError, parse_verdict
+
+    assert parse_verdict('Sure: {"verdict": "yes", "reason": "it greets"}').passed
+    assert not parse_verdict('{"verdict": "no", "reason": "it gave advice"}').passed
+    assert not parse_verdict("No. It recommends bitcoin.").passed
+    with pytest.raises(JudgeError, match="not a verdict"):
+        parse_verdict("It depends on the caller.")

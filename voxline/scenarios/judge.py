@@ -88,13 +88,33 @@ async def judge(
     }
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.post(f"{base_url}/chat/completions", json=body, headers=headers)
+            url = f"{base_url}/chat/completions"
+            response = await client.post(url, json=body, headers=headers)
+            if response.is_error:
+                # Not every server takes a JSON schema (llama.cpp's answers 500): ask again
+                # without it; the prompt asks for the same JSON.
+                del body["response_format"]
+                response = await client.post(url, json=body, headers=headers)
             response.raise_for_status()
             content = response.json()["choices"][0]["message"]["content"] or ""
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-        raise JudgeError(f"the judge at {base_url} did not answer: {exc}") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JudgeError(f"the judge at {base_url} did not answer: {first_line}") from None
+    return parse_verdict(content)
+
+
+def parse_verdict(content: str) -> Verdict:
+    """The verdict in the judge's answer: its JSON object, or a bare yes or no first.
+
+    Raises:
+        JudgeError: the answer holds neither.
+    """
     match = re.search(r"\{.*\}", content, re.DOTALL)
     try:
         return Verdict.model_validate(json.loads(match.group(0) if match else content))
     except (ValueError, ValidationError):
-        raise JudgeError(f"the judge's answer is not a verdict: {content[:200]!r}") from None
+        pass
+    bare = re.match(r"\W*(yes|no)\b\W*(.*)", content, re.IGNORECASE | re.DOTALL)
+    if bare:
+        return Verdict(verdict=bare.group(1).lower(), reason=bare.group(2).strip()[:200])
+    raise JudgeError(f"the judge's answer is not a verdict: {content[:200]!r}")
