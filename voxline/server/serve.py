@@ -58,8 +58,6 @@ def progress(line: str) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the config and personas, then serve until SIGINT or SIGTERM."""
     from voxline.config import load_config
-    from voxline.server.telemetry import TelemetryUnavailable
-    from voxline.server.telemetry import check_available as check_telemetry
     from voxline.transports.twilio_webhook import (
         StreamSecretError,
         secret_file_warning,
@@ -76,11 +74,20 @@ def serve(args: argparse.Namespace) -> int:
         # The stream-token key is read now, so a bad one stops serve before any engine
         # loads; the app reads it again (the same way) when it builds its tokens.
         stream_secret(config.twilio.stream_secret_file)
-        check_telemetry(config.telemetry)  # traces asked for: the otel extra is installed
-    except (ConfigError, StreamSecretError, TelemetryUnavailable) as exc:
+    except (ConfigError, StreamSecretError) as exc:
         for line in str(exc).splitlines():  # one line per problem, each marked an error
             print(f"voxline: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if config.telemetry.otlp_endpoint is not None:
+        # Imported only when traces are asked for: the module loads pipecat, whose
+        # banner must not come before a bad config's one line.
+        from voxline.server.telemetry import TelemetryUnavailable, check_available
+
+        try:
+            check_available(config.telemetry)  # the otel extra is installed
+        except TelemetryUnavailable as exc:
+            print(f"voxline: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     if (warning := secret_file_warning(config.twilio.stream_secret_file)) is not None:
         print(f"voxline: warning: {warning}", file=sys.stderr)
