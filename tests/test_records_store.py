@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -280,3 +281,25 @@ def test_calls_older_than_retention_days_are_deleted_at_start(tmp_path: Path):
             assert await store.call(recent.call_id) is not None
 
     asyncio.run(scenario())
+
+
+def test_processes_starting_together_on_one_database_all_open_it(tmp_path):
+    # Each process finds the tables missing and creates them; the ones that lose the
+    # race must not fail their start ("table voxline_calls already exists").
+    script = (
+        "import asyncio, sys\n"
+        "from voxline.records.store import RecordStore\n"
+        "async def main():\n"
+        "    store = RecordStore(sys.argv[1])\n"
+        "    await store.open()\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    url = f"sqlite:///{tmp_path}/records.sqlite3"
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for start in starts:
+        _, err = start.communicate(timeout=60)
+        assert start.returncode == 0, err.decode()[-2000:]

@@ -88,16 +88,23 @@ class RecordStore:
                     f"records database {self.shown_url}: cannot create {path.parent}: "
                     f"{exc.strerror or exc}"
                 ) from None
-        try:
-            async with self.engine.begin() as connection:
-                if self.is_sqlite:
-                    await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-                if create:
-                    await migrate(connection)
-        except Exception as exc:
-            raise RecordsUnavailableError(
-                f"records database {self.shown_url} cannot be reached: {one_line(exc)}"
-            ) from None
+        # Two processes starting together on one database (two pods, two serves
+        # behind a balancer) can both find a table missing; the later CREATE then
+        # fails with "already exists", and a second pass finds everything there.
+        for attempt in range(2):
+            try:
+                async with self.engine.begin() as connection:
+                    if self.is_sqlite:
+                        await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    if create:
+                        await migrate(connection)
+                return
+            except Exception as exc:
+                if attempt == 0 and "already exists" in str(exc):
+                    continue
+                raise RecordsUnavailableError(
+                    f"records database {self.shown_url} cannot be reached: {one_line(exc)}"
+                ) from None
 
     async def close(self) -> None:
         """Close the connection pool."""
