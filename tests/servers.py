@@ -1,11 +1,18 @@
-"""Start and stop real servers for tests: voxline serve, the Twilio REST stand-in."""
+"""Start and stop real servers for tests and benchmarks: voxline serve, the Twilio REST
+stand-in, a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import pwd
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -102,11 +109,16 @@ def serve_voxline(
     max_calls: int,
     engines: dict[str, Any] | None = None,
     log_level: str | None = None,
+    records_url: str | None = None,
+    records: dict[str, Any] | None = None,
+    wait: bool = True,
 ) -> tuple[ServerProcess, str]:
     """``voxline serve`` on a free loopback port with a ``voxline.yaml`` written here.
 
-    ``log_level`` INFO makes it log a ``turn {json}`` line per turn. Returns the
-    server (its output is collected) and its base URL.
+    ``log_level`` INFO makes it log a ``turn {json}`` line per turn. ``records_url`` and
+    ``records`` are the config's call-records keys (docs/records.md; without a URL the
+    records go to a SQLite file under ``tmp``). ``wait=False`` returns at once: call
+    ``wait_ready(240)``. Returns the server (its output is collected) and its base URL.
     """
     port = free_port()
     config: dict[str, Any] = {
@@ -117,9 +129,69 @@ def serve_voxline(
     }
     if engines:
         config["engines"] = engines
+    if records_url is not None:
+        config["records_url"] = records_url
+    if records is not None:
+        config["records"] = records
     path = tmp / "voxline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "VOXLINE_OFFLINE": "1"}
     if log_level:
         env["VOXLINE_LOG_LEVEL"] = log_level
-    return start_voxline(path, env, port), f"http://127.0.0.1:{port}"
+    return start_voxline(path, env, port, wait=wait), f"http://127.0.0.1:{port}"
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, run by pg_ctl (as ``postgres`` if root).
+
+    Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``, the newest), in a
+    temporary folder, listening on loopback only, without fsync; ``url`` connects as the
+    ``voxline`` superuser (trust authentication) to the ``postgres`` database.
+    PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres`` user.
+    """
+
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed: scripts/install.sh --test installs it")
+        self.bin = Path(found[-1]).parent
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.dir = Path(tempfile.mkdtemp(prefix="voxline-pg-"))
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql://voxline@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "-U", "voxline", "--auth=trust", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [str(self.bin / tool), *args],
+            check=True,
+            capture_output=True,
+            user=self.user,
+            cwd=self.dir,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (``pg_ctl -w``)."""
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.dir / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl -m mode``) and wait until it has."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete the cluster's folder."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _version(path: str) -> float:
+    match = re.search(r"postgresql/(\d+(?:\.\d+)?)/", path)
+    return float(match.group(1)) if match else 0.0

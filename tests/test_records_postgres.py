@@ -1,8 +1,9 @@
 """Call records in a real PostgreSQL server, started by the test on loopback.
 
-The cluster is Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``), in a
-temporary folder, listening on 127.0.0.1 only, stopped by the test. PostgreSQL refuses
-to run as root: as root the cluster runs as the ``postgres`` user.
+The cluster is :class:`tests.servers.PostgresCluster`: Debian's ``postgresql`` package
+(``/usr/lib/postgresql/*/bin``), in a temporary folder, listening on 127.0.0.1 only,
+stopped by the test. PostgreSQL refuses to run as root: as root the cluster runs as the
+``postgres`` user.
 
 * A call's records reach PostgreSQL; the database stops in the middle of the call and
   starts again: the call goes on, ``/metrics`` counts the records waiting, and once
@@ -14,13 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
-import pwd
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from test_log_content import HANDLER, PERSONA, QUESTION, TOOL
 from test_records_calls import FOLLOW_UP, THIRD, check_answered, speech
 
 from tests.conftest import VOXLINE
-from tests.servers import ServerProcess, start_voxline
+from tests.servers import PostgresCluster, ServerProcess, start_voxline
 from tests.speech import caller_voice
 from voxline.engines.llm import free_port
 from voxline.records.models import CallRecord
@@ -40,52 +37,6 @@ from voxline.transports.twilio_caller import TwilioCaller
 pytestmark = pytest.mark.slow
 
 AUTH_TOKEN = "test-auth-token-0123456789"
-
-
-class PostgresCluster:
-    """A throwaway PostgreSQL cluster on 127.0.0.1, run by pg_ctl (as ``postgres`` if root)."""
-
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
-        assert found, "PostgreSQL is not installed: scripts/install.sh --test installs it"
-        self.bin = Path(found[-1]).parent
-        self.user = "postgres" if os.geteuid() == 0 else None
-        self.dir = Path(tempfile.mkdtemp(prefix="voxline-pg-"))
-        if self.user is not None:
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql://voxline@127.0.0.1:{self.port}/postgres"
-        self._run("initdb", "-D", str(self.data), "-U", "voxline", "--auth=trust", "-E", "UTF8")
-
-    def _run(self, tool: str, *args: str) -> None:
-        subprocess.run(
-            [str(self.bin / tool), *args],
-            check=True,
-            capture_output=True,
-            user=self.user,
-            cwd=self.dir,
-            timeout=120,
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.dir / "postgres.log")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop("immediate")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _version(path: str) -> float:
-    match = re.search(r"postgresql/(\d+(?:\.\d+)?)/", path)
-    return float(match.group(1)) if match else 0.0
 
 
 @pytest.fixture(scope="module")
