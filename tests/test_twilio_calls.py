@@ -241,15 +241,22 @@ def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):
 
 def test_dtmf_reaches_the_conversation(phone):
     dialer = caller(phone)
-    result = asyncio.run(dialer.call(np.zeros(0, dtype=np.float32), RATE, dtmf="123#"))
+    # The caller waits for the answer to the keys (no speech of theirs to answer).
+    result = asyncio.run(
+        dialer.call(np.zeros(0, dtype=np.float32), RATE, dtmf="123#", hang_up_after_quiet=8.0)
+    )
     assert "dtmf" in result.sent
     server = phone["server"]
     wait_for_log(server, f"call {dialer.call_sid} context")
     context = json.loads(call_log(server, dialer.call_sid)["context"])
-    assert any(
-        message["role"] == "user" and "Caller pressed 123#" in message["content"]
-        for message in context
-    ), context
+    pressed = [
+        i
+        for i, message in enumerate(context)
+        if message["role"] == "user" and "Caller pressed 123#" in message["content"]
+    ]
+    assert pressed, context
+    # The keys alone were the caller's turn: the bot answered them.
+    assert any(message["role"] == "assistant" for message in context[pressed[0] + 1 :]), context
 
 
 def test_max_call_secs_hangs_up_through_the_rest_api(phone):

@@ -23,7 +23,6 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import ErrorFrame, TTSSpeakFrame, UserIdleTimeoutUpdateFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -50,6 +49,7 @@ from voxline.engines.turn_model import TurnDecision
 from voxline.personas import Persona
 from voxline.processors.chunker import ChunkerProcessor
 from voxline.processors.frames import spoken_line
+from voxline.processors.keypad import KeypadTurnAggregator
 from voxline.processors.latency import LatencyTracer
 from voxline.processors.llm import VoxlineLLMService
 from voxline.processors.speculation import SpeculativeAudioGate
@@ -74,11 +74,11 @@ class Call:
 
 
 def dtmf_processors(persona: Persona) -> list[FrameProcessor]:
-    """Keypad digits become the caller's words ("Caller pressed 1 2 3 #"), if enabled."""
+    """Keypad digits become the caller's words ("Caller pressed 123#"), and a turn, if enabled."""
     if not persona.dtmf.enabled:
         return []
     return [
-        DTMFAggregator(
+        KeypadTurnAggregator(
             timeout=persona.dtmf.timeout_secs,
             termination_digit=KeypadEntry(persona.dtmf.terminator),
             prefix=persona.dtmf.prefix,
