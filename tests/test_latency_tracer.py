@@ -12,6 +12,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     ErrorFrame,
     Frame,
+    FunctionCallResultFrame,
     InputAudioRawFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -218,3 +219,42 @@ async def test_an_utterance_whose_transcription_failed_does_not_time_the_next_tu
     assert turn.stt_request == second_stop, (turn.stt_request, first_stop, second_stop)
     assert turn.speech_end == second_stop - int(0.2e9)
     assert turn.latencies_ms()["stt"] is not None and turn.latencies_ms()["stt"] < 60_000
+
+
+def _tool_result(name: str, result: dict, call_id: str) -> FunctionCallResultFrame:
+    return FunctionCallResultFrame(
+        function_name=name,
+        tool_call_id=call_id,
+        arguments={},
+        result=result,
+        run_llm=False,
+    )
+
+
+async def test_after_end_call_the_call_is_never_idle_again():
+    # A harness that ends the call when it goes idle (talk, voxline test) must not queue
+    # its end ahead of the goodbye, which the hang-up queues just after this result.
+    feed = _Feed(LatencyTracer())
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame("Goodbye.", "c", "t"), LLMFullResponseStartFrame())
+    await feed(_tool_result("end_call", {"status": "ending the call"}, "1"))
+    await feed(LLMFullResponseEndFrame())
+    assert not feed.tracer.idle.is_set()
+    await _answer(feed, "Thank you for calling. Goodbye.")
+    assert not feed.tracer.idle.is_set()
+
+
+async def test_a_refused_end_call_or_another_tool_leaves_the_call_to_go_idle():
+    feed = _Feed(LatencyTracer())
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame("Bye.", "c", "t"), LLMFullResponseStartFrame())
+    await feed(_tool_result("end_call", {"error": "the call is not running"}, "1"))
+    await feed(LLMFullResponseEndFrame())
+    assert feed.tracer.idle.is_set()
+
+    feed = _Feed(LatencyTracer())
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame("Balance?", "c", "t"), LLMFullResponseStartFrame())
+    await feed(_tool_result("get_balance", {"balance": "1.00"}, "2"))
+    await feed(LLMFullResponseEndFrame())
+    assert feed.tracer.idle.is_set()

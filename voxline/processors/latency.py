@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -241,6 +241,10 @@ class LatencyTracer(BaseObserver):
             of the caller's last voiced audio before a VAD stop, for transports that
             know it exactly; otherwise it is the VAD stop time minus ``stop_secs``.
         on_turn: called with each turn when it completes.
+        ending_tools: tools whose result means the call is ending by itself (its
+            goodbye is still to come, then the pipeline ends): after one, the call is
+            never idle again. Without this, a harness waiting for idle to end the call
+            could queue its own end ahead of the goodbye.
     """
 
     def __init__(
@@ -248,12 +252,15 @@ class LatencyTracer(BaseObserver):
         *,
         speech_end_at: Callable[[int, float], int | None] | None = None,
         on_turn: Callable[[TurnTrace], None] | None = None,
+        ending_tools: Collection[str] = ("end_call",),
         **kwargs,
     ):
         super().__init__(observe_every_push=False, **kwargs)
         self.trace = CallTrace()
         self._speech_end_at = speech_end_at
         self._on_turn = on_turn
+        self._ending_tools = frozenset(ending_tools)
+        self._call_ending = False
         self._pending: deque[_Utterance] = deque(maxlen=64)
         self._turn: TurnTrace | None = None
         self._user_speaking = False
@@ -295,7 +302,8 @@ class LatencyTracer(BaseObserver):
 
     def _update_idle(self) -> None:
         busy = (
-            self._user_speaking
+            self._call_ending
+            or self._user_speaking
             or self._bot_speaking
             or any(not utterance.failed for utterance in self._pending)
             or (self._turn is not None and not self._turn.complete)
@@ -470,6 +478,11 @@ class LatencyTracer(BaseObserver):
             turn.audio_out = now
 
     def _on_tool_result(self, frame: FunctionCallResultFrame) -> None:
+        if frame.function_name in self._ending_tools and not (
+            isinstance(frame.result, dict) and "error" in frame.result
+        ):
+            self._call_ending = True
+            self._update_idle()
         turn = self._turn
         if turn is None or turn.complete:
             return
