@@ -134,7 +134,10 @@ def vllm_flags(*, tool_call_parser: str) -> dict[str, str | None]:
         tool_call_parser=tool_call_parser,
     ).command()
     flags = parse_flags(command[command.index("-m") + 2 :])
-    return {flag: value for flag, value in flags.items() if flag not in ("--host", "--port")}
+    # The deploy files pin vLLM images older than 0.32, which have no --tool-strict-level
+    # (their GPU models write valid arguments without it; docs/deploy.md says so).
+    ignored = ("--host", "--port", "--tool-strict-level")
+    return {flag: value for flag, value in flags.items() if flag not in ignored}
 
 
 def parse_flags(args: list[str]) -> dict[str, str | None]:

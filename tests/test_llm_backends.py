@@ -13,6 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import BANK_PERSONA
+from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 from speech import speech_16k
 
@@ -83,11 +84,16 @@ async def test_a_forced_tool_call_names_the_tool(served):
     print(f"\n{backend.kind}: {names}({arguments})")
     assert names == "get_balance"
     value = json.loads(arguments)
-    # llama.cpp's grammar gives an object; vLLM's hermes parser gives SmolLM2's string,
-    # which reaches the handler marked invalid instead of being dropped.
-    assert isinstance(value, dict)
-    if backend.kind == "vllm" and INVALID_ARGUMENTS in value:
-        assert "not" in value[INVALID_ARGUMENTS]
+    # llama.cpp's grammar gives an object. vLLM pins the arguments to the tool's schema
+    # (--tool-strict-level parameter): without it SmolLM2 wrote a bare string there.
+    assert isinstance(value, dict) and INVALID_ARGUMENTS not in value, value
+    if backend.kind == "vllm":
+        schema = next(
+            tool["function"]["parameters"]
+            for tool in openai_tools(persona)
+            if tool["function"]["name"] == "get_balance"
+        )
+        Draft202012Validator(schema).validate(value)
 
 
 async def vllm_metric(backend, name: str) -> float:
@@ -158,3 +164,14 @@ async def test_a_missing_vllm_environment_is_a_clear_error(tmp_path: Path):
     with pytest.raises(LLMServerError, match=r"`bash scripts/install.sh`"):
         await server.start()
     assert VLLMConfig().python.name == "python"
+
+
+def test_tool_arguments_are_pinned_to_their_schema_unless_the_config_says_auto(tmp_path: Path):
+    def flags(**settings) -> list[str]:
+        return VLLMServer("model", python=tmp_path / "python", **settings).command()
+
+    default = flags()
+    assert default[default.index("--tool-strict-level") + 1] == "parameter"
+    assert VLLMConfig().tool_strict_level == "parameter"
+    # A vLLM older than 0.32 has no such flag: "auto" leaves it out.
+    assert "--tool-strict-level" not in flags(tool_strict_level="auto")

@@ -152,6 +152,11 @@ class VLLMConfig(_Strict):
     kv_cache_gib: int = Field(default=1, ge=1, description="KV cache on a CPU, whole GiB.")
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     tool_call_parser: str = "hermes"
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        default="parameter",
+        description="parameter: tool arguments are decoded to follow each tool's JSON "
+        "schema; function: only the call's markup and name; auto: each tool's `strict`.",
+    )
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_secs: float = Field(default=180.0, gt=0)
     checkpoint_dir: Path = Field(

@@ -83,6 +83,7 @@ class StockStack:
                 cpu_threads=settings.cpu_threads,
                 kv_cache_gib=settings.kv_cache_gib,
                 tool_call_parser=settings.tool_call_parser,
+                tool_strict_level=settings.tool_strict_level,
                 startup_timeout=settings.startup_timeout_secs,
             )
         else:

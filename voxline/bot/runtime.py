@@ -245,6 +245,7 @@ class Runtime:
                 kv_cache_gib=vllm.kv_cache_gib,
                 gpu_memory_utilization=vllm.gpu_memory_utilization,
                 tool_call_parser=vllm.tool_call_parser,
+                tool_strict_level=vllm.tool_strict_level,
                 extra_args=vllm.extra_args,
                 startup_timeout=vllm.startup_timeout_secs,
             )

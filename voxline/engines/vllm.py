@@ -80,6 +80,12 @@ class VLLMServer(SupervisedServer):
         kv_cache_gib: KV cache size on a CPU, whole GiB.
         gpu_memory_utilization: share of GPU memory vLLM may take.
         tool_call_parser: how tool calls are parsed from the model's output.
+        tool_strict_level: vLLM's ``--tool-strict-level``: ``parameter`` (the default)
+            makes every tool call's arguments follow the tool's JSON schema (a small
+            model otherwise writes a bare string or leaves out required fields),
+            ``function`` constrains only the call's markup and name, ``auto`` leaves
+            it to each tool's ``strict`` flag (and is the only level a vLLM older
+            than 0.32 knows: the flag is then left out).
         extra_args: more command-line flags, passed as given.
         startup_timeout: seconds to wait for the server to answer.
     """
@@ -101,6 +107,7 @@ class VLLMServer(SupervisedServer):
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.85,
         tool_call_parser: str = "hermes",
+        tool_strict_level: str = "parameter",
         extra_args: list[str] | None = None,
         startup_timeout: float = 180.0,
     ):
@@ -119,6 +126,7 @@ class VLLMServer(SupervisedServer):
         self.kv_cache_gib = kv_cache_gib
         self.gpu_memory_utilization = gpu_memory_utilization
         self.tool_call_parser = tool_call_parser
+        self.tool_strict_level = tool_strict_level
         self.extra_args = list(extra_args or [])
 
     def command(self) -> list[str]:
@@ -134,6 +142,8 @@ class VLLMServer(SupervisedServer):
             "--enable-prefix-caching",
             "--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser,
         ]  # fmt: skip
+        if self.tool_strict_level != "auto":  # vLLM before 0.32 has no such flag
+            command += ["--tool-strict-level", self.tool_strict_level]
         if self.device == "cpu":
             # CUDA graphs do not exist on a CPU; eager start-up takes 20 s, not 80.
             command += ["--enforce-eager", "--dtype", "bfloat16"]
