@@ -185,3 +185,33 @@ async def test_the_warm_ups_send_a_byte_identical_prefix_of_the_calls_requests()
     for turn in turns:
         assert encoded(turn["messages"])[: len(warmed)] == warmed
     assert call[len(warmed)].startswith(b"user\n"), call
+
+
+async def test_a_forced_tool_call_gets_room_for_its_arguments_the_spoken_reply_does_not():
+    persona = Persona(
+        name="forced_tool",
+        prompt=PROMPT,
+        tools=["end_call"],
+        llm={"base_url": "http://127.0.0.1:9", "model": "smollm2", "tool_choice": "end_call"},
+    )
+    llm = VoxlineLLMService(
+        api_key="not-needed",
+        base_url="http://127.0.0.1:9/v1",
+        tool_call_max_tokens=persona.llm.tool_call_max_tokens,
+        settings=VoxlineLLMService.Settings(
+            model="smollm2", system_instruction=PROMPT, max_tokens=48
+        ),
+    )
+    context = persona_context(persona, FACTS)
+    context.add_message({"role": "user", "content": "Goodbye."})
+    forced = await llm.chat_request(context)
+    assert forced["tool_choice"]["function"]["name"] == "end_call"
+    assert forced["max_tokens"] == persona.llm.tool_call_max_tokens == 128
+    # After the tool's result the completion speaks: the persona's limit holds again.
+    context.add_message(
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function",
+         "function": {"name": "end_call", "arguments": "{}"}}]}
+    )  # fmt: skip
+    context.add_message({"role": "tool", "tool_call_id": "1", "content": '{"status": "ok"}'})
+    spoken = await llm.chat_request(context)
+    assert spoken["tool_choice"] == "auto" and spoken["max_tokens"] == 48

@@ -277,6 +277,7 @@ def build_call(
         warm_context=call_prefix(persona, context) if facts else None,
         first_token_timeout_secs=persona.llm.first_token_timeout_secs,
         total_timeout_secs=persona.llm.total_timeout_secs,
+        tool_call_max_tokens=persona.llm.tool_call_max_tokens,
         api_key="not-needed",
         base_url=backend.endpoint.api_url,
         settings=VoxlineLLMService.Settings(

@@ -89,6 +89,14 @@ class LLMSettings(_Strict):
     )
     temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     max_tokens: int = Field(default=60, ge=1, le=4096)
+    tool_call_max_tokens: int = Field(
+        default=128,
+        ge=16,
+        le=4096,
+        description="The least max_tokens of a completion forced to call a tool (a "
+        "tool_choice naming one): a call, not speech, so max_tokens must not cut its "
+        "arguments.",
+    )
     first_token_timeout_secs: float = Field(
         default=15.0,
         gt=0,

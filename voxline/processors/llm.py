@@ -253,6 +253,8 @@ class VoxlineLLMService(OpenAILLMService):
             was asked (slot wait included) fails with :class:`LLMTimeoutError`.
         total_timeout_secs: a completion still streaming this long after it was
             asked fails the same way; it also bounds the call's prompt warm-up.
+        tool_call_max_tokens: the least ``max_tokens`` of a completion forced to call
+            a tool (the persona's ``llm.tool_call_max_tokens``).
         **kwargs: passed to pipecat's ``OpenAILLMService``.
     """
 
@@ -267,10 +269,12 @@ class VoxlineLLMService(OpenAILLMService):
         warm_context: LLMContext | None = None,
         first_token_timeout_secs: float = DEFAULT_FIRST_TOKEN_TIMEOUT_SECS,
         total_timeout_secs: float = DEFAULT_TOTAL_TIMEOUT_SECS,
+        tool_call_max_tokens: int = 128,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self._backend = backend
+        self._tool_call_max_tokens = tool_call_max_tokens
         self._first_token_timeout_secs = first_token_timeout_secs
         self._total_timeout_secs = total_timeout_secs
         self._warm_context = warm_context
@@ -322,6 +326,8 @@ class VoxlineLLMService(OpenAILLMService):
         * A tool choice that names a tool forces it in answers to the caller only:
           the completion that follows a tool's result must be free to speak, or a
           forced choice would call the tool again, forever.
+        * A completion forced to call a tool gets at least ``tool_call_max_tokens``,
+          whatever the persona's ``max_tokens``.
         """
         params = super().build_chat_completion_params(params_from_context)
         messages = [
@@ -341,6 +347,14 @@ class VoxlineLLMService(OpenAILLMService):
         forced = isinstance(params.get("tool_choice"), dict)
         if forced and messages and messages[-1].get("role") == "tool":
             params["tool_choice"] = "auto"
+        if isinstance(params.get("tool_choice"), dict) or params.get("tool_choice") == "required":
+            # The answer is a tool call, not speech: the persona's max_tokens bounds what
+            # the caller hears, and would cut the call's arguments mid-JSON (48 tokens
+            # hold vLLM's envelope and half of get_balance's arguments).
+            for key in ("max_tokens", "max_completion_tokens"):
+                limit = params.get(key)
+                if isinstance(limit, int) and limit < self._tool_call_max_tokens:
+                    params[key] = self._tool_call_max_tokens
         return params
 
     async def chat_request(self, context: LLMContext) -> dict:
