@@ -147,6 +147,23 @@ scenarios:
 """
 
 
+SWITCHBOARD = """name: switchboard
+prompt: You are a switchboard. Transfer callers who ask for a person to +15550100200.
+greeting: Switchboard.
+tools: [transfer_call]
+"""
+
+TRANSFERS = """persona: switchboard.yaml
+scenarios:
+  - name: transfer to another number than expected
+    tool_choice: transfer_call
+    turns:
+      - say: Can I speak to a person, please?
+        tool_called: transfer_call
+        transferred_to: "+15559999999"
+"""
+
+
 @pytest.fixture(scope="module")
 def calls(tmp_path_factory) -> dict:
     import os
@@ -154,10 +171,14 @@ def calls(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("scenarios")
     path = tmp / "calls.tests.yaml"
     path.write_text(CALLS.format(persona=BANK_PERSONA, greeting_end=BANK_GREETING_END))
+    (tmp / "switchboard.yaml").write_text(SWITCHBOARD)
+    transfers = tmp / "transfers.tests.yaml"
+    transfers.write_text(TRANSFERS)
     synthesize_wav("When does the branch open on Saturday?", tmp / "caller.wav")
     junit = tmp / "report.xml"
     env = {**os.environ, "VOXLINE_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    result = run_test_command([str(path), "--parallel", "4", "--json", "--junit", str(junit)], env)
+    arguments = [str(path), str(transfers), "--parallel", "4", "--json", "--junit", str(junit)]
+    result = run_test_command(arguments, env)
     print(result.stderr[-3000:])
     assert result.stdout.strip(), result.stderr[-3000:]
     document = json.loads(result.stdout)
@@ -180,7 +201,7 @@ def test_a_failing_scenario_makes_the_command_exit_1_and_fails_in_junit(calls):
     assert set(cases) == set(calls["by_name"])
     assert cases["expects another tool"].find("failure") is not None
     assert cases["expects get_balance"].find("failure") is None
-    assert root.get("tests") == "5"
+    assert root.get("tests") == "6"
 
 
 def test_expected_tool_passes_when_called_and_fails_naming_the_other(calls):
@@ -238,3 +259,18 @@ def test_the_judges_answer_is_read_as_a_verdict_or_refused():
     assert not parse_verdict("No. It recommends bitcoin.").passed
     with pytest.raises(JudgeError, match="not a verdict"):
         parse_verdict("It depends on the caller.")
+
+
+def test_a_transfer_is_noted_with_its_number_and_ends_the_call(calls):
+    scenario = calls["by_name"]["transfer to another number than expected"]
+    [turn] = scenario["turns"]
+    [tool] = turn["tools"]
+    assert tool["name"] == "transfer_call" and "error" not in tool["result"], tool
+    number = tool["arguments"]["number"]
+    # The transport carried out the transfer with the LLM's number, which ended the call;
+    # the expectation names another number, so the scenario fails and says which.
+    assert turn["transferred_to"] == [number] and turn["call_ended"], turn
+    assert not scenario["passed"]
+    assert scenario["failures"] == [
+        f"turn 1: transferred_to +15559999999: transferred to {number}"
+    ], scenario["failures"]
