@@ -231,30 +231,28 @@ def _tool_result(name: str, result: dict, call_id: str) -> FunctionCallResultFra
     )
 
 
+async def _turn_answered_by_a_tool(words: str, tool: str, result: dict) -> _Feed:
+    """A caller's turn whose completion calls ``tool``, which gives ``result``."""
+    feed = _Feed(LatencyTracer())
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame(words, "c", "t"), LLMFullResponseStartFrame())
+    await feed(_tool_result(tool, result, "1"))
+    await feed(LLMFullResponseEndFrame())
+    return feed
+
+
 async def test_after_end_call_the_call_is_never_idle_again():
     # A harness that ends the call when it goes idle (talk, voxline test) must not queue
     # its end ahead of the goodbye, which the hang-up queues just after this result.
-    feed = _Feed(LatencyTracer())
-    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
-    await feed(TranscriptionFrame("Goodbye.", "c", "t"), LLMFullResponseStartFrame())
-    await feed(_tool_result("end_call", {"status": "ending the call"}, "1"))
-    await feed(LLMFullResponseEndFrame())
+    feed = await _turn_answered_by_a_tool("Goodbye.", "end_call", {"status": "ending the call"})
     assert not feed.tracer.idle.is_set()
     await _answer(feed, "Thank you for calling. Goodbye.")
     assert not feed.tracer.idle.is_set()
 
 
 async def test_a_refused_end_call_or_another_tool_leaves_the_call_to_go_idle():
-    feed = _Feed(LatencyTracer())
-    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
-    await feed(TranscriptionFrame("Bye.", "c", "t"), LLMFullResponseStartFrame())
-    await feed(_tool_result("end_call", {"error": "the call is not running"}, "1"))
-    await feed(LLMFullResponseEndFrame())
+    refused = {"error": "the call is not running"}
+    feed = await _turn_answered_by_a_tool("Bye.", "end_call", refused)
     assert feed.tracer.idle.is_set()
-
-    feed = _Feed(LatencyTracer())
-    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
-    await feed(TranscriptionFrame("Balance?", "c", "t"), LLMFullResponseStartFrame())
-    await feed(_tool_result("get_balance", {"balance": "1.00"}, "2"))
-    await feed(LLMFullResponseEndFrame())
+    feed = await _turn_answered_by_a_tool("Balance?", "get_balance", {"balance": "1.00"})
     assert feed.tracer.idle.is_set()

@@ -344,10 +344,10 @@ class VoxlineLLMService(OpenAILLMService):
                 messages[index] = {**message, "content": ""}
         if "messages" in params:
             params["messages"] = messages
-        forced = isinstance(params.get("tool_choice"), dict)
-        if forced and messages and messages[-1].get("role") == "tool":
-            params["tool_choice"] = "auto"
-        if isinstance(params.get("tool_choice"), dict) or params.get("tool_choice") == "required":
+        choice = params.get("tool_choice")
+        if isinstance(choice, dict) and messages and messages[-1].get("role") == "tool":
+            params["tool_choice"] = choice = "auto"
+        if isinstance(choice, dict) or choice == "required":
             # The answer is a tool call, not speech: the persona's max_tokens bounds what
             # the caller hears, and would cut the call's arguments mid-JSON (48 tokens
             # hold vLLM's envelope and half of get_balance's arguments).
