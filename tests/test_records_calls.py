@@ -122,13 +122,25 @@ async def recorded(served: dict, call_id: str, ready, timeout: float = 60.0) -> 
 
 
 def check_answered(turns: list, question: str):
-    """The question's answer: its words (a pause may split them over two turns), the
-    words heard back, the forced tool call with its arguments, result and duration, and
-    every stage's latency. Returns the answered turn."""
-    answered = next((i for i, turn in enumerate(turns) if turn.finished and turn.tools), None)
+    """The question's answer: its words, the words heard back, the forced tool call with
+    its arguments, result and duration, and every stage's latency. Returns the answered
+    turn.
+
+    The question may span several turns: a pause, or Whisper's question mark committing
+    "where is my parcel?" before the caller goes on. Its turns are the first ones whose
+    words together come closest to the question; the answer is the last of them that
+    called the tool.
+    """
+
+    def caller_words(count: int) -> str:
+        return " ".join(turn.caller_text for turn in turns[:count])
+
+    spoken = min(range(1, len(turns) + 1), key=lambda count: wer(question, caller_words(count)))
+    assert wer(question, caller_words(spoken)) <= 0.3, [turn.caller_text for turn in turns]
+    answered = max(
+        (i for i, turn in enumerate(turns[:spoken]) if turn.finished and turn.tools), default=None
+    )
     assert answered is not None, turns
-    caller = " ".join(turn.caller_text for turn in turns[: answered + 1])
-    assert wer(question, caller) <= 0.3, caller
     turn = turns[answered]
     assert turn.bot_heard, turn
     assert [tool.name for tool in turn.tools] == ["track_parcel"], turn.tools

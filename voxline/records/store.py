@@ -25,13 +25,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from voxline.records.models import CallRecord, CallSummary, ToolCallRecord, TurnRecord
-from voxline.records.schema import CALL_TABLES, calls, heard, migrate, tool_calls, turns
+from voxline.records.schema import (
+    CALL_TABLES,
+    calls,
+    heard,
+    metadata,
+    migrate,
+    tool_calls,
+    turns,
+)
 from voxline.records.settings import default_records_path, driver_url, shown_url
 
 CONNECT_TIMEOUT_SECS = 5
 MAX_LIST = 1000
 HEX_PREFIX = re.compile(r"[0-9a-f]{6,32}")
 MAX_ID_CHARS = 64
+# Any fixed 64-bit key: the one lock every voxline takes to create or migrate its tables.
+MIGRATION_LOCK_KEY = 0x766F786C696E65
 
 
 class RecordsUnavailableError(RuntimeError):
@@ -89,18 +99,25 @@ class RecordStore:
                     f"{exc.strerror or exc}"
                 ) from None
         # Two processes starting together on one database (two pods, two serves
-        # behind a balancer) can both find a table missing; the later CREATE then
-        # fails with "already exists", and a second pass finds everything there.
-        for attempt in range(2):
+        # behind a balancer) can both find a table missing. PostgreSQL serialises
+        # them on an advisory lock; SQLite commits each CREATE on its own, so a
+        # loser fails with "already exists" once per table another process made,
+        # and every retry finds more of the schema there.
+        attempts = len(metadata.tables) + 1
+        for attempt in range(attempts):
             try:
                 async with self.engine.begin() as connection:
                     if self.is_sqlite:
                         await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    elif create:
+                        await connection.execute(
+                            select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY))
+                        )
                     if create:
                         await migrate(connection)
                 return
             except Exception as exc:
-                if attempt == 0 and "already exists" in str(exc):
+                if attempt < attempts - 1 and "already exists" in str(exc):
                     continue
                 raise RecordsUnavailableError(
                     f"records database {self.shown_url} cannot be reached: {one_line(exc)}"
