@@ -54,6 +54,13 @@ def test_valid_persona_fills_defaults(tmp_path):
     assert persona.turn.stop_secs >= persona.turn.early_secs
 
 
+def test_the_lines_that_leave_the_call_cannot_be_talked_over_by_default(tmp_path):
+    # A goodbye cut by the caller's own "bye" would end the call in silence.
+    assert load_persona(write(tmp_path, VALID)).turn.uninterruptible == ["goodbye", "transfer"]
+    open_lines = load_persona(write(tmp_path, VALID + "turn:\n  uninterruptible: []\n"))
+    assert open_lines.turn.uninterruptible == []
+
+
 def test_prompt_file_is_read_relative_to_the_persona(tmp_path):
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "bot.md").write_text("Speak briefly.\n")

@@ -212,7 +212,10 @@ class TurnSettings(_Strict):
         "join the caller's next turn, or are dropped.",
     )
     uninterruptible: list[SpokenLine] = Field(
-        default_factory=list, description="Fixed lines the caller cannot talk over."
+        default_factory=lambda: ["goodbye", "transfer"],
+        description="Fixed lines the caller cannot talk over. The default keeps the two "
+        "after which the bot leaves the call: cut short, the caller would hear the line "
+        "stop and then the hang-up or the transfer, with nothing said.",
     )
 
     @model_validator(mode="after")
