@@ -141,6 +141,14 @@ def serve_voxline(
     return start_voxline(path, env, port, wait=wait), f"http://127.0.0.1:{port}"
 
 
+class PostgresToolError(subprocess.CalledProcessError):
+    """A PostgreSQL tool failed; its message ends with what the tool printed on stderr."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or b"").decode(errors="replace").strip()
+        return f"{super().__str__()}: {said}" if said else super().__str__()
+
+
 class PostgresCluster:
     """A throwaway PostgreSQL cluster on 127.0.0.1, run by pg_ctl (as ``postgres`` if root).
 
@@ -163,17 +171,22 @@ class PostgresCluster:
         self.data = self.dir / "data"
         self.port = free_port()
         self.url = f"postgresql://voxline@127.0.0.1:{self.port}/postgres"
-        self._run("initdb", "-D", str(self.data), "-U", "voxline", "--auth=trust", "-E", "UTF8")
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "voxline", "--auth=trust", "-E", "UTF8")
+        except (OSError, subprocess.SubprocessError):
+            shutil.rmtree(self.dir, ignore_errors=True)  # nothing runs in it yet
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [str(self.bin / tool), *args],
-            check=True,
             capture_output=True,
             user=self.user,
             cwd=self.dir,
             timeout=120,
         )
+        if done.returncode != 0:
+            raise PostgresToolError(done.returncode, done.args, done.stdout, done.stderr)
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections (``pg_ctl -w``)."""
