@@ -20,8 +20,6 @@ from pipecat.frames.frames import (
 )
 from pipelines import RunningPipeline
 
-from voxline.config import EnginesConfig, PiperConfig, ServerConfig
-from voxline.cpu_budget import MAX_THREADS_PER_CORE, cpu_budget
 from voxline.engines.piper import Overloaded, PiperEngine, SynthesisRecord, split_phonemes
 from voxline.models import PiperVoiceFiles, resolve_piper
 from voxline.processors.tts import SharedPiperTTSService
@@ -199,37 +197,3 @@ def test_long_sentences_are_cut_at_clause_or_word_boundaries():
         assert split_phonemes(phonemes, None) == [phonemes]
     finally:
         engine.close()
-
-
-@pytest.mark.parametrize("cores", [1, 2, 8, 64])
-def test_cpu_budget_gives_sane_counts(cores: int):
-    budget = cpu_budget(cores)
-    counts = budget.table()
-    assert all(value >= 1 for value in counts.values()), counts
-    assert budget.llm_threads <= cores
-    assert budget.whisper_workers * budget.whisper_threads <= cores
-    assert budget.piper_workers * budget.piper_threads <= max(2, cores)
-    assert budget.whisper_threads == budget.piper_threads == budget.turn_threads == 1
-    assert budget.total_threads <= MAX_THREADS_PER_CORE * cores
-    if cores >= 2:
-        assert budget.piper_workers >= 2, "one Piper worker is kept for first chunks"
-
-
-def test_cpu_budget_on_two_cores_stays_under_its_bound():
-    budget = cpu_budget(2)
-    assert budget.total_threads <= 8  # MAX_THREADS_PER_CORE * 2, the bound docs/cpu.md states
-    assert (budget.llm_threads, budget.whisper_workers, budget.piper_workers) == (2, 2, 2)
-    assert budget.total_threads == 7
-
-
-def test_server_config_takes_unset_counts_from_the_budget():
-    config = ServerConfig(engines=EnginesConfig(cpu_cores=2))
-    assert config.engines.whisper.num_workers == 2
-    assert config.engines.whisper.cpu_threads == 1
-    assert (config.engines.piper.workers, config.engines.piper.threads) == (2, 1)
-    assert config.engines.llm.n_threads == 2 and config.engines.vllm.cpu_threads == 2
-    explicit = EnginesConfig(cpu_cores=64, piper=PiperConfig(workers=3, threads=2))
-    assert (explicit.piper.workers, explicit.piper.threads) == (3, 2)
-    assert explicit.llm.n_threads == cpu_budget(64).llm_threads
-    with pytest.raises(ValueError):
-        cpu_budget(0)

@@ -194,7 +194,10 @@ class EnginesConfig(_Strict):
     """
 
     cpu_cores: int | None = Field(
-        default=None, ge=1, description="Cores the engines share. Default: os.cpu_count()."
+        default=None,
+        ge=1,
+        description="Cores the engines share. Default: the cores this process may use "
+        "(its CPU affinity, capped by its container's CPU limit).",
     )
     whisper: WhisperConfig = WhisperConfig()
     piper: PiperConfig = PiperConfig()

@@ -33,8 +33,10 @@ No pipecat imports here; this module is a pure function of the core count.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 MAX_THREADS_PER_CORE = 4
 """The bound on :attr:`CpuBudget.total_threads` per core (2 cores: at most 8; the table: 7)."""
@@ -81,18 +83,53 @@ class CpuBudget:
         return {**asdict(self), "total_threads": self.total_threads}
 
 
+def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores; a container limited to 2 CPUs
+    (``docker --cpus 2``, a Kubernetes ``limits.cpu: 2``) on a 64-core host would
+    otherwise size every engine for 64 and be throttled. The quota is read from
+    cgroup v2's ``cpu.max`` or cgroup v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
+    and rounded up (1.5 CPUs: 2 cores).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs the cgroup may use (quota / period), or None without a limit."""
+    try:
+        limit, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # cgroup v1
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
 def cpu_budget(cores: int | None = None, *, whisper_on_gpu: bool = False) -> CpuBudget:
     """Thread counts for every engine on a machine with ``cores`` cores.
 
     Args:
-        cores: cores the engines share; ``None`` is ``os.cpu_count()``.
+        cores: cores the engines share; ``None`` is :func:`available_cores` (the
+            process's CPU affinity, capped by its container's CPU limit).
         whisper_on_gpu: Whisper runs on CUDA: one worker (a GPU batches instead).
 
     Raises:
         ValueError: ``cores`` is below 1.
     """
     if cores is None:
-        cores = os.cpu_count() or 1
+        cores = available_cores()
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
     llm = cores if cores <= 2 else min(32, cores - cores // 4)

@@ -8,7 +8,6 @@ the server also receives SIGTERM if the voxline process dies without cleaning up
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from voxline.cpu_budget import available_cores
 from voxline.engines.gguf_info import GGUFError, kv_bytes_per_token
 from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one import for callers)
     ConcurrencyCap,
@@ -137,7 +137,7 @@ class LlamaCppServer(SupervisedServer):
             startup_timeout=startup_timeout,
         )
         self.model_path = Path(model_path)
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or available_cores()
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.prompt_cache_bytes = prompt_cache_bytes

@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from voxline.cpu_budget import available_cores
 from voxline.engines.llm import free_port
 from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer, ticking
 
@@ -122,7 +123,7 @@ class VLLMServer(SupervisedServer):
         self.python = Path(python)
         self.device = device
         self.max_model_len = max_model_len
-        self.cpu_threads = cpu_threads or os.cpu_count() or 1
+        self.cpu_threads = cpu_threads or available_cores()
         self.kv_cache_gib = kv_cache_gib
         self.gpu_memory_utilization = gpu_memory_utilization
         self.tool_call_parser = tool_call_parser
