@@ -14,10 +14,11 @@ The rules:
   each** and run concurrently on several workers: on 2 cores one thread per run
   with two runs at once beats two threads per run (Whisper and Piper: docs/cpu.md).
   One-thread ONNX sessions have no idle-spinning pool;
-* the LLM server gets every core on 1-2 cores (2 threads: 18.5 ms/token, 1 thread:
-  31.7 ms/token, SmolLM2 on llama.cpp here), three quarters of them above that
-  (at most 32), so
-  Whisper and Piper keep cores for themselves;
+* the LLM server leaves at least one core to the others: 1 thread on 2 cores, three
+  quarters of the cores above 4 (at most 32). Its threads meet after every layer, so
+  one thread that waits for a core busy with Whisper or Piper stalls every token:
+  with one core busy, llama.cpp with 2 threads took up to 2.1 s for a token and vLLM
+  101 ms a token, against 21 and 41 ms with 1 thread (benchmarks/llm_threads.py);
 * Whisper gets one worker per core up to 2, then one per two cores (at most 8);
   Piper two workers (one of them kept for first chunks), one per four cores from 8
   cores (at most 8); the end-of-turn model one worker;
@@ -25,7 +26,7 @@ The rules:
   of audio, timed here with pipecat's analyzer); it is counted, not configurable.
 
 ``total_threads`` is bounded by :data:`MAX_THREADS_PER_CORE` threads per core
-(7 on 2 cores: LLM 2, Whisper 2, Piper 2, end-of-turn 1), and no engine alone gets
+(6 on 2 cores: LLM 1, Whisper 2, Piper 2, end-of-turn 1), and no engine alone gets
 more threads than there are cores.
 
 No pipecat imports here; this module is a pure function of the core count.
@@ -39,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MAX_THREADS_PER_CORE = 4
-"""The bound on :attr:`CpuBudget.total_threads` per core (2 cores: at most 8; the table: 7)."""
+"""The bound on :attr:`CpuBudget.total_threads` per core (2 cores: at most 8; the table: 6)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def cpu_budget(cores: int | None = None, *, whisper_on_gpu: bool = False) -> Cpu
         cores = available_cores()
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
-    llm = cores if cores <= 2 else min(32, cores - cores // 4)
+    llm = 1 if cores == 1 else min(32, cores - max(1, cores // 4))
     whisper = cores if cores <= 2 else min(8, cores // 2)
     piper = 1 if cores == 1 else max(2, min(8, cores // 4))
     return CpuBudget(
