@@ -176,6 +176,19 @@ def test_take_first_words_and_reset():
     assert chunker.flush() == "five."
 
 
+def test_take_words_prefers_the_last_clause_boundary():
+    chunker = SentenceChunker()
+    assert chunker.push("Sure. ") == ["Sure."]
+    assert chunker.push("I can see your account,") == []
+    assert chunker.take_words(min_words=4) == "I can see your account,"  # "," ends a word
+    chunker.push(" and your balance is fine, as far as I can tell, for")
+    assert chunker.take_words(min_words=13) is None
+    assert chunker.take_words(min_words=6) == "and your balance is fine, as far as I can tell,"
+    chunker.push(" now the total is 1,")
+    assert chunker.take_words(min_words=2) == "for now the total is"  # "1," may be "1,200"
+    assert chunker.flush() == "1,"
+
+
 class Collect(FrameProcessor):
     def __init__(self) -> None:
         super().__init__()
@@ -202,3 +215,38 @@ async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
     assert texts[0] in ("Well", "Well let", "Well let me"), texts  # whole words only
     assert " ".join(texts) == "Well let me think about it for you."
     assert collect.chunks[0][0] - started < 0.45, "the deadline did not fire"
+
+
+SLOW_SENTENCE = " I can see your account, and your balance is one hundred dollars today."
+
+
+async def reply_with_a_slow_second_sentence(chunker: ChunkerProcessor):
+    """A short first sentence, then a long one written slower than it is spoken."""
+    collect = Collect()
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure, of course."))
+        for token in SLOW_SENTENCE.split(" ")[1:]:
+            await run.queue(LLMTextFrame(" " + token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        last_token_at = time.perf_counter()
+        await run.queue(LLMFullResponseEndFrame())
+    return collect.chunks, last_token_at
+
+
+async def test_a_sentence_is_cut_before_the_audio_sent_runs_out():
+    # "Sure, of course." lasts 1.6 s at 10 characters a second; 0.8 s before it ends
+    # (8 tokens in) the words of the next sentence so far go out at their last clause
+    # boundary.
+    chunks, last_token_at = await reply_with_a_slow_second_sentence(
+        ChunkerProcessor(speech_chars_per_sec=10, runway_lead_ms=800)
+    )
+    texts = [text for _, text in chunks]
+    assert texts[0] == "Sure, of course."
+    assert texts[1] == "I can see your account,", texts
+    assert chunks[1][0] < last_token_at, "the cut waited for the sentence's end"
+    assert " ".join(texts) == "Sure, of course." + SLOW_SENTENCE
+
+
+async def test_without_a_runway_lead_chunks_are_whole_sentences():
+    chunks, _ = await reply_with_a_slow_second_sentence(ChunkerProcessor(runway_lead_ms=None))
+    assert [text for _, text in chunks] == ["Sure, of course.", SLOW_SENTENCE.strip()]

@@ -264,6 +264,7 @@ def test_the_judges_answer_is_read_as_a_verdict_or_refused():
 def test_a_transfer_is_noted_with_its_number_and_ends_the_call(calls):
     scenario = calls["by_name"]["transfer to another number than expected"]
     [turn] = scenario["turns"]
+    assert len(turn["tools"]) == 1, scenario
     [tool] = turn["tools"]
     assert tool["name"] == "transfer_call" and "error" not in tool["result"], tool
     number = tool["arguments"]["number"]

@@ -249,6 +249,20 @@ class ChunkingSettings(_Strict):
         default=250, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
     )
     max_chars: int = Field(default=250, ge=40, le=2000)
+    speech_chars_per_sec: float = Field(
+        default=20.0,
+        gt=0,
+        le=100,
+        description="How fast the voice speaks, for the estimate of when the audio sent "
+        "runs out (Piper's voices: 17-20; a higher figure cuts earlier).",
+    )
+    runway_lead_ms: float | None = Field(
+        default=500,
+        ge=0,
+        le=10000,
+        description="How long before the audio sent runs out a sentence still being written "
+        "goes out in part (its last clause boundary or whole word); none: whole sentences.",
+    )
 
 
 class CallLimits(_Strict):

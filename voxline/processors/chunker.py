@@ -5,9 +5,16 @@ The first chunk of a reply goes to TTS at its first clause boundary (``,`` ``;``
 end, or when ``max_wait_ms`` pass without either — whichever comes first: the
 caller hears the bot after a few words instead of a whole sentence. Later chunks
 are whole sentences (or lines of a list), at most ``max_chars`` long, which sound
-more natural. Sentence ends inside abbreviations (Dr., e.g., U.S.), numbers
-($3.50, 1,200), times (10:30), e-mail addresses and URLs are not boundaries, and
-markdown, list bullets and emoji are removed: a voice must not read them.
+more natural -- unless the audio already sent is about to run out: the chunker
+keeps an estimate of when the caller will have heard everything it sent (each
+chunk lasts about ``len(chunk) / speech_chars_per_sec`` seconds), and
+``runway_lead_ms`` before that moment the words of an unfinished sentence go out
+at their last clause boundary, or their last whole word, so the voice does not
+stop in mid-reply while the LLM finishes the sentence.
+
+Sentence ends inside abbreviations (Dr., e.g., U.S.), numbers ($3.50, 1,200), times
+(10:30), e-mail addresses and URLs are not boundaries, and markdown, list bullets and
+emoji are removed: a voice must not read them.
 """
 
 from __future__ import annotations
@@ -87,6 +94,11 @@ class SentenceChunker:
         return chunks
 
     @property
+    def has_text(self) -> bool:
+        """Whether words of the reply wait that have not gone out in a chunk."""
+        return bool(self._buffer.strip())
+
+    @property
     def waiting_for_first(self) -> bool:
         """Whether the reply has text but its first chunk has not gone out yet."""
         return self._first and bool(self._buffer.strip())
@@ -95,11 +107,29 @@ class SentenceChunker:
         """The first chunk now, up to the last whole word (``max_wait_ms`` passed)."""
         if not self.waiting_for_first:
             return None
-        space = max(self._buffer.rfind(" "), self._buffer.rfind("\n"))
-        if space <= 0:
+        return self.take_words(min_words=1)
+
+    def take_words(self, *, min_words: int) -> str | None:
+        """The words so far as a chunk now, though their sentence has not ended.
+
+        The chunk ends at the last clause boundary after ``min_words`` words, or else
+        at the last whole word; ``None`` while fewer than ``min_words`` whole words wait.
+        """
+        text = self._buffer
+        # A word that ends in a clause mark is whole ("account,"), a digit may go on ("1,").
+        ended = len(text) > 1 and text[-1] in CLAUSE_END and text[-2].isalpha()
+        space = len(text) if ended else max(text.rfind(" "), text.rfind("\n"))
+        if space <= 0 or len(text[:space].split()) < min_words:
             return None
-        chunk = clean_for_speech(self._buffer[:space])
-        self._buffer = self._buffer[space:]
+        cut = space
+        for i in range(space - 1, 0, -1):
+            after = text[i + 1] if i + 1 < len(text) else " "
+            if after.isspace() and (text[i] in CLAUSE_END or _is_dash(text, i)):
+                if len(text[:i].split()) >= min_words:
+                    cut = i + 1
+                break
+        chunk = clean_for_speech(text[:cut])
+        self._buffer = text[cut:]
         if not chunk:
             return None
         self._first = False
@@ -158,21 +188,44 @@ class ChunkerProcessor(FrameProcessor):
     Sits between the LLM and the TTS service; TTS speaks each chunk as it comes.
     A new reply or an interruption resets it; the end of a reply flushes it. If
     the first chunk has no boundary ``max_wait_ms`` after the reply's first token,
-    the words so far go out as the first chunk.
+    the words so far go out as the first chunk. After it, a sentence still being
+    written when the audio sent so far is about to end goes out in part (its last
+    clause boundary, or its last whole word once ``min_first_words`` words wait):
+    a pause while the LLM finishes a long sentence would be heard as the voice
+    stopping.
 
     Args:
-        min_first_words: words the first chunk needs before a clause boundary ends it.
+        min_first_words: words the first chunk needs before a clause boundary ends it,
+            and the fewest words a chunk cut for the runway holds.
         max_wait_ms: the longest the first chunk waits for a boundary.
         max_chars: the longest chunk.
+        speech_chars_per_sec: how fast the voice speaks, for the estimate of when the
+            audio sent runs out; a higher figure cuts earlier.
+        runway_lead_ms: how long before the audio sent runs out an unfinished sentence
+            is cut (time for TTS to voice it); ``None`` waits for whole sentences.
     """
 
     def __init__(
-        self, *, min_first_words: int = 4, max_wait_ms: float = 250, max_chars: int = 250, **kwargs
+        self,
+        *,
+        min_first_words: int = 4,
+        max_wait_ms: float = 250,
+        max_chars: int = 250,
+        speech_chars_per_sec: float = 20.0,
+        runway_lead_ms: float | None = 500,
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        if speech_chars_per_sec <= 0:
+            raise ValueError("speech_chars_per_sec must be > 0")
         self._chunker = SentenceChunker(min_first_words=min_first_words, max_chars=max_chars)
+        self._min_words = min_first_words
         self._max_wait_secs = max_wait_ms / 1000
+        self._chars_per_sec = speech_chars_per_sec
+        self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
         self._deadline: asyncio.Task[None] | None = None
+        self._runway_timer: asyncio.Task[None] | None = None
+        self._audio_ends_at: float | None = None  # loop time the audio sent has been heard
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Chunk LLM text; pass every other frame through."""
@@ -184,33 +237,77 @@ class ChunkerProcessor(FrameProcessor):
             elif self._chunker.waiting_for_first and self._deadline is None:
                 self._deadline = self.create_task(self._first_chunk_deadline())
             for chunk in chunks:
-                await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
+                await self._push_chunk(chunk)
+            self._watch_runway()
             return
         if isinstance(frame, LLMFullResponseEndFrame):
-            self._cancel_deadline()
+            self._cancel_timers()
             rest = self._chunker.flush()
             if rest:
-                await self.push_frame(AggregatedTextFrame(rest, TextType.SENTENCE))
+                await self._push_chunk(rest)
+            self._audio_ends_at = None
         elif isinstance(
             frame, (LLMFullResponseStartFrame, InterruptionFrame, EagerEndOfTurnCancelFrame)
         ):
-            self._cancel_deadline()
+            self._cancel_timers()
             self._chunker.reset()
+            self._audio_ends_at = None
         await self.push_frame(frame, direction)
+
+    async def _push_chunk(self, chunk: str) -> None:
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._audio_ends_at or now)
+        self._audio_ends_at = start + len(chunk) / self._chars_per_sec
+        await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
+
+    def _watch_runway(self) -> None:
+        """Time the cut of the sentence being written, if words of it wait."""
+        if (
+            self._lead_secs is None
+            or self._audio_ends_at is None
+            or self._chunker.waiting_for_first
+            or self._runway_timer is not None
+            or not self._chunker.has_text
+        ):
+            return
+        self._runway_timer = self.create_task(self._runway_deadline())
 
     async def _first_chunk_deadline(self) -> None:
         await asyncio.sleep(self._max_wait_secs)  # a deadline, not synchronisation
         self._deadline = None
         chunk = self._chunker.take_first_words()
         if chunk:
-            await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
+            await self._push_chunk(chunk)
+            self._watch_runway()
+
+    async def _runway_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        lead = self._lead_secs or 0.0
+        # A sentence that ends meanwhile moves the deadline on: look again after it.
+        while (
+            self._audio_ends_at is not None
+            and (wait := self._audio_ends_at - lead - loop.time()) > 0
+        ):
+            await asyncio.sleep(wait)  # a deadline, not synchronisation
+        self._runway_timer = None
+        chunk = self._chunker.take_words(min_words=self._min_words)
+        if chunk:
+            await self._push_chunk(chunk)
+            self._watch_runway()
+        # Too few words yet: the next token looks again (the deadline has passed).
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    async def cleanup(self) -> None:
-        """Stop the first-chunk timer with the pipeline."""
+    def _cancel_timers(self) -> None:
         self._cancel_deadline()
+        if self._runway_timer is not None:
+            self._runway_timer.cancel()
+            self._runway_timer = None
+
+    async def cleanup(self) -> None:
+        """Stop the chunk timers with the pipeline."""
+        self._cancel_timers()
         await super().cleanup()
