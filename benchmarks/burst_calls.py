@@ -126,15 +126,17 @@ class Stack:
     stop: Callable[[Path], Awaitable[None]]
 
 
-async def start_voxline_stack(backend: str, tmp: Path, max_calls: int) -> Stack:
+async def start_voxline_stack(
+    backend: str, tmp: Path, max_calls: int, persona: Path, engines: dict
+) -> Stack:
     server, url = await asyncio.to_thread(
         serve_voxline,
         tmp,
-        numbers={NUMBER: PERSONA},
-        default_persona=PERSONA,
+        numbers={NUMBER: persona},
+        default_persona=persona,
         token=TOKEN,
         max_calls=max_calls,
-        engines={"llm": {"backend": backend}},
+        engines={**engines, "llm": {**engines.get("llm", {}), "backend": backend}},
         log_level="INFO",
     )
 
@@ -362,6 +364,15 @@ def main() -> None:
     parser.add_argument("--max-calls", type=int, default=8, help="voxline's max_calls")
     parser.add_argument("--underrun-ms", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument(
+        "--persona", type=Path, default=PERSONA, help="voxline's persona (default: the bank)"
+    )
+    parser.add_argument(
+        "--engines",
+        type=json.loads,
+        default={},
+        help='extra engines config for voxline as JSON, e.g. \'{"vllm": {"cpu_threads": 2}}\'',
+    )
     args = parser.parse_args()
     counts = args.calls or ([1, 2] if args.quick else [1, 2, 4, 8])
     args.turns = args.turns or (2 if args.quick else 3)
@@ -384,7 +395,9 @@ def main() -> None:
                 if system == "voxline":
                     sub = tmp / name.replace("/", "_")
                     sub.mkdir()
-                    start = lambda b=backend, d=sub: start_voxline_stack(b, d, args.max_calls)  # noqa: E731
+                    start = lambda b=backend, d=sub: start_voxline_stack(  # noqa: E731
+                        b, d, args.max_calls, args.persona, args.engines
+                    )
                 else:
                     start = lambda b=backend: start_stock_stack(b, args.max_calls)  # noqa: E731
                 results[name] = await run_system(name, start, counts, args, clips)
