@@ -335,12 +335,16 @@ def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
     after = messages[first_user + 1] if first_user + 1 < len(messages) else None
     kept_text = after["content"] if after and after["role"] == "assistant" else ""
     kept, reply_words = words(kept_text), words(reply["bot"])
-    # The chunker may cut a first chunk early on time: the chunks after the kept text are
-    # cut again from the rest of the answer.
+    # The chunks after the kept text are cut again from the rest of the answer, after the
+    # kept text (so by the rules of later chunks, not the first's). The chunker may have
+    # cut the real ones shorter, on time (the first chunk's deadline, the audio's runway):
+    # the next chunk found here is the longest the real one can have been.
     rest = " ".join(reply["bot"].split()[len(kept_text.split()) :])
     chunker = SentenceChunker(
         min_first_words=persona.chunking.min_first_words, max_chars=persona.chunking.max_chars
     )
+    if kept_text:
+        chunker.push(kept_text + " ")
     following = [*chunker.push(rest), *filter(None, [chunker.flush()])]
     assert following, "the barge-in came after the whole answer"
     kept_secs = len(voice.synthesize_all(kept_text)) / 2 / voice.sample_rate if kept else 0.0
