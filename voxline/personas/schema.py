@@ -254,7 +254,7 @@ class ChunkingSettings(_Strict):
         gt=0,
         le=100,
         description="How fast the voice speaks, for the estimate of when the audio sent "
-        "runs out (Piper's voices: 17-20; a higher figure cuts earlier).",
+        "runs out (Piper's joe voice: 16-20; a higher figure cuts earlier).",
     )
     runway_lead_ms: float | None = Field(
         default=500,
