@@ -214,4 +214,4 @@ async def test_a_forced_tool_call_gets_room_for_its_arguments_the_spoken_reply_d
     )  # fmt: skip
     context.add_message({"role": "tool", "tool_call_id": "1", "content": '{"status": "ok"}'})
     spoken = await llm.chat_request(context)
-    assert spoken["tool_choice"] == "auto" and spoken["max_tokens"] == 48
+    assert spoken["tool_choice"] == "none" and spoken["max_tokens"] == 48

@@ -324,8 +324,9 @@ class VoxlineLLMService(OpenAILLMService):
           only ``system``. So a request starts, byte for byte as it always has,
           with the persona's prompt (the ``system_instruction``) and then the facts.
         * A tool choice that names a tool forces it in answers to the caller only:
-          the completion that follows a tool's result must be free to speak, or a
-          forced choice would call the tool again, forever.
+          the completion that follows its result speaks (``none``). With ``auto``
+          there, the forced call repeated itself: SmolLM2 called the same tool again
+          with the same arguments, and the handler ran twice in one turn.
         * A completion forced to call a tool gets at least ``tool_call_max_tokens``,
           whatever the persona's ``max_tokens``.
         """
@@ -346,7 +347,7 @@ class VoxlineLLMService(OpenAILLMService):
             params["messages"] = messages
         choice = params.get("tool_choice")
         if isinstance(choice, dict) and messages and messages[-1].get("role") == "tool":
-            params["tool_choice"] = choice = "auto"
+            params["tool_choice"] = choice = "none"
         if isinstance(choice, dict) or choice == "required":
             # The answer is a tool call, not speech: the persona's max_tokens bounds what
             # the caller hears, and would cut the call's arguments mid-JSON (48 tokens
