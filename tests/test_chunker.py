@@ -169,6 +169,9 @@ def test_take_first_words_and_reset():
     chunker.push("Let me look that up for")
     assert chunker.waiting_for_first
     assert chunker.take_first_words() == "Let me look that up"
+    first = SentenceChunker()
+    first.push("Well, let me think about")
+    assert first.take_first_words() == "Well, let me think"  # every whole word, not "Well,"
     assert not chunker.waiting_for_first
     assert chunker.push(" you, okay. Next one.") == ["for you, okay."]
     chunker.reset()

@@ -107,13 +107,14 @@ class SentenceChunker:
         """The first chunk now, up to the last whole word (``max_wait_ms`` passed)."""
         if not self.waiting_for_first:
             return None
-        return self.take_words(min_words=1)
+        return self.take_words(min_words=1, at_clause=False)
 
-    def take_words(self, *, min_words: int) -> str | None:
+    def take_words(self, *, min_words: int, at_clause: bool = True) -> str | None:
         """The words so far as a chunk now, though their sentence has not ended.
 
-        The chunk ends at the last clause boundary after ``min_words`` words, or else
-        at the last whole word; ``None`` while fewer than ``min_words`` whole words wait.
+        The chunk ends at the last clause boundary after ``min_words`` words
+        (``at_clause``), or else at the last whole word; ``None`` while fewer than
+        ``min_words`` whole words wait.
         """
         text = self._buffer
         # A word that ends in a clause mark is whole ("account,"), a digit may go on ("1,").
@@ -122,7 +123,7 @@ class SentenceChunker:
         if space <= 0 or len(text[:space].split()) < min_words:
             return None
         cut = space
-        for i in range(space - 1, 0, -1):
+        for i in range(space - 1, 0, -1) if at_clause else ():
             after = text[i + 1] if i + 1 < len(text) else " "
             if after.isspace() and (text[i] in CLAUSE_END or _is_dash(text, i)):
                 if len(text[:i].split()) >= min_words:
