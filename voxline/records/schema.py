@@ -22,11 +22,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 SCHEMA_VERSION = 1
+# Any fixed 64-bit key: the one lock every voxline takes to create or migrate its tables.
+MIGRATION_LOCK_KEY = 0x766F786C696E65
 
 metadata = MetaData()
 
@@ -106,6 +109,9 @@ async def migrate(connection: AsyncConnection) -> int:
     Raises:
         RuntimeError: the database holds a newer schema than this voxline knows.
     """
+    if connection.dialect.name == "postgresql":
+        # Processes starting together wait for each other here, so only one creates.
+        await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
     await connection.run_sync(metadata.create_all, checkfirst=True)
     found = (await connection.execute(select(schema.c.version))).scalars().all()
     version = max(found, default=0)

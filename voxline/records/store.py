@@ -40,8 +40,6 @@ CONNECT_TIMEOUT_SECS = 5
 MAX_LIST = 1000
 HEX_PREFIX = re.compile(r"[0-9a-f]{6,32}")
 MAX_ID_CHARS = 64
-# Any fixed 64-bit key: the one lock every voxline takes to create or migrate its tables.
-MIGRATION_LOCK_KEY = 0x766F786C696E65
 
 
 class RecordsUnavailableError(RuntimeError):
@@ -100,7 +98,7 @@ class RecordStore:
                 ) from None
         # Two processes starting together on one database (two pods, two serves
         # behind a balancer) can both find a table missing. PostgreSQL serialises
-        # them on an advisory lock; SQLite commits each CREATE on its own, so a
+        # them on an advisory lock (see migrate); SQLite commits each CREATE on its own, so a
         # loser fails with "already exists" once per table another process made,
         # and every retry finds more of the schema there.
         attempts = len(metadata.tables) + 1
@@ -109,10 +107,6 @@ class RecordStore:
                 async with self.engine.begin() as connection:
                     if self.is_sqlite:
                         await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-                    elif create:
-                        await connection.execute(
-                            select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY))
-                        )
                     if create:
                         await migrate(connection)
                 return
