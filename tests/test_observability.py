@@ -279,8 +279,12 @@ def test_a_call_is_one_trace_with_turn_and_stage_spans(traced_call):
     assert all(span["gen_ai.operation.name"] == "chat" for span in llm)
     tts = [attributes(span) for span in spans if span.name == "tts"]
     assert all(span["gen_ai.request.model"] == "en_US-joe-medium" for span in tts), tts
-    [tool] = [attributes(span) for span in spans if span.name == "tool_call"]
-    assert tool["tool.function_name"] == "track_parcel" and "tool.arguments" not in tool
+    # The question may be heard as two turns ("Hi, where is my parcel?" then the rest), and
+    # each may look the parcel up: every tool span is track_parcel, without its arguments.
+    tools = [attributes(span) for span in spans if span.name == "tool_call"]
+    assert tools, names
+    for tool in tools:
+        assert tool["tool.function_name"] == "track_parcel" and "tool.arguments" not in tool
 
     # The call's log lines carry the trace id: its turn lines, for one.
     tagged = [line for line in traced_call["log"] if f" trace {trace_id}]" in line]
