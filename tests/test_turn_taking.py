@@ -323,13 +323,21 @@ async def test_barge_in_over_the_greeting(runtime, tmp_path, name, extra, sounds
     )
     # The greeting's last words are heard unless the caller interrupted it.
     assert ("what you need today" in heard) is not interrupts, heard
+    quiet = result.bot_quiet_from(onset, quiet_secs=0.3)
     if interrupts:
-        # The bot was stopped soon after the caller's words began.
+        # The bot was stopped soon after the caller's words began, and the caller heard
+        # it fall silent sooner still: its audio was held as the speech began.
         barge_in = next(t.barge_in_ms for t in result.turns if t.barge_in_ms is not None)
-        print(f"barge-in {barge_in:.0f} ms after the caller's onset")
+        print(f"barge-in {barge_in:.0f} ms after the caller's onset; heard quiet {quiet}")
         assert barge_in < 1200
+        assert quiet is not None and quiet - onset < 0.3, (quiet, onset)
     if name == "cough_and_uh_huh":
         assert replies(result) == [], "a backchannel was answered"
+        # The bot fell silent over the "uh-huh" and went on: its greeting is whole (above).
+        voiced = result.caller_voiced
+        uh_huh = next(b for a, b in zip(voiced, voiced[1:], strict=False) if b - a > 0.5)
+        paused = result.bot_quiet_from(uh_huh, quiet_secs=0.3)
+        assert paused is not None and paused - uh_huh < 0.3, (paused, uh_huh)
 
 
 def heard_text(audio: np.ndarray, rate: int, until: float) -> str:

@@ -55,7 +55,7 @@ from voxline.processors.llm import VoxlineLLMService
 from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.tts import SharedPiperTTSService
 from voxline.processors.tts_orpheus import OrpheusTTSService
-from voxline.processors.turn import TurnTaker, TurnTakingSettings
+from voxline.processors.turn import BotAudioHold, TurnTaker, TurnTakingSettings
 from voxline.processors.vad import SharedSileroVADAnalyzer
 from voxline.tools.builtins import CallControl
 from voxline.tools.runner import ToolRunner
@@ -159,11 +159,15 @@ TURN_TAKING_FIELDS = {field.name for field in dataclasses.fields(TurnTakingSetti
 
 
 def turn_taker(
-    persona: Persona, runtime: Runtime, on_stt: Callable[[int, float], None] | None = None
+    persona: Persona,
+    runtime: Runtime,
+    on_stt: Callable[[int, float], None] | None = None,
+    hold: BotAudioHold | None = None,
 ) -> TurnTaker:
     """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model.
 
-    ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces).
+    ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces);
+    ``hold`` is the output transport's hold on the bot's audio, if it has one.
     """
     turn = persona.turn
     whisper = runtime.whisper(persona)
@@ -205,6 +209,7 @@ def turn_taker(
             }
         ),
         counters=runtime.turn_counters,
+        hold=hold,
     )
 
 
@@ -308,7 +313,9 @@ def build_call(
         ),
     )
     tts = persona_tts(persona, runtime)
-    turns = turn_taker(persona, runtime, on_stt=tracer.note_stt)
+    turns = turn_taker(
+        persona, runtime, on_stt=tracer.note_stt, hold=getattr(transport.output(), "hold", None)
+    )
     pipeline = Pipeline(
         [
             transport.input(),

@@ -190,6 +190,12 @@ class TurnSettings(_Strict):
         "'um'...) ends the turn after this much silence, whatever the model says; null: off.",
     )
     allow_interruptions: bool = True
+    pause_bot_on_speech: bool = Field(
+        default=True,
+        description="The bot falls silent as soon as the caller speaks over it, and goes "
+        "on from where it stopped if that was a backchannel or a cough; false: it talks "
+        "on until the barge-in is decided.",
+    )
     # Measured on Piper speech with the VAD above: "Uh-huh." is voiced for 0.28 s,
     # "Okay." 0.40 s, "Mm-hmm." 0.52 s; "Wait," 0.22 s and "Stop." 0.52 s. A stretch
     # of 0.6 s is no backchannel; shorter speech interrupts only if it carries words.

@@ -26,6 +26,12 @@ caller's side of the conversation:
   ``interrupt_min_words`` words that are not backchannels ("uh-huh", "okay")
   interrupt. A cough or an "uh-huh" does not stop the bot; its words join the
   caller's next turn or are dropped.
+* **Holding the bot.** Those checks take ~0.3 s of speech; the caller would hear
+  the bot talk over them all that time. So as soon as the VAD hears speech over the
+  bot (``pause_bot_on_speech``), the output transport holds the bot's audio, as a
+  person falls silent when the other starts to speak; a barge-in then drops the
+  rest, and a backchannel or a cough releases the hold: the bot goes on from where
+  it stopped.
 """
 
 from __future__ import annotations
@@ -101,6 +107,15 @@ class Transcriber(Protocol):
     async def __call__(self, audio: np.ndarray) -> str: ...
 
 
+class BotAudioHold(Protocol):
+    """What the turn-taker needs from the output transport's hold
+    (:class:`~voxline.transports.hold.OutputHold`)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class EndOfTurnDecider(Protocol):
     """What the turn-taker needs from the shared end-of-turn engine."""
 
@@ -136,6 +151,7 @@ class TurnTakingSettings:
     stop_secs: float = 1.2
     speculate: bool = True
     allow_interruptions: bool = True
+    pause_bot_on_speech: bool = True
     interrupt_min_secs: float = 0.6
     interrupt_min_words: int = 1
     overheard: str = "join"
@@ -152,6 +168,7 @@ class _Turn:
     stretch_onset: float = 0.0  # when the current stretch of speech (after a pause) began
     over_bot: bool = False  # began while the bot was speaking
     interrupted_bot: bool = False
+    holding_bot: bool = False  # the bot's audio is held while this turn may interrupt it
     opened: bool = False  # the context aggregator's turn was opened
     paused: bool = False  # early_secs of silence heard, not resumed
     silence_secs: float = 0.0
@@ -180,6 +197,8 @@ class TurnTaker(FrameProcessor):
             None to end turns on ``stop_secs`` of silence alone.
         settings: the persona's turn settings.
         counters: where the process counts speculations, commits and barge-ins.
+        hold: the output transport's hold on the bot's audio, or None (the bot talks on
+            until a barge-in is decided).
     """
 
     def __init__(
@@ -190,9 +209,11 @@ class TurnTaker(FrameProcessor):
         end_of_turn: EndOfTurnDecider | None,
         settings: TurnTakingSettings,
         counters: TurnCounters | None = None,
+        hold: BotAudioHold | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._hold = hold
         self._counters = counters or TurnCounters()
         self._vad = vad
         self._transcribe = transcribe
@@ -306,6 +327,7 @@ class TurnTaker(FrameProcessor):
         self._pre_roll.clear()
         self._pre_roll_bytes = 0
         self._turn = turn
+        self._hold_bot(turn)
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
 
     async def _pause(self, turn: _Turn) -> None:
@@ -326,6 +348,7 @@ class TurnTaker(FrameProcessor):
         turn.complete_reason, turn.complete_after_secs = "", 0.0
         turn.generation += 1
         turn.stretch_onset = time.monotonic() - self._vad.params.start_secs
+        self._hold_bot(turn)
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=self._vad.params.start_secs))
         for task in (turn.decision, turn.transcript):
             if task is not None and not task.done():
@@ -415,6 +438,8 @@ class TurnTaker(FrameProcessor):
         if turn.transcript is None:
             return  # nothing starts before the commit
         text = await self._awaited_transcript(turn)
+        if text is None:
+            self._release_bot(turn)
         if text is None or self._turn is not turn or turn.generation != generation:
             return
         if self._settings.question_ends_turn and text.rstrip().endswith("?"):
@@ -426,10 +451,12 @@ class TurnTaker(FrameProcessor):
             self._spawn(self._complete(turn, generation, "sentence", after))
         if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
             if self._overheard(turn, text):
+                self._release_bot(turn)
                 return  # a backchannel: the bot goes on; the commit settles it
             if not self._settings.allow_interruptions:
                 return  # the bot finishes its line; the reply follows it
             await self._interrupt(turn, "words")
+        self._release_bot(turn)
         if self._settings.speculate and not turn.committing:
             await self._speculate(turn, text)
 
@@ -466,6 +493,7 @@ class TurnTaker(FrameProcessor):
         turn.committing = True
         # From here on the caller's next words start a new turn.
         self._turn = None
+        self._release_bot(turn)
         if turn.decision is not None and not turn.decision.done() and reason != "model":
             turn.decision.cancel()
         self._start_transcript(turn)
@@ -581,7 +609,28 @@ class TurnTaker(FrameProcessor):
         if len(meaningful_words(text)) >= self._settings.interrupt_min_words:
             await self._interrupt(turn, "words")
 
+    def _hold_bot(self, turn: _Turn) -> None:
+        """Speech over the bot: hold its audio until the speech is judged (module doc)."""
+        settings = self._settings
+        holds = settings.pause_bot_on_speech and settings.allow_interruptions
+        if self._hold is None or not holds:
+            return
+        if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
+            turn.holding_bot = True
+            self._hold.hold()
+
+    def _release_bot(self, turn: _Turn) -> None:
+        """``turn``'s speech was no interruption (or its turn is over): the bot goes on."""
+        if not turn.holding_bot:
+            return
+        turn.holding_bot = False
+        newer = self._turn
+        if self._hold is not None and not (newer is not None and newer.holding_bot):
+            self._hold.release()
+
     async def _interrupt(self, turn: _Turn, reason: str) -> None:
+        # The interruption releases the output's hold once its queued audio is dropped.
+        turn.holding_bot = False
         turn.interrupted_bot = True
         self._reply_pending_since = None
         self._counters.barge_ins += 1
@@ -601,6 +650,7 @@ class TurnTaker(FrameProcessor):
     async def _drop_turn(self) -> None:
         if self._turn is not None:
             self._turn.dropped = True
+            self._release_bot(self._turn)
         self._turn = None
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:

@@ -101,6 +101,8 @@ class PlayoutOutputTransport(PlayoutGateMixin, SmallWebRTCOutputTransport):
 
     async def write_audio_frame(self, frame) -> bool:
         """Count the frame as written while the track holds it; report the new position."""
+        if not await self.hold.wait(frame):
+            return False
         duration = frame.num_frames / max(1, frame.sample_rate)
         self._written += duration
         written = await super().write_audio_frame(frame)

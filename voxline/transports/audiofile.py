@@ -129,6 +129,8 @@ class AudioFileOutput(PlayoutGateMixin, BaseOutputTransport):
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Record the frame where it plays, pacing like a speaker (returns as it starts)."""
+        if not await self.hold.wait(frame):
+            return False
         self._transport.record(self.get_clock().get_time(), frame.audio)
         loop = asyncio.get_running_loop()
         duration = frame.num_frames / max(1, frame.sample_rate)

@@ -40,6 +40,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
+from voxline.transports.hold import OutputHold
+
 
 class HeardTextGate:
     """Holds each spoken chunk's text (and every later downstream frame) until it played.
@@ -275,15 +277,19 @@ class PlayoutGateMixin:
     """For an output transport (a ``BaseOutputTransport`` subclass): a :class:`PlayoutGate`
     on its downstream side.
 
-    The subclass measures its playout (:class:`PlayoutClock`) and calls
-    :meth:`_audio_written` after each audio frame it has written.
+    The subclass measures its playout (:class:`PlayoutClock`), calls
+    :meth:`_audio_written` after each audio frame it has written, and awaits
+    ``hold.wait(frame)`` (:class:`~voxline.transports.hold.OutputHold`) before writing
+    one, skipping the frame when it returns False.
     """
 
     gate: PlayoutGate
+    hold: OutputHold
 
     def _init_gate(self, clock: PlayoutClock) -> None:
         self.gate = PlayoutGate(clock)
         self.gate.bind(self._release_held)
+        self.hold = OutputHold()
 
     async def _release_held(self, frame: Frame) -> None:
         await super().push_frame(frame, FrameDirection.DOWNSTREAM)  # type: ignore[misc]
@@ -303,6 +309,8 @@ class PlayoutGateMixin:
         if isinstance(frame, InterruptionFrame):
             await self.gate.interrupt()
         await super().process_frame(frame, direction)  # type: ignore[misc]
+        if isinstance(frame, InterruptionFrame):
+            self.hold.interrupt()  # after pipecat dropped the queued audio
         if isinstance(frame, CancelFrame):
             await self.gate.close()
 

@@ -39,6 +39,7 @@ from pipecat.transports.websocket.fastapi import (
 )
 from starlette.websockets import WebSocketState
 
+from voxline.transports.hold import OutputHold
 from voxline.transports.playout import HeardTextGate
 from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.twilio_protocol import (
@@ -282,12 +283,20 @@ class MarkGate(HeardTextGate):
 
 
 class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
-    """The websocket output transport with a :class:`MarkGate` on its downstream side."""
+    """The websocket output transport with a :class:`MarkGate` on its downstream side,
+    and an :class:`~voxline.transports.hold.OutputHold` before each audio write."""
 
     def __init__(self, *args, gate: MarkGate, **kwargs):
         super().__init__(*args, **kwargs)
         self._gate = gate
+        self.hold = OutputHold()
         gate.bind(self._release)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        """Send the frame to Twilio, once the caller is not possibly barging in."""
+        if not await self.hold.wait(frame):
+            return False
+        return await super().write_audio_frame(frame)
 
     async def _release(self, frame: Frame) -> None:
         await super().push_frame(frame, FrameDirection.DOWNSTREAM)
@@ -303,6 +312,8 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
         if isinstance(frame, InterruptionFrame):
             await self._gate.interrupt()
         await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            self.hold.interrupt()  # after pipecat dropped the queued audio
 
 
 class TwilioTransport(FastAPIWebsocketTransport):
