@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import pytest_asyncio
 from conftest import BANK_PERSONA
@@ -166,6 +167,39 @@ async def test_a_missing_vllm_environment_is_a_clear_error(tmp_path: Path):
     with pytest.raises(LLMServerError, match=r"`bash scripts/install.sh`"):
         await server.start()
     assert VLLMConfig().python.name == "python"
+
+
+def test_vllm_on_a_cpu_runs_the_model_in_its_engine_process(tmp_path: Path):
+    cpu = VLLMServer("model", python=tmp_path / "python")
+    command = cpu.command()
+    assert command[command.index("--distributed-executor-backend") + 1] == "uni"
+    assert cpu.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    # A GPU, or flags that choose an executor, are left to vLLM.
+    gpu = VLLMServer("model", python=tmp_path / "python", device="cuda")
+    assert "--distributed-executor-backend" not in gpu.command()
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in gpu.environment()
+    chosen = VLLMServer(
+        "model", python=tmp_path / "python", extra_args=["--distributed-executor-backend", "mp"]
+    )
+    assert chosen.command().count("--distributed-executor-backend") == 1
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in chosen.environment()
+
+
+async def test_an_idle_vllm_server_leaves_the_cpu_to_the_other_engines(served):
+    """No worker process busy-waiting beside the engine: idle, vLLM uses almost no CPU."""
+    runtime, persona, _ = served
+    server = runtime.llm_server(persona)
+    if not isinstance(server, VLLMServer):
+        pytest.skip("vLLM only")
+    assert server.pid is not None
+    processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    names = [" ".join(process.cmdline()) or process.name() for process in processes]
+    assert not any("VLLM::Worker" in name for name in names), names
+    before = sum(sum(process.cpu_times()[:2]) for process in processes)
+    await asyncio.sleep(2.0)
+    used = sum(sum(process.cpu_times()[:2]) for process in processes) - before
+    print(f"\nvLLM processes {names}: {used / 2.0:.0%} of a core while idle")
+    assert used / 2.0 < 0.25, "vLLM busy-waits while idle"
 
 
 def test_tool_arguments_are_pinned_to_their_schema_unless_the_config_says_auto(tmp_path: Path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -335,7 +336,7 @@ async def test_barge_in_over_the_greeting(runtime, tmp_path, name, extra, sounds
         assert replies(result) == [], "a backchannel was answered"
         # The bot fell silent over the "uh-huh" and went on: its greeting is whole (above).
         voiced = result.caller_voiced
-        uh_huh = next(b for a, b in zip(voiced, voiced[1:], strict=False) if b - a > 0.5)
+        uh_huh = next(b for a, b in itertools.pairwise(voiced) if b - a > 0.5)
         paused = result.bot_quiet_from(uh_huh, quiet_secs=0.3)
         assert paused is not None and paused - uh_huh < 0.3, (paused, uh_huh)
 

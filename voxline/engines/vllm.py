@@ -148,9 +148,23 @@ class VLLMServer(SupervisedServer):
         if self.device == "cpu":
             # CUDA graphs do not exist on a CPU; eager start-up takes 20 s, not 80.
             command += ["--enforce-eager", "--dtype", "bfloat16"]
+            if not self._cpu_multiprocess:
+                command += ["--distributed-executor-backend", "uni"]
         else:
             command += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         return command + self.extra_args
+
+    @property
+    def _cpu_multiprocess(self) -> bool:
+        """Whether the model runs in a worker process of its own (vLLM's "mp" executor).
+
+        On a CPU it does not, unless the flags ask for an executor: the engine process
+        busy-waits on the worker's shared-memory queue (~95 % of a core while tokens are
+        made, and the idle worker ~50 % of one), CPU the other engines of a small machine
+        need (``benchmarks/vllm_cpu_use.py``, docs/cpu.md). The "uni" executor runs the
+        model inside the engine process, at the same speed.
+        """
+        return "--distributed-executor-backend" in self.extra_args
 
     def environment(self) -> dict[str, str]:
         """CPU threads and KV cache size for vLLM's CPU backend; offline hub access."""
@@ -163,6 +177,9 @@ class VLLMServer(SupervisedServer):
                     "OMP_NUM_THREADS": str(self.cpu_threads),
                 }
             )
+            if not self._cpu_multiprocess:
+                # Lets the CPU platform keep the "uni" executor (it turns it into "mp").
+                env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if Path(self.model).is_dir():
             env["HF_HUB_OFFLINE"] = "1"  # a local checkpoint needs no hub
         return env
