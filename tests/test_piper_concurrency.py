@@ -11,6 +11,7 @@ import asyncio
 import time
 from functools import cache
 
+import numpy as np
 import pytest
 from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
@@ -20,7 +21,14 @@ from pipecat.frames.frames import (
 )
 from pipelines import RunningPipeline
 
-from voxline.engines.piper import Overloaded, PiperEngine, SynthesisRecord, split_phonemes
+from voxline.engines.piper import (
+    ONSET_LEVEL,
+    Overloaded,
+    PiperEngine,
+    SynthesisRecord,
+    split_phonemes,
+    trim_leading_silence,
+)
 from voxline.models import PiperVoiceFiles, resolve_piper
 from voxline.processors.tts import SharedPiperTTSService
 
@@ -197,3 +205,33 @@ def test_long_sentences_are_cut_at_clause_or_word_boundaries():
         assert split_phonemes(phonemes, None) == [phonemes]
     finally:
         engine.close()
+
+
+async def test_a_first_chunk_starts_with_its_first_sound_not_with_silence():
+    """Piper begins "Your balance is" with ~45 ms of silence: a reply's first chunk is
+    trimmed to its onset (a margin kept); a later chunk keeps its own pause."""
+    engine = _engine()
+    try:
+        rate = engine.sample_rate
+        text = "Your balance is"
+        first = [b"".join([p async for p in engine.synthesize(text, first=True)]) for _ in "ab"]
+        later = [b"".join([p async for p in engine.synthesize(text)]) for _ in "ab"]
+    finally:
+        engine.close()
+
+    def onset_ms(pcm: bytes) -> float:
+        samples = np.abs(np.frombuffer(pcm, dtype=np.int16).astype(np.int32))
+        return float(np.flatnonzero(samples > ONSET_LEVEL * 32767)[0]) / rate * 1000
+
+    firsts, laters = [onset_ms(pcm) for pcm in first], [onset_ms(pcm) for pcm in later]
+    print(f"\nfirst sound at {firsts} ms in first chunks, {laters} ms in later ones")
+    assert all(9 <= ms <= 11 for ms in firsts), firsts  # the 10 ms margin
+    assert all(ms >= 20 for ms in laters), laters
+
+
+def test_silence_alone_is_not_trimmed_away():
+    silence = np.zeros(1600, dtype=np.int16).tobytes()
+    assert trim_leading_silence(silence, 16000) == silence
+    onset = np.concatenate([np.zeros(800), np.full(800, 3000)]).astype(np.int16)
+    trimmed = np.frombuffer(trim_leading_silence(onset.tobytes(), 16000), dtype=np.int16)
+    assert trimmed.size == 800 + 160  # 10 ms of margin before the onset

@@ -46,7 +46,14 @@ import numpy as np
 
 from voxline.engines.batcher import BatcherClosed, Overloaded
 
-__all__ = ["BatcherClosed", "Overloaded", "PiperEngine", "SynthesisRecord", "split_phonemes"]
+__all__ = [
+    "BatcherClosed",
+    "Overloaded",
+    "PiperEngine",
+    "SynthesisRecord",
+    "split_phonemes",
+    "trim_leading_silence",
+]
 
 FIRST = 0
 LATER = 1
@@ -54,6 +61,11 @@ DEFAULT_MAX_PHONEMES = 100
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
+ONSET_LEVEL = 0.005
+"""Of full scale (about -46 dBFS; Piper's audio is peak-normalised): quieter samples
+before a reply's first sound are silence the caller would wait through."""
+ONSET_MARGIN_SECS = 0.01
+"""Kept before the first sample at ``ONSET_LEVEL``, so a soft onset is not clipped."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,10 @@ class PiperEngine:
             if not pieces:
                 return None, []
             audio = self._run_piece(pieces[0], label, request, 0, first, queued_at)
+            if first:
+                # Piper starts each sentence with 0-75 ms of silence (measured on the
+                # packaged voice): the caller would hear it as latency.
+                audio = trim_leading_silence(audio, self.sample_rate)
             return audio, pieces[1:]
 
         audio, rest = await self._submit(priority, request, 0, first_piece, admission=True)
@@ -358,6 +374,16 @@ class PiperEngine:
         audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
         audio = np.clip(audio, -1.0, 1.0)
         return np.clip(audio * 32767.0, -32767, 32767).astype(np.int16).tobytes()
+
+
+def trim_leading_silence(pcm: bytes, sample_rate: int) -> bytes:
+    """16-bit ``pcm`` from ``ONSET_MARGIN_SECS`` before its first audible sample."""
+    samples = np.frombuffer(pcm, dtype=np.int16)
+    audible = np.flatnonzero(np.abs(samples.astype(np.int32)) > ONSET_LEVEL * 32767)
+    if not audible.size:
+        return pcm
+    start = max(0, int(audible[0]) - int(ONSET_MARGIN_SECS * sample_rate))
+    return samples[start:].tobytes()
 
 
 def split_phonemes(phonemes: Sequence[str], max_phonemes: int | None) -> list[list[str]]:
