@@ -3,9 +3,12 @@
 Replays 20 replies as an LLM streams them (one word every --token-ms) through the
 chunker and the shared Piper voice in a pipecat pipeline, once with sentence-only
 chunking (the first chunk waits for a sentence end) and once with voxline's
-clause-aware chunker at the persona defaults (a clause boundary once the reply has
-four words, or whatever whole words exist after 250 ms). Prints p50/p95
-of first-token-to-first-audio for each and the ratio, measured in the same run.
+clause-aware chunker for each ``--min-first-words`` (a clause boundary once the reply
+has that many words, or whatever whole words exist after 250 ms; the persona default
+is printed as such). Prints p50/p95 of first-token-to-first-audio for each, how many
+replies' audio ran out before the next audio came and the longest such wait (a short
+first chunk must not leave the caller waiting for the next), and the ratio
+sentence-only / persona default, all measured in the same run.
 
     .venv/bin/python benchmarks/tts_first_audio.py
 """
@@ -35,6 +38,7 @@ from benchmarks.common import percentile  # noqa: E402
 from tests.pipelines import RunningPipeline  # noqa: E402
 from voxline.engines.piper import PiperEngine  # noqa: E402
 from voxline.models import PiperVoiceFiles, resolve_piper  # noqa: E402
+from voxline.personas.schema import ChunkingSettings  # noqa: E402
 from voxline.processors.chunker import ChunkerProcessor  # noqa: E402
 from voxline.processors.tts import SharedPiperTTSService  # noqa: E402
 
@@ -63,24 +67,39 @@ REPLIES = [
 
 
 class FirstAudio(FrameProcessor):
+    """Notes when the first audio came, and plays the audio as a speaker would, to time
+    any wait for the next audio inside the reply."""
+
     def __init__(self) -> None:
         super().__init__()
         self.first: float | None = None
         self.got = asyncio.Event()
+        self.heard_until = 0.0  # when the audio so far has played
+        self.gap = 0.0  # silence heard inside the reply, waiting for its next audio
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, TTSAudioRawFrame) and self.first is None:
-            self.first = time.perf_counter()
-            self.got.set()
+        if isinstance(frame, TTSAudioRawFrame):
+            now = time.perf_counter()
+            if self.first is None:
+                self.first = now
+                self.got.set()
+            if self.heard_until and now > self.heard_until:
+                self.gap += now - self.heard_until
+            start = max(now, self.heard_until)
+            self.heard_until = start + len(frame.audio) / 2 / frame.sample_rate
         await self.push_frame(frame, direction)
 
 
-async def first_audio_ms(voice: PiperEngine, reply: str, clause_aware: bool, token_ms: float):
+async def first_audio_ms(
+    voice: PiperEngine, reply: str, min_first_words: int | None, token_ms: float
+) -> tuple[float, float]:
+    """(first token -> first audio, ms of silence waiting for more audio) for one reply;
+    ``min_first_words`` None waits for a whole sentence."""
     probe = FirstAudio()
     chunker = (
-        ChunkerProcessor()  # the persona defaults: 4 words, 250 ms deadline
-        if clause_aware
+        ChunkerProcessor(min_first_words=min_first_words)
+        if min_first_words is not None
         else ChunkerProcessor(min_first_words=10_000, max_wait_ms=5000)
     )
     async with RunningPipeline([chunker, SharedPiperTTSService(engine=voice), probe]) as run:
@@ -96,7 +115,7 @@ async def first_audio_ms(voice: PiperEngine, reply: str, clause_aware: bool, tok
     async for _ in voice.synthesize("Done."):
         pass
     assert probe.first is not None
-    return 1000 * (probe.first - first_token)
+    return 1000 * (probe.first - first_token), 1000 * probe.gap
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -104,22 +123,35 @@ async def main(args: argparse.Namespace) -> None:
     assert isinstance(files, PiperVoiceFiles)
     voice = PiperEngine(files.model, files.config)
     voice.warm_up()
-    sentence_only: list[float] = []
-    clause_aware: list[float] = []
+    default = ChunkingSettings().min_first_words
+    modes: list[int | None] = [None, *args.min_first_words]
+    results: dict[int | None, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for reply in REPLIES:
-        sentence_only.append(await first_audio_ms(voice, reply, False, args.token_ms))
-        clause_aware.append(await first_audio_ms(voice, reply, True, args.token_ms))
+        for mode in modes:
+            results[mode].append(await first_audio_ms(voice, reply, mode, args.token_ms))
     print(f"{len(REPLIES)} replies, one word every {args.token_ms:g} ms, Piper en_US-joe-medium")
-    for name, values in (("sentence-only", sentence_only), ("clause-aware", clause_aware)):
+    for mode in modes:
+        firsts = [first for first, _ in results[mode]]
+        gaps = [gap for _, gap in results[mode]]
+        name = "sentence-only" if mode is None else f"clause-aware, {mode} words"
+        name += " (default)" if mode == default else ""
         print(
-            f"{name:14} first token -> first audio: p50 {statistics.median(values):.0f} ms, "
-            f"p95 {percentile(values, 0.95):.0f} ms"
+            f"{name:32} first token -> first audio: p50 {statistics.median(firsts):.0f} ms, "
+            f"p95 {percentile(firsts, 0.95):.0f} ms; waiting for the next audio: "
+            f"{sum(gap > 1 for gap in gaps)} of {len(gaps)} replies, "
+            f"max {max(gaps):.0f} ms"
         )
-    ratio = statistics.median(sentence_only) / statistics.median(clause_aware)
-    print(f"ratio={ratio:.2f} (sentence-only / clause-aware, p50)")
+    if default in results:
+        ratio = statistics.median(first for first, _ in results[None]) / statistics.median(
+            first for first, _ in results[default]
+        )
+        print(f"ratio={ratio:.2f} (sentence-only / clause-aware with the default, p50)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--token-ms", type=float, default=30.0, help="ms between LLM words")
+    parser.add_argument(
+        "--min-first-words", type=int, nargs="+", default=[4, 2, 1], help="clause-aware modes"
+    )
     asyncio.run(main(parser.parse_args()))

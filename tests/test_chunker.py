@@ -18,7 +18,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipelines import RunningPipeline
 
-from voxline.processors.chunker import ChunkerProcessor, SentenceChunker
+from voxline.processors.chunker import RUNWAY_MIN_WORDS, ChunkerProcessor, SentenceChunker
 
 LONG = " ".join(["word"] * 80)
 
@@ -241,7 +241,7 @@ async def test_a_sentence_is_cut_before_the_audio_sent_runs_out():
     # (8 tokens in) the words of the next sentence so far go out at their last clause
     # boundary.
     chunks, last_token_at = await reply_with_a_slow_second_sentence(
-        ChunkerProcessor(speech_chars_per_sec=10, runway_lead_ms=800)
+        ChunkerProcessor(min_first_words=4, speech_chars_per_sec=10, runway_lead_ms=800)
     )
     texts = [text for _, text in chunks]
     assert texts[0] == "Sure, of course."
@@ -251,5 +251,25 @@ async def test_a_sentence_is_cut_before_the_audio_sent_runs_out():
 
 
 async def test_without_a_runway_lead_chunks_are_whole_sentences():
-    chunks, _ = await reply_with_a_slow_second_sentence(ChunkerProcessor(runway_lead_ms=None))
+    chunks, _ = await reply_with_a_slow_second_sentence(
+        ChunkerProcessor(min_first_words=4, runway_lead_ms=None)
+    )
     assert [text for _, text in chunks] == ["Sure, of course.", SLOW_SENTENCE.strip()]
+
+
+async def test_a_one_word_first_clause_goes_alone_but_runway_cuts_keep_four_words():
+    """``min_first_words: 1`` sends "Sure," at once; a cut for the runway still waits for
+    RUNWAY_MIN_WORDS words ("I can see your," not "I,")."""
+    collect = Collect()
+    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=10, runway_lead_ms=800)
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
+        rest = "I can see, your account and your balance is fine today."
+        for token in rest.split():
+            await run.queue(LLMTextFrame(" " + token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        await run.queue(LLMFullResponseEndFrame())
+    texts = [text for _, text in collect.chunks]
+    assert texts[0] == "Sure,", texts
+    assert all(len(text.split()) >= RUNWAY_MIN_WORDS for text in texts[1:-1]), texts
+    assert " ".join(texts) == "Sure, I can see, your account and your balance is fine today."

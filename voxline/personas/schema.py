@@ -250,7 +250,12 @@ DEFAULT_STOP_SECS_WITH_MODEL = 1.2
 class ChunkingSettings(_Strict):
     """How the LLM's reply is cut for TTS (docs/tts.md)."""
 
-    min_first_words: int = Field(default=4, ge=1, le=20)
+    min_first_words: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Words the first chunk needs before a clause boundary ends it.",
+    )
     max_wait_ms: float = Field(
         default=250, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
     )

@@ -51,6 +51,10 @@ MARKDOWN = re.compile(
 )
 EMOJI = re.compile("[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d]+")
 LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+$")
+RUNWAY_MIN_WORDS = 4
+"""The fewest words a chunk cut for the runway holds (more if ``min_first_words`` is
+higher): a mid-sentence cut of one or two words sounds broken, where a short first
+clause ("Sure,", "Of course,") is a natural pause."""
 
 
 def clean_for_speech(text: str) -> str:
@@ -191,13 +195,14 @@ class ChunkerProcessor(FrameProcessor):
     the first chunk has no boundary ``max_wait_ms`` after the reply's first token,
     the words so far go out as the first chunk. After it, a sentence still being
     written when the audio sent so far is about to end goes out in part (its last
-    clause boundary, or its last whole word once ``min_first_words`` words wait):
+    clause boundary, or its last whole word once enough words wait):
     a pause while the LLM finishes a long sentence would be heard as the voice
     stopping.
 
     Args:
-        min_first_words: words the first chunk needs before a clause boundary ends it,
-            and the fewest words a chunk cut for the runway holds.
+        min_first_words: words the first chunk needs before a clause boundary ends it;
+            a chunk cut for the runway holds at least this many, and at least
+            ``RUNWAY_MIN_WORDS``.
         max_wait_ms: the longest the first chunk waits for a boundary.
         max_chars: the longest chunk.
         speech_chars_per_sec: how fast the voice speaks, for the estimate of when the
@@ -209,7 +214,7 @@ class ChunkerProcessor(FrameProcessor):
     def __init__(
         self,
         *,
-        min_first_words: int = 4,
+        min_first_words: int = 1,
         max_wait_ms: float = 250,
         max_chars: int = 250,
         speech_chars_per_sec: float = 20.0,
@@ -220,7 +225,7 @@ class ChunkerProcessor(FrameProcessor):
         if speech_chars_per_sec <= 0:
             raise ValueError("speech_chars_per_sec must be > 0")
         self._chunker = SentenceChunker(min_first_words=min_first_words, max_chars=max_chars)
-        self._min_words = min_first_words
+        self._runway_min_words = max(min_first_words, RUNWAY_MIN_WORDS)
         self._max_wait_secs = max_wait_ms / 1000
         self._chars_per_sec = speech_chars_per_sec
         self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
@@ -291,7 +296,7 @@ class ChunkerProcessor(FrameProcessor):
         ):
             await asyncio.sleep(wait)  # a deadline, not synchronisation
         self._runway_timer = None
-        chunk = self._chunker.take_words(min_words=self._min_words)
+        chunk = self._chunker.take_words(min_words=self._runway_min_words)
         if chunk:
             await self._push_chunk(chunk)
             self._watch_runway()
