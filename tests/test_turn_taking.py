@@ -184,6 +184,30 @@ async def test_a_finished_statement_ends_the_turn_before_the_silence_fallback(ru
 
 
 @asyncio_module
+async def test_a_turn_the_model_is_unsure_about_ends_after_the_shorter_silence(runtime, tmp_path):
+    """The model is made unsure of every finished turn (threshold 0.99, unsure from 0.01):
+    the turn ends after ``unsure_stop_secs`` (0.6 s), not ``stop_secs`` (2.0 s); with the
+    unsure tier off it waits for ``stop_secs``."""
+    statement = np.concatenate(
+        [voiced("I think someone used my card without asking me."), silence(0.3)]
+    )
+    commits = {}
+    for name, unsure in (("unsure", "0.01"), ("sure_only", "null")):
+        settings = (
+            f"turn: {{model_threshold: 0.99, model_unsure_threshold: {unsure}, "
+            "unsure_stop_secs: 0.6, stop_secs: 2.0, question_ends_turn: false}\n"
+        )
+        result = await talk(persona(tmp_path, name, settings), runtime, statement, SAMPLE_RATE)
+        [turn] = replies(result)
+        print(name, turn.as_dict())
+        commits[name] = (turn.commit_reason, turn.latencies_ms()["commit"])
+    reason, commit = commits["unsure"]
+    assert reason == "model" and commit is not None and 550 <= commit < 1300, commits
+    reason, commit = commits["sure_only"]
+    assert reason == "silence" and commit is not None and commit >= 1900, commits
+
+
+@asyncio_module
 async def test_a_calls_facts_are_computed_on_the_llm_server_while_the_greeting_plays(
     runtime, tmp_path
 ):

@@ -151,6 +151,23 @@ class TurnSettings(_Strict):
         "file of the same kind, or none (a fixed silence ends the turn).",
     )
     model_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Measured (benchmarks/turn_latency.py, espeak-ng callers): Smart Turn gave pauses in
+    # mid-sentence 0.01-0.11, and finished questions heard over the phone 0.15-0.46 as often
+    # as above 0.5; those waited for stop_secs.
+    model_unsure_threshold: float | None = Field(
+        default=0.15,
+        gt=0.0,
+        lt=1.0,
+        description="A turn the model judges unfinished with at least this probability "
+        "ends after unsure_stop_secs of silence instead of stop_secs; null: off.",
+    )
+    unsure_stop_secs: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=5.0,
+        description="Silence that ends a turn the model was unsure about (see "
+        "model_unsure_threshold).",
+    )
     model_fallback: bool = Field(
         default=False,
         description="If the model file is missing or corrupt, run with model none "
@@ -232,6 +249,12 @@ class TurnSettings(_Strict):
         if self.early_secs > self.stop_secs:
             raise ValueError(
                 f"early_secs ({self.early_secs}) must not exceed stop_secs ({self.stop_secs})"
+            )
+        unsure = self.model_unsure_threshold
+        if unsure is not None and unsure >= self.model_threshold:
+            raise ValueError(
+                f"model_unsure_threshold ({unsure}) must be below model_threshold "
+                f"({self.model_threshold}), or null"
             )
         return self
 

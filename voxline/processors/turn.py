@@ -13,9 +13,10 @@ caller's side of the conversation:
   If the caller speaks again first, an ``EagerEndOfTurnCancelFrame`` stops the
   LLM request (closing its stream), drops the TTS work and the held audio.
 * **Commit.** The turn ends when the shared end-of-turn model judges it
-  complete or Whisper heard a question, after ``sentence_end_secs`` of silence
-  when Whisper heard a finished sentence, or when the silence reaches
-  ``stop_secs`` whatever the model says.
+  complete or Whisper heard a question, after ``unsure_stop_secs`` of silence when
+  the model judged it unfinished but not by much (``model_unsure_threshold``),
+  after ``sentence_end_secs`` of silence when Whisper heard a finished sentence,
+  or when the silence reaches ``stop_secs`` whatever the model says.
   The final transcript is the speculative one (same audio), so pipecat's
   ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
   it again, and its ``UserStoppedSpeakingFrame`` opens the gate: the prepared
@@ -157,6 +158,8 @@ class TurnTakingSettings:
     overheard: str = "join"
     question_ends_turn: bool = True
     sentence_end_secs: float | None = None
+    model_unsure_threshold: float | None = None
+    unsure_stop_secs: float = 0.7
 
 
 @dataclass
@@ -401,6 +404,14 @@ class TurnTaker(FrameProcessor):
         )
         if complete:
             await self._complete(turn, generation, "model")
+        elif self._unsure(decision.probability):
+            # Probably finished, though below the threshold: a shorter wait than stop_secs.
+            after = self._settings.unsure_stop_secs
+            await self._complete(turn, generation, "model", after)
+
+    def _unsure(self, probability: float) -> bool:
+        threshold = self._settings.model_unsure_threshold
+        return threshold is not None and probability >= threshold
 
     @property
     def _reads_transcript_at_pause(self) -> bool:
