@@ -158,10 +158,13 @@ def test_a_sentence_ends_on_a_word_that_can_end_one():
 
 @asyncio_module
 async def test_a_finished_statement_ends_the_turn_before_the_silence_fallback(runtime, tmp_path):
-    """The model is made to doubt every turn (threshold 0.99): a finished statement
-    still commits after ``sentence_end_secs``, long before ``stop_secs``, and a caller
-    who pauses after a cut-off phrase is still waited for."""
-    doubting = "turn: {model_threshold: 0.99, stop_secs: 2.0, sentence_end_secs: 0.5}\n"
+    """The model is made to doubt every turn (threshold 0.99, no unsure tier): a finished
+    statement still commits after ``sentence_end_secs``, long before ``stop_secs``, and a
+    caller who pauses after a cut-off phrase is still waited for."""
+    doubting = (
+        "turn: {model_threshold: 0.99, model_unsure_threshold: null, stop_secs: 2.0,"
+        " sentence_end_secs: 0.5}\n"
+    )
     bank = persona(tmp_path, "statement", doubting)
     statement = np.concatenate(
         [voiced("I think someone used my card without asking me."), silence(0.3)]
