@@ -183,6 +183,12 @@ def test_vllm_on_a_cpu_runs_the_model_in_its_engine_process(tmp_path: Path):
     )
     assert chosen.command().count("--distributed-executor-backend") == 1
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in chosen.environment()
+    # "uni" named in the flags still needs the environment the CPU platform asks for.
+    named = VLLMServer(
+        "model", python=tmp_path / "python", extra_args=["--distributed-executor-backend", "uni"]
+    )
+    assert named.command().count("--distributed-executor-backend") == 1
+    assert named.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
 
 
 async def test_an_idle_vllm_server_leaves_the_cpu_to_the_other_engines(served):

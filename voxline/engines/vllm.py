@@ -148,23 +148,27 @@ class VLLMServer(SupervisedServer):
         if self.device == "cpu":
             # CUDA graphs do not exist on a CPU; eager start-up takes 20 s, not 80.
             command += ["--enforce-eager", "--dtype", "bfloat16"]
-            if not self._cpu_multiprocess:
+            if "--distributed-executor-backend" not in self.extra_args:
                 command += ["--distributed-executor-backend", "uni"]
         else:
             command += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         return command + self.extra_args
 
     @property
-    def _cpu_multiprocess(self) -> bool:
-        """Whether the model runs in a worker process of its own (vLLM's "mp" executor).
+    def _cpu_executor(self) -> str:
+        """vLLM's executor on a CPU: the one ``extra_args`` names, else "uni".
 
-        On a CPU it does not, unless the flags ask for an executor: the engine process
-        busy-waits on the worker's shared-memory queue (~95 % of a core while tokens are
-        made, and the idle worker ~50 % of one), CPU the other engines of a small machine
-        need (``benchmarks/vllm_cpu_use.py``, docs/cpu.md). The "uni" executor runs the
-        model inside the engine process, at the same speed.
+        "uni" runs the model inside the engine process. vLLM's default on a CPU, "mp",
+        runs it in a worker process of its own, and the engine process busy-waits on
+        the worker's shared-memory queue (~95 % of a core while tokens are made, and
+        the idle worker ~50 % of one), CPU the other engines of a small machine need
+        (``benchmarks/vllm_cpu_use.py``, docs/cpu.md); "uni" is as fast.
         """
-        return "--distributed-executor-backend" in self.extra_args
+        args = self.extra_args
+        if "--distributed-executor-backend" in args:
+            at = args.index("--distributed-executor-backend") + 1
+            return args[at] if at < len(args) else ""
+        return "uni"
 
     def environment(self) -> dict[str, str]:
         """CPU threads and KV cache size for vLLM's CPU backend; offline hub access."""
@@ -177,7 +181,7 @@ class VLLMServer(SupervisedServer):
                     "OMP_NUM_THREADS": str(self.cpu_threads),
                 }
             )
-            if not self._cpu_multiprocess:
+            if self._cpu_executor == "uni":
                 # Lets the CPU platform keep the "uni" executor (it turns it into "mp").
                 env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if Path(self.model).is_dir():

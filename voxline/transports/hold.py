@@ -45,9 +45,9 @@ class OutputHold:
         self._held_at: float | None = None
         self._interruptions = 0
         self.holds = 0
-        """How many times the output was held (tests and traces)."""
+        """How many times the output was held (for tests)."""
         self.held_secs = 0.0
-        """Total seconds audio writes waited on a hold."""
+        """Total seconds audio writes waited on a hold (for tests)."""
 
     @property
     def held(self) -> bool:
