@@ -79,6 +79,7 @@ from voxline.processors.frames import (
     TranscriptionSkippedFrame,
     TurnCommittedFrame,
 )
+from voxline.processors.speech_level import MAX_HANGOVER_SECS, MIN_STOPPING_SECS, SpeechLevel
 from voxline.processors.turn_words import ends_sentence, meaningful_words
 
 SAMPLE_RATE = 16_000
@@ -175,7 +176,8 @@ class _Turn:
     opened: bool = False  # the context aggregator's turn was opened
     paused: bool = False  # early_secs of silence heard, not resumed
     silence_secs: float = 0.0
-    stopping_secs: float = 0.0  # silence heard before the pause is confirmed
+    stopping_secs: float = 0.0  # the VAD's stopping state, before the pause is confirmed
+    quiet_secs: float = 0.0  # audio since the last frame loud enough to be speech
     generation: int = 0  # bumped whenever the caller resumes
     transcript: asyncio.Task[str] | None = None
     transcript_generation: int = -1
@@ -226,6 +228,7 @@ class TurnTaker(FrameProcessor):
         self._pre_roll: deque[bytes] = deque()
         self._pre_roll_bytes = 0
         self._turn: _Turn | None = None
+        self._level = SpeechLevel()
         self._bot_speaking = False
         self._carried_text = ""  # overheard words that join the next turn
         self._reply_pending_since: float | None = None
@@ -274,18 +277,22 @@ class TurnTaker(FrameProcessor):
         turn = self._turn
         if turn is None:
             self._keep_pre_roll(frame.audio)
+            if state == VADState.QUIET:
+                self._level.note_noise(frame.audio)
             if state == VADState.SPEAKING and previous != VADState.SPEAKING:
                 await self._open_turn()
             return
         turn.audio.extend(frame.audio)
         secs = len(frame.audio) / 2 / SAMPLE_RATE
+        turn.quiet_secs = 0.0 if self._level.is_speech(frame.audio) else turn.quiet_secs + secs
         if not turn.paused:
             await self._head_start(turn, state, secs)
+        silent = state in (VADState.QUIET, VADState.STOPPING)
         if state == VADState.SPEAKING and previous != VADState.SPEAKING and turn.paused:
             await self._resume(turn)
-        elif state == VADState.QUIET and previous != VADState.QUIET:
+        elif silent and not turn.paused and self._pause_heard(turn, state):
             await self._pause(turn)
-        elif state == VADState.QUIET and turn.paused:
+        elif silent and turn.paused:
             turn.silence_secs += secs
             if turn.committing:
                 pass
@@ -296,21 +303,34 @@ class TurnTaker(FrameProcessor):
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
 
+    def _silence_so_far(self, turn: _Turn) -> float:
+        """The pause before it is confirmed: from the caller's last loud frame, once the
+        VAD has let go of the speech, but no further back than its hangover
+        (:mod:`~voxline.processors.speech_level`)."""
+        if turn.stopping_secs < MIN_STOPPING_SECS:
+            return turn.stopping_secs  # one doubtful window is not the VAD letting go
+        return max(turn.stopping_secs, min(turn.quiet_secs, turn.stopping_secs + MAX_HANGOVER_SECS))
+
+    def _pause_heard(self, turn: _Turn, state: VADState) -> bool:
+        """Whether ``early_secs`` of silence are heard: by the VAD, or counted from the
+        last loud frame while the VAD is stopping."""
+        if state == VADState.QUIET:
+            return True
+        return self._silence_so_far(turn) + 1e-6 >= self._settings.early_secs
+
     async def _head_start(self, turn: _Turn, state: VADState, secs: float) -> None:
         """Send the utterance to Whisper halfway to ``early_secs``, so that its transcript
         is ready when the pause is confirmed; a caller who goes on voids it."""
         if state == VADState.STOPPING:
             turn.stopping_secs += secs
             head_start = self._settings.speculate and turn.transcript is None
-            if head_start and turn.stopping_secs >= self._settings.early_secs / 2:
+            if head_start and self._silence_so_far(turn) >= self._settings.early_secs / 2:
                 self._start_transcript(turn)
         elif state == VADState.SPEAKING and turn.stopping_secs:
             turn.stopping_secs = 0.0
             if turn.transcript is not None and not turn.transcript.done():
                 turn.transcript.cancel()
             turn.transcript = None
-        elif state == VADState.QUIET:
-            turn.stopping_secs = 0.0  # the pause is confirmed; its transcript is kept
 
     def _keep_pre_roll(self, audio: bytes) -> None:
         self._pre_roll.append(audio)
@@ -336,8 +356,10 @@ class TurnTaker(FrameProcessor):
     async def _pause(self, turn: _Turn) -> None:
         """``early_secs`` of silence: decide, and speculate, while the caller may go on."""
         turn.paused = True
-        turn.silence_secs = self._settings.early_secs
-        await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=self._settings.early_secs))
+        turn.silence_secs = max(self._settings.early_secs, self._silence_so_far(turn))
+        turn.stopping_secs = 0.0
+        # stop_secs dates the end of the words for the turn's trace.
+        await self.push_frame(VADUserStoppedSpeakingFrame(stop_secs=turn.silence_secs))
         if self._reads_transcript_at_pause or turn.over_bot:
             self._start_transcript(turn)
         if self._end_of_turn is not None:

@@ -54,6 +54,7 @@ from voxline.transports.twilio_protocol import (
     media_message,
     parse_message,
 )
+from voxline.transports.upsampler import StreamUpsampler
 
 TWILIO_RATE = 8000
 POLICY_VIOLATION = 1008
@@ -165,7 +166,8 @@ class TwilioMediaSerializer(FrameSerializer):
         self.stream = stream
         self._in_rate = 16000
         self._out_rate = TWILIO_RATE
-        self._in_resampler = create_stream_resampler()
+        # Not pipecat's stream resampler: it hands 8 kHz audio on in ~95 ms bursts (upsampler).
+        self._in_resampler = StreamUpsampler()
         self._out_resampler = create_stream_resampler()
 
     async def setup(self, frame: StartFrame):
