@@ -21,18 +21,9 @@ caller's side of the conversation:
   ``EagerUserTurnStopStrategy`` keeps the prepared reply instead of computing
   it again, and its ``UserStoppedSpeakingFrame`` opens the gate: the prepared
   audio plays at once.
-* **Barge-in.** Caller speech over the bot interrupts it once a stretch of it
-  lasts ``interrupt_min_secs``, or sooner when it carries words: after a quarter
-  of a second (and at every pause) the audio so far is transcribed, and
-  ``interrupt_min_words`` words that are not backchannels ("uh-huh", "okay")
-  interrupt. A cough or an "uh-huh" does not stop the bot; its words join the
-  caller's next turn or are dropped.
-* **Holding the bot.** Those checks take ~0.3 s of speech; the caller would hear
-  the bot talk over them all that time. So as soon as the VAD hears speech over the
-  bot (``pause_bot_on_speech``), the output transport holds the bot's audio, as a
-  person falls silent when the other starts to speak; a barge-in then drops the
-  rest, and a backchannel or a cough releases the hold: the bot goes on from where
-  it stopped.
+* **Barge-in.** Caller speech over the bot interrupts it once it lasts or carries
+  words enough, and the bot's audio is held while that is decided
+  (:mod:`~voxline.processors.barge_in`).
 """
 
 from __future__ import annotations
@@ -40,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from loguru import logger
@@ -70,9 +59,8 @@ from pipecat.utils.time import time_now_iso8601
 
 from voxline import logcontent
 from voxline.engines.batcher import BatcherClosed, Overloaded
-from voxline.engines.turn_model import TurnDecision
+from voxline.processors.barge_in import BargeIn
 from voxline.processors.frames import (
-    BargeInFrame,
     EndOfTurnDecisionFrame,
     SpeculationCancelledFrame,
     SpeculationStartedFrame,
@@ -80,118 +68,31 @@ from voxline.processors.frames import (
     TurnCommittedFrame,
 )
 from voxline.processors.speech_level import MAX_HANGOVER_SECS, MIN_STOPPING_SECS, SpeechLevel
-from voxline.processors.turn_words import ends_sentence, meaningful_words
+from voxline.processors.turn_state import (
+    SAMPLE_RATE,
+    BotAudioHold,
+    CallerTurn,
+    EndOfTurnDecider,
+    Transcriber,
+    TurnCounters,
+    TurnTakingSettings,
+    samples,
+)
+from voxline.processors.turn_words import ends_sentence
 
-SAMPLE_RATE = 16_000
-PRE_ROLL_SECS = 0.3
-"""Audio kept from before the VAD confirmed speech: the onset of the first word."""
+__all__ = ["BotAudioHold", "TurnCounters", "TurnTaker", "TurnTakingSettings"]
+
 TRAILING_SILENCE_SECS = 0.2
 """Silence after the last word that Whisper gets: enough to finish it."""
-WORDS_CHECK_AFTER_SECS = 0.2
-"""Speech over the bot this long is transcribed to see whether it carries words.
-
-tiny.en hears Piper's "Wait," in its first 0.2 s and espeak-ng's in most voices by
-0.25 s; a 0.15 s cough gives no text at any length."""
-WORDS_CHECK_EVERY_SECS = 0.15
-"""While the caller speaks over the bot, how often their words so far are checked again
-(a check still running is not doubled: on 2 cores one takes ~80-120 ms)."""
+PRE_ROLL_SECS = 0.3
+"""Audio kept from before the VAD confirmed speech: the onset of the first word."""
 CAREFUL_PAUSE_SECS = 0.6
 """The pause that ends a short turn, or one begun over the bot, that the model judged complete."""
 SHORT_TURN_SECS = 1.0
 """Speech shorter than this ("Hi,", "So,", "Wait,") is often the start of a longer turn."""
-REPLY_PENDING_SECS = 5.0
-"""How long after a commit the bot counts as answering though no audio has come out yet."""
 
 
-class Transcriber(Protocol):
-    """What the turn-taker needs from the shared Whisper engine."""
-
-    async def __call__(self, audio: np.ndarray) -> str: ...
-
-
-class BotAudioHold(Protocol):
-    """What the turn-taker needs from the output transport's hold
-    (:class:`~voxline.transports.hold.OutputHold`)."""
-
-    def hold(self) -> None: ...
-
-    def release(self) -> None: ...
-
-
-class EndOfTurnDecider(Protocol):
-    """What the turn-taker needs from the shared end-of-turn engine."""
-
-    async def __call__(self, audio: np.ndarray) -> TurnDecision: ...
-
-
-@dataclass
-class TurnCounters:
-    """Turn-taking events of every call in a process, for ``/metrics``.
-
-    Plain integers: every call's processor increments them on the event loop.
-    """
-
-    speculations: int = 0
-    speculations_cancelled: int = 0
-    speculations_reused: int = 0
-    commits_by_model: int = 0
-    commits_by_silence: int = 0
-    commits_by_question: int = 0
-    commits_by_sentence: int = 0
-    barge_ins: int = 0
-    overheard: int = 0
-    decisions_complete: int = 0
-    decisions_incomplete: int = 0
-    decision_secs: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-
-
-@dataclass
-class TurnTakingSettings:
-    """The persona's turn settings, as the processor uses them (seconds; docs/personas.md)."""
-
-    early_secs: float = 0.2
-    stop_secs: float = 1.2
-    speculate: bool = True
-    allow_interruptions: bool = True
-    pause_bot_on_speech: bool = True
-    interrupt_min_secs: float = 0.6
-    interrupt_min_words: int = 1
-    overheard: str = "join"
-    question_ends_turn: bool = True
-    sentence_end_secs: float | None = None
-    model_unsure_threshold: float | None = None
-    unsure_stop_secs: float = 0.7
-
-
-@dataclass
-class _Turn:
-    """The caller's turn in progress."""
-
-    audio: bytearray = field(default_factory=bytearray)
-    onset: float = 0.0  # monotonic seconds when the speech began
-    stretch_onset: float = 0.0  # when the current stretch of speech (after a pause) began
-    over_bot: bool = False  # began while the bot was speaking
-    interrupted_bot: bool = False
-    holding_bot: bool = False  # the bot's audio is held while this turn may interrupt it
-    opened: bool = False  # the context aggregator's turn was opened
-    paused: bool = False  # early_secs of silence heard, not resumed
-    silence_secs: float = 0.0
-    stopping_secs: float = 0.0  # the VAD's stopping state, before the pause is confirmed
-    quiet_secs: float = 0.0  # audio since the last frame loud enough to be speech
-    generation: int = 0  # bumped whenever the caller resumes
-    transcript: asyncio.Task[str] | None = None
-    transcript_generation: int = -1
-    decision: asyncio.Task[None] | None = None
-    eager_text: str | None = None  # what the speculation pushed answers
-    committing: bool = False
-    complete_reason: str = ""  # judged complete (model, question, sentence) ...
-    complete_after_secs: float = 0.0  # ... and committed at this much silence
-    dropped: bool = False  # the call ended
-    words_checked_at: float = 0.0
-    words_check: asyncio.Task[None] | None = None
-
-
-class TurnTaker(FrameProcessor):
+class TurnTaker(FrameProcessor, BargeIn):
     """Decides when the caller's turn ends and when the caller interrupts the bot.
 
     Args:
@@ -227,7 +128,7 @@ class TurnTaker(FrameProcessor):
         self._vad_state = VADState.QUIET
         self._pre_roll: deque[bytes] = deque()
         self._pre_roll_bytes = 0
-        self._turn: _Turn | None = None
+        self._turn: CallerTurn | None = None
         self._level = SpeechLevel()
         self._bot_speaking = False
         self._carried_text = ""  # overheard words that join the next turn
@@ -303,7 +204,7 @@ class TurnTaker(FrameProcessor):
         if state in (VADState.SPEAKING, VADState.STOPPING):
             await self._check_barge_in(turn)
 
-    def _silence_so_far(self, turn: _Turn) -> float:
+    def _silence_so_far(self, turn: CallerTurn) -> float:
         """The pause before it is confirmed: from the caller's last loud frame, once the
         VAD has let go of the speech, but no further back than its hangover
         (:mod:`~voxline.processors.speech_level`)."""
@@ -311,14 +212,14 @@ class TurnTaker(FrameProcessor):
             return turn.stopping_secs  # one doubtful window is not the VAD letting go
         return max(turn.stopping_secs, min(turn.quiet_secs, turn.stopping_secs + MAX_HANGOVER_SECS))
 
-    def _pause_heard(self, turn: _Turn, state: VADState) -> bool:
+    def _pause_heard(self, turn: CallerTurn, state: VADState) -> bool:
         """Whether ``early_secs`` of silence are heard: by the VAD, or counted from the
         last loud frame while the VAD is stopping."""
         if state == VADState.QUIET:
             return True
         return self._silence_so_far(turn) + 1e-6 >= self._settings.early_secs
 
-    async def _head_start(self, turn: _Turn, state: VADState, secs: float) -> None:
+    async def _head_start(self, turn: CallerTurn, state: VADState, secs: float) -> None:
         """Send the utterance to Whisper halfway to ``early_secs``, so that its transcript
         is ready when the pause is confirmed; a caller who goes on voids it."""
         if state == VADState.STOPPING:
@@ -344,7 +245,7 @@ class TurnTaker(FrameProcessor):
     async def _open_turn(self) -> None:
         start_secs = self._vad.params.start_secs
         onset = time.monotonic() - start_secs
-        turn = _Turn(onset=onset, stretch_onset=onset, over_bot=self._bot_busy())
+        turn = CallerTurn(onset=onset, stretch_onset=onset, over_bot=self._bot_busy())
         for piece in self._pre_roll:
             turn.audio.extend(piece)
         self._pre_roll.clear()
@@ -353,7 +254,7 @@ class TurnTaker(FrameProcessor):
         self._hold_bot(turn)
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
 
-    async def _pause(self, turn: _Turn) -> None:
+    async def _pause(self, turn: CallerTurn) -> None:
         """``early_secs`` of silence: decide, and speculate, while the caller may go on."""
         turn.paused = True
         turn.silence_secs = max(self._settings.early_secs, self._silence_so_far(turn))
@@ -366,7 +267,7 @@ class TurnTaker(FrameProcessor):
             turn.decision = self._spawn(self._decide(turn, turn.generation))
         self._spawn(self._after_pause(turn, turn.generation))
 
-    async def _resume(self, turn: _Turn) -> None:
+    async def _resume(self, turn: CallerTurn) -> None:
         """The caller spoke again before the commit: everything speculative is void."""
         turn.paused = False
         turn.silence_secs = 0.0
@@ -393,9 +294,9 @@ class TurnTaker(FrameProcessor):
         await self.push_frame(SpeculationCancelledFrame(reason=reason))
         await self.push_frame(EagerEndOfTurnCancelFrame())
 
-    def _start_transcript(self, turn: _Turn) -> None:
+    def _start_transcript(self, turn: CallerTurn) -> None:
         if turn.transcript is None or turn.transcript_generation != turn.generation:
-            audio = _samples(bytes(turn.audio))
+            audio = samples(bytes(turn.audio))
             turn.transcript = self._spawn(self._transcript_of(audio))
             turn.transcript_generation = turn.generation
 
@@ -403,11 +304,11 @@ class TurnTaker(FrameProcessor):
         padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
         return (await self._transcribe(padded.astype(np.float32))).strip()
 
-    async def _decide(self, turn: _Turn, generation: int) -> None:
+    async def _decide(self, turn: CallerTurn, generation: int) -> None:
         assert self._end_of_turn is not None
         asked = time.monotonic()
         try:
-            decision = await self._end_of_turn(_samples(bytes(turn.audio)))
+            decision = await self._end_of_turn(samples(bytes(turn.audio)))
         except (ValueError, Overloaded, BatcherClosed) as exc:
             logger.warning(f"{self}: end-of-turn model unavailable ({exc}); waiting for stop_secs")
             return
@@ -445,7 +346,7 @@ class TurnTaker(FrameProcessor):
         )
 
     async def _complete(
-        self, turn: _Turn, generation: int, reason: str, after_secs: float = 0.0
+        self, turn: CallerTurn, generation: int, reason: str, after_secs: float = 0.0
     ) -> None:
         """The turn is judged complete: commit it once the pause is ``after_secs`` long,
         and a longer one if the turn is short."""
@@ -462,7 +363,7 @@ class TurnTaker(FrameProcessor):
             return
         await self._commit(turn, reason)
 
-    async def _after_pause(self, turn: _Turn, generation: int) -> None:
+    async def _after_pause(self, turn: CallerTurn, generation: int) -> None:
         """Interrupt the bot if the words call for it, then speculate on them."""
         if turn.words_check is not None:
             # A check of the words said over the bot goes first: an interruption
@@ -493,7 +394,7 @@ class TurnTaker(FrameProcessor):
         if self._settings.speculate and not turn.committing:
             await self._speculate(turn, text)
 
-    async def _speculate(self, turn: _Turn, text: str) -> None:
+    async def _speculate(self, turn: CallerTurn, text: str) -> None:
         """Send the words so far to the LLM while the turn may still go on."""
         if not text:
             return
@@ -504,7 +405,7 @@ class TurnTaker(FrameProcessor):
         await self.push_frame(SpeculationStartedFrame(text=text))
         await self.push_frame(EagerTranscriptionFrame(text, "", time_now_iso8601()))
 
-    async def _awaited_transcript(self, turn: _Turn) -> str | None:
+    async def _awaited_transcript(self, turn: CallerTurn) -> str | None:
         task = turn.transcript
         if task is None:
             return None
@@ -519,7 +420,7 @@ class TurnTaker(FrameProcessor):
                 await self.push_error(f"speech recognition unavailable: {exc}")
             return None
 
-    async def _commit(self, turn: _Turn, reason: str) -> None:
+    async def _commit(self, turn: CallerTurn, reason: str) -> None:
         """The caller is done: the turn's transcript goes to the context, the reply plays."""
         if turn.committing or self._turn is not turn:
             return
@@ -572,7 +473,7 @@ class TurnTaker(FrameProcessor):
         await self.push_frame(TranscriptionFrame(text, "", time_now_iso8601(), finalized=True))
         await self.push_frame(ProposedUserStoppedSpeakingFrame())
 
-    async def _settle_without_reply(self, turn: _Turn, reason: str) -> None:
+    async def _settle_without_reply(self, turn: CallerTurn, reason: str) -> None:
         if turn.eager_text is not None:
             await self._cancel_speculation(reason)
         else:
@@ -582,7 +483,7 @@ class TurnTaker(FrameProcessor):
             # The aggregator's turn was opened for a speculation: close it empty.
             await self.push_frame(ProposedUserStoppedSpeakingFrame())
 
-    async def _open_aggregator_turn(self, turn: _Turn) -> None:
+    async def _open_aggregator_turn(self, turn: CallerTurn) -> None:
         if not turn.opened:
             turn.opened = True
             await self.push_frame(ProposedUserStartedSpeakingFrame())
@@ -590,87 +491,9 @@ class TurnTaker(FrameProcessor):
     def _with_carried(self, text: str) -> str:
         return f"{self._carried_text} {text}".strip() if self._carried_text else text
 
-    def _overheard(self, turn: _Turn, text: str) -> bool:
-        """Words said over the bot that are no turn of their own: a backchannel, a cough."""
-        if not turn.over_bot or turn.interrupted_bot:
-            return False
-        return len(meaningful_words(text)) < self._settings.interrupt_min_words
-
-    def _needs_longer_pause(self, turn: _Turn) -> bool:
+    def _needs_longer_pause(self, turn: CallerTurn) -> bool:
         spoken = time.monotonic() - turn.onset - turn.silence_secs
         return turn.over_bot or spoken < SHORT_TURN_SECS
-
-    def _bot_busy(self) -> bool:
-        """The bot is speaking, or a committed reply is on its way to the caller."""
-        if self._bot_speaking:
-            return True
-        pending = self._reply_pending_since
-        return pending is not None and time.monotonic() - pending < REPLY_PENDING_SECS
-
-    # --- barge-in ---------------------------------------------------------------
-
-    async def _check_barge_in(self, turn: _Turn) -> None:
-        """While the caller speaks over the bot: a long stretch of speech interrupts it,
-        and their words so far are checked now and then."""
-        if not turn.over_bot or turn.interrupted_bot or turn.paused:
-            return
-        if not self._settings.allow_interruptions or not self._bot_busy():
-            return
-        now = time.monotonic()
-        if now - turn.stretch_onset >= self._settings.interrupt_min_secs:
-            await self._interrupt(turn, "duration")
-            return
-        spoken = now - turn.onset
-        if spoken < WORDS_CHECK_AFTER_SECS:
-            return
-        if turn.words_check is not None and not turn.words_check.done():
-            return
-        if turn.words_checked_at and spoken - turn.words_checked_at < WORDS_CHECK_EVERY_SECS:
-            return
-        turn.words_checked_at = spoken
-        turn.words_check = self._spawn(self._check_words(turn))
-
-    async def _check_words(self, turn: _Turn) -> None:
-        """Interrupt the bot if the caller's words so far are more than a backchannel."""
-        try:
-            text = await self._transcript_of(_samples(bytes(turn.audio)))
-        except (ValueError, Overloaded, BatcherClosed) as exc:
-            logger.warning(f"{self}: could not check words said over the bot: {exc}")
-            return
-        if self._turn is not turn or turn.interrupted_bot or not self._bot_busy():
-            return
-        if len(meaningful_words(text)) >= self._settings.interrupt_min_words:
-            await self._interrupt(turn, "words")
-
-    def _hold_bot(self, turn: _Turn) -> None:
-        """Speech over the bot: hold its audio until the speech is judged (module doc)."""
-        settings = self._settings
-        holds = settings.pause_bot_on_speech and settings.allow_interruptions
-        if self._hold is None or not holds:
-            return
-        if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
-            turn.holding_bot = True
-            self._hold.hold()
-
-    def _release_bot(self, turn: _Turn) -> None:
-        """``turn``'s speech was no interruption (or its turn is over): the bot goes on."""
-        if not turn.holding_bot:
-            return
-        turn.holding_bot = False
-        newer = self._turn
-        if self._hold is not None and not (newer is not None and newer.holding_bot):
-            self._hold.release()
-
-    async def _interrupt(self, turn: _Turn, reason: str) -> None:
-        # The interruption releases the output's hold once its queued audio is dropped.
-        turn.holding_bot = False
-        turn.interrupted_bot = True
-        self._reply_pending_since = None
-        self._counters.barge_ins += 1
-        after_ms = round((time.monotonic() - turn.onset) * 1000, 1)
-        logger.debug(f"{self}: barge-in after {after_ms} ms ({reason})")
-        await self.push_frame(BargeInFrame(reason=reason, after_ms=after_ms))
-        await self.broadcast_interruption()
 
     # --- tasks ----------------------------------------------------------------
 
@@ -688,7 +511,3 @@ class TurnTaker(FrameProcessor):
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             await self.cancel_task(task)
-
-
-def _samples(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
