@@ -240,8 +240,11 @@ def test_the_dashboard_shows_a_call_live_then_its_waterfall(server):
     assert answered, detail["turns"]
     stages = {bar["stage"] for bar in answered[0]["bars"]}
     assert {"stt", "llm_first_token", "tts_first_audio", "transport"} <= stages, stages
+    # The tool is forced: each answered turn calls it (once, or twice when the question
+    # was heard as two turns).
     tools = [tool["name"] for turn in detail["turns"] for tool in turn["tools"]]
-    assert tools == ["track_parcel"], detail["turns"]
+    assert tools and set(tools) == {"track_parcel"}, detail["turns"]
+    assert len(tools) <= len(detail["turns"]), detail["turns"]
     drawn = {stage for stage, _left, width in seen["bars"] if width > 0}
     assert {"stt", "llm_first_token", "tts_first_audio", "tool"} <= drawn, seen["bars"]
     # A later stage starts to the right of an earlier one on the shared axis.
