@@ -410,7 +410,10 @@ def test_dial_command_prints_what_the_caller_heard(phone, tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
-    assert "northwind" in document["greeting_heard"].replace(" ", "").lower()
+    # The greeting as Whisper tiny.en hears it over the phone ("Northwind" comes back as
+    # "North Wing" now and then, a CI rehearsal): most of its words.
+    greeting = load_persona(BANK_PERSONA).greeting or ""
+    assert wer(greeting, document["greeting_heard"]) <= 0.35, document["greeting_heard"]
     [turn] = document["turns"]
     assert turn["bot_heard"] and turn["voice_to_voice_ms"] > 0
     assert document["marks_echoed"] >= 2
