@@ -1,11 +1,10 @@
 """Where the caller's words end, by loudness against the line's own noise.
 
-Silero VAD keeps saying "speech" for a while after the last word: fed the phone
-path (8 kHz µ-law, resampled to 16 kHz), its windows stayed above the
-confidence threshold for a median 120 ms (20–180 ms) after the caller's last
-frame louder than -45 dBFS, over twelve espeak-ng voices
-(``benchmarks/vad_hangover.py``). Counting the pause from where the VAD gave up
-made every turn that much later. The turn-taker therefore also times each
+Silero VAD keeps saying "speech" for a while after the last word: over twelve
+espeak-ng voices on a phone line (``benchmarks/vad_hangover.py``), its quiet state
+came a median 30 ms (p95 60 ms) later than ``early_secs`` after the caller's last
+frame louder than -45 dBFS; 40 ms (60 ms) at 16 kHz. Counting the pause from where
+the VAD gave up made every turn that much later. The turn-taker therefore also times each
 frame's loudness: once the VAD has let go of the speech (its stopping state),
 the pause is counted from the last frame that was louder than the line's noise,
 at most :data:`MAX_HANGOVER_SECS` back, once the VAD has been stopping for
@@ -23,7 +22,8 @@ from collections import deque
 import numpy as np
 
 MAX_HANGOVER_SECS = 0.2
-"""How far back of the VAD's stop a pause may be dated (its hangover was at most 180 ms)."""
+"""How far back of the VAD's stop a pause may be dated: more than the VAD's hangover, which
+was 80 ms at most in ``benchmarks/vad_hangover.py``, however soft the words' ending."""
 MIN_STOPPING_SECS = 0.06
 """How long the VAD must have judged the audio silent before the pause is dated back
 (two of Silero's 32 ms windows: one doubtful window inside a word is not the end)."""
@@ -56,18 +56,23 @@ class SpeechLevel:
         self._margin_db = margin_db
         self._floor_dbfs = floor_dbfs
         self._noise: deque[float] = deque(maxlen=NOISE_FRAMES)
+        self._threshold: float | None = floor_dbfs
 
     def note_noise(self, pcm: bytes) -> None:
         """Measure a frame heard while the caller was quiet (between turns)."""
         self._noise.append(rms_dbfs(pcm))
+        self._threshold = None
 
     @property
     def threshold_dbfs(self) -> float:
-        """The level above which a frame is speech: the noise's median plus the margin."""
-        if not self._noise:
-            return self._floor_dbfs
-        noise = float(np.median(self._noise))
-        return max(self._floor_dbfs, noise + self._margin_db)
+        """The level above which a frame is speech: the noise's median plus the margin.
+
+        Measured once per stretch of noise: every frame of a turn is judged against it.
+        """
+        if self._threshold is None:
+            noise = float(np.median(self._noise))
+            self._threshold = max(self._floor_dbfs, noise + self._margin_db)
+        return self._threshold
 
     def is_speech(self, pcm: bytes) -> bool:
         """Whether a frame is loud enough, on this line, to be speech."""
