@@ -1,4 +1,5 @@
-"""Pieces shared by the benchmarks: questions, servers, process memory, percentiles.
+"""Pieces shared by the benchmarks: questions, servers, the phone line, process memory,
+percentiles.
 
 Caller speech (espeak-ng voices and utterances), simultaneous callers and the
 memory of a whole stack live in :mod:`voxline.bench`, which ``voxline bench`` runs.
@@ -9,7 +10,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import numpy as np
+from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
+from pipecat.audio.utils import ulaw_to_pcm
+
 from tests.servers import serve_voxline  # noqa: F401  (benchmarks import it from here)
+from voxline.transports.twilio import TWILIO_RATE
+from voxline.transports.twilio_caller import mulaw_frames
 
 # Caller questions for the bank persona, one per simulated call or round.
 QUESTIONS = [
@@ -22,6 +29,21 @@ QUESTIONS = [
     "Is the branch open on Sunday?",
     "My card was declined at the store, why?",
 ]
+
+
+async def over_the_phone(
+    audio: np.ndarray, rate: int, resampler: BaseAudioResampler
+) -> list[tuple[bytes, bool]]:
+    """``audio`` as ``voxline serve`` receives it from a phone caller, frame by frame.
+
+    The Twilio-protocol caller's 20 ms µ-law frames, each decoded and raised to 16 kHz
+    by ``resampler`` as the Twilio serializer does: (16-bit PCM, whether the caller's
+    frame was voiced). A resampler that holds audio back gives empty frames meanwhile.
+    """
+    return [
+        (await ulaw_to_pcm(frame, TWILIO_RATE, 16_000, resampler), voiced)
+        for frame, voiced in mulaw_frames(np.asarray(audio, dtype=np.float32), rate)
+    ]
 
 
 def rss_mb(pid: int) -> float:

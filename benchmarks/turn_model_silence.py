@@ -3,7 +3,8 @@
 The turn-taker asks the end-of-turn model once the caller has been quiet for
 ``early_secs``, counted from the last loud frame (docs/architecture.md). This asks the
 shared engine alone about espeak-ng speech (four voices, none of them Piper's) sent down
-the phone path (16 kHz -> 8 kHz µ-law -> 16 kHz), followed by 0.2, 0.26, 0.32 and 0.4 s
+the phone path (the Twilio-protocol caller's µ-law frames, raised to 16 kHz as the Twilio
+serializer does), followed by 0.2, 0.26, 0.32 and 0.4 s
 of silence: the first halves of the callers' paused utterances (cut after words the
 model should judge unfinished) and the unpaused, finished utterances. It prints, per
 silence, how often each kind is judged complete (p >= 0.5) or at least "unsure"
@@ -14,7 +15,7 @@ silence, how often each kind is judged complete (p >= 0.5) or at least "unsure"
 
 from __future__ import annotations
 
-import audioop
+import asyncio
 import sys
 import tempfile
 from pathlib import Path
@@ -24,9 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import over_the_phone  # noqa: E402
 from voxline.bench.callers import UTTERANCES, espeak, silence  # noqa: E402
 from voxline.engines.turn_model import EndOfTurnEngine  # noqa: E402
 from voxline.models import resolve_turn_model  # noqa: E402
+from voxline.processors.turn_state import samples  # noqa: E402
+from voxline.transports.upsampler import StreamUpsampler  # noqa: E402
 
 VOICES = [
     ("en-us", 150, 50),
@@ -37,16 +41,7 @@ VOICES = [
 SILENCES = (0.2, 0.26, 0.32, 0.4)
 
 
-def phone_line(audio: np.ndarray) -> np.ndarray:
-    """``audio`` (16 kHz float) as it arrives from a phone call, back at 16 kHz."""
-    pcm = (audio * 32767).astype(np.int16).tobytes()
-    narrow, _ = audioop.ratecv(pcm, 2, 1, 16_000, 8_000, None)
-    line = audioop.ulaw2lin(audioop.lin2ulaw(narrow, 2), 2)
-    wide, _ = audioop.ratecv(line, 2, 1, 8_000, 16_000, None)
-    return np.frombuffer(wide, dtype=np.int16).astype(np.float32) / 32768
-
-
-def main() -> None:
+async def main() -> None:
     engine = EndOfTurnEngine(resolve_turn_model("smart-turn-v3.2"))
     tmp = Path(tempfile.mkdtemp(prefix="turn_model_silence_"))
     unfinished: dict[float, list[float]] = {secs: [] for secs in SILENCES}
@@ -56,8 +51,11 @@ def main() -> None:
         for voice in VOICES:
             words = espeak(utterance.first, voice, tmp)
             for secs in SILENCES:
-                audio = phone_line(np.concatenate([words, silence(secs)]))
-                into[secs].append(engine.decide_blocking(audio).probability)
+                frames = await over_the_phone(
+                    np.concatenate([words, silence(secs)]), 16_000, StreamUpsampler()
+                )
+                pcm = b"".join(frame for frame, _ in frames)
+                into[secs].append(engine.decide_blocking(samples(pcm)).probability)
     for secs in SILENCES:
         mid, end = np.array(unfinished[secs]), np.array(finished[secs])
         print(
@@ -69,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())

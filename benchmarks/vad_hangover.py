@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import audioop
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +41,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams, VADState  # noqa: E402
 from pipecat.frames.frames import InputAudioRawFrame, VADUserStoppedSpeakingFrame  # noqa: E402
 from pipecat.tests.utils import run_test  # noqa: E402
 
-from benchmarks.common import p50, p95  # noqa: E402
+from benchmarks.common import over_the_phone, p50, p95  # noqa: E402
 from benchmarks.turn_latency import VOICES  # noqa: E402
 from voxline.bench.callers import UTTERANCES, espeak, silence  # noqa: E402
 from voxline.personas.schema import TurnSettings  # noqa: E402
@@ -71,21 +70,6 @@ class RecordingVAD(SharedSileroVADAnalyzer):
             self.quiet_at = self.frames
         self._was = state
         return state
-
-
-async def phone_frames(audio: np.ndarray, soxr: bool) -> list[tuple[bytes, bool]]:
-    """16 kHz audio as the server receives a phone call: (16 kHz frame, caller voiced) for
-    each 20 ms frame sent (empty while a resampler holds the audio back)."""
-    pcm16 = (audio * 32767).astype(np.int16).tobytes()
-    pcm8, _ = audioop.ratecv(pcm16, 2, 1, RATE, 8000, None)
-    ulaw = audioop.lin2ulaw(pcm8, 2)
-    resampler = create_stream_resampler() if soxr else StreamUpsampler()
-    frames = []
-    for start in range(0, len(ulaw) - 159, 160):
-        line = audioop.ulaw2lin(ulaw[start : start + 160], 2)
-        voiced = is_voiced(np.frombuffer(line, dtype=np.int16))
-        frames.append((await resampler.resample(line, 8000, RATE), voiced))
-    return frames
 
 
 def wideband_frames(audio: np.ndarray) -> list[tuple[bytes, bool]]:
@@ -155,7 +139,8 @@ async def main() -> None:
             if path == "wideband":
                 frames = wideband_frames(audio)
             else:
-                frames = await phone_frames(audio, soxr=path == "soxr")
+                resampler = create_stream_resampler() if path == "soxr" else StreamUpsampler()
+                frames = await over_the_phone(audio, RATE, resampler)
             vad_late, pause_late = await one(frames, turn)
             late.setdefault((path, "vad"), []).append(vad_late * 1000)
             late.setdefault((path, "pause"), []).append(pause_late * 1000)

@@ -1,7 +1,7 @@
 """The pause is dated from the caller's last loud frame, not from where the VAD let go.
 
-A scripted VAD stands in for Silero (which holds "speech" ~120 ms past the last word,
-docs/architecture.md); the turn-taker's own frames show when it heard the pause.
+A scripted VAD stands in for Silero (which holds "speech" tens of milliseconds past the
+last word, docs/architecture.md); the turn-taker's own frames show when it heard the pause.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class DialResult:
     """Each ``media`` message of the bot's as (time it started playing, its samples)."""
 
 
-def _mulaw_frames(audio: np.ndarray, rate: int) -> list[tuple[bytes, bool]]:
+def mulaw_frames(audio: np.ndarray, rate: int) -> list[tuple[bytes, bool]]:
     """20 ms µ-law frames of the caller's words, each with whether it is voiced."""
     if not audio.size:
         return []
@@ -202,14 +202,14 @@ class TwilioCaller:
                 by default, at the first mark echoed.
         """
         plan = _Plan(
-            first=_mulaw_frames(np.asarray(audio, dtype=np.float32), rate),
-            second=_mulaw_frames(np.asarray(barge_in, dtype=np.float32), rate)
+            first=mulaw_frames(np.asarray(audio, dtype=np.float32), rate),
+            second=mulaw_frames(np.asarray(barge_in, dtype=np.float32), rate)
             if barge_in is not None
             else [],
             second_after=barge_in_after_secs,
             extra=extra_messages or [],
             then=[
-                (_mulaw_frames(np.asarray(words, dtype=np.float32), rate), pause)
+                (mulaw_frames(np.asarray(words, dtype=np.float32), rate), pause)
                 for words, pause in then
             ],
             gate=gate,

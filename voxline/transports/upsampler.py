@@ -2,13 +2,14 @@
 
 pipecat's stream resampler (SoX, "VHQ") turns Twilio's 20 ms frames of 8 kHz
 audio into 16 kHz in bursts: nothing for four frames, then ~95 ms at once. The
-caller's last word reached the VAD a median 61 ms (up to 110 ms) after it was
-sent, and every turn waited that much longer (``benchmarks/vad_hangover.py``
-times the effect on the pause; SoX's lower qualities burst less but still
-27-61 ms, and its "quick" one mirrors 3 kHz speech into the 4-8 kHz band at
--11 dB). Upsampling by a whole factor needs no blocks: each input frame gives
-its output frame at once through a polyphase windowed-sinc filter whose delay
-is half its length, 3 ms here, with images of in-band tones below -80 dB.
+audio handed on trailed the audio fed in by a median 61 ms (up to 110 ms), so
+the caller's last word reached the VAD that much later and every turn waited for
+it (``benchmarks/phone_upsampling.py``; ``benchmarks/vad_hangover.py`` times the
+effect on the pause). SoX's "LQ" still trails by 33 ms (61 ms at most), and its
+"QQ", which does not, mirrors 3 kHz speech into the 4-8 kHz band at -11 dB.
+Upsampling by a whole factor needs no blocks: each input frame gives its output
+frame at once through a polyphase windowed-sinc filter whose delay is half its
+length, 3 ms here, with images of in-band tones below -80 dB.
 """
 
 from __future__ import annotations
