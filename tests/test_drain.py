@@ -2,7 +2,7 @@
 
 The first tests drive :class:`~voxline.server.drain.Drain` with stand-in calls.
 The last one is a real ``voxline serve`` (llama.cpp, Whisper, Piper) with
-``drain_timeout_secs: 12``, a Twilio-protocol caller and the Twilio REST stand-in:
+``drain_timeout_secs: 15``, a Twilio-protocol caller and the Twilio REST stand-in:
 SIGTERM arrives while the caller asks a question; the answer is still spoken in
 full, nothing else is said until the deadline, then the persona's goodbye plays and
 the call is hung up through the REST API. A call tried during the drain hears
@@ -37,7 +37,8 @@ from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
 
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "2" * 32
-DRAIN_SECS = 12.0
+# Room for the answer on a slow CPU: one took 3.7 s to start and ran into a 12 s deadline.
+DRAIN_SECS = 15.0
 GOODBYE = "The office is closing now. Goodbye."
 
 
@@ -139,6 +140,7 @@ def test_sigterm_drains_a_live_call_then_says_goodbye_at_the_deadline(tmp_path):
             greeting: Hello, front desk.
             phrases: {{goodbye: {GOODBYE}}}
             limits: {{idle_prompt_secs: null}}
+            llm: {{max_tokens: 24}}  # one short answer, over well before the deadline
             """
         )
     )
@@ -241,7 +243,7 @@ def test_sigterm_drains_a_live_call_then_says_goodbye_at_the_deadline(tmp_path):
     # ... and it was hung up through Twilio's REST API, like end_call does.
     records = [json.loads(line) for line in rest_log.read_text().splitlines()]
     assert [r["form"] for r in records if r["call"] == dialer.call_sid] == [{"Status": "completed"}]
-    assert "drain_timeout_secs (12 s) reached: saying goodbye to 1 call" in output
+    assert f"drain_timeout_secs ({DRAIN_SECS:g} s) reached: saying goodbye to 1 call" in output
 
     # A call tried during the drain heard busy; readiness was 503 all along.
     [busy] = refused

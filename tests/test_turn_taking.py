@@ -299,8 +299,10 @@ async def test_speculation_gives_the_same_transcript_and_reply_and_plays_prepare
 @asyncio_module
 async def test_a_speculation_is_reused_when_the_silence_commits_the_turn(runtime, tmp_path):
     """With a fixed silence and speculation on, the reply prepared at ``early_secs`` is
-    the one that plays at ``stop_secs``: it is not computed twice."""
-    bank = persona(tmp_path, "reuse", "turn: {model: none, stop_secs: 1.5}\n")
+    the one that plays at ``stop_secs``: it is not computed twice. (``stop_secs`` leaves
+    room for the whole chain on a slow CPU: on one, Whisper, the LLM and Piper's first
+    audio took 1.6 s, and the audio was not yet ready at 1.5 s.)"""
+    bank = persona(tmp_path, "reuse", "turn: {model: none, stop_secs: 3.0}\n")
     audio = np.concatenate([voiced("Can I order a new debit card?"), silence(0.3)])
     result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
 

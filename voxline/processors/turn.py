@@ -296,9 +296,24 @@ class TurnTaker(FrameProcessor, BargeIn):
 
     def _start_transcript(self, turn: CallerTurn) -> None:
         if turn.transcript is None or turn.transcript_generation != turn.generation:
-            audio = samples(bytes(turn.audio))
+            audio = samples(self._words_of(turn))
             turn.transcript = self._spawn(self._transcript_of(audio))
             turn.transcript_generation = turn.generation
+
+    def _words_of(self, turn: CallerTurn) -> bytes:
+        """The turn's audio up to ``early_secs / 2`` after its last loud frame.
+
+        Whisper ``tiny.en`` hears the same words differently with 0.1 s or 0.4 s of
+        silence after them ("What time is" / "What timed as"). Cut at one point
+        after the words, the transcript sent at the head start, at the pause and at
+        the commit is of the same audio, so a speculation is reused and the reply
+        does not depend on when the transcript was asked for. Only silence that the
+        VAD heard too is cut: a caller too quiet for the level meter keeps it all.
+        """
+        heard = turn.silence_secs if turn.paused else self._silence_so_far(turn)
+        cut_secs = min(turn.quiet_secs, heard) - self._settings.early_secs / 2
+        cut = int(cut_secs * SAMPLE_RATE) * 2
+        return bytes(turn.audio[: len(turn.audio) - cut] if cut > 0 else turn.audio)
 
     async def _transcript_of(self, audio: np.ndarray) -> str:
         padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
