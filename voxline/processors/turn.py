@@ -304,7 +304,7 @@ class TurnTaker(FrameProcessor, BargeIn):
         """The turn's audio up to ``early_secs / 2`` after its last loud frame.
 
         Whisper ``tiny.en`` hears the same words differently with 0.1 s or 0.4 s of
-        silence after them ("What time is" / "What timed as"). Cut at one point
+        silence after them ("What timed as" / "What timed is"). Cut at one point
         after the words, the transcript sent at the head start, at the pause and at
         the commit is of the same audio, so a speculation is reused and the reply
         does not depend on when the transcript was asked for. Only silence that the
