@@ -79,6 +79,7 @@ def server(tmp_path_factory) -> Iterator[dict]:
             public_url: http://127.0.0.1:{port}
             default_persona: {BANK_PERSONA}
             max_calls: 4
+            drain_timeout_secs: 0  # calls left reserved by the capacity test: stop at once
             log_content: true  # the keypad test reads the call's context from the log
             engines:
               llm: {{backend: llama_cpp}}  # the edges, not the LLM, are under test here

@@ -163,6 +163,9 @@ def two_servers(tmp_path_factory):
             lines = [
                 f"default_persona: {BANK_PERSONA}",
                 "max_calls: 2",
+                # A's reservation for the call whose stream went to B would hold its stop
+                # for the drain's 30 s.
+                "drain_timeout_secs: 0",
                 "engines:\n  llm: {backend: llama_cpp}",
             ]
             if key_in == "file":
@@ -175,7 +178,12 @@ def two_servers(tmp_path_factory):
             elif key_in == "other":
                 env[STREAM_SECRET_ENV] = KEY[::-1]
             port = free_port()
-            servers[name] = (start_voxline(config, env, port), f"http://127.0.0.1:{port}")
+            servers[name] = (
+                start_voxline(config, env, port, wait=False),
+                f"http://127.0.0.1:{port}",
+            )
+        for server, _ in servers.values():
+            server.wait_ready(240)
         yield {name: url for name, (_, url) in servers.items()}
     finally:
         for server, _ in servers.values():
