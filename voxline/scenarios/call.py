@@ -4,8 +4,10 @@ The call is built exactly as ``voxline talk`` and the server build theirs
 (:func:`voxline.bot.session.build_call`); only the transport is the scenario's
 caller. Each turn waits for the bot to finish its reply (or, with
 ``barge_in_after``, for that much of it to play) before the caller acts. After the
-call, the bot's audio is cut into the greeting and one reply per turn, by time,
-and each piece is transcribed by the Runtime's shared Whisper: what the caller heard.
+call, the bot's audio is cut into the greeting and one reply per turn, by time;
+:func:`listen` later transcribes each piece with the Runtime's shared Whisper: what
+the caller heard. The suite listens once its calls are over (:mod:`voxline.scenarios.run`),
+so transcribing replies never takes the cores from the calls being measured.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ class CallRun:
     error: str | None = None
     """The call could not run to its end (a timeout), if so."""
     context: list[dict] = field(default_factory=list)
+    replies: list[np.ndarray] = field(default_factory=list)
+    """The bot's audio not yet transcribed: the greeting, then each reached turn's reply
+    (int16 at ``replies_rate``); :func:`listen` empties it."""
+    replies_rate: int = 0
+
+    @property
+    def unheard_secs(self) -> float:
+        """Seconds of the bot's audio waiting for :func:`listen`."""
+        if not self.replies:
+            return 0.0
+        return sum(piece.size for piece in self.replies) / self.replies_rate
 
 
 def _describe(turn) -> str:
@@ -246,8 +259,8 @@ async def run_call(loaded: LoadedScenario, runtime: Runtime, voices: CallerVoice
 
 
 async def _summarise(loaded, runtime, transport, control, tool_log, tracer, turns, result) -> None:
-    """Cut the bot's audio into the greeting and each turn's reply; transcribe; assign
-    tool calls, hang-ups and transfers to the turn they followed."""
+    """Cut the bot's audio into the greeting and each turn's reply (kept for
+    :func:`listen`); assign tool calls, hang-ups and transfers to the turn they followed."""
     rate = transport.out_sample_rate
     starts = [run.started for run in turns if run.started is not None]
     greeting_end = starts[0] if starts else None
@@ -259,13 +272,10 @@ async def _summarise(loaded, runtime, transport, control, tool_log, tracer, turn
     pieces = [transport.heard(0.0, greeting_end)] + [
         transport.heard(start, end) for start, end in bounds
     ]
-    heard = await asyncio.gather(*(_transcribe(runtime, loaded, piece, rate) for piece in pieces))
-    result.greeting_heard = heard[0]
-    if loaded.persona.greeting:
-        result.transcript.append(("bot", heard[0]))
+    result.replies, result.replies_rate = pieces, rate
     trace_turns = list(tracer.turns)
-    for (start, end), run, text, piece in zip(bounds, reached, heard[1:], pieces[1:], strict=True):
-        run.heard, run.heard_secs = text, round(piece.size / rate, 2)
+    for (start, end), run, piece in zip(bounds, reached, pieces[1:], strict=True):
+        run.heard_secs = round(piece.size / rate, 2)
         first = transport.first_voiced_after(run.ended)
         if first is not None and (end is None or first < end):
             run.first_reply_ms = round((first - run.ended) * 1000, 1)
@@ -284,8 +294,34 @@ async def _summarise(loaded, runtime, transport, control, tool_log, tracer, turn
     for run in turns:
         if run.started is None and run.reached:
             run.reached = False  # the call ended while the caller waited to act
-        if run.started is not None:
-            result.transcript.append(("caller", run.caller_said))
-            if run.heard:
-                result.transcript.append(("bot", run.heard))
     result.turns = turns
+
+
+async def listen(
+    loaded: LoadedScenario, runtime: Runtime, call: CallRun, pieces: asyncio.Semaphore
+) -> None:
+    """Transcribe the bot's audio of a finished call: the greeting and replies as heard.
+
+    Fills ``greeting_heard``, each reached turn's ``heard`` and the transcript of both
+    sides, and frees the audio. ``pieces`` bounds the pieces in Whisper's queue at once.
+    """
+    if not call.replies:
+        return
+
+    async def hear(piece: np.ndarray) -> str:
+        async with pieces:
+            return await _transcribe(runtime, loaded, piece, call.replies_rate)
+
+    heard = await asyncio.gather(*(hear(piece) for piece in call.replies))
+    call.replies = []
+    call.greeting_heard = heard[0]
+    if loaded.persona.greeting:
+        call.transcript.append(("bot", heard[0]))
+    reached = iter(heard[1:])
+    for run in call.turns:
+        if run.started is None:
+            continue
+        run.heard = next(reached)
+        call.transcript.append(("caller", run.caller_said))
+        if run.heard:
+            call.transcript.append(("bot", run.heard))

@@ -74,9 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from voxline.bot.runtime import Runtime
     from voxline.engines.llm import LLMServerError
     from voxline.models import ModelNotAvailableError
+    from voxline.scenarios.load import LoadedScenario
     from voxline.scenarios.report import json_report, text_report, write_junit
     from voxline.scenarios.run import ScenarioResult, run_suite
     from voxline.scenarios.voices import VoiceError
+
+    def call_ended(loaded: LoadedScenario, wall_secs: float) -> None:
+        if not args.json:
+            print(f"  call over: {loaded.label} ({wall_secs:.1f} s)", flush=True)
 
     def progress(result: ScenarioResult) -> None:
         if not args.json:
@@ -86,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     async def main():
         async with Runtime(config) as runtime:
             return await run_suite(
-                suite, runtime, parallel=args.parallel, repeat=args.repeat, on_result=progress
+                suite,
+                runtime,
+                parallel=args.parallel,
+                repeat=args.repeat,
+                on_result=progress,
+                on_call_ended=call_ended,
             )
 
     try:
