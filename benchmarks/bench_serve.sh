@@ -4,21 +4,24 @@
 #
 #   flock /tmp/voxline-heavy.lock bash benchmarks/bench_serve.sh --calls 1 4 8 --turns 2 --baseline-pipecat
 #
-# BENCH_LLM=llama_cpp serves on llama.cpp instead of vLLM (serve's default). The server's
-# log is kept in the temporary folder printed at the start.
+# BENCH_LLM=llama_cpp serves on llama.cpp instead of vLLM (serve's default);
+# BENCH_REMEMBER_LINES=false makes Piper synthesize the greeting and phrases on every call
+# (engines.remember_lines). The server's log is kept in the temporary folder printed
+# at the start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${BENCH_LLM:-vllm}
+remember=${BENCH_REMEMBER_LINES:-true}
 tmp=$(mktemp -d -t voxline-bench-serve-XXXX)
 port=$(.venv/bin/python -c 'from voxline.engines.llm import free_port; print(free_port())')
 cat >"$tmp/voxline.yaml" <<YAML
 public_url: http://127.0.0.1:$port
 default_persona: $PWD/personas/bank_support.yaml
 max_calls: 8
-engines: {llm: {backend: $backend}}
+engines: {llm: {backend: $backend}, remember_lines: $remember}
 YAML
 export TWILIO_AUTH_TOKEN=${TWILIO_AUTH_TOKEN:-voxline-bench-token} VOXLINE_OFFLINE=1
-echo "bench_serve: voxline serve on $backend, port $port, log $tmp/serve.log" >&2
+echo "bench_serve: voxline serve on $backend (remember_lines: $remember), port $port, log $tmp/serve.log" >&2
 .venv/bin/voxline serve --config "$tmp/voxline.yaml" --port "$port" >"$tmp/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT

@@ -23,6 +23,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from voxline.engines.lines import LineMemory
 from voxline.engines.orpheus import CODES_PER_FRAME, SAMPLES_PER_FRAME
 from voxline.engines.snac import SNACDecoder, load_snac
 from voxline.processors.tts_orpheus import OrpheusTTSService
@@ -60,16 +61,26 @@ class Recorder(FrameProcessor):
 
 @pytest.fixture(scope="module")
 def decoder():
-    return SNACDecoder(load_snac("random:3"), max_wait_ms=2)
+    # Warmed as the Runtime warms it: the timing tests measure when a window is decoded,
+    # not torch's first-call initialisation (up to ~1 s on a busy 2-core machine).
+    snac = SNACDecoder(load_snac("random:3"), max_wait_ms=2)
+    snac.warm_up()
+    return snac
 
 
 class Call:
     """One pipeline: the Orpheus service and a recorder, running until closed."""
 
-    def __init__(self, decoder: SNACDecoder, server: OrpheusReplayServer, voice: str = "tara"):
+    def __init__(
+        self,
+        decoder: SNACDecoder,
+        server: OrpheusReplayServer,
+        voice: str = "tara",
+        lines: LineMemory | None = None,
+    ):
         self.recorder = Recorder()
         self.tts = OrpheusTTSService(
-            decoder=decoder, base_url=server.url, model="orpheus", voice=voice
+            decoder=decoder, base_url=server.url, model="orpheus", voice=voice, lines=lines
         )
         self.worker = PipelineWorker(
             Pipeline([self.tts, self.recorder]),
@@ -184,6 +195,48 @@ async def test_a_stream_shorter_than_one_window_is_still_spoken(decoder):
             assert call.recorder.errors == []
         expected = 2 * SAMPLES_PER_FRAME * OUT_RATE // 24_000
         assert abs(call.samples() - expected) <= OUT_RATE // 100
+    finally:
+        await server.stop()
+
+
+GREETING = "Hello, you have reached Northwind Bank."
+
+
+async def test_a_fixed_line_spoken_whole_is_replayed_to_the_next_call_without_a_request(decoder):
+    server = await serve(Replay(orpheus_tokens(10)))
+    lines: LineMemory = LineMemory()
+    lines.want([GREETING, "Goodbye."])
+    try:
+        async with Call(decoder, server, lines=lines) as first:
+            await first.say(GREETING)
+            await asyncio.wait_for(first.recorder.stopped.wait(), 30)
+        assert GREETING in lines and len(server.replay.requests) == 1
+        async with Call(decoder, server, lines=lines) as second:
+            await second.say(GREETING)
+            await asyncio.wait_for(second.recorder.stopped.wait(), 30)
+            assert second.recorder.errors == []
+        assert len(server.replay.requests) == 1, "the remembered greeting asked the server"
+        assert lines.played == 1
+        assert second.samples() == first.samples() > 0
+        async with Call(decoder, server, lines=lines) as third:
+            await third.say("Your balance is forty dollars.")  # not a fixed line
+            await asyncio.wait_for(third.recorder.stopped.wait(), 30)
+        assert len(server.replay.requests) == 2 and len(lines) == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_fixed_line_cut_by_an_interruption_is_not_kept(decoder):
+    server = await serve(Replay(orpheus_tokens(400), tokens_per_sec=100))
+    lines: LineMemory = LineMemory()
+    lines.want([GREETING])
+    try:
+        async with Call(decoder, server, lines=lines) as call:
+            await call.say(GREETING)
+            await asyncio.wait_for(call.recorder.first_audio.wait(), 30)
+            await call.worker.queue_frame(InterruptionFrame())
+            await asyncio.wait_for(server.replay.client_gone.wait(), 5)
+        assert GREETING not in lines and lines.wants(GREETING)
     finally:
         await server.stop()
 

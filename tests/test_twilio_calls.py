@@ -239,12 +239,24 @@ def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):
         assert full_reply.split()[: len(kept)] == kept
 
 
+def remembered_lines(url: str) -> tuple[float, float]:
+    """The server's (lines kept, lines played from memory), every voice summed."""
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    kept = re.findall(r"^voxline_tts_lines_kept\{.*\} (\S+)", metrics, re.M)
+    played = re.findall(r"^voxline_tts_remembered_lines_total\{.*\} (\S+)", metrics, re.M)
+    return sum(map(float, kept)), sum(map(float, played))
+
+
 def test_dtmf_reaches_the_conversation(phone):
     dialer = caller(phone)
+    kept, played = remembered_lines(phone["url"])
     # The caller waits for the answer to the keys (no speech of theirs to answer).
     result = asyncio.run(
         dialer.call(np.zeros(0, dtype=np.float32), RATE, dtmf="123#", hang_up_after_quiet=8.0)
     )
+    # A call before this one spoke the greeting whole: this one heard it from memory.
+    kept_after, played_after = remembered_lines(phone["url"])
+    assert kept_after >= 1 and played_after >= played + (1 if kept else 0), (kept, played)
     assert "dtmf" in result.sent
     server = phone["server"]
     wait_for_log(server, f"call {dialer.call_sid} context")

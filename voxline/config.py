@@ -199,6 +199,11 @@ class EnginesConfig(_Strict):
         description="Cores the engines share. Default: the cores this process may use "
         "(its CPU affinity, capped by its container's CPU limit).",
     )
+    remember_lines: bool = Field(
+        default=True,
+        description="Keep each voice's audio of the personas' greetings and phrases, once a "
+        "call has spoken one whole, and play it from memory on every later call.",
+    )
     whisper: WhisperConfig = WhisperConfig()
     piper: PiperConfig = PiperConfig()
     llm: EmbeddedLLMConfig = EmbeddedLLMConfig()

@@ -35,6 +35,7 @@ from voxline.bot.call_events import CallEvents
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
 from voxline.cpu_budget import cpu_budget
+from voxline.engines.lines import LineMemory
 from voxline.engines.llm import (
     LlamaCppServer,
     LLMBackend,
@@ -89,6 +90,7 @@ class Runtime:
         self._warmed: set[str] = set()
         self._personas_by_model: dict[str, dict[str, Persona]] = {}
         self._tts_endpoints: set[LLMEndpoint] = set()
+        self._lines: dict[tuple[str, ...], LineMemory] = {}
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Runtime:
@@ -118,6 +120,8 @@ class Runtime:
                 tts = LLMEndpoint(persona.tts.base_url, persona.tts.model)
                 await check_endpoint(tts)
                 self._tts_endpoints.add(tts)
+            if self.config.engines.remember_lines:
+                self._voice_lines(persona).want(persona.fixed_lines)
 
     def _load_local_engines(self, persona: Persona) -> list[str]:
         """Load what ``persona`` needs and no other persona loaded yet; say what was loaded."""
@@ -332,6 +336,25 @@ class Runtime:
     def piper(self, persona: Persona) -> PiperEngine:
         """The shared Piper voice for ``persona`` (after :meth:`prepare`)."""
         return self._piper[persona.tts.voice]
+
+    def lines(self, persona: Persona) -> LineMemory | None:
+        """The fixed lines ``persona``'s voice keeps once a call has spoken them whole
+        (after :meth:`prepare`), or None with ``engines.remember_lines: false``."""
+        return self._voice_lines(persona) if self.config.engines.remember_lines else None
+
+    def _voice_lines(self, persona: Persona) -> LineMemory:
+        tts = persona.tts
+        key = (
+            ("orpheus", tts.base_url or "", tts.model, tts.voice or "")
+            if tts.engine == "orpheus"
+            else ("piper", tts.voice or "")
+        )
+        return self._lines.setdefault(key, LineMemory())
+
+    @property
+    def remembered_lines(self) -> dict[str, LineMemory]:
+        """Every voice's fixed lines by voice name, for metrics."""
+        return {key[-1]: memory for key, memory in self._lines.items()}
 
     def snac(self) -> SNACDecoder:
         """The shared SNAC decoder (after :meth:`prepare` of an Orpheus persona)."""

@@ -101,8 +101,9 @@ def persona_tts(persona: Persona, runtime: Runtime) -> TTSService:
                 repetition_penalty=persona.tts.repetition_penalty,
                 max_tokens=persona.tts.max_tokens,
             ),
+            lines=runtime.lines(persona),
         )
-    return SharedPiperTTSService(engine=runtime.piper(persona))
+    return SharedPiperTTSService(engine=runtime.piper(persona), lines=runtime.lines(persona))
 
 
 APOLOGY_INTERVAL_SECS = 5.0

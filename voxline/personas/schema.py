@@ -406,6 +406,12 @@ class Persona(_Strict):
             _load_tool_specs(names, tools_dir)
         return names
 
+    @property
+    def fixed_lines(self) -> list[str]:
+        """What the bot says in the same words on every call: the greeting and the phrases."""
+        lines = [self.greeting] if self.greeting else []
+        return lines + [text for text in self.phrases.model_dump().values() if text]
+
     @model_validator(mode="after")
     def _keep_tool_specs(self) -> Persona:
         self._tool_specs = _load_tool_specs(self.tools, self.tools_dir)

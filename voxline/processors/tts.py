@@ -11,6 +11,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from voxline import logcontent
+from voxline.engines.lines import LineMemory
 from voxline.engines.piper import Overloaded, PiperEngine
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
@@ -23,6 +24,10 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     (short) clause is synthesised, and heard, while later ones are still being
     generated. Audio is resampled to the pipeline's output rate.
 
+    A persona's fixed lines (greeting, phrases) are kept in the voice's
+    :class:`~voxline.engines.lines.LineMemory` the first time a call speaks one whole
+    and played from memory after that, without the engine.
+
     The engine is told which chunk is the first of its reply: the first
     ``run_tts`` of a turn context (pipecat opens one on ``LLMFullResponseStartFrame``
     and for each ``TTSSpeakFrame``, so a greeting counts). Its first sentence goes
@@ -30,9 +35,10 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
 
     Args:
         engine: the Runtime's Piper engine for this persona's voice.
+        lines: the voice's fixed lines (None: every line is synthesized).
     """
 
-    def __init__(self, *, engine: PiperEngine, **kwargs):
+    def __init__(self, *, engine: PiperEngine, lines: LineMemory | None = None, **kwargs):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -40,6 +46,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
             **kwargs,
         )
         self._engine = engine
+        self._lines = lines
         self._fresh_contexts: dict[str, None] = {}  # contexts with no chunk spoken yet
 
     def can_generate_metrics(self) -> bool:
@@ -61,8 +68,12 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         first = self._is_first_chunk(context_id)
         try:
             await self.start_tts_usage_metrics(text)
-            pieces = self._engine.synthesize(text, first=first, label=self.name)
-            audio = resample_utterance(_floats(pieces), self._engine.sample_rate, self.sample_rate)
+
+            def speak() -> AsyncIterator[np.ndarray]:
+                return _floats(self._engine.synthesize(text, first=first, label=self.name))
+
+            speech = speak() if self._lines is None else self._lines.play(text, speak)
+            audio = resample_utterance(speech, self._engine.sample_rate, self.sample_rate)
             async for frame in self._stream_audio_frames_from_iterator(
                 audio, in_sample_rate=self.sample_rate, context_id=context_id
             ):

@@ -6,6 +6,10 @@ frame by frame (85 ms each); it is resampled from 24 kHz to the call's rate. A
 barge-in cancels the generator, which closes the HTTP stream, so the server stops
 generating. A failing server or a stream without speech is logged and reported
 as an error frame; the turn ends and the call goes on.
+
+A persona's fixed lines (greeting, phrases) are kept in the voice's
+:class:`~voxline.engines.lines.LineMemory` the first time a call speaks one whole,
+and played from memory after that: no request to the server.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from voxline import logcontent
+from voxline.engines.lines import LineMemory
 from voxline.engines.orpheus import (
+    CODES_PER_FRAME,
     SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
     WINDOW_CODES,
     OrpheusError,
     OrpheusFrames,
@@ -31,6 +38,9 @@ from voxline.engines.orpheus import (
 from voxline.engines.snac import SNACDecoder
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
+
+MIN_TAKE_SAMPLES = WINDOW_CODES // CODES_PER_FRAME * SAMPLES_PER_FRAME
+"""A line's audio shorter than one decoding window (a stream cut short) is not kept."""
 
 
 class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
@@ -43,6 +53,8 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         voice: an Orpheus voice (tara, leah, jess, leo, dan, mia, zac, zoe).
         sampling: temperature, top_p, repetition penalty, token limit.
         http_client: shared HTTP client (connection reuse across turns).
+        lines: the voice's fixed lines, kept once spoken whole and replayed (None: every
+            line is synthesized).
     """
 
     def __init__(
@@ -54,6 +66,7 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         voice: str,
         sampling: OrpheusSampling | None = None,
         http_client: httpx.AsyncClient | None = None,
+        lines: LineMemory | None = None,
         **kwargs,
     ):
         super().__init__(
@@ -67,6 +80,7 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         self._model = model
         self._voice = voice
         self._sampling = sampling or OrpheusSampling()
+        self._lines = lines
         self._owns_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
 
@@ -78,7 +92,14 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         """Stream ``text``'s audio frames as the tokens arrive."""
         try:
             await self.start_tts_usage_metrics(text)
-            audio = resample_utterance(self._speech(text), SAMPLE_RATE, self.sample_rate)
+            speech = (
+                self._speech(text)
+                if self._lines is None
+                else self._lines.play(
+                    text, lambda: self._speech(text), min_samples=MIN_TAKE_SAMPLES
+                )
+            )
+            audio = resample_utterance(speech, SAMPLE_RATE, self.sample_rate)
             async for frame in self._stream_audio_frames_from_iterator(
                 audio, in_sample_rate=self.sample_rate, context_id=context_id
             ):

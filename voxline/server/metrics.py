@@ -156,7 +156,8 @@ RTF_WINDOW = 200
 
 
 def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
-    """Piper voices: real-time factor (recent and cumulative seconds) and refusals."""
+    """Piper voices: real-time factor (recent and cumulative seconds), refusals and lines
+    played from memory."""
     rtf = GaugeMetricFamily(
         "voxline_tts_real_time_factor",
         f"Seconds of synthesis per second of audio over the last {RTF_WINDOW} pieces "
@@ -174,6 +175,19 @@ def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
         "Syntheses refused because the voice's queue was full (overload).",
         labels=["voice"],
     )
+    remembered = CounterMetricFamily(
+        "voxline_tts_remembered_lines",
+        "Fixed lines (greeting, phrases) played from memory instead of synthesized again.",
+        labels=["voice"],
+    )
+    kept = GaugeMetricFamily(
+        "voxline_tts_lines_kept",
+        "Fixed lines whose audio the voice keeps (spoken whole once).",
+        labels=["voice"],
+    )
+    for name, lines in runtime.remembered_lines.items():
+        remembered.add_metric([model_name(name)], lines.played)
+        kept.add_metric([model_name(name)], len(lines))
     for name, engine in runtime.piper_engines.items():
         label = [model_name(name)]
         recent = list(engine.records)[-RTF_WINDOW:]
@@ -184,7 +198,7 @@ def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
         synth.add_metric(label, engine.synthesis_secs_total)
         audio.add_metric(label, engine.audio_secs_total)
         refused.add_metric(label, engine.refused)
-    yield from (rtf, synth, audio, refused)
+    yield from (rtf, synth, audio, refused, remembered, kept)
 
 
 def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
