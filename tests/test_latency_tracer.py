@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
 
 import numpy as np
 import soxr
@@ -21,13 +20,11 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
-    TTSSpeakFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import TransportParams
 
 from tests.pipelines import RunningPipeline
@@ -35,7 +32,6 @@ from tests.speech import caller_voice
 from voxline.engines.whisper import MAX_UTTERANCE_SECS, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.processors.latency import LatencyTracer, TurnTrace
-from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.stt import SharedWhisperSTTService
 from voxline.transports.audiofile import AudioFileTransport
 
@@ -260,51 +256,3 @@ async def test_a_refused_end_call_or_another_tool_leaves_the_call_to_go_idle():
     assert feed.tracer.idle.is_set()
     feed = await _turn_answered_by_a_tool("Balance?", "get_balance", {"balance": "1.00"})
     assert feed.tracer.idle.is_set()
-
-
-class _StallingToneTTS(TTSService):
-    """Speaks any text as two tones; the second waits for ``go`` (a voice busy elsewhere)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, sample_rate=RATE)
-        self.level = level
-        self.go = asyncio.Event()
-
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        tone = np.full(int(RATE * 0.3), self.level, dtype=np.int16)
-        async for frame in self._stream_audio_frames_from_iterator(
-            self._pieces(tone), in_sample_rate=RATE, context_id=context_id
-        ):
-            yield frame
-
-    async def _pieces(self, tone: np.ndarray) -> AsyncIterator[bytes]:
-        yield tone.tobytes()
-        await self.go.wait()
-        yield tone.tobytes()
-
-
-async def test_a_greeting_that_stalls_between_its_parts_is_done_only_once_it_played_whole():
-    tracer = LatencyTracer()
-    stopped = _SpeakingStopped()
-    tts = _StallingToneTTS(GREETING_LEVEL)
-    params = TransportParams(audio_out_enabled=True, audio_out_sample_rate=RATE)
-    transport = AudioFileTransport(np.zeros(RATE // 10, np.float32), RATE, params=params)
-    pipeline = [tts, SpeculativeAudioGate(), transport.output()]
-    async with RunningPipeline(pipeline, out_sample_rate=RATE, observers=[tracer, stopped]) as run:
-        await run.queue(TTSSpeakFrame("Hello, you have reached the bank. How can I help?"))
-        await asyncio.wait_for(stopped.event.wait(), 10)  # the first part played, then silence
-        assert not tracer.greeting_done.is_set(), "a stall inside the greeting ended it"
-        tts.go.set()
-        await asyncio.wait_for(tracer.greeting_done.wait(), 10)
-    heard = transport.recording()
-    assert np.count_nonzero(heard == GREETING_LEVEL) >= 2 * int(RATE * 0.3) - RATE // 50
-
-
-class _SpeakingStopped(BaseObserver):
-    def __init__(self) -> None:
-        super().__init__(observe_every_push=False)
-        self.event = asyncio.Event()
-
-    async def on_push_frame(self, data: FramePushed) -> None:
-        if isinstance(data.frame, BotStoppedSpeakingFrame):
-            self.event.set()

@@ -42,8 +42,6 @@ from pipecat.frames.frames import (
     MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
-    TTSSpeakFrame,
-    TTSTextFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -81,11 +79,6 @@ def _on_its_way_out(data: FramePushed) -> bool:
     return isinstance(data.destination, BaseOutputTransport) or not isinstance(
         data.source, TTSService
     )
-
-
-def _letters(text: str) -> int:
-    """Letters and digits in ``text``: how much of a line TTS has spoken, spacing aside."""
-    return sum(char.isalnum() for char in text)
 
 
 def _seconds(frame: TTSAudioRawFrame) -> float:
@@ -273,12 +266,6 @@ class LatencyTracer(BaseObserver):
         self._user_speaking = False
         self._bot_speaking = False
         self._greeting_pending = True
-        # The greeting's letters, and how many of them TTS has spoken (pipecat pushes each
-        # sentence's text behind its audio): all of them, and no sentence is still to come.
-        self._greeting_letters = 0
-        self._greeting_letters_spoken = 0
-        self._synthesized_secs = 0.0  # all audio TTS made, the speculative gate's holding aside
-        self._synthesized_when_stopped = 0.0
         # Seconds of bot audio produced by TTS and written by the output transport,
         # and where in the produced audio the current turn's reply starts, if it was
         # queued behind audio already playing.
@@ -297,8 +284,6 @@ class LatencyTracer(BaseObserver):
         self._last_stt: tuple[int, float] | None = None
         self._now = 0
         self.greeting_done = asyncio.Event()
-        """Set once the greeting has played whole: TTS has spoken all its text and the bot
-        stopped speaking after it (a stall between its sentences is not its end)."""
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -387,8 +372,6 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, AggregatedTextFrame):
             if self._turn is not None and self._turn.first_chunk is None and not self._withdrawn:
                 self._turn.first_chunk = now
-            if isinstance(frame, TTSTextFrame) and isinstance(data.source, TTSService):
-                self._on_spoken_text(frame.text)
         elif isinstance(frame, TTSAudioRawFrame):
             if isinstance(data.source, BaseOutputTransport):
                 self._on_audio_written(frame, now)
@@ -396,8 +379,6 @@ class LatencyTracer(BaseObserver):
                 turn = self._turn
                 if turn is not None and turn.tts_first_audio is None and not self._withdrawn:
                     turn.tts_first_audio = now  # synthesized, perhaps before the commit
-                if isinstance(data.source, TTSService):
-                    self._synthesized_secs += _seconds(frame)
                 if _on_its_way_out(data):
                     self._on_audio_produced(frame)
         elif isinstance(frame, FunctionCallsStartedFrame):
@@ -438,13 +419,10 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
             self._written_secs = self._produced_secs  # the transport's queue ran dry
-            self._synthesized_when_stopped = self._synthesized_secs
-            if self._greeting_pending and self._turn is None and self._greeting_synthesized:
-                self._greeting_heard()
+            if self._greeting_pending and self._turn is None:
+                self._greeting_pending = False
+                self.greeting_done.set()
             self._complete_if_done()
-        elif isinstance(frame, TTSSpeakFrame):
-            if self._greeting_pending and self._turn is None and not self._greeting_letters:
-                self._greeting_letters = _letters(frame.text)
         elif isinstance(frame, InterruptionFrame):
             # The transport drops what it had queued; nothing produced is left to play.
             self._llm_interrupted = self._llm_responding
@@ -455,22 +433,6 @@ class LatencyTracer(BaseObserver):
                 turn.interrupted = True
                 self._finish(turn)
         self._update_idle()
-
-    def _on_spoken_text(self, text: str) -> None:
-        if not self._greeting_pending or self._turn is not None:
-            return
-        self._greeting_letters_spoken += _letters(text)
-        nothing_to_play = self._synthesized_secs <= self._synthesized_when_stopped
-        if self._greeting_synthesized and not self._bot_speaking and nothing_to_play:
-            self._greeting_heard()  # its last sentence had no audio
-
-    @property
-    def _greeting_synthesized(self) -> bool:
-        return 0 < self._greeting_letters <= self._greeting_letters_spoken
-
-    def _greeting_heard(self) -> None:
-        self._greeting_pending = False
-        self.greeting_done.set()
 
     def _on_audio_produced(self, frame: TTSAudioRawFrame) -> None:
         """Audio on its way to the transport (past the speculative audio gate)."""

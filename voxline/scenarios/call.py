@@ -196,15 +196,7 @@ async def run_call(loaded: LoadedScenario, runtime: Runtime, voices: CallerVoice
                         f"speak over within {scenario.timeout_secs:g} s (timeout_secs)"
                     ) from None
             elif index == 0 and persona.greeting:
-                try:
-                    await asyncio.wait_for(
-                        tracer.greeting_done.wait(), timeout=scenario.timeout_secs
-                    )
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"the greeting did not finish playing within {scenario.timeout_secs:g} s "
-                        "(timeout_secs)"
-                    ) from None
+                await tracer.greeting_done.wait()
             if run_task.done() or (control.ended_at is not None and index > 0):
                 run.reached = False
                 continue
