@@ -8,12 +8,16 @@ free worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import numpy as np
 from pipecat.frames.frames import Frame, InterruptionFrame, TTSAudioRawFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipelines import RunningPipeline
 from test_piper_concurrency import LONG_SENTENCE, _engine, _records, _until
 
+from voxline.bot.runtime import Runtime
+from voxline.config import ServerConfig
 from voxline.engines.lines import LineMemory
 from voxline.personas.schema import Persona
 from voxline.processors.tts import SharedPiperTTSService
@@ -119,3 +123,30 @@ def test_a_personas_fixed_lines_are_its_greeting_and_phrases():
     assert {"One moment.", "Bye now.", persona.phrases.apology, persona.phrases.idle} <= set(lines)
     without_greeting = Persona(name="quiet", prompt="Hi.").fixed_lines
     assert without_greeting and "Hello, parcel desk." not in without_greeting
+
+
+async def _spoken(lines: LineMemory, text: str) -> None:
+    """``text`` spoken whole through ``lines`` (a second of silence as its audio)."""
+
+    async def speak() -> AsyncIterator[np.ndarray]:
+        yield np.zeros(22_050, np.float32)
+
+    async for _ in lines.play(text, speak):
+        pass
+
+
+async def test_two_orpheus_servers_with_one_voice_name_are_one_metric_label():
+    def orpheus(name: str, base_url: str) -> Persona:
+        tts = {"engine": "orpheus", "voice": "tara", "base_url": base_url}
+        return Persona(name=name, prompt="p", greeting=GREETING, tts=tts)
+
+    runtime = Runtime(ServerConfig())
+    first = runtime.lines(orpheus("a", "http://127.0.0.1:9001"))
+    second = runtime.lines(orpheus("b", "http://127.0.0.1:9002"))
+    assert first is not None and second is not None and first is not second
+    for lines in (first, second):
+        lines.want([GREETING])
+        await _spoken(lines, GREETING)  # kept
+    for lines in (first, second, second):
+        await _spoken(lines, GREETING)  # played from memory
+    assert runtime.remembered_lines == {"tara": (2, 3)}

@@ -352,9 +352,14 @@ class Runtime:
         return self._lines.setdefault(key, LineMemory())
 
     @property
-    def remembered_lines(self) -> dict[str, LineMemory]:
-        """Every voice's fixed lines by voice name, for metrics."""
-        return {key[-1]: memory for key, memory in self._lines.items()}
+    def remembered_lines(self) -> dict[str, tuple[int, int]]:
+        """Per voice name, for metrics: lines kept and requests played from memory (an
+        Orpheus voice served by two servers is one name: its memories are summed)."""
+        totals: dict[str, tuple[int, int]] = {}
+        for key, memory in self._lines.items():
+            kept, played = totals.get(key[-1], (0, 0))
+            totals[key[-1]] = (kept + len(memory), played + memory.played)
+        return totals
 
     def snac(self) -> SNACDecoder:
         """The shared SNAC decoder (after :meth:`prepare` of an Orpheus persona)."""

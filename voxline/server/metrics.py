@@ -185,9 +185,9 @@ def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
         "Fixed lines whose audio the voice keeps (spoken whole once).",
         labels=["voice"],
     )
-    for name, lines in runtime.remembered_lines.items():
-        remembered.add_metric([model_name(name)], lines.played)
-        kept.add_metric([model_name(name)], len(lines))
+    for name, (kept_lines, played) in runtime.remembered_lines.items():
+        remembered.add_metric([model_name(name)], played)
+        kept.add_metric([model_name(name)], kept_lines)
     for name, engine in runtime.piper_engines.items():
         label = [model_name(name)]
         recent = list(engine.records)[-RTF_WINDOW:]
