@@ -25,6 +25,7 @@ class Replay:
     tokens: list[int]
     tokens_per_sec: float = 200.0
     mode: str = "ok"  # ok | http_error | close_mid | not_json
+    first_token_delay: float = 0.0  # a busy server: the request waits before generating
     sent_at: list[float] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,6 +64,7 @@ class OrpheusReplayServer:
         await response.prepare(request)
         interval = 1.0 / replay.tokens_per_sec
         try:
+            await asyncio.sleep(replay.first_token_delay)
             for index, number in enumerate(replay.tokens):
                 if replay.mode == "close_mid" and index == len(replay.tokens) // 2:
                     request.transport.close()  # the server dies mid-stream

@@ -43,6 +43,7 @@ class Recorder(FrameProcessor):
         super().__init__()
         self.audio: list[tuple[float, TTSAudioRawFrame]] = []
         self.errors: list[ErrorFrame] = []
+        self.stops = 0
         self.stopped = asyncio.Event()
         self.first_audio = asyncio.Event()
 
@@ -55,6 +56,7 @@ class Recorder(FrameProcessor):
             self.errors.append(frame)
             self.stopped.set()
         elif isinstance(frame, TTSStoppedFrame):
+            self.stops += 1
             self.stopped.set()
         await self.push_frame(frame, direction)
 
@@ -135,6 +137,25 @@ async def test_audio_starts_at_the_28th_token_and_every_frame_is_heard(decoder):
         request = server.replay.requests[0]
         assert request["prompt"].startswith("<custom_token_3><|begin_of_text|>tara: Your balance")
         assert request["stream"] is True and request["stop_token_ids"] == [128258]
+    finally:
+        await server.stop()
+
+
+async def test_a_server_that_starts_late_is_heard_whole_as_one_reply(decoder):
+    # pipecat ends a TTS context after 3 s without audio and reports it as silent (after
+    # three, it stops using the service): a busy server's late start must not do that.
+    frames = 5
+    server = await serve(Replay(orpheus_tokens(frames), first_token_delay=4.0))
+    try:
+        async with Call(decoder, server) as call:
+            started = time.perf_counter()
+            await call.say("One moment while I look that up.")
+            await asyncio.wait_for(call.recorder.stopped.wait(), 30)
+            assert call.recorder.audio[0][0] - started >= 4.0
+            assert call.recorder.errors == []
+            assert call.recorder.stops == 1
+        expected = frames * SAMPLES_PER_FRAME * OUT_RATE // 24_000
+        assert abs(call.samples() - expected) <= 2 * OUT_RATE // 100, call.samples()
     finally:
         await server.stop()
 

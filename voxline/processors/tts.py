@@ -16,6 +16,18 @@ from voxline.engines.piper import Overloaded, PiperEngine
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
 
+STALL_SECS = 15.0
+"""How long a reply's audio may pause before pipecat ends its TTS context.
+
+pipecat closes a context that has had no audio for ``stop_frame_timeout_s`` (3 s by
+default), reports it as "completed with no audio" and, after three in a row, takes the
+service out of use for the rest of the call. Its end is signalled explicitly once a
+turn's text is synthesized, so the timeout only ever fires on a stall: a sentence
+waiting behind other calls' work in a shared engine, or Orpheus's first 28 tokens on a
+busy CPU. Such a stall is late audio, not lost audio; the engines have their own limits
+(queue refusals, HTTP timeouts) for work that will never come.
+"""
+
 
 class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     """Speaks text with the shared Piper voice, streaming each sentence as it is made.
@@ -42,6 +54,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
+            stop_frame_timeout_s=kwargs.pop("stop_frame_timeout_s", STALL_SECS),
             settings=TTSSettings(model=None, voice=str(engine.model_path.stem), language=None),
             **kwargs,
         )

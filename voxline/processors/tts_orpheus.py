@@ -38,6 +38,7 @@ from voxline.engines.orpheus import (
 from voxline.engines.snac import SNACDecoder
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
+from voxline.processors.tts import STALL_SECS
 
 MIN_TAKE_SAMPLES = WINDOW_CODES // CODES_PER_FRAME * SAMPLES_PER_FRAME
 """A line's audio shorter than one decoding window (a stream cut short) is not kept."""
@@ -72,6 +73,7 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
+            stop_frame_timeout_s=kwargs.pop("stop_frame_timeout_s", STALL_SECS),
             settings=TTSSettings(model=model, voice=voice, language=None),
             **kwargs,
         )
