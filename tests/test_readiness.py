@@ -27,6 +27,8 @@ from voxline.personas import Persona
 from voxline.server.app import create_app
 
 INTERVAL = 0.5
+TIMEOUT = 1.0
+BUSY_LIMIT = 3.0
 
 
 class LoopbackLLM:
@@ -35,6 +37,7 @@ class LoopbackLLM:
     def __init__(self) -> None:
         self.port = free_port()
         self.runner: web.AppRunner | None = None
+        self.late_secs = 0.0  # how long /v1/models takes: a server busy generating
 
     @property
     def url(self) -> str:
@@ -42,6 +45,7 @@ class LoopbackLLM:
 
     async def start(self) -> None:
         async def models(_request: web.Request) -> web.Response:
+            await asyncio.sleep(self.late_secs)  # the server's time to answer
             return web.json_response({"object": "list", "data": [{"id": "smollm2"}]})
 
         async def completions(_request: web.Request) -> web.Response:
@@ -77,7 +81,14 @@ async def served(tmp_path: Path) -> AsyncIterator[dict]:
         turn={"model": "none"},
     )
     runtime = Runtime()
-    config = ServerConfig(max_calls=1, health={"check_interval_secs": INTERVAL})
+    config = ServerConfig(
+        max_calls=1,
+        health={
+            "check_interval_secs": INTERVAL,
+            "check_timeout_secs": TIMEOUT,
+            "busy_limit_secs": BUSY_LIMIT,
+        },
+    )
     app = create_app(config, {tmp_path / "desk.yaml": persona}, runtime)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -138,3 +149,25 @@ async def test_readiness_follows_the_llm_server_capacity_and_draining(served):
         refused = await client.post(url + "/webrtc/offer", json=offer, headers={"Origin": url})
         await peer.close()
     assert refused.status_code == 503 and "closing" in refused.json()["error"], refused.text
+
+
+async def test_a_late_server_is_busy_then_hung_and_a_refusing_one_down_at_once(served):
+    url, llm = served["url"], served["llm"]
+    assert (await wait_for_status(url, 200, 5))["problems"] == []
+
+    llm.late_secs = TIMEOUT + 0.5  # answers, but after the check has given up
+    late_from = time.monotonic()
+    hung = await wait_for_status(url, 503, BUSY_LIMIT + 4 * INTERVAL + 2 * TIMEOUT + 2)
+    assert time.monotonic() - late_from >= BUSY_LIMIT, "a busy server was reported at once"
+    assert hung["problems"] == [
+        f"LLM server at {llm.url} did not answer {llm.url}/v1/models within {TIMEOUT:g} s, "
+        f"late for more than {BUSY_LIMIT:g} s"
+    ], hung
+    llm.late_secs = 0.0
+    assert (await wait_for_status(url, 200, 4 * INTERVAL + 2 * TIMEOUT))["problems"] == []
+
+    await llm.stop()  # a refused connection is no busy server
+    refused_from = time.monotonic()
+    await wait_for_status(url, 503, 4 * INTERVAL + 2)
+    assert time.monotonic() - refused_from < BUSY_LIMIT
+    await llm.start()

@@ -357,6 +357,14 @@ class HealthConfig(_Strict):
     check_timeout_secs: float = Field(
         default=2.0, gt=0, le=60, description="How long one server may take to answer a check."
     )
+    busy_limit_secs: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long a server that takes the connection but answers checks late "
+        "(busy generating) stays ready before it is reported; a refused connection or an "
+        "error is reported at once.",
+    )
 
 
 class TelemetryConfig(_Strict):

@@ -303,20 +303,24 @@ class Runtime:
             if not server.up
         ]
 
-    async def check_servers(self, timeout: float = 2.0) -> list[str]:
-        """Ask every LLM and TTS server in use whether it answers; what is wrong, if anything."""
+    async def check_servers(self, timeout: float = 2.0) -> list[LLMServerError]:
+        """Ask every LLM and TTS server in use whether it answers; what is wrong, if anything.
+
+        A server that took the connection but answered late is an
+        :class:`~voxline.engines.server_process.LLMServerBusyError` among them.
+        """
         endpoints = {backend.endpoint for backend in self._backends.values()}
         endpoints |= self._tts_endpoints
 
-        async def problem(endpoint: LLMEndpoint) -> str | None:
+        async def problem(endpoint: LLMEndpoint) -> LLMServerError | None:
             try:
                 await check_endpoint(endpoint, timeout=timeout)
             except LLMServerError as exc:
-                return str(exc)
+                return exc
             return None
 
         found = await asyncio.gather(*(problem(endpoint) for endpoint in endpoints))
-        return sorted(message for message in found if message is not None)
+        return sorted((error for error in found if error is not None), key=str)
 
     def whisper(self, persona: Persona) -> WhisperEngine:
         """The shared Whisper engine for ``persona`` (after :meth:`prepare`)."""
@@ -421,78 +425,6 @@ class Runtime:
         for turn_model in turn_models:
             if turn_model is not None:
                 await turn_model.close()
-
-
-HEALTH_CHECK_INTERVAL_SECS = 5.0
-HEALTH_CHECK_TIMEOUT_SECS = 2.0
-
-
-class ServerHealth:
-    """Whether the model servers answer, checked in the background on an interval.
-
-    A readiness probe reads :meth:`problems`, which costs no I/O: the verdict of the
-    last check, plus any embedded server known to be down right now (its
-    supervisor saw it exit), so a crash is reported at once, not one interval later.
-
-    Args:
-        runtime: whose servers to check.
-        interval_secs: time between checks.
-        timeout_secs: how long one server may take to answer a check.
-    """
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        interval_secs: float = HEALTH_CHECK_INTERVAL_SECS,
-        timeout_secs: float = HEALTH_CHECK_TIMEOUT_SECS,
-    ):
-        self._runtime = runtime
-        self.interval_secs = interval_secs
-        self.timeout_secs = timeout_secs
-        self._last: list[str] = []
-        self.checks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def problems(self) -> list[str]:
-        """What is wrong with the servers now; empty when all answer."""
-        found = self._runtime.servers_down()
-        return found + [problem for problem in self._last if problem not in found]
-
-    async def check(self) -> list[str]:
-        """Check every server once now; returns (and keeps) what is wrong."""
-        found = await self._runtime.check_servers(self.timeout_secs)
-        self.checks += 1
-        # One line when a problem appears and one when it clears, not one per check.
-        for problem in found:
-            if problem not in self._last:
-                logger.warning(f"health check: {problem}")
-        for problem in self._last:
-            if problem not in found:
-                logger.info(f"health check: cleared: {problem}")
-        self._last = found
-        return found
-
-    def start(self) -> None:
-        """Start checking in the background (every ``interval_secs``)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_secs)  # the check interval, not a sync
-            try:
-                await self.check()
-            except Exception as exc:  # a failed check must not end the checking
-                logger.warning(f"health check failed: {exc!r}")
-
-    async def stop(self) -> None:
-        """Stop checking."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # gather, not suppress(CancelledError): a cancellation of the caller stays one.
-            await asyncio.gather(task, return_exceptions=True)
 
 
 class TurnModelUnavailableError(ModelNotAvailableError):

@@ -46,12 +46,31 @@ class LLMServerError(RuntimeError):
     """An LLM server could not be started or reached."""
 
 
+class LLMServerBusyError(LLMServerError):
+    """A server took the connection but did not answer in time: busy, or hung.
+
+    A server generating for several calls answers other requests late (llama.cpp's
+    Python server runs them behind the generation), so one slow answer says less than a
+    refused connection; a readiness check tells the two apart by how long it lasts.
+    """
+
+
 async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
-    """Fail clearly, naming the URL, when an OpenAI-compatible server does not answer."""
+    """Fail clearly, naming the URL, when an OpenAI-compatible server does not answer.
+
+    Raises:
+        LLMServerBusyError: the server accepted the connection but did not answer within
+            ``timeout``.
+        LLMServerError: anything else (refused, reset, not HTTP 200).
+    """
     url = endpoint.api_url + "/models"
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.get(url)
+    except httpx.ReadTimeout:
+        raise LLMServerBusyError(
+            f"LLM server at {endpoint.base_url} did not answer {url} within {timeout:g} s"
+        ) from None
     except httpx.HTTPError as exc:
         raise LLMServerError(
             f"LLM server at {endpoint.base_url} is not reachable: {exc!r}"

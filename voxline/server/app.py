@@ -34,12 +34,13 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from voxline.bot.runtime import Runtime, ServerHealth
+from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
 from voxline.personas import Persona
 from voxline.server.admission import Admission
 from voxline.server.dashboard import mount_dashboard
 from voxline.server.drain import Drain
+from voxline.server.health import ServerHealth
 from voxline.server.http_limits import RequestLimits
 from voxline.server.metrics import (
     CONTENT_TYPE,
@@ -113,6 +114,7 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         runtime,
         interval_secs=config.health.check_interval_secs,
         timeout_secs=config.health.check_timeout_secs,
+        busy_limit_secs=config.health.busy_limit_secs,
     )
     counters = LLMCounterRefresh(runtime, interval_secs=config.health.check_interval_secs)
 
