@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import soundfile
 import soxr
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
@@ -421,6 +423,47 @@ async def test_the_idle_line_plays_once_then_the_call_ends(runtime, tmp_path):
     assert text.count("still there") == 1, text
     assert "thank you for calling" in text
     assert text.index("still there") < text.index("thank you for calling")
+
+
+def hum() -> np.ndarray:
+    """Two and a half seconds of humming in espeak-ng's default voice, at 16 kHz: speech to
+    the VAD, no words to Whisper (tiny.en judges it no speech)."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "en", "--stdout", "mmmmmmmmmmmmmmmmm"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+
+
+@pytest.mark.parametrize("line", ["default", "none"])
+@asyncio_module
+async def test_speech_without_words_is_asked_again_not_met_with_silence(runtime, tmp_path, line):
+    """A caller Whisper makes no words of hears "Sorry, I didn't catch that" at once, not
+    silence until the idle line; with ``phrases.not_understood: null`` the bot stays
+    silent. Either way nothing reaches the LLM."""
+    extra = "" if line == "default" else "phrases: {not_understood: null}\n"
+    bank = persona(tmp_path, f"hum_{line}", extra)
+    humming = hum()
+    # The premise, with the silence after it that the turn-taker gives Whisper.
+    assert whisper().transcribe_blocking(np.concatenate([humming, silence(0.2)])).text == ""
+    counted = runtime.turn_counters.not_understood
+    audio = np.concatenate([humming, silence(0.2)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    _, greeting_end = greeting_block(result)
+    heard = heard_text(
+        result.audio[int(greeting_end * result.sample_rate) :], result.sample_rate, 60
+    )
+    print(f"after the greeting: {heard!r}")
+    assert user_messages(result) == []
+    if line == "default":
+        assert "catch that" in heard and "say it again" in heard, heard
+        assert runtime.turn_counters.not_understood == counted + 1
+    else:
+        assert heard == "", heard
+        assert runtime.turn_counters.not_understood == counted
 
 
 @asyncio_module

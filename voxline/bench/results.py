@@ -83,6 +83,11 @@ class Phase(BaseModel):
     )
     server_errors: float | None = Field(description="Increase of the server's error counters.")
     server_refused: float | None = Field(description="Increase of voxline_calls_refused.")
+    server_not_understood: float | None = Field(
+        default=None,
+        description="Increase of voxline_not_understood: turns whose speech recognition "
+        "made no words, answered with the persona's not_understood line.",
+    )
     memory_mb: float | None = Field(description="Peak memory of the whole stack (MB).")
     memory_source: str = Field(
         description="psutil: RSS of the listening process and its children, sampled every "

@@ -9,7 +9,9 @@ calls added, interpolating inside a bucket as Prometheus' ``histogram_quantile``
 does, so they are as fine as the buckets. Memory is the largest
 ``process_resident_memory_bytes`` the server reports (summed over the processes it
 reports). Errors are the increase of every counter whose name says ``error``;
-refusals the increase of ``voxline_calls_refused``. A server that does not expose
+refusals the increase of ``voxline_calls_refused``, and callers asked to say it again
+(speech recognition made no words of their speech) the increase of
+``voxline_not_understood``. A server that does not expose
 a figure leaves it out; a scrape that fails leaves all of them out.
 """
 
@@ -144,6 +146,7 @@ class ServerFigures:
     errors: float | None
     refused: float | None
     rss_mb: float | None
+    not_understood: float | None = None
 
 
 def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
@@ -171,16 +174,18 @@ def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
         if error_names
         else None
     )
-    refused_name = "voxline_calls_refused_total"
-    refused = (
-        after.counters[refused_name] - before.counters.get(refused_name, 0.0)
-        if refused_name in after.counters
-        else None
-    )
+    refused = _increase(before, after, "voxline_calls_refused_total")
     rss = [s.rss_bytes for s in (before, after) if s.rss_bytes is not None]
     return ServerFigures(
         stage_ms=stage_ms,
         errors=errors,
         refused=refused,
         rss_mb=round(max(rss) / 2**20, 1) if rss else None,
+        not_understood=_increase(before, after, "voxline_not_understood_total"),
     )
+
+
+def _increase(before: Scrape, after: Scrape, name: str) -> float | None:
+    if name not in after.counters:
+        return None
+    return after.counters[name] - before.counters.get(name, 0.0)

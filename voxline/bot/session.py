@@ -211,6 +211,11 @@ def turn_taker(
         ),
         counters=runtime.turn_counters,
         hold=hold,
+        not_understood=(
+            (lambda: persona_line(persona, "not_understood"))
+            if persona.phrases.not_understood
+            else None
+        ),
     )
 
 

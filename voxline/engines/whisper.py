@@ -319,8 +319,11 @@ class WhisperEngine:
             window.exhausted = len(tokens) >= window.budget
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode(tokens).strip()
-            if (result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < MIN_AVG_LOGPROB) or (
-                text and get_compression_ratio(text) > MAX_COMPRESSION_RATIO
+            if (
+                (result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < MIN_AVG_LOGPROB)
+                or (text and get_compression_ratio(text) > MAX_COMPRESSION_RATIO)
+                # A hum gave ". . . . ." in tests: punctuation is no words.
+                or not any(char.isalnum() for char in text)
             ):
                 text = ""
             window.text = text

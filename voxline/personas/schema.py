@@ -124,7 +124,9 @@ class STTSettings(_Strict):
     beam_size: int = Field(default=1, ge=1, le=10)
 
 
-SpokenLine = Literal["greeting", "goodbye", "transfer", "filler", "apology", "idle"]
+SpokenLine = Literal[
+    "greeting", "goodbye", "transfer", "filler", "apology", "idle", "not_understood"
+]
 """The persona's fixed lines, which can be made non-interruptible."""
 
 
@@ -332,6 +334,12 @@ class Phrases(_Strict):
     goodbye: str = "Thank you for calling. Goodbye."
     transfer: str = "Please hold while I transfer your call."
     idle: str = "Are you still there?"
+    not_understood: str | None = Field(
+        default="Sorry, I didn't catch that. Could you say it again?",
+        description="Said when the caller spoke for a second or more and speech "
+        "recognition made no words of it; null: stay silent (the caller hears nothing "
+        "until the idle line).",
+    )
 
 
 class Persona(_Strict):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 from loguru import logger
@@ -90,6 +91,9 @@ CAREFUL_PAUSE_SECS = 0.6
 """The pause that ends a short turn, or one begun over the bot, that the model judged complete."""
 SHORT_TURN_SECS = 1.0
 """Speech shorter than this ("Hi,", "So,", "Wait,") is often the start of a longer turn."""
+NOT_UNDERSTOOD_SECS = 1.0
+"""Speech at least this long that Whisper makes no words of is a caller who was not
+understood (a cough or a breath is shorter): the bot asks them to say it again."""
 
 
 class TurnTaker(FrameProcessor, BargeIn):
@@ -105,6 +109,9 @@ class TurnTaker(FrameProcessor, BargeIn):
         counters: where the process counts speculations, commits and barge-ins.
         hold: the output transport's hold on the bot's audio, or None (the bot talks on
             until a barge-in is decided).
+        not_understood: the line the bot says when the caller spoke for at least
+            :data:`NOT_UNDERSTOOD_SECS` and Whisper made no words of it, or None to
+            stay silent (the caller then hears nothing until the idle line).
     """
 
     def __init__(
@@ -116,10 +123,12 @@ class TurnTaker(FrameProcessor, BargeIn):
         settings: TurnTakingSettings,
         counters: TurnCounters | None = None,
         hold: BotAudioHold | None = None,
+        not_understood: Callable[[], Frame] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._hold = hold
+        self._not_understood = not_understood
         self._counters = counters or TurnCounters()
         self._vad = vad
         self._transcribe = transcribe
@@ -251,6 +260,7 @@ class TurnTaker(FrameProcessor, BargeIn):
         self._pre_roll.clear()
         self._pre_roll_bytes = 0
         self._turn = turn
+        logger.debug(f"{self}: caller started speaking{' over the bot' if turn.over_bot else ''}")
         self._hold_bot(turn)
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
 
@@ -440,6 +450,7 @@ class TurnTaker(FrameProcessor, BargeIn):
         if turn.committing or self._turn is not turn:
             return
         turn.committing = True
+        spoken_secs = time.monotonic() - turn.onset - turn.silence_secs
         # From here on the caller's next words start a new turn.
         self._turn = None
         self._release_bot(turn)
@@ -455,7 +466,14 @@ class TurnTaker(FrameProcessor, BargeIn):
             await self._settle_without_reply(turn, "error")
             return
         if not text:
+            ask = spoken_secs >= NOT_UNDERSTOOD_SECS and not (turn.over_bot or self._bot_busy())
+            # The line goes first: once the utterance is settled the call may look idle
+            # (voxline talk ends it then); a speculation is cancelled before it, though.
+            if ask and turn.eager_text is None:
+                await self._ask_to_repeat(spoken_secs)
             await self._settle_without_reply(turn, "no speech")
+            if ask and turn.eager_text is not None:
+                await self._ask_to_repeat(spoken_secs)
             return
         if self._bot_busy() and self._overheard(turn, text):
             heard = logcontent.text(text)
@@ -488,11 +506,21 @@ class TurnTaker(FrameProcessor, BargeIn):
         await self.push_frame(TranscriptionFrame(text, "", time_now_iso8601(), finalized=True))
         await self.push_frame(ProposedUserStoppedSpeakingFrame())
 
+    async def _ask_to_repeat(self, spoken_secs: float) -> None:
+        """Whisper heard no words in a caller's speech: the bot says so instead of
+        leaving them in silence (a voice Whisper hears badly, a word it cannot make out)."""
+        if self._not_understood is None or self._turn is not None:
+            return  # no line, or the caller already goes on
+        logger.info(f"{self}: {spoken_secs:.1f} s of speech without words; asking to repeat")
+        self._counters.not_understood += 1
+        await self.push_frame(self._not_understood())
+
     async def _settle_without_reply(self, turn: CallerTurn, reason: str) -> None:
+        secs = len(turn.audio) / 2 / SAMPLE_RATE
+        logger.debug(f"{self}: {secs:.2f} s of caller audio ended without a reply ({reason})")
         if turn.eager_text is not None:
             await self._cancel_speculation(reason)
         else:
-            secs = len(turn.audio) / 2 / SAMPLE_RATE
             await self.push_frame(TranscriptionSkippedFrame(reason=reason, audio_secs=secs))
         if turn.opened:
             # The aggregator's turn was opened for a speculation: close it empty.

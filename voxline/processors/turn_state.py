@@ -58,6 +58,7 @@ class TurnCounters:
     commits_by_sentence: int = 0
     barge_ins: int = 0
     overheard: int = 0
+    not_understood: int = 0
     decisions_complete: int = 0
     decisions_incomplete: int = 0
     decision_secs: deque[float] = field(default_factory=lambda: deque(maxlen=1000))

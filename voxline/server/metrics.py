@@ -226,6 +226,12 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
         "voxline_overheard", "Caller sounds over the bot that did not interrupt it."
     )
     overheard.add_metric([], counters.overheard)
+    not_understood = CounterMetricFamily(
+        "voxline_not_understood",
+        "Caller speech of a second or more that speech recognition made no words of; "
+        "the bot asked the caller to say it again.",
+    )
+    not_understood.add_metric([], counters.not_understood)
     decisions = CounterMetricFamily(
         "voxline_end_of_turn_decisions", "End-of-turn model decisions.", labels=["complete"]
     )
@@ -236,7 +242,15 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
         "95th percentile of recent end-of-turn decisions, queue included.",
     )
     decision_p95.add_metric([], _p95(counters.decision_secs))
-    yield from (speculations, commits, barge_ins, overheard, decisions, decision_p95)
+    yield from (
+        speculations,
+        commits,
+        barge_ins,
+        overheard,
+        not_understood,
+        decisions,
+        decision_p95,
+    )
 
 
 def render_metrics(registry: CollectorRegistry) -> bytes:
