@@ -162,6 +162,9 @@ async def test_the_llm_hears_errors_for_unknown_tools_and_bad_arguments(tool_per
     assert "there is no tool 'launch_rocket'" in (await call("launch_rocket", {}))["error"]
     bad = await call("get_balance", {INVALID_ARGUMENTS: "not valid JSON: {"})
     assert bad == {"error": "invalid arguments for get_balance: not valid JSON: {"}
+    # end_call takes no arguments: garbled ones still end the call, not an error to read out.
+    ended = await call("end_call", {INVALID_ARGUMENTS: "not valid JSON: {reason"})
+    assert ended == {"status": "ending the call"}
     enum = await call("get_balance", {"account": "crypto"})
     assert "account: 'crypto' is not one of ['checking', 'savings']" in enum["error"]
     assert (await call("get_balance", {"account": "savings"}))["result"]["balance"] == "1234.56"

@@ -147,6 +147,14 @@ def _detail(error: str) -> str:
     return f": {error}" if logcontent.enabled() else ""
 
 
+def _takes_no_arguments(builtin: str) -> bool:
+    try:
+        parse_arguments(builtin, {})
+    except ToolArgumentError:
+        return False
+    return True
+
+
 def register_tools(
     llm: LLMService,
     persona: Persona,
@@ -180,8 +188,13 @@ def register_tools(
         if isinstance(raw, dict) and INVALID_ARGUMENTS in raw:
             detail = _detail(raw[INVALID_ARGUMENTS])
             logger.warning(f"tool {name}: the LLM's arguments are not a JSON object{detail}")
-            await answer({"error": f"invalid arguments for {name}: {raw[INVALID_ARGUMENTS]}"}, True)
-            return
+            if name in runners or name not in persona.tools or not _takes_no_arguments(name):
+                error = f"invalid arguments for {name}: {raw[INVALID_ARGUMENTS]}"
+                await answer({"error": error}, True)
+                return
+            # A built-in that takes none (end_call): the call is what the LLM meant. An
+            # error instead had the LLM read it aloud to a caller who had said goodbye.
+            raw = {}
         if name in runners:
 
             async def speak(text: str) -> None:
