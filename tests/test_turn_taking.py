@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import subprocess
 import sys
 import textwrap
@@ -20,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-import soundfile
 import soxr
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
 from tests.conftest import VOXLINE
 from tests.speech import caller_voice, normalize
+from voxline.bench.callers import espeak
 from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.bot.talk import TalkResult, talk
@@ -425,18 +424,6 @@ async def test_the_idle_line_plays_once_then_the_call_ends(runtime, tmp_path):
     assert text.index("still there") < text.index("thank you for calling")
 
 
-def hum() -> np.ndarray:
-    """Two and a half seconds of humming in espeak-ng's default voice, at 16 kHz: speech to
-    the VAD, no words to Whisper (tiny.en judges it no speech)."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", "en", "--stdout", "mmmmmmmmmmmmmmmmm"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
-
-
 @pytest.mark.parametrize("line", ["default", "none"])
 @asyncio_module
 async def test_speech_without_words_is_asked_again_not_met_with_silence(runtime, tmp_path, line):
@@ -445,11 +432,11 @@ async def test_speech_without_words_is_asked_again_not_met_with_silence(runtime,
     silent. Either way nothing reaches the LLM."""
     extra = "" if line == "default" else "phrases: {not_understood: null}\n"
     bank = persona(tmp_path, f"hum_{line}", extra)
-    humming = hum()
-    # The premise, with the silence after it that the turn-taker gives Whisper.
-    assert whisper().transcribe_blocking(np.concatenate([humming, silence(0.2)])).text == ""
+    # Humming in espeak-ng's default voice (no bench caller's): speech to the VAD, no
+    # words to Whisper. The premise is checked with the silence the turn-taker adds.
+    audio = np.concatenate([espeak("mmmmmmmmmmmmmmmmm", ("en", 175, 50), tmp_path), silence(0.2)])
+    assert whisper().transcribe_blocking(audio).text == ""
     counted = runtime.turn_counters.not_understood
-    audio = np.concatenate([humming, silence(0.2)])
     result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
 
     _, greeting_end = greeting_block(result)
