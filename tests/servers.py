@@ -111,14 +111,16 @@ def serve_voxline(
     log_level: str | None = None,
     records_url: str | None = None,
     records: dict[str, Any] | None = None,
+    twilio: dict[str, Any] | None = None,
     wait: bool = True,
 ) -> tuple[ServerProcess, str]:
     """``voxline serve`` on a free loopback port with a ``voxline.yaml`` written here.
 
     ``log_level`` INFO makes it log a ``turn {json}`` line per turn. ``records_url`` and
     ``records`` are the config's call-records keys (docs/records.md; without a URL the
-    records go to a SQLite file under ``tmp``). ``wait=False`` returns at once: call
-    ``wait_ready(240)``. Returns the server (its output is collected) and its base URL.
+    records go to a SQLite file under ``tmp``); ``twilio`` is its ``twilio:`` section.
+    ``wait=False`` returns at once: call ``wait_ready(240)``. Returns the server (its
+    output is collected) and its base URL.
     """
     port = free_port()
     config: dict[str, Any] = {
@@ -133,6 +135,8 @@ def serve_voxline(
         config["records_url"] = records_url
     if records is not None:
         config["records"] = records
+    if twilio is not None:
+        config["twilio"] = twilio
     path = tmp / "voxline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "VOXLINE_OFFLINE": "1"}

@@ -170,6 +170,12 @@ def test_full_call(phone):
     heard_reply = transcribe(result.heard[int(turn.caller_end * RATE) :])
     assert heard_reply, "the caller heard no reply"
     assert result.marks_echoed >= 2  # the greeting's chunk and at least one reply chunk
+    # The bot's audio comes in 60 ms messages (twilio.out_frame_ms), written up to 120 ms
+    # ahead of what the caller has heard (twilio.send_ahead_ms) and no further.
+    sizes = [pcm.size for _, pcm in result.played]
+    assert sum(size == 480 for size in sizes) >= 0.9 * len(sizes), sizes[:20]
+    print(f"most bot audio waiting at the caller: {result.most_ahead_secs * 1e3:.0f} ms")
+    assert 0.12 <= result.most_ahead_secs <= 0.12 + 0.06 + 0.1
 
     caller_text = turns_logged(server)[-1]["caller"]
     assert wer(QUESTION, caller_text) <= 0.25, caller_text

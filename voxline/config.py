@@ -252,6 +252,25 @@ class TwilioConfig(_Strict):
         "server process behind one balancer; $VOXLINE_STREAM_SECRET instead; neither: a "
         "random key per process. Relative to this file.",
     )
+    # Measured with benchmarks/send_ahead.py, 4 calls at once on 2 cores: 20 ms frames
+    # paced in real time stalled 95 times in 12 calls' replies, these defaults 14 times.
+    out_frame_ms: int = Field(
+        default=60,
+        ge=20,
+        le=200,
+        multiple_of=10,
+        description="Length of each media message voxline sends (ms): longer frames cost "
+        "the event loop fewer writes per second of speech; a held barge-in lets at most "
+        "one frame play on.",
+    )
+    send_ahead_ms: float = Field(
+        default=120.0,
+        ge=0.0,
+        le=1000.0,
+        description="Audio written ahead of what the caller has heard, kept in Twilio's "
+        "buffer against a late event loop (0: real time). Twilio drops it on clear (every "
+        "interruption); while a barge-in is being decided it can play out.",
+    )
     busy_status: Literal[200, 503] = Field(
         default=200,
         description="HTTP status of the voice webhook's busy answer (at max_calls or "

@@ -318,7 +318,13 @@ class PhoneLine:
         stream = TwilioStream(stream_sid=info.stream_sid, call_sid=info.call_sid)
         stream.events.extend(["connected", "start"])
         serializer = TwilioMediaSerializer(stream)
-        transport = TwilioTransport(websocket, stream, params=twilio_params(serializer))
+        twilio = self.config.twilio
+        transport = TwilioTransport(
+            websocket,
+            stream,
+            params=twilio_params(serializer, out_frame_ms=twilio.out_frame_ms),
+            send_ahead_secs=twilio.send_ahead_ms / 1000,
+        )
         events = self.runtime.calls.open(
             CallInfo(
                 persona=persona.name,

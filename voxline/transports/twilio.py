@@ -9,6 +9,7 @@ voxline sends ``clear``) the context keeps only the words that were played.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from starlette.websockets import WebSocketState
 from voxline.transports.hold import OutputHold
 from voxline.transports.playout import HeardTextGate
 from voxline.transports.rate_limit import RateLimiter
+from voxline.transports.send_ahead import SendAhead
 from voxline.transports.twilio_protocol import (
     DTMF,
     Mark,
@@ -286,13 +288,22 @@ class MarkGate(HeardTextGate):
 
 class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
     """The websocket output transport with a :class:`MarkGate` on its downstream side,
-    and an :class:`~voxline.transports.hold.OutputHold` before each audio write."""
+    an :class:`~voxline.transports.hold.OutputHold` before each audio write, and
+    writes paced by :class:`~voxline.transports.send_ahead.SendAhead`."""
 
-    def __init__(self, *args, gate: MarkGate, **kwargs):
+    def __init__(self, *args, gate: MarkGate, send_ahead_secs: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self._gate = gate
         self.hold = OutputHold()
+        self.pacer = SendAhead(send_ahead_secs)
         gate.bind(self._release)
+
+    async def _write_audio_sleep(self):
+        """Wait only while more than the lead is still to play at Twilio (the module
+        :mod:`~voxline.transports.send_ahead` says why pipecat's sleep is replaced)."""
+        wait = self.pacer.wrote(self._send_interval)
+        if wait > 0:
+            await asyncio.sleep(wait)  # pacing to the caller's playout clock
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Send the frame to Twilio, once the caller is not possibly barging in."""
@@ -315,19 +326,32 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
             await self._gate.interrupt()
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
+            self.pacer.reset()  # the serializer sent clear: Twilio holds nothing now
             self.hold.interrupt()  # after pipecat dropped the queued audio
 
 
 class TwilioTransport(FastAPIWebsocketTransport):
     """pipecat's FastAPI websocket transport speaking Twilio Media Streams with marks."""
 
-    def __init__(self, websocket, stream: TwilioStream, *, params: FastAPIWebsocketParams):
+    def __init__(
+        self,
+        websocket,
+        stream: TwilioStream,
+        *,
+        params: FastAPIWebsocketParams,
+        send_ahead_secs: float = 0.0,
+    ):
         super().__init__(websocket, params)
         self.stream = stream
         self.gate = MarkGate(self._send_mark, on_drained=self._played_all)
         stream.on_mark = self.gate.on_mark
         self._output = TwilioOutputTransport(
-            self, self._client, self._params, gate=self.gate, name=self._output_name
+            self,
+            self._client,
+            self._params,
+            gate=self.gate,
+            send_ahead_secs=send_ahead_secs,
+            name=self._output_name,
         )
 
     def _played_all(self) -> None:
@@ -346,14 +370,19 @@ class TwilioTransport(FastAPIWebsocketTransport):
         await close_quietly(self._client._websocket, code, reason)
 
 
-def twilio_params(serializer: TwilioMediaSerializer) -> FastAPIWebsocketParams:
-    """Transport parameters for a Twilio call: 8 kHz out in 20 ms frames, 16 kHz in."""
+def twilio_params(
+    serializer: TwilioMediaSerializer, *, out_frame_ms: int = 20
+) -> FastAPIWebsocketParams:
+    """Transport parameters for a Twilio call: 8 kHz out in ``out_frame_ms`` frames (one
+    ``media`` message each), 16 kHz in."""
+    if out_frame_ms % 10 or not 10 <= out_frame_ms <= 200:
+        raise ValueError("out_frame_ms must be a multiple of 10 from 10 to 200")
     return FastAPIWebsocketParams(
         audio_in_enabled=True,
         audio_out_enabled=True,
         audio_in_sample_rate=16000,
         audio_out_sample_rate=TWILIO_RATE,
-        audio_out_10ms_chunks=2,
+        audio_out_10ms_chunks=out_frame_ms // 10,
         add_wav_header=False,
         serializer=serializer,
         allowed_origins=[],

@@ -71,6 +71,8 @@ class DialResult:
     close_code: int | None = None
     played: list[tuple[float, np.ndarray]] = field(default_factory=list)
     """Each ``media`` message of the bot's as (time it started playing, its samples)."""
+    most_ahead_secs: float = 0.0
+    """The most bot audio that waited to be played at once (received, not yet heard)."""
 
 
 def mulaw_frames(audio: np.ndarray, rate: int) -> list[tuple[bytes, bool]]:
@@ -271,6 +273,7 @@ class TwilioCaller:
                         )
                         start = max(now, playhead)
                         playhead = start + pcm.size / RATE
+                        result.most_ahead_secs = max(result.most_ahead_secs, playhead - now)
                         played.append((start, pcm))
                         if is_voiced(pcm):
                             activity.set()
