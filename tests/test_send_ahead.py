@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fake_clock import FakeClock
 from voxline.config import TwilioConfig
 from voxline.transports.send_ahead import SendAhead
 from voxline.transports.twilio import twilio_params
 
 FRAME = 0.06
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_frames_up_to_the_lead_go_at_once_then_one_per_frame_length():

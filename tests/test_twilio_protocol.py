@@ -16,6 +16,7 @@ from pipecat.frames.frames import (
 )
 from twilio.request_validator import RequestValidator
 
+from tests.fake_clock import FakeClock
 from voxline.transports.twilio import (
     InboundBudget,
     MarkGate,
@@ -264,14 +265,6 @@ async def test_a_second_start_is_dropped_with_a_reason():
     again = json.dumps({"event": "start", "streamSid": SID, "start": start})
     assert await TwilioMediaSerializer(stream).deserialize(again) is None
     assert stream.dropped == deque(["a second start message in the same stream, ignored"])
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_inbound_budget_allows_twilio_pace_and_a_backlog_but_not_a_flood():
