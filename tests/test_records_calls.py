@@ -213,10 +213,14 @@ def test_records_survive_sigkill_mid_call_and_a_restart(served):
             )
         )
         try:
-            # Two turns written: the server dies in the middle of the call.
-            record = await recorded(
-                served, dialer.call_sid, lambda r: len(r.turn_records) >= 2, timeout=120
-            )
+            # Two turns written, and the answer's words as heard (the last mark's echo can
+            # come a little after its turn ended: the phone output writes ahead of the
+            # caller's ear): the server dies in the middle of the call.
+            def answered_twice(r: CallRecord) -> bool:
+                heard = any(turn.tools and turn.bot_heard for turn in r.turn_records)
+                return len(r.turn_records) >= 2 and heard
+
+            record = await recorded(served, dialer.call_sid, answered_twice, timeout=120)
             os.killpg(server.process.pid, signal.SIGKILL)
         finally:
             await asyncio.gather(call, return_exceptions=True)
