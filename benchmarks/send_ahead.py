@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import p50, p95, serve_voxline  # noqa: E402
 from voxline.bench.callers import Clips, script  # noqa: E402
 from voxline.bench.calls import Call, Line, burst  # noqa: E402
+from voxline.bench.run import settle  # noqa: E402
 
 TOKEN = "send-ahead-benchmark-token"
 NUMBER = "+15550100060"
@@ -93,7 +94,7 @@ async def run(args: argparse.Namespace) -> None:
                 for name, (_, url) in servers.items():  # the same callers on both
                     line = Line(url=url, auth_token=TOKEN, number=NUMBER)
                     calls[name] += await burst(line, scripts, clips, args.underrun_ms / 1000)
-                    await asyncio.sleep(2)  # the last call's teardown, off the next round
+                    await settle(url)  # the last call's teardown, off the next round
         finally:
             for server, _ in servers.values():
                 await asyncio.to_thread(server.stop)

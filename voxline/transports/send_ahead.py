@@ -5,9 +5,9 @@ so the far end holds nothing in reserve: any moment the event loop is late by mo
 than a frame is heard as the voice stopping. And when it is late, pipecat starts its
 clock again from the late write, so the lost time is never made up. With four calls
 on two cores (Whisper, Piper and vLLM in the same process or beside it) the loop is
-late often enough: ``voxline bench --calls 4`` counted 12-38 stalls of 60-500 ms
-inside replies, all while the reply's audio was ready in the transport's queue
-(docs/benchmarks.md, "Stalls inside replies").
+late often enough: ``voxline bench --calls 4`` counted 12-38 stalls inside replies,
+and an output that logged its writes found the reply's audio waiting in its queue at
+every stall (docs/benchmarks.md, "Stalls inside replies").
 
 :class:`SendAhead` paces writes against the caller's playout clock instead: the
 audio written plays from the moment it arrives or from the end of the audio before
@@ -15,9 +15,8 @@ it, whichever is later, and a write waits only while more than ``lead_secs`` of
 written audio are still to play. A late loop then spends the reserve instead of
 the caller's patience, and catches up by writing without waiting. Twilio keeps
 what it was sent in its own buffer and drops it on ``clear``, which voxline sends
-on every interruption, so the reserve is never heard over a barge-in; while a
-barge-in is being decided (the output is held) it can play out, which bounds the
-lead to a fraction of a second.
+on every interruption; while a barge-in is being decided (the output is held) the
+reserve plays out, which bounds the lead to a fraction of a second.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ class SendAhead:
 
     Args:
         lead_secs: how much written audio may wait to be played at the far end
-            (0: write in real time, as pipecat does, but make up for late writes).
+            (0: each frame as the one before it ends, as pipecat writes).
         clock: the time source (seconds), for tests.
     """
 

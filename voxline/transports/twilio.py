@@ -291,7 +291,7 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
     an :class:`~voxline.transports.hold.OutputHold` before each audio write, and
     writes paced by :class:`~voxline.transports.send_ahead.SendAhead`."""
 
-    def __init__(self, *args, gate: MarkGate, send_ahead_secs: float = 0.0, **kwargs):
+    def __init__(self, *args, gate: MarkGate, send_ahead_secs: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._gate = gate
         self.hold = OutputHold()
@@ -339,7 +339,7 @@ class TwilioTransport(FastAPIWebsocketTransport):
         stream: TwilioStream,
         *,
         params: FastAPIWebsocketParams,
-        send_ahead_secs: float = 0.0,
+        send_ahead_secs: float,
     ):
         super().__init__(websocket, params)
         self.stream = stream
@@ -371,12 +371,12 @@ class TwilioTransport(FastAPIWebsocketTransport):
 
 
 def twilio_params(
-    serializer: TwilioMediaSerializer, *, out_frame_ms: int = 20
+    serializer: TwilioMediaSerializer, *, out_frame_ms: int
 ) -> FastAPIWebsocketParams:
     """Transport parameters for a Twilio call: 8 kHz out in ``out_frame_ms`` frames (one
-    ``media`` message each), 16 kHz in."""
-    if out_frame_ms % 10 or not 10 <= out_frame_ms <= 200:
-        raise ValueError("out_frame_ms must be a multiple of 10 from 10 to 200")
+    ``media`` message each; ``twilio.out_frame_ms``), 16 kHz in."""
+    if out_frame_ms % 10 or not 20 <= out_frame_ms <= 200:
+        raise ValueError("out_frame_ms must be a multiple of 10 from 20 to 200")
     return FastAPIWebsocketParams(
         audio_in_enabled=True,
         audio_out_enabled=True,
