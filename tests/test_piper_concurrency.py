@@ -138,6 +138,89 @@ async def test_first_chunk_goes_before_queued_sentences_on_one_worker():
         engine.close()
 
 
+async def _speak_by(engine: PiperEngine, text: str, label: str, needed_in: float | None) -> None:
+    """A later chunk whose caller runs out of audio ``needed_in`` seconds from now."""
+    needed_at = None if needed_in is None else time.monotonic() + needed_in
+    async for audio in engine.synthesize(text, label=label, needed_at=needed_at):
+        assert audio
+
+
+async def test_the_later_piece_needed_soonest_goes_first():
+    """Queued later pieces go by when their callers run out of audio, not by arrival;
+    a request that gave no time goes after those that did."""
+    engine = _engine(workers=1, threads=1)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        queued = [
+            asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "no-time", None)),
+            asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "in-20s", 20.0)),
+            asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "in-10s", 10.0)),
+        ]
+        await _until(lambda: engine.queued >= 3)
+        await asyncio.gather(busy, *queued)
+        starts = {label: _records(engine, label)[0].started_at for label in ("in-10s", "in-20s")}
+        assert starts["in-10s"] < starts["in-20s"] < _records(engine, "no-time")[0].started_at
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("urgent_secs", [0.5, None])
+async def test_an_urgent_later_piece_may_take_the_worker_kept_for_first_chunks(urgent_secs):
+    """Two workers, one kept for first chunks: a later piece whose caller runs out of
+    audio now runs beside another call's long sentence; one needed in 30 s waits for
+    it, and so does every later piece when ``urgent_secs`` is None."""
+    engine = _engine(workers=2, threads=1, urgent_secs=urgent_secs)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        urgent = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "urgent", 0.0))
+        relaxed = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "relaxed", 30.0))
+        await asyncio.gather(busy, urgent, relaxed)
+        running = _records(engine, "call-a")[0]  # the piece running when the others came
+        (fast,), (slow,) = _records(engine, "urgent"), _records(engine, "relaxed")
+        assert slow.started_at >= running.ended_at
+        if urgent_secs is None:
+            assert fast.started_at >= running.ended_at
+        else:
+            assert _overlap(fast, running), (fast, running)
+    finally:
+        engine.close()
+
+
+async def test_tts_service_tells_the_engine_when_each_later_chunk_is_needed():
+    """The second chunk of a reply is needed when the first chunk's audio has played,
+    counted from the first chunk's first frame."""
+    engine = _engine(workers=2, threads=1)
+    asked: list[tuple[str, float | None, float]] = []
+    synthesize = engine.synthesize
+
+    def spy(text: str, **options):
+        asked.append((text, options.get("needed_at"), time.monotonic()))
+        return synthesize(text, **options)
+
+    engine.synthesize = spy  # type: ignore[method-assign]
+    tts = SharedPiperTTSService(engine=engine)
+    try:
+        async with RunningPipeline([tts]) as run:
+            await run.queue(
+                LLMFullResponseStartFrame(),
+                TextFrame(FIRST_CHUNK),
+                TextFrame("Your balance is forty two dollars."),
+                LLMFullResponseEndFrame(),
+            )
+        (first_text, first_needed, first_asked), (_, later_needed, later_asked) = asked
+        assert first_text == FIRST_CHUNK and first_needed is None
+        (record,) = [r for r in engine.records if r.label == tts.name and r.request == 0]
+        assert later_needed is not None
+        # The first chunk's audio, from its first frame (after it was asked for, before
+        # the second chunk was), then its length (less the leading silence trimmed).
+        assert first_asked + record.audio_secs - 0.1 < later_needed
+        assert later_needed < later_asked + record.audio_secs + 0.05
+    finally:
+        engine.close()
+
+
 async def test_old_fifo_engine_makes_a_first_chunk_wait_for_long_sentences():
     """The behaviour before issue 15, kept as an option: the same scenario waits."""
     engine = _engine(workers=1, threads=1, prioritize_first=False, max_phonemes=None)
@@ -235,3 +318,16 @@ def test_silence_alone_is_not_trimmed_away():
     onset = np.concatenate([np.zeros(800), np.full(800, 3000)]).astype(np.int16)
     trimmed = np.frombuffer(trim_leading_silence(onset.tobytes(), 16000), dtype=np.int16)
     assert trimmed.size == 800 + 160  # 10 ms of margin before the onset
+
+
+def test_a_negative_urgency_is_refused():
+    from pydantic import ValidationError
+
+    from voxline.config import PiperConfig
+
+    files = _voice_files()
+    with pytest.raises(ValueError, match="urgent_secs must be >= 0 or None"):
+        PiperEngine(files.model, files.config, urgent_secs=-0.1)
+    with pytest.raises(ValidationError, match="urgent_ms"):
+        PiperConfig(urgent_ms=-1)
+    assert PiperConfig().urgent_ms == 500 and PiperConfig(urgent_ms=None).urgent_ms is None

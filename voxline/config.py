@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from voxline.cpu_budget import CpuBudget, cpu_budget
-from voxline.engines.piper import DEFAULT_MAX_PHONEMES
+from voxline.engines.piper import DEFAULT_MAX_PHONEMES, DEFAULT_URGENT_SECS
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 from voxline.records.settings import RecordsConfig, check_records_url
@@ -78,6 +78,13 @@ class PiperConfig(_Strict):
         default=DEFAULT_MAX_PHONEMES,
         ge=8,
         description="Longer sentences are cut at a clause or word; null keeps them whole.",
+    )
+    urgent_ms: float | None = Field(
+        default=DEFAULT_URGENT_SECS * 1000,
+        ge=0,
+        le=10_000,
+        description="A later sentence whose caller runs out of audio within this time may "
+        "use the worker kept for first chunks; null: never.",
     )
 
 
@@ -252,8 +259,9 @@ class TwilioConfig(_Strict):
         "server process behind one balancer; $VOXLINE_STREAM_SECRET instead; neither: a "
         "random key per process. Relative to this file.",
     )
-    # Measured with benchmarks/send_ahead.py, 4 calls at once on 2 cores: 20 ms frames
-    # paced in real time stalled 95 times in 12 calls' replies, these defaults 14 times.
+    # Measured with benchmarks/reply_stalls.py --compare send-ahead, 4 calls at once on 2
+    # cores: 20 ms frames paced in real time stalled 95 times in 12 calls' replies, these
+    # defaults 14 times.
     out_frame_ms: int = Field(
         default=60,
         ge=20,

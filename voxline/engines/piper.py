@@ -11,7 +11,15 @@ Jobs wait in one priority queue shared by all calls:
 1. the first piece of a reply's **first chunk** (``first=True``) goes before
    anything else, so a caller's first audio never waits behind another call's
    long sentence queued earlier;
-2. then pieces in the order their requests arrived.
+2. then the other pieces, the one whose caller runs out of audio soonest first
+   (``needed_at``: when the audio already made for that reply has played), and
+   pieces of requests that gave no time in the order their requests arrived.
+
+With two workers or more, one is kept for first chunks; a later piece whose caller
+runs out of audio within ``urgent_secs`` may take it too. When four calls' replies
+start at once, their second sentences are all needed within a second: on one worker
+the last of them came 0.4-0.8 s after its caller's first clause had played (four
+calls on two cores, docs/benchmarks.md, "Stalls inside replies").
 
 A running piece is never preempted, so a first chunk can still wait for the
 pieces already running; cutting long sentences (``max_phonemes``) keeps each of
@@ -34,6 +42,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -58,6 +67,9 @@ __all__ = [
 FIRST = 0
 LATER = 1
 DEFAULT_MAX_PHONEMES = 100
+DEFAULT_URGENT_SECS = 0.5
+"""A later piece needed this soon may use the worker kept for first chunks: about two
+pieces of ``DEFAULT_MAX_PHONEMES`` on a busy core."""
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
@@ -96,7 +108,7 @@ class SynthesisRecord:
 
 @dataclass(order=True)
 class _Job:
-    key: tuple[int, int, int]
+    key: tuple[int, float, int, int]  # priority, needed at, arrival, piece
     run: Callable[[], Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
@@ -124,6 +136,8 @@ class PiperEngine:
             pieces run on at most ``workers - 1`` workers at once, so a first chunk never
             waits for a long sentence to end. A worker produces speech ~28x faster than
             it is spoken (measured here), so the later pieces of a few calls lose nothing.
+        urgent_secs: a later piece whose caller runs out of audio within this many
+            seconds may run on the worker kept for first chunks; ``None``: never.
         history: how many :class:`SynthesisRecord` entries to keep.
     """
 
@@ -139,6 +153,7 @@ class PiperEngine:
         max_phonemes: int | None = DEFAULT_MAX_PHONEMES,
         prioritize_first: bool = True,
         reserve_first: bool = True,
+        urgent_secs: float | None = DEFAULT_URGENT_SECS,
         history: int = 1024,
     ):
         from piper import PiperVoice
@@ -151,12 +166,15 @@ class PiperEngine:
             )
         if max_phonemes is not None and max_phonemes < 8:
             raise ValueError(f"max_phonemes must be >= 8 or None, got {max_phonemes}")
+        if urgent_secs is not None and urgent_secs < 0:
+            raise ValueError(f"urgent_secs must be >= 0 or None, got {urgent_secs}")
         self.model_path = Path(model)
         self.workers = workers
         self.threads = threads
         self.max_queue = max_queue
         self.max_phonemes = max_phonemes
         self.prioritize_first = prioritize_first
+        self.urgent_secs = urgent_secs
         with open(config, encoding="utf-8") as config_file:
             voice_config = PiperConfig.from_dict(json.load(config_file))
         self._voice = PiperVoice(
@@ -203,7 +221,12 @@ class PiperEngine:
         return self._busy
 
     async def synthesize(
-        self, text: str, *, first: bool = False, label: str = ""
+        self,
+        text: str,
+        *,
+        first: bool = False,
+        label: str = "",
+        needed_at: float | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield 16-bit mono PCM at :attr:`sample_rate`, one piece per sentence (or part).
 
@@ -212,6 +235,9 @@ class PiperEngine:
             first: this is the first chunk of a reply (or a greeting): its first piece
                 goes before every queued piece that is not a first chunk's.
             label: names the caller in :attr:`records`.
+            needed_at: when (``time.monotonic()``) the caller has heard the audio made
+                before this text: pieces needed sooner go first. ``None``: after every
+                piece that gave a time.
 
         Closing the iterator early (an interruption) drops its queued pieces; the
         piece in progress finishes in its worker.
@@ -223,6 +249,7 @@ class PiperEngine:
         request = next(self._arrivals)
         priority = FIRST if first and self.prioritize_first else LATER
         queued_at = time.perf_counter()
+        needed = needed_at if needed_at is not None and self.prioritize_first else math.inf
 
         def first_piece() -> tuple[bytes | None, list[list[str]]]:
             pieces = self._pieces(text)
@@ -235,8 +262,12 @@ class PiperEngine:
                 audio = trim_leading_silence(audio, self.sample_rate)
             return audio, pieces[1:]
 
-        audio, rest = await self._submit(priority, request, 0, first_piece, admission=True)
+        start = (priority, 0.0 if priority == FIRST else needed, request, 0)
+        audio, rest = await self._submit(start, first_piece, admission=True)
         if audio is not None:
+            if first and needed == math.inf and self.prioritize_first:
+                needed = time.monotonic()  # the caller starts hearing the reply now
+            needed += len(audio) / 2 / self.sample_rate
             yield audio
         for index, phonemes in enumerate(rest, start=1):
             queued_at = time.perf_counter()
@@ -244,7 +275,9 @@ class PiperEngine:
             def piece(phonemes=phonemes, index=index, queued_at=queued_at) -> bytes:
                 return self._run_piece(phonemes, label, request, index, first, queued_at)
 
-            yield await self._submit(LATER, request, index, piece, admission=False)
+            audio = await self._submit((LATER, needed, request, index), piece, admission=False)
+            needed += len(audio) / 2 / self.sample_rate
+            yield audio
 
     def synthesize_all(self, text: str) -> bytes:
         """Synthesise ``text`` completely, blocking, whole sentences: for tools and tests."""
@@ -269,12 +302,13 @@ class PiperEngine:
                 thread.join()
 
     def _submit(
-        self, priority: int, request: int, piece: int, run: Callable[[], Any], *, admission: bool
+        self, key: tuple[int, float, int, int], run: Callable[[], Any], *, admission: bool
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        order = request if self.prioritize_first else next(self._fifo)
-        job = _Job((priority, order, piece), run, loop, future)
+        if not self.prioritize_first:
+            key = (key[0], key[1], next(self._fifo), key[3])
+        job = _Job(key, run, loop, future)
         with self._cond:
             if self._closed:
                 raise BatcherClosed("piper is shut down")
@@ -301,8 +335,8 @@ class PiperEngine:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._runnable():
-                    self._cond.wait()
+                while not self._closed and (wait := self._wait_secs()) != 0.0:
+                    self._cond.wait(wait)  # None: until notified
                 if self._closed:
                     return
                 job = heapq.heappop(self._heap)
@@ -320,13 +354,20 @@ class PiperEngine:
                     self._cond.notify_all()
             _settle(job, result, error)
 
-    def _runnable(self) -> bool:
-        """Whether the best queued job may start now (call with the lock held)."""
+    def _wait_secs(self) -> float | None:
+        """How long a free worker waits before the best queued job may start: 0.0 now,
+        the time until it becomes urgent, or None until notified (call with the lock
+        held)."""
         while self._heap and self._heap[0].cancelled:
             heapq.heappop(self._heap)
         if not self._heap:
-            return False
-        return self._heap[0].key[0] == FIRST or self._later_running < self._later_slots
+            return None
+        priority, needed_at = self._heap[0].key[:2]
+        if priority == FIRST or self._later_running < self._later_slots:
+            return 0.0
+        if self.urgent_secs is None or needed_at == math.inf:
+            return None
+        return max(0.0, needed_at - self.urgent_secs - time.monotonic())
 
     def _pieces(self, text: str) -> list[list[str]]:
         with self._phonemize_lock:

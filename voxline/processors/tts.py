@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
@@ -43,7 +44,10 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     The engine is told which chunk is the first of its reply: the first
     ``run_tts`` of a turn context (pipecat opens one on ``LLMFullResponseStartFrame``
     and for each ``TTSSpeakFrame``, so a greeting counts). Its first sentence goes
-    ahead of other calls' queued sentences in the shared engine.
+    ahead of other calls' queued sentences in the shared engine. Every later chunk
+    says when the reply's audio made so far will have played (counted from its first
+    frame, so never later than the caller hears it), and the engine voices the chunk
+    needed soonest first.
 
     Args:
         engine: the Runtime's Piper engine for this persona's voice.
@@ -61,6 +65,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._engine = engine
         self._lines = lines
         self._fresh_contexts: dict[str, None] = {}  # contexts with no chunk spoken yet
+        self._heard_until: dict[str, float] = {}  # when a context's audio so far has played
 
     def can_generate_metrics(self) -> bool:
         """Time to first audio is reported as TTFB."""
@@ -72,6 +77,9 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._fresh_contexts[context_id] = None
         while len(self._fresh_contexts) > 8:  # replies that never spoke a chunk
             del self._fresh_contexts[next(iter(self._fresh_contexts))]
+        self._heard_until.pop(context_id, None)
+        while len(self._heard_until) > 8:  # only the reply being spoken matters
+            del self._heard_until[next(iter(self._heard_until))]
 
     def _is_first_chunk(self, context_id: str) -> bool:
         return self._fresh_contexts.pop(context_id, False) is None
@@ -82,8 +90,13 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         try:
             await self.start_tts_usage_metrics(text)
 
+            needed_at = None if first else self._heard_until.get(context_id)
+
             def speak() -> AsyncIterator[np.ndarray]:
-                return _floats(self._engine.synthesize(text, first=first, label=self.name))
+                pieces = self._engine.synthesize(
+                    text, first=first, label=self.name, needed_at=needed_at
+                )
+                return _floats(pieces)
 
             speech = speak() if self._lines is None else self._lines.play(text, speak)
             audio = resample_utterance(speech, self._engine.sample_rate, self.sample_rate)
@@ -91,6 +104,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
                 audio, in_sample_rate=self.sample_rate, context_id=context_id
             ):
                 await self.stop_ttfb_metrics()
+                self._note_audio(context_id, frame)
                 yield frame
         except Overloaded as exc:  # refused at once rather than heard late
             logger.warning(f"{self}: {exc}; dropped {logcontent.text(text)}")
@@ -100,6 +114,12 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
             yield ErrorFrame(error=f"Piper synthesis failed: {exc}")
         finally:
             await self.stop_ttfb_metrics()
+
+    def _note_audio(self, context_id: str, frame: Frame) -> None:
+        if isinstance(frame, TTSAudioRawFrame):
+            now = time.monotonic()
+            start = max(now, self._heard_until.get(context_id, now))
+            self._heard_until[context_id] = start + len(frame.audio) / 2 / frame.sample_rate
 
 
 async def _floats(pieces: AsyncIterator[bytes]) -> AsyncIterator[np.ndarray]:

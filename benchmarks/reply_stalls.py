@@ -1,24 +1,33 @@
-"""Stalls inside replies on the phone: 20 ms real-time writes vs 60 ms writes sent ahead.
+"""Stalls inside replies on the phone: two server settings, the same callers, one run.
 
 Two ``voxline serve`` processes run at once with the same persona and LLM backend
-and differ only in the ``twilio:`` section:
+and differ only in the settings of the chosen comparison (``--compare``):
 
-* **realtime**: ``out_frame_ms: 20, send_ahead_ms: 0``: a 20 ms media message,
-  then a sleep of its length, as pipecat's websocket output writes (nothing held in
-  reserve at the far end);
-* **ahead**: the defaults, 60 ms messages kept up to 120 ms ahead of the caller's ear.
+* ``send-ahead`` (the phone output's pacing):
 
-Rounds alternate between the two (realtime, ahead, realtime, ...), so background
-load falls on both alike. In each round N Twilio-protocol callers (``voxline.bench``:
+  * **realtime**: ``twilio: {out_frame_ms: 20, send_ahead_ms: 0}``: a 20 ms media
+    message, then a sleep of its length, as pipecat's websocket output writes
+    (nothing held in reserve at the far end);
+  * **ahead**: the defaults, 60 ms messages kept up to 120 ms ahead of the caller's ear.
+
+* ``tts-urgent`` (the shared Piper engine's worker kept for first chunks):
+
+  * **reserved**: ``engines: {piper: {urgent_ms: null}}``: later sentences never use
+    the worker kept for first chunks;
+  * **urgent**: the defaults, a later sentence needed within 500 ms may use it.
+
+Rounds alternate between the two (first, second, first, ...), so background load
+falls on both alike. In each round N Twilio-protocol callers (``voxline.bench``:
 espeak-ng voices, not the bot's Piper voice) dial at once, wait for their greetings,
 and speak in the same 20 ms frame, two turns each. The caller plays each message when
 it arrives or when the audio before it ends, as Twilio does; a stall is a wait of at
 least ``--underrun-ms`` inside one bot reply (the bench's "underrun"). Printed per
 system: stalls inside replies (count, p50 and longest), all stalled seconds, and the
-heard voice-to-voice p50/p95, with the ratios realtime / ahead on the last line.
+heard voice-to-voice p50/p95, with the ratios first / second on the last line.
 
     # N=4, 3 rounds each; or --calls 8 --rounds 2
-    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.send_ahead
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.reply_stalls --compare send-ahead
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.reply_stalls --compare tts-urgent
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,12 +47,18 @@ from voxline.bench.callers import Clips, script  # noqa: E402
 from voxline.bench.calls import Call, Line, burst  # noqa: E402
 from voxline.bench.run import settle  # noqa: E402
 
-TOKEN = "send-ahead-benchmark-token"
+TOKEN = "reply-stalls-benchmark-token"
 NUMBER = "+15550100060"
 PERSONA = ROOT / "personas" / "bank_support.yaml"
-SYSTEMS = {
-    "realtime": {"out_frame_ms": 20, "send_ahead_ms": 0},
-    "ahead": {},  # the defaults
+COMPARISONS: dict[str, dict[str, dict[str, Any]]] = {
+    "send-ahead": {
+        "realtime": {"twilio": {"out_frame_ms": 20, "send_ahead_ms": 0}},
+        "ahead": {},  # the defaults
+    },
+    "tts-urgent": {
+        "reserved": {"engines": {"piper": {"urgent_ms": None}}},
+        "urgent": {},  # the defaults
+    },
 }
 
 
@@ -64,13 +80,14 @@ def report(name: str, calls: list[Call]) -> tuple[int, float, float]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    engines = {"llm": {"backend": args.backend}}
-    with tempfile.TemporaryDirectory(prefix="voxline-send-ahead-") as folder:
+    systems = COMPARISONS[args.compare]
+    with tempfile.TemporaryDirectory(prefix="voxline-reply-stalls-") as folder:
         tmp = Path(folder)
         servers = {}
         try:
-            for name, twilio in SYSTEMS.items():
+            for name, settings in systems.items():
                 (tmp / name).mkdir()
+                engines = {"llm": {"backend": args.backend}, **settings.get("engines", {})}
                 servers[name] = await asyncio.to_thread(
                     serve_voxline,
                     tmp / name,
@@ -79,11 +96,11 @@ async def run(args: argparse.Namespace) -> None:
                     token=TOKEN,
                     max_calls=max(8, args.calls),
                     engines=engines,
-                    twilio=twilio or None,
+                    twilio=settings.get("twilio"),
                 )
-                print(f"send_ahead: {name} ready ({twilio or 'defaults'})", flush=True)
+                print(f"reply_stalls: {name} ready ({settings or 'defaults'})", flush=True)
             clips = Clips(tmp)
-            calls: dict[str, list[Call]] = {name: [] for name in SYSTEMS}
+            calls: dict[str, list[Call]] = {name: [] for name in systems}
             caller = 0
             for _ in range(args.rounds):
                 scripts = [script(caller + i, 2, args.seed) for i in range(args.calls)]
@@ -102,10 +119,11 @@ async def run(args: argparse.Namespace) -> None:
         f"\n{args.calls} calls at once, {args.rounds} rounds each, {args.backend}, "
         f"stall >= {args.underrun_ms:.0f} ms:"
     )
-    before = report("realtime", calls["realtime"])
-    after = report("ahead", calls["ahead"])
+    first, second = systems
+    before = report(first, calls[first])
+    after = report(second, calls[second])
     print(
-        f"send_ahead: stalls realtime/ahead {before[0]}/{after[0]}, "
+        f"{args.compare}: stalls {first}/{second} {before[0]}/{after[0]}, "
         f"stalled seconds {before[1] / max(after[1], 1e-9):.2f}x, "
         f"heard p50 ratio {before[2] / after[2]:.2f}"
     )
@@ -113,6 +131,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="send-ahead")
     parser.add_argument("--calls", type=int, default=4, help="callers at once (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="bursts per system (default 3)")
     parser.add_argument("--backend", choices=["vllm", "llama_cpp"], default="vllm")
