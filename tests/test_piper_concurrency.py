@@ -168,18 +168,23 @@ async def test_the_later_piece_needed_soonest_goes_first():
 @pytest.mark.parametrize("urgent_secs", [0.5, None])
 async def test_an_urgent_later_piece_may_take_the_worker_kept_for_first_chunks(urgent_secs):
     """Two workers, one kept for first chunks: a later piece whose caller runs out of
-    audio now runs beside another call's long sentence; one needed in 30 s waits for
-    it, and so does every later piece when ``urgent_secs`` is None."""
+    audio in 0.3 s runs beside another call's long sentence; one needed in 30 s waits
+    for it, and so does one already late (its stall is heard whatever runs) and every
+    later piece when ``urgent_secs`` is None."""
     engine = _engine(workers=2, threads=1, urgent_secs=urgent_secs)
     try:
         busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
         await _until(lambda: engine.busy >= 1)
-        urgent = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "urgent", 0.0))
+        late = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "late", -1.0))
+        await _until(lambda: engine.queued >= 1)
+        await asyncio.sleep(0.05)  # a worker looked at it, and left it queued
+        urgent = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "urgent", 0.3))
         relaxed = asyncio.create_task(_speak_by(engine, FIRST_CHUNK, "relaxed", 30.0))
-        await asyncio.gather(busy, urgent, relaxed)
+        await asyncio.gather(busy, late, urgent, relaxed)
         running = _records(engine, "call-a")[0]  # the piece running when the others came
         (fast,), (slow,) = _records(engine, "urgent"), _records(engine, "relaxed")
         assert slow.started_at >= running.ended_at
+        assert _records(engine, "late")[0].started_at >= running.ended_at
         if urgent_secs is None:
             assert fast.started_at >= running.ended_at
         else:

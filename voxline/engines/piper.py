@@ -16,7 +16,7 @@ Jobs wait in one priority queue shared by all calls:
    pieces of requests that gave no time in the order their requests arrived.
 
 With two workers or more, one is kept for first chunks; a later piece whose caller
-runs out of audio within ``urgent_secs`` may take it too. When four calls' replies
+runs out of audio within ``urgent_secs``, and has not yet, may take it too. When four calls' replies
 start at once, their second sentences are all needed within a second: on one worker
 the last of them came 0.4-0.8 s after its caller's first clause had played (four
 calls on two cores, docs/benchmarks.md, "Stalls inside replies").
@@ -137,7 +137,8 @@ class PiperEngine:
             waits for a long sentence to end. A worker produces speech ~28x faster than
             it is spoken (measured here), so the later pieces of a few calls lose nothing.
         urgent_secs: a later piece whose caller runs out of audio within this many
-            seconds may run on the worker kept for first chunks; ``None``: never.
+            seconds, and has not yet, may run on the worker kept for first chunks;
+            ``None``: never.
         history: how many :class:`SynthesisRecord` entries to keep.
     """
 
@@ -335,11 +336,11 @@ class PiperEngine:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and (wait := self._wait_secs()) != 0.0:
-                    self._cond.wait(wait)  # None: until notified
+                while not self._closed and isinstance(picked := self._pick(), float | None):
+                    self._cond.wait(picked)  # None: until notified
                 if self._closed:
                     return
-                job = heapq.heappop(self._heap)
+                job = picked
                 later = job.key[0] != FIRST
                 self._busy += 1
                 self._later_running += later
@@ -354,20 +355,33 @@ class PiperEngine:
                     self._cond.notify_all()
             _settle(job, result, error)
 
-    def _wait_secs(self) -> float | None:
-        """How long a free worker waits before the best queued job may start: 0.0 now,
-        the time until it becomes urgent, or None until notified (call with the lock
-        held)."""
+    def _pick(self) -> _Job | float | None:
+        """The job a free worker runs now, taken off the queue; else how long to wait
+        before asking again (a later piece becoming urgent), or None until notified.
+        Call with the lock held."""
         while self._heap and self._heap[0].cancelled:
             heapq.heappop(self._heap)
         if not self._heap:
             return None
-        priority, needed_at = self._heap[0].key[:2]
-        if priority == FIRST or self._later_running < self._later_slots:
-            return 0.0
-        if self.urgent_secs is None or needed_at == math.inf:
+        if self._heap[0].key[0] == FIRST or self._later_running < self._later_slots:
+            return heapq.heappop(self._heap)
+        if self.urgent_secs is None:
             return None
-        return max(0.0, needed_at - self.urgent_secs - time.monotonic())
+        # The worker kept for first chunks: lent to the piece needed soonest that is not
+        # late yet. One already late is heard as a stall whatever runs now; lent then,
+        # the worker only adds a thread to a CPU that is behind (eight calls on two
+        # cores had more stalls, docs/benchmarks.md).
+        now = time.monotonic()
+        pending = [job for job in self._heap if not job.cancelled and now < job.key[1] < math.inf]
+        if not pending:
+            return None
+        job = min(pending)
+        wait = job.key[1] - now - self.urgent_secs
+        if wait > 0:
+            return wait
+        self._heap.remove(job)
+        heapq.heapify(self._heap)
+        return job
 
     def _pieces(self, text: str) -> list[list[str]]:
         with self._phonemize_lock:
