@@ -12,9 +12,10 @@ and differ only in the settings of the chosen comparison (``--compare``):
 
 * ``tts-urgent`` (the shared Piper engine's worker kept for first chunks):
 
-  * **reserved**: ``engines: {piper: {urgent_ms: null}}``: later sentences never use
-    the worker kept for first chunks;
-  * **urgent**: the defaults, a later sentence needed within 500 ms may use it.
+  * **reserved**: the defaults (``urgent_ms: null``): later sentences never use the
+    worker kept for first chunks;
+  * **urgent**: ``engines: {piper: {urgent_ms: 500}}``: a later sentence needed within
+    500 ms, and not late yet, may use it.
 
 Rounds alternate between the two (first, second, first, ...), so background load
 falls on both alike. In each round N Twilio-protocol callers (``voxline.bench``:
@@ -56,8 +57,8 @@ COMPARISONS: dict[str, dict[str, dict[str, Any]]] = {
         "ahead": {},  # the defaults
     },
     "tts-urgent": {
-        "reserved": {"engines": {"piper": {"urgent_ms": None}}},
-        "urgent": {},  # the defaults
+        "reserved": {},  # the defaults
+        "urgent": {"engines": {"piper": {"urgent_ms": 500}}},
     },
 }
 

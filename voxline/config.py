@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from voxline.cpu_budget import CpuBudget, cpu_budget
-from voxline.engines.piper import DEFAULT_MAX_PHONEMES, DEFAULT_URGENT_SECS
+from voxline.engines.piper import DEFAULT_MAX_PHONEMES
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 from voxline.records.settings import RecordsConfig, check_records_url
@@ -79,12 +79,14 @@ class PiperConfig(_Strict):
         ge=8,
         description="Longer sentences are cut at a clause or word; null keeps them whole.",
     )
+    # benchmarks/reply_stalls.py --compare tts-urgent: lending the worker (500 ms) gave
+    # fewer stalls at four calls in one run, more in the next, more at eight calls.
     urgent_ms: float | None = Field(
-        default=DEFAULT_URGENT_SECS * 1000,
+        default=None,
         ge=0,
         le=10_000,
-        description="A later sentence whose caller runs out of audio within this time may "
-        "use the worker kept for first chunks; null: never.",
+        description="A later sentence whose caller runs out of audio within this time (and "
+        "has not yet) may use the worker kept for first chunks; null: never.",
     )
 
 

@@ -15,11 +15,13 @@ Jobs wait in one priority queue shared by all calls:
    (``needed_at``: when the audio already made for that reply has played), and
    pieces of requests that gave no time in the order their requests arrived.
 
-With two workers or more, one is kept for first chunks; a later piece whose caller
-runs out of audio within ``urgent_secs``, and has not yet, may take it too. When four calls' replies
-start at once, their second sentences are all needed within a second: on one worker
-the last of them came 0.4-0.8 s after its caller's first clause had played (four
-calls on two cores, docs/benchmarks.md, "Stalls inside replies").
+With two workers or more, one is kept for first chunks; with ``urgent_secs`` set, a
+later piece whose caller runs out of audio within that time, and has not yet, may take
+it too. When four calls' replies start at once, their second sentences are all needed
+within a second, and on one worker the last of them came 0.4-0.8 s after its caller's
+first clause had played; lending the worker gave no gain that held from one run to the
+next, so it is off by default (four and eight calls on two cores, docs/benchmarks.md,
+"Stalls inside replies").
 
 A running piece is never preempted, so a first chunk can still wait for the
 pieces already running; cutting long sentences (``max_phonemes``) keeps each of
@@ -67,9 +69,7 @@ __all__ = [
 FIRST = 0
 LATER = 1
 DEFAULT_MAX_PHONEMES = 100
-DEFAULT_URGENT_SECS = 0.5
-"""A later piece needed this soon may use the worker kept for first chunks: about two
-pieces of ``DEFAULT_MAX_PHONEMES`` on a busy core."""
+
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
@@ -154,7 +154,7 @@ class PiperEngine:
         max_phonemes: int | None = DEFAULT_MAX_PHONEMES,
         prioritize_first: bool = True,
         reserve_first: bool = True,
-        urgent_secs: float | None = DEFAULT_URGENT_SECS,
+        urgent_secs: float | None = None,
         history: int = 1024,
     ):
         from piper import PiperVoice
