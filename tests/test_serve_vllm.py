@@ -126,7 +126,7 @@ def progress_lines(server: ServerProcess) -> list[str]:
 
 
 def vllm_pid(server: ServerProcess) -> int:
-    match = re.search(r"voxline: vLLM server pid (\d+) starting", server.output)
+    match = re.search(r"vLLM server pid (\d+) starting", server.output)  # log or progress line
     assert match, server.output[-3000:]
     return int(match.group(1))
 
