@@ -69,7 +69,6 @@ __all__ = [
 FIRST = 0
 LATER = 1
 DEFAULT_MAX_PHONEMES = 100
-
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
