@@ -18,8 +18,8 @@ Jobs wait in one priority queue shared by all calls:
 With two workers or more, one is kept for first chunks; with ``urgent_secs`` set, a
 later piece whose caller runs out of audio within that time, and has not yet, may take
 it too. When four calls' replies start at once, their second sentences are all needed
-within a second, and on one worker the last of them came 0.4-0.8 s after its caller's
-first clause had played; lending the worker gave no gain that held from one run to the
+within a second, and on one worker the last of them came after its caller's first
+clause had played; lending the worker gave no gain that held from one run to the
 next, so it is off by default (four and eight calls on two cores, docs/benchmarks.md,
 "Stalls inside replies").
 
