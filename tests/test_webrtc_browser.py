@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import Chromium
+from browser import SCRIPTED_MICROPHONE, Chromium, load_clip
 from conftest import BANK_PERSONA, ROOT
 from playwright.async_api import async_playwright
 from servers import ServerProcess, start_voxline
@@ -236,35 +236,9 @@ def test_a_browser_that_vanishes_releases_its_call(server):
     assert re.search(r"^voxline_calls_active 0\.0$", metrics, re.MULTILINE), metrics
 
 
-def barge_in_microphone(tmp: Path) -> Path:
-    """The question after the greeting, then, while the answer plays, the caller cuts in."""
-    import numpy as np
-    import soundfile
-    from speech import caller_voice
-
-    voice = caller_voice()
-    rate = voice.sample_rate
-
-    def said(text: str) -> np.ndarray:
-        return np.frombuffer(voice.synthesize_all(text), dtype=np.int16)
-
-    def silence(secs: float) -> np.ndarray:
-        return np.zeros(int(secs * rate), dtype=np.int16)
-
-    pcm = np.concatenate(
-        [
-            silence(8.0),
-            said("Can you tell me about your branch opening hours and your card services?"),
-            # The answer starts ~1.5 s after the question (later on a loaded machine), so
-            # ~3.5 s of it play: a short answer (its length varies with what Whisper heard)
-            # is still cut, and one that starts up to 5 s late still plays when it comes.
-            silence(5.0),
-            said("Wait, stop. I have another question."),
-        ]
-    )
-    path = tmp / "barge-in.wav"
-    soundfile.write(str(path), pcm, rate, subtype="PCM_16")
-    return path
+# How much of the answer the caller hears before cutting in: its first chunk or two (a short
+# answer of one sentence can be over by 4 s).
+HEARD_BEFORE_BARGE_IN_SECS = 3.0
 
 
 def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
@@ -272,23 +246,52 @@ def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
     audio went out, ending within one chunk of where the page stopped hearing it."""
     import json
 
+    from speech import caller_voice
+
     from voxline.personas import load_persona
     from voxline.processors.chunker import SentenceChunker
 
-    wav = barge_in_microphone(server["tmp"])
+    # The caller speaks on cue, not on a clock: the question once the greeting is over, the
+    # barge-in once the page has heard the answer for a while, however late it started.
+    voice = caller_voice()
+    question = voice.synthesize_all(
+        "Can you tell me about your branch opening hours and your card services?"
+    )
+    barge_in = voice.synthesize_all("Wait, stop. I have another question.")
 
     async def call() -> dict:
-        browser = Chromium(wav)
+        browser = Chromium(None)
         try:
             async with async_playwright() as playwright:
                 chromium = await playwright.chromium.connect_over_cdp(browser.cdp_url)
                 page = await chromium.contexts[0].new_page()
+                await page.add_init_script(SCRIPTED_MICROPHONE)
                 await page.goto(server["url"] + "/")
+                await load_clip(page, "question", question, voice.sample_rate)
+                await load_clip(page, "barge-in", barge_in, voice.sample_rate)
                 await page.evaluate("window.voxline.start()")
                 await page.wait_for_function(CONNECTED, timeout=30_000)
                 await page.evaluate(METER)
-                # The microphone's clip lasts 20 s; then the barge-in's turn has ended.
-                await asyncio.sleep(24.0)
+                await page.wait_for_function(
+                    "window.voxline.events.some(e => e.type === 'bot-stopped')", timeout=30_000
+                )
+                asked = await page.evaluate("window.scriptedMic.play('question')")
+                await page.wait_for_function(
+                    f"window.voxline.levels.some(([t, , bot]) => t > {asked} && bot > 0.01)",
+                    timeout=30_000,
+                )
+                await asyncio.sleep(HEARD_BEFORE_BARGE_IN_SECS)
+                turns = await page.evaluate(
+                    "window.voxline.events.filter(e => e.type === 'turn').length"
+                )
+                await page.evaluate("window.scriptedMic.play('barge-in')")
+                # The cut-off answer's turn ends with the interruption; the levels go on a
+                # little, for the page's last heard sample of it.
+                await page.wait_for_function(
+                    "window.voxline.events.filter(e => e.type === 'turn').length > " + str(turns),
+                    timeout=30_000,
+                )
+                await asyncio.sleep(1.0)
                 report = await page.evaluate(
                     """() => {
                       const v = window.voxline;
@@ -319,10 +322,7 @@ def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
     seen = [(event["type"], event.get("text", "")) for event in report["events"]]
     assert cut_off, f"no answer was cut off by the barge-in: turns {turns}, events {seen}"
     reply = cut_off[-1]
-    persona = load_persona(BANK_PERSONA)
-    from speech import caller_voice  # the bank persona's voice is the caller's voice
-
-    voice = caller_voice()
+    persona = load_persona(BANK_PERSONA)  # its voice is the caller's voice
 
     # What the page heard of the answer: from its first voiced sample after the question
     # to the last one before the answer to the barge-in.
