@@ -63,6 +63,7 @@ async def pause_heard_after(audio: list[bytes], states: list[VADState]) -> tuple
         transcribe=no_transcript,
         end_of_turn=None,
         settings=TurnTakingSettings(early_secs=0.2, stop_secs=5.0, speculate=False),
+        forward_audio=True,  # the frames passed on date the pause
     )
     frames = [InputAudioRawFrame(audio=pcm, sample_rate=RATE, num_channels=1) for pcm in audio]
     down, _ = await run_test(taker, frames_to_send=frames)

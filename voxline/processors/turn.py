@@ -112,6 +112,12 @@ class TurnTaker(FrameProcessor, BargeIn):
         not_understood: the line the bot says when the caller spoke for at least
             :data:`NOT_UNDERSTOOD_SECS` and Whisper made no words of it, or None to
             stay silent (the caller then hears nothing until the idle line).
+        forward_audio: pass the caller's audio frames on downstream. Off by default:
+            every processor after this one works on transcripts and turn frames, and
+            each 20 ms frame costs every processor and observer of the pipeline a hop
+            of the event loop (a third of the server's CPU with eight quiet calls;
+            docs/cpu.md). A pipeline with a processor that needs the caller's audio
+            after this one (a recorder) turns it on.
     """
 
     def __init__(
@@ -124,9 +130,11 @@ class TurnTaker(FrameProcessor, BargeIn):
         counters: TurnCounters | None = None,
         hold: BotAudioHold | None = None,
         not_understood: Callable[[], Frame] | None = None,
+        forward_audio: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._forward_audio = forward_audio
         self._hold = hold
         self._not_understood = not_understood
         self._counters = counters or TurnCounters()
@@ -152,7 +160,8 @@ class TurnTaker(FrameProcessor, BargeIn):
         await super().process_frame(frame, direction)
         if isinstance(frame, InputAudioRawFrame):
             await self._on_audio(frame)
-            await self.push_frame(frame, direction)
+            if self._forward_audio:
+                await self.push_frame(frame, direction)
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._drop_turn()
             await self.push_frame(frame, direction)
