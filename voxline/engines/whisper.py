@@ -103,9 +103,8 @@ class WhisperEngine:
         max_wait_ms: how long an utterance may wait for companions before its batch runs.
         max_queue: utterances waiting beyond which new ones are refused (overload).
         min_window_secs: the shortest encoder window. Whisper was trained on 30 s
-            windows; a 10 s window decodes a phone utterance several times faster with
-            the same word error rate (``benchmarks/stt_window.py``, docs/models.md), 30
-            reproduces faster-whisper exactly.
+            windows; a 15 s window decodes a phone utterance ~2.5x faster with nearly
+            the same accuracy (docs/benchmarks.md), 30 reproduces faster-whisper exactly.
     """
 
     def __init__(
@@ -119,7 +118,7 @@ class WhisperEngine:
         max_batch: int = 8,
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
-        min_window_secs: int = 10,
+        min_window_secs: int = 15,
     ):
         from faster_whisper import WhisperModel
 
