@@ -1,0 +1,89 @@
+"""Whisper's shortest encoder window on the phone path: word error rate and time per utterance.
+
+Whisper pads every input to a 30 s window and the encoder's cost follows the window, not
+the speech. voxline pads an utterance to the next 5 s step, at least ``min_window_secs``.
+This decodes the same phone utterances with each window and prints the word error rate,
+the utterances that came back empty, and the model time per utterance.
+
+The utterances are the ones ``voxline bench`` and ``benchmarks/burst_calls.py`` callers
+say (20 questions, some with a pause in mid-sentence) in all eight of their espeak-ng voices
+(espeak-ng is deterministic, so every run hears the same audio; no test uses these voices),
+taken down the phone path as ``voxline serve`` receives them: 8 kHz, µ-law, back to 16 kHz.
+One engine, one worker, one thread, nothing else running: the figures are the model's.
+
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window            # 15 10 30
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window --windows 15 10 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import audioop
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soxr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.speech import normalize  # noqa: E402
+from voxline.bench.callers import UTTERANCES, VOICES, caller_clip  # noqa: E402
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine  # noqa: E402
+from voxline.models import resolve_whisper  # noqa: E402
+from voxline.transports.twilio import TWILIO_RATE  # noqa: E402
+from voxline.transports.twilio_caller import mulaw_frames  # noqa: E402
+
+
+def over_the_phone(audio: np.ndarray) -> np.ndarray:
+    """``audio`` (16 kHz) as the caller's µ-law frames carry it, raised back to 16 kHz."""
+    ulaw = b"".join(frame for frame, _ in mulaw_frames(audio, SAMPLE_RATE))
+    pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16).astype(np.float32) / 32768
+    return soxr.resample(pcm, TWILIO_RATE, SAMPLE_RATE).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, nargs="+", default=[15, 10, 30])
+    parser.add_argument("--model", default="tiny.en")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        clips = [
+            (utterance.text, over_the_phone(caller_clip(utterance, voice, Path(scratch))))
+            for voice in VOICES
+            for utterance in UTTERANCES
+        ]
+    references = [normalize(text) for text, _ in clips]
+    model = resolve_whisper(args.model)
+    results: dict[int, tuple[float, float]] = {}
+    for window in args.windows:
+        engine = WhisperEngine(model, cpu_threads=1, num_workers=1, min_window_secs=window)
+        engine.warm_up()
+        started = time.perf_counter()
+        heard = [normalize(engine.transcribe_blocking(audio).text) for _, audio in clips]
+        per_utterance = (time.perf_counter() - started) / len(clips)
+        error = float(jiwer.wer(references, heard))
+        results[window] = (error, per_utterance)
+        print(
+            f"min_window_secs {window:>2}: {len(clips)} phone utterances, {len(VOICES)} "
+            f"espeak-ng voices: WER {error:.3f}, empty {sum(not h for h in heard)}, "
+            f"{per_utterance * 1000:.0f} ms each",
+            flush=True,
+        )
+    first = args.windows[0]
+    print(
+        "stt_window: "
+        + ", ".join(
+            f"{window}s/{first}s time {results[window][1] / results[first][1]:.2f}x "
+            f"WER {results[window][0] - results[first][0]:+.3f}"
+            for window in args.windows[1:]
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
