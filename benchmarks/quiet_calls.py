@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -43,8 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import ServerProcess  # noqa: E402
-from voxline.engines.llm import free_port  # noqa: E402
+from tests.servers import ServerProcess, serve_voxline  # noqa: E402
 from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
 
 TOKEN = "quiet-calls-benchmark-token"
@@ -83,33 +81,17 @@ def quiet_persona(tmp: Path, secs: float) -> Path:
 
 def start_server(tmp: Path, persona: Path, variant: str, calls: int) -> tuple[ServerProcess, str]:
     """``voxline serve`` (the light LLM engine: nobody asks it anything) of one variant."""
-    port = free_port()
-    config = {
-        "public_url": f"http://127.0.0.1:{port}",
-        "default_persona": str(persona),
-        "max_calls": max(8, calls),
-        "numbers": {NUMBER: str(persona)},
-        "engines": {"llm": {"backend": "llama_cpp"}},
-    }
-    path = tmp / f"{variant}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    if variant == "now":
-        command = [str(Path(sys.executable).parent / "voxline")]
-    else:
-        command = [sys.executable, "-c", FORWARDING_SERVE]
-    env = {
-        **os.environ,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "VOXLINE_OFFLINE": "1",
-        "XDG_DATA_HOME": str(tmp / "data"),
-    }
-    server = ServerProcess(
-        [*command, "serve", "--config", str(path), "--port", str(port)],
-        env=env,
-        ready_marker="voxline ready",
+    folder = tmp / variant
+    folder.mkdir(exist_ok=True)
+    return serve_voxline(
+        folder,
+        numbers={NUMBER: persona},
+        default_persona=persona,
+        token=TOKEN,
+        max_calls=max(8, calls),
+        engines={"llm": {"backend": "llama_cpp"}},
+        launcher=None if variant == "now" else [sys.executable, "-c", FORWARDING_SERVE],
     )
-    server.wait_ready(240)
-    return server, f"http://127.0.0.1:{port}"
 
 
 def line_noise(secs: float, seed: int) -> np.ndarray:

@@ -84,13 +84,20 @@ def start_rest_standin(log_path: Path) -> tuple[ServerProcess, str]:
 
 
 def start_voxline(
-    config: Path, env: dict[str, str], port: int, *, wait: bool = True
+    config: Path,
+    env: dict[str, str],
+    port: int,
+    *,
+    wait: bool = True,
+    launcher: list[str] | None = None,
 ) -> ServerProcess:
     """``voxline serve`` with ``config`` on ``port``, once every persona is ready
-    (``wait=False``: at once; call ``wait_ready(240)``, e.g. after starting others)."""
-    voxline = str(Path(sys.executable).parent / "voxline")
+    (``wait=False``: at once; call ``wait_ready(240)``, e.g. after starting others).
+    ``launcher`` runs instead of the ``voxline`` script, with the same arguments (a
+    benchmark's variant of the server)."""
+    voxline = launcher or [str(Path(sys.executable).parent / "voxline")]
     server = ServerProcess(
-        [voxline, "serve", "--config", str(config), "--port", str(port)],
+        [*voxline, "serve", "--config", str(config), "--port", str(port)],
         # Call records without a records_url: a file beside the config, not in $HOME.
         env={"XDG_DATA_HOME": str(config.parent / "data"), **env},
         ready_marker="voxline ready",
@@ -113,14 +120,15 @@ def serve_voxline(
     records: dict[str, Any] | None = None,
     twilio: dict[str, Any] | None = None,
     wait: bool = True,
+    launcher: list[str] | None = None,
 ) -> tuple[ServerProcess, str]:
     """``voxline serve`` on a free loopback port with a ``voxline.yaml`` written here.
 
     ``log_level`` INFO makes it log a ``turn {json}`` line per turn. ``records_url`` and
     ``records`` are the config's call-records keys (docs/records.md; without a URL the
     records go to a SQLite file under ``tmp``); ``twilio`` is its ``twilio:`` section.
-    ``wait=False`` returns at once: call ``wait_ready(240)``. Returns the server (its
-    output is collected) and its base URL.
+    ``wait=False`` returns at once: call ``wait_ready(240)``. ``launcher``: see
+    :func:`start_voxline`. Returns the server (its output is collected) and its base URL.
     """
     port = free_port()
     config: dict[str, Any] = {
@@ -142,7 +150,7 @@ def serve_voxline(
     env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "VOXLINE_OFFLINE": "1"}
     if log_level:
         env["VOXLINE_LOG_LEVEL"] = log_level
-    return start_voxline(path, env, port, wait=wait), f"http://127.0.0.1:{port}"
+    return start_voxline(path, env, port, wait=wait, launcher=launcher), f"http://127.0.0.1:{port}"
 
 
 class PostgresToolError(subprocess.CalledProcessError):
