@@ -8,7 +8,8 @@ the utterances that came back empty, and the model time per utterance.
 The utterances are the ones ``voxline bench`` and ``benchmarks/burst_calls.py`` callers
 say (20 questions, some with a pause in mid-sentence) in all eight of their espeak-ng voices
 (espeak-ng is deterministic, so every run hears the same audio; no test uses these voices),
-taken down the phone path as ``voxline serve`` receives them: 8 kHz, µ-law, back to 16 kHz.
+taken down the phone path as ``voxline serve`` receives them: the Twilio-protocol caller's
+8 kHz µ-law frames, decoded and raised to 16 kHz frame by frame as the Twilio serializer does.
 One engine, one worker, one thread, nothing else running: the figures are the model's.
 
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window            # 15 10 30
@@ -18,7 +19,7 @@ One engine, one worker, one thread, nothing else running: the figures are the mo
 from __future__ import annotations
 
 import argparse
-import audioop
+import asyncio
 import sys
 import tempfile
 import time
@@ -26,24 +27,23 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
-import soxr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import over_the_phone  # noqa: E402
 from tests.speech import normalize  # noqa: E402
 from voxline.bench.callers import UTTERANCES, VOICES, caller_clip  # noqa: E402
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine  # noqa: E402
 from voxline.models import resolve_whisper  # noqa: E402
-from voxline.transports.twilio import TWILIO_RATE  # noqa: E402
-from voxline.transports.twilio_caller import mulaw_frames  # noqa: E402
+from voxline.transports.upsampler import StreamUpsampler  # noqa: E402
 
 
-def over_the_phone(audio: np.ndarray) -> np.ndarray:
-    """``audio`` (16 kHz) as the caller's µ-law frames carry it, raised back to 16 kHz."""
-    ulaw = b"".join(frame for frame, _ in mulaw_frames(audio, SAMPLE_RATE))
-    pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16).astype(np.float32) / 32768
-    return soxr.resample(pcm, TWILIO_RATE, SAMPLE_RATE).astype(np.float32)
+def as_served(audio: np.ndarray) -> np.ndarray:
+    """``audio`` (16 kHz) as ``voxline serve`` hands it to Whisper from a phone call."""
+    frames = asyncio.run(over_the_phone(audio, SAMPLE_RATE, StreamUpsampler()))
+    pcm = b"".join(frame for frame, _ in frames)
+    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         clips = [
-            (utterance.text, over_the_phone(caller_clip(utterance, voice, Path(scratch))))
+            (utterance.text, as_served(caller_clip(utterance, voice, Path(scratch))))
             for voice in VOICES
             for utterance in UTTERANCES
         ]
