@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
 from speech import speech_16k, wer
 
-from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.bench.callers import espeak, silence
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine, repeats_itself
 from voxline.models import resolve_whisper
 
 TEXTS = [
@@ -92,3 +94,32 @@ def test_bad_input_fails_only_its_own_caller(engine, utterances):
     assert isinstance(ints, ValueError) and "dtype int16" in str(ints)
     assert isinstance(too_long, ValueError) and "longer than" in str(too_long)
     assert isinstance(stereo, ValueError) and "mono" in str(stereo)
+
+
+@pytest.mark.parametrize(
+    ("text", "repeated"),
+    [
+        ("Hi, where is my parcel? Hi, where is my parcel", True),
+        ("I lost my card. I lost my card. I", True),
+        ("Hi there Hi there Hi there Hi there", True),
+        ("No, no, it is fine.", False),
+        ("Can you help me? I need help with my card.", False),
+        ("", False),
+    ],
+)
+def test_a_phrase_said_twice_in_a_row_is_a_repetition(text, repeated):
+    assert repeats_itself(text) is repeated
+
+
+@pytest.mark.parametrize(
+    ("phrase", "voice"),
+    [("Can you help me?", ("en", 175, 50)), ("I lost my card.", ("en-us", 150, 50))],
+)
+def test_a_short_window_that_says_a_phrase_twice_is_decoded_again(phrase, voice, tmp_path: Path):
+    # With a 5 s window tiny.en says these espeak-ng clips twice ("Can you help me? Can
+    # you help me? Can"), inside the token budget; the 30 s window hears them once.
+    clip = np.concatenate([silence(0.3), espeak(phrase, voice, tmp_path), silence(0.45)])
+    short_window = WhisperEngine(resolve_whisper("tiny.en"), num_workers=1, min_window_secs=5)
+    heard = short_window.transcribe_blocking(clip).text
+    assert not repeats_itself(heard), heard
+    assert wer(phrase, heard) <= 0.2, heard

@@ -41,6 +41,10 @@ SILENCE_RMS = 10 ** (-50 / 20)
 NO_SPEECH_PROB = 0.6
 MIN_AVG_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
+# "Hi, where is my parcel? Hi, where is my parcel": a short window can make Whisper say a
+# phrase of the caller's twice instead of what followed it. Callers do repeat a word or
+# two ("no, no"), rarely three in a row.
+MIN_REPEATED_WORDS = 3
 
 
 @dataclass(frozen=True)
@@ -241,8 +245,13 @@ class WhisperEngine:
         for group in by_length.values():
             self._generate(group, tokenizer, language, beam_size)
         # A short window can make Whisper loop on its last words until the token budget
-        # runs out; such windows are decoded again in the 30 s window it was trained on.
-        looping = [w for w in windows if w.frames < FULL_WINDOW_FRAMES and w.exhausted]
+        # runs out, or say a phrase twice within it; such windows are decoded again in
+        # the 30 s window it was trained on.
+        looping = [
+            w
+            for w in windows
+            if w.frames < FULL_WINDOW_FRAMES and (w.exhausted or repeats_itself(w.text))
+        ]
         for window in looping:
             window.frames = FULL_WINDOW_FRAMES
         if looping:
@@ -336,6 +345,21 @@ class WhisperEngine:
     async def close(self) -> None:
         """Refuse new utterances, let running batches finish, release the worker threads."""
         await self._batcher.close()
+
+
+def repeats_itself(text: str) -> bool:
+    """Whether ``text`` says the same :data:`MIN_REPEATED_WORDS` or more words twice in a row.
+
+    Case and punctuation are ignored: "Hi, where is my parcel? Hi, where is my parcel"
+    repeats itself, "No, no, it is fine" does not.
+    """
+    words = ["".join(c for c in word if c.isalnum()) for word in text.lower().split()]
+    words = [word for word in words if word]
+    for length in range(MIN_REPEATED_WORDS, len(words) // 2 + 1):
+        for start in range(len(words) - 2 * length + 1):
+            if words[start : start + length] == words[start + length : start + 2 * length]:
+                return True
+    return False
 
 
 def validate_audio(audio: np.ndarray) -> np.ndarray:
