@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
-    parser.add_argument("--min-window-secs", type=int, default=15)
+    parser.add_argument("--min-window-secs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--beam-size",

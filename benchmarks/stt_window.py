@@ -3,11 +3,15 @@
 Whisper pads every input to a 30 s window and the encoder's cost follows the window, not
 the speech. voxline pads an utterance to the next 5 s step, at least ``min_window_secs``.
 This decodes the same phone utterances with each window and prints the word error rate,
-the utterances that came back empty, and the model time per utterance.
+the utterances that came back empty, the model time per utterance, and how many windows
+were decoded a second time in the 30 s window because the short one looped or said a
+phrase twice ("Can you help me? Can you help me?", which short windows do on short clips).
 
 The utterances are the ones ``voxline bench`` and ``benchmarks/burst_calls.py`` callers
 say (20 questions, some with a pause in mid-sentence) in all eight of their espeak-ng voices
 (espeak-ng is deterministic, so every run hears the same audio; no test uses these voices),
+and, apart, the words before each mid-sentence pause alone, as the turn-taker sends them
+to Whisper when the caller pauses,
 taken down the phone path as ``voxline serve`` receives them: the Twilio-protocol caller's
 8 kHz µ-law frames, decoded and raised to 16 kHz frame by frame as the Twilio serializer does.
 One engine, one worker, one thread, nothing else running: the figures are the model's.
@@ -33,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import over_the_phone  # noqa: E402
 from tests.speech import normalize  # noqa: E402
-from voxline.bench.callers import UTTERANCES, VOICES, caller_clip  # noqa: E402
+from voxline.bench.callers import UTTERANCES, VOICES, Utterance, caller_clip  # noqa: E402
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine  # noqa: E402
 from voxline.models import resolve_whisper  # noqa: E402
 from voxline.transports.upsampler import StreamUpsampler  # noqa: E402
@@ -44,6 +48,13 @@ def as_served(audio: np.ndarray) -> np.ndarray:
     frames = asyncio.run(over_the_phone(audio, SAMPLE_RATE, StreamUpsampler()))
     pcm = b"".join(frame for frame, _ in frames)
     return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
+
+
+def heard_with(engine: WhisperEngine, clips: list[tuple[str, np.ndarray]]) -> tuple[float, int]:
+    """The word error rate over ``clips`` and how many came back empty."""
+    references = [normalize(text) for text, _ in clips]
+    heard = [normalize(engine.transcribe_blocking(audio).text) for _, audio in clips]
+    return float(jiwer.wer(references, heard)), sum(not words for words in heard)
 
 
 def main() -> None:
@@ -57,21 +68,31 @@ def main() -> None:
             for voice in VOICES
             for utterance in UTTERANCES
         ]
-    references = [normalize(text) for text, _ in clips]
+        fragments = [
+            (
+                utterance.first,
+                as_served(caller_clip(Utterance(utterance.first), voice, Path(scratch))),
+            )
+            for voice in VOICES
+            for utterance in UTTERANCES
+            if utterance.paused
+        ]
     model = resolve_whisper(args.model)
     results: dict[int, tuple[float, float]] = {}
     for window in args.windows:
         engine = WhisperEngine(model, cpu_threads=1, num_workers=1, min_window_secs=window)
         engine.warm_up()
         started = time.perf_counter()
-        heard = [normalize(engine.transcribe_blocking(audio).text) for _, audio in clips]
+        error, empty = heard_with(engine, clips)
         per_utterance = (time.perf_counter() - started) / len(clips)
-        error = float(jiwer.wer(references, heard))
+        fragment_error, fragments_empty = heard_with(engine, fragments)
         results[window] = (error, per_utterance)
         print(
             f"min_window_secs {window:>2}: {len(clips)} phone utterances, {len(VOICES)} "
-            f"espeak-ng voices: WER {error:.3f}, empty {sum(not h for h in heard)}, "
-            f"{per_utterance * 1000:.0f} ms each",
+            f"espeak-ng voices: WER {error:.3f}, empty {empty}, "
+            f"{per_utterance * 1000:.0f} ms each; {len(fragments)} words before a pause: "
+            f"WER {fragment_error:.3f}, empty {fragments_empty}; "
+            f"decoded again {engine.decoded_again}",
             flush=True,
         )
     first = args.windows[0]

@@ -57,7 +57,7 @@ class WhisperConfig(_Strict):
         default=64, ge=1, description="Waiting utterances beyond which new ones are refused."
     )
     min_window_secs: int = Field(
-        default=15, ge=1, le=30, description="Shortest encoder window; 30 is plain Whisper."
+        default=10, ge=1, le=30, description="Shortest encoder window; 30 is plain Whisper."
     )
 
 

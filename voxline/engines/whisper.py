@@ -12,6 +12,7 @@ and runs them in this engine's worker threads, never on the event loop.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,13 +123,15 @@ class WhisperEngine:
         max_batch: int = 8,
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
-        min_window_secs: int = 15,
+        min_window_secs: int = 10,
     ):
         from faster_whisper import WhisperModel
 
         if not 1 <= min_window_secs <= 30:
             raise ValueError(f"min_window_secs must be 1..30, got {min_window_secs}")
         self._min_window_frames = min_window_secs * FRAMES_PER_SEC
+        self._decoded_again = 0
+        self._decoded_again_lock = threading.Lock()
 
         self.model_name = model
         self._model = WhisperModel(
@@ -151,6 +154,12 @@ class WhisperEngine:
     def batch_records(self) -> Sequence[BatchRecord]:
         """Size, queue wait and run time of recent batches."""
         return self._batcher.records
+
+    @property
+    def decoded_again(self) -> int:
+        """Windows decoded a second time in the 30 s window because the short one looped
+        or repeated a phrase, since the engine loaded."""
+        return self._decoded_again
 
     @property
     def refused(self) -> int:
@@ -255,6 +264,8 @@ class WhisperEngine:
         for window in looping:
             window.frames = FULL_WINDOW_FRAMES
         if looping:
+            with self._decoded_again_lock:
+                self._decoded_again += len(looping)
             self._generate(looping, tokenizer, language, beam_size)
 
         pieces: list[list[str]] = [[] for _ in clips]
