@@ -229,6 +229,7 @@ def test_metrics_need_the_token_and_the_histograms_move_after_a_call(traced_call
         assert ("voxline_errors_total", (("kind", kind),)) in before, kind
     assert total(after, "voxline_errors_total") == 0, pages["after"]
     assert total(after, "voxline_whisper_refused_total", model="tiny.en") == 0
+    assert ("voxline_whisper_decoded_again_total", (("model", "tiny.en"),)) in before
     rtf = total(after, "voxline_tts_real_time_factor", voice="en_US-joe-medium")
     assert 0 < rtf < 1, rtf
     assert total(after, "voxline_tts_audio_seconds_total") > 1.0

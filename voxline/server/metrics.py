@@ -131,14 +131,21 @@ ERROR_KINDS = ("stt", "llm", "tts", "tool", "transport", "pipeline")
 
 
 def _refusals_and_errors(runtime: Runtime) -> Iterator[Metric]:
-    """Whisper's overload refusals and every call's errors by kind."""
+    """Whisper's overload refusals and second decodings, and every call's errors by kind."""
     refused = CounterMetricFamily(
         "voxline_whisper_refused",
         "Utterances Whisper refused because its queue was full (overload).",
         labels=["model"],
     )
+    decoded_again = CounterMetricFamily(
+        "voxline_whisper_decoded_again",
+        "Whisper windows decoded a second time in the full 30 s window because the short "
+        "one looped or said a phrase twice.",
+        labels=["model"],
+    )
     for name, engine in runtime.whisper_engines.items():
         refused.add_metric([model_name(name)], engine.refused)
+        decoded_again.add_metric([model_name(name)], engine.decoded_again)
     errors = CounterMetricFamily(
         "voxline_errors",
         "Errors in calls, by kind: stt, llm, tts (the stage that failed), tool (a tool "
@@ -148,7 +155,7 @@ def _refusals_and_errors(runtime: Runtime) -> Iterator[Metric]:
     counts = runtime.errors
     for kind in sorted(set(ERROR_KINDS) | set(counts)):
         errors.add_metric([kind], counts.get(kind, 0))
-    yield from (refused, errors)
+    yield from (refused, decoded_again, errors)
 
 
 RTF_WINDOW = 200
