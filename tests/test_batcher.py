@@ -61,6 +61,41 @@ async def test_items_beyond_max_batch_go_to_the_next_batch():
     await batcher.close()
 
 
+async def test_a_shared_queue_gives_idle_workers_a_batch_each():
+    model = Recorder()
+    shared = MicroBatcher(model, name="t", max_batch=8, max_wait_ms=50, workers=2, share_queue=True)
+    results = await asyncio.gather(*(shared.submit(i) for i in range(4)))
+    assert results == [0, 10, 20, 30]
+    assert sorted(model.batches) == [[0, 1], [2, 3]]
+    await shared.close()
+
+    model = Recorder()
+    one_takes_all = MicroBatcher(model, name="t", max_batch=8, max_wait_ms=50, workers=2)
+    await asyncio.gather(*(one_takes_all.submit(i) for i in range(4)))
+    assert model.batches == [[0, 1, 2, 3]]
+    await one_takes_all.close()
+
+
+async def test_a_shared_queue_leaves_a_busy_worker_its_share():
+    # Worker 1 runs item 0 (held); items 1-4 queue meanwhile. The idle worker takes half
+    # of them, and worker 1 the other half once it is done, instead of one batch of four.
+    model = Recorder()
+    model.gate.clear()
+    batcher = MicroBatcher(
+        model, name="t", max_batch=8, max_wait_ms=20, workers=2, share_queue=True
+    )
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.to_thread(model.started.wait, 5)
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 5)]
+    while len(batcher.records) < 1 and batcher.queued > 2:
+        await asyncio.sleep(0.01)
+    model.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *rest), 5) == [0, 10, 20, 30, 40]
+    assert model.batches[0] in ([0], [1, 2])
+    assert sorted(model.batches) == [[0], [1, 2], [3, 4]]
+    await batcher.close()
+
+
 async def test_one_bad_item_fails_only_its_caller():
     model = Recorder()
     batcher = MicroBatcher(model, name="t", max_batch=4, max_wait_ms=5)

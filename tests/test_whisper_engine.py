@@ -40,8 +40,9 @@ def test_a_batch_of_four_calls_returns_each_caller_its_own_transcript(engine, ut
     transcripts = asyncio.run(four_calls())
     for text, transcript in zip(TEXTS, transcripts, strict=True):
         assert wer(text, transcript.text) <= 0.2, (text, transcript.text)
-    assert [t.batch_size for t in transcripts] == [4, 4, 4, 4]
-    assert engine.batch_records[-1].size == 4
+    # On a CPU a batch costs the sum of its utterances: the two workers take two each.
+    assert [t.batch_size for t in transcripts] == [2, 2, 2, 2]
+    assert [record.size for record in engine.batch_records][-2:] == [2, 2]
 
 
 def test_batched_and_one_at_a_time_transcripts_are_identical(engine, utterances):

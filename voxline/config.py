@@ -59,6 +59,11 @@ class WhisperConfig(_Strict):
     min_window_secs: int = Field(
         default=10, ge=1, le=30, description="Shortest encoder window; 30 is plain Whisper."
     )
+    share_queue: bool | None = Field(
+        default=None,
+        description="Share queued utterances among the workers instead of one worker taking "
+        "them all. Default: on when the model runs on a CPU.",
+    )
 
 
 class PiperConfig(_Strict):

@@ -140,6 +140,7 @@ class Runtime:
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
                 min_window_secs=settings.min_window_secs,
+                share_queue=settings.share_queue,
             )
             self._whisper[persona.stt.model].warm_up()
             loaded.append(f"whisper {persona.stt.model}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,6 +77,11 @@ class MicroBatcher(Generic[Item, Result]):
         max_queue: queued (not yet running) items beyond which submits are refused.
         workers: batches that may run at once (worker threads).
         history: how many :class:`BatchRecord` entries to keep.
+        share_queue: share queued items among the workers that can take them instead
+            of giving one worker them all (:meth:`_takers`). For models whose batch
+            costs about the sum of its items (on a CPU): every item of a batch waits
+            for the last one, so four items on one worker while the other idles, or
+            finishes a batch it started earlier, wait twice as long as two and two.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class MicroBatcher(Generic[Item, Result]):
         max_queue: int = 64,
         workers: int = 1,
         history: int = 1024,
+        share_queue: bool = False,
     ):
         if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -99,6 +106,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_wait_secs = max_wait_ms / 1000
         self.max_queue = max_queue
         self.workers = workers
+        self.share_queue = share_queue
         self.records: deque[BatchRecord] = deque(maxlen=history)
         self.refused = 0
         """Submits refused with :class:`Overloaded` since the batcher was made (for metrics)."""
@@ -109,6 +117,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._free_workers: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._started_at: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -149,6 +158,7 @@ class MicroBatcher(Generic[Item, Result]):
         if self._loop is not asyncio.get_running_loop():
             self._queue.clear()
             self._running = set()
+            self._started_at = {}
         elif self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
@@ -167,6 +177,7 @@ class MicroBatcher(Generic[Item, Result]):
             self._loop, self._dispatcher = loop, None
             self._queue.clear()
             self._running = set()
+            self._started_at = {}
         if self._dispatcher is None or self._dispatcher.done():
             self._arrived = asyncio.Event()
             self._free_workers = asyncio.Semaphore(self.workers)
@@ -183,7 +194,21 @@ class MicroBatcher(Generic[Item, Result]):
             batch = await self._next_batch()
             task = asyncio.create_task(self._run(batch), name=f"{self.name}-batch")
             self._running.add(task)
+            self._started_at[task] = time.perf_counter()
             task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._forget_start)
+
+    def _forget_start(self, task: asyncio.Task[None]) -> None:
+        self._started_at.pop(task, None)
+
+    def _takers(self) -> int:
+        """The workers the queued items are for: this one, the idle ones, and the busy
+        ones that started their batch before the oldest queued item arrived (they come
+        back for it). A worker that started after took its share of this queue already."""
+        oldest = self._queue[0].enqueued_at
+        idle = self.workers - 1 - len(self._started_at)
+        returning = sum(started < oldest for started in self._started_at.values())
+        return 1 + max(0, idle) + returning
 
     async def _next_batch(self) -> list[_Pending[Item, Result]]:
         """Wait until a batch is full or its oldest item is due, then cut it."""
@@ -201,6 +226,8 @@ class MicroBatcher(Generic[Item, Result]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=due)
         size = min(self.max_batch, len(self._queue))
+        if self.share_queue:
+            size = min(size, math.ceil(len(self._queue) / self._takers()))
         return [self._queue.popleft() for _ in range(size)]
 
     async def _run(self, batch: list[_Pending[Item, Result]]) -> None:

@@ -108,8 +108,12 @@ class WhisperEngine:
         max_wait_ms: how long an utterance may wait for companions before its batch runs.
         max_queue: utterances waiting beyond which new ones are refused (overload).
         min_window_secs: the shortest encoder window. Whisper was trained on 30 s
-            windows; a 15 s window decodes a phone utterance ~2.5x faster with nearly
-            the same accuracy (docs/benchmarks.md), 30 reproduces faster-whisper exactly.
+            windows; a 10 s window decodes a phone utterance ~4.5x faster with the same
+            accuracy (docs/benchmarks.md), 30 reproduces faster-whisper exactly.
+        share_queue: share queued utterances among the workers instead of one worker
+            taking them all (:class:`~voxline.engines.batcher.MicroBatcher`); None: on
+            when the model runs on a CPU, where a batch costs about the sum of its
+            utterances (on a GPU about one).
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class WhisperEngine:
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
         min_window_secs: int = 10,
+        share_queue: bool | None = None,
     ):
         from faster_whisper import WhisperModel
 
@@ -148,6 +153,7 @@ class WhisperEngine:
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             workers=num_workers,
+            share_queue=self._model.model.device == "cpu" if share_queue is None else share_queue,
         )
 
     @property
