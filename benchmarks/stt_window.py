@@ -18,6 +18,7 @@ One engine, one worker, one thread, nothing else running: the figures are the mo
 
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window            # 15 10 30
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window --windows 15 10 5
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.stt_window --show-empty
 """
 
 from __future__ import annotations
@@ -50,51 +51,71 @@ def as_served(audio: np.ndarray) -> np.ndarray:
     return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
 
 
-def heard_with(engine: WhisperEngine, clips: list[tuple[str, np.ndarray]]) -> tuple[float, int]:
-    """The word error rate over ``clips`` and how many came back empty."""
+def heard_with(
+    engine: WhisperEngine, clips: list[tuple[str, np.ndarray]]
+) -> tuple[float, list[str]]:
+    """The word error rate over ``clips`` and what was heard of each."""
     references = [normalize(text) for text, _ in clips]
-    heard = [normalize(engine.transcribe_blocking(audio).text) for _, audio in clips]
-    return float(jiwer.wer(references, heard)), sum(not words for words in heard)
+    heard = [engine.transcribe_blocking(audio).text for _, audio in clips]
+    return float(jiwer.wer(references, [normalize(text) for text in heard])), heard
+
+
+def empty(heard: list[str]) -> int:
+    return sum(not normalize(text) for text in heard)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[15, 10, 30])
     parser.add_argument("--model", default="tiny.en")
+    parser.add_argument(
+        "--show-empty",
+        action="store_true",
+        help="print the utterances some window heard no words in, with every window's text",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
+        spoken = [(voice, utterance) for voice in VOICES for utterance in UTTERANCES]
         clips = [
             (utterance.text, as_served(caller_clip(utterance, voice, Path(scratch))))
-            for voice in VOICES
-            for utterance in UTTERANCES
+            for voice, utterance in spoken
         ]
         fragments = [
             (
                 utterance.first,
                 as_served(caller_clip(Utterance(utterance.first), voice, Path(scratch))),
             )
-            for voice in VOICES
-            for utterance in UTTERANCES
+            for voice, utterance in spoken
             if utterance.paused
         ]
     model = resolve_whisper(args.model)
     results: dict[int, tuple[float, float]] = {}
+    heard_by_window: dict[int, list[str]] = {}
     for window in args.windows:
         engine = WhisperEngine(model, cpu_threads=1, num_workers=1, min_window_secs=window)
         engine.warm_up()
         started = time.perf_counter()
-        error, empty = heard_with(engine, clips)
+        error, heard = heard_with(engine, clips)
         per_utterance = (time.perf_counter() - started) / len(clips)
-        fragment_error, fragments_empty = heard_with(engine, fragments)
+        fragment_error, fragments_heard = heard_with(engine, fragments)
         results[window] = (error, per_utterance)
+        heard_by_window[window] = heard
         print(
             f"min_window_secs {window:>2}: {len(clips)} phone utterances, {len(VOICES)} "
-            f"espeak-ng voices: WER {error:.3f}, empty {empty}, "
+            f"espeak-ng voices: WER {error:.3f}, empty {empty(heard)}, "
             f"{per_utterance * 1000:.0f} ms each; {len(fragments)} words before a pause: "
-            f"WER {fragment_error:.3f}, empty {fragments_empty}; "
+            f"WER {fragment_error:.3f}, empty {empty(fragments_heard)}; "
             f"decoded again {engine.decoded_again}",
             flush=True,
         )
+    if args.show_empty:
+        for index, (voice, utterance) in enumerate(spoken):
+            texts = {window: heard[index] for window, heard in heard_by_window.items()}
+            if any(not normalize(text) for text in texts.values()):
+                print(
+                    f"  {voice[0]} {utterance.text!r}: "
+                    + "; ".join(f"{window} s {text!r}" for window, text in texts.items())
+                )
     first = args.windows[0]
     print(
         "stt_window: "
