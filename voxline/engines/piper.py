@@ -6,22 +6,15 @@ engine cuts every request into *pieces* (sentences, and long sentences at a
 clause or word boundary) and runs each piece as one job on its own worker
 threads, never on the event loop.
 
-Jobs wait in one priority queue shared by all calls:
-
-1. the first piece of a reply's **first chunk** (``first=True``) goes before
-   anything else, so a caller's first audio never waits behind another call's
-   long sentence queued earlier;
-2. then the other pieces, the one whose caller runs out of audio soonest first
-   (``needed_at``: when the audio already made for that reply has played), and
-   pieces of requests that gave no time in the order their requests arrived.
-
-With two workers or more, one is kept for first chunks; with ``urgent_secs`` set, a
-later piece whose caller runs out of audio within that time, and has not yet, may take
-it too. When four calls' replies start at once, their second sentences are all needed
-within a second, and on one worker the last of them came after its caller's first
-clause had played; lending the worker gave no gain that held from one run to the
-next, so it is off by default (four and eight calls on two cores, docs/benchmarks.md,
-"Stalls inside replies").
+Jobs wait in one priority queue shared by all calls
+(:class:`~voxline.engines.synthesis_queue.SynthesisQueue`): a reply's first chunk before
+anything else, then the piece whose caller runs out of audio soonest. With two workers
+or more, one is kept for first chunks; ``urgent_secs`` lets a later piece needed within
+that time take it too. When four calls' replies start at once, their second sentences
+are all needed within a second, and on one worker the last of them came after its
+caller's first clause had played; lending the worker gave no gain that held from one run
+to the next, so it is off by default (four and eight calls on two cores,
+docs/benchmarks.md, "Stalls inside replies").
 
 A running piece is never preempted, so a first chunk can still wait for the
 pieces already running; cutting long sentences (``max_phonemes``) keeps each of
@@ -39,23 +32,21 @@ No pipecat imports here: engines are usable and benchmarkable on their own.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
 import itertools
 import json
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voxline.engines.batcher import BatcherClosed, Overloaded
+from voxline.engines.synthesis_queue import FIRST, LATER, SynthesisQueue
 
 __all__ = [
     "BatcherClosed",
@@ -66,8 +57,6 @@ __all__ = [
     "trim_leading_silence",
 ]
 
-FIRST = 0
-LATER = 1
 DEFAULT_MAX_PHONEMES = 100
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
@@ -103,15 +92,6 @@ class SynthesisRecord:
     started_at: float
     ended_at: float
     audio_secs: float
-
-
-@dataclass(order=True)
-class _Job:
-    key: tuple[int, float, int, int]  # priority, needed at, arrival, piece
-    run: Callable[[], Any] = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-    future: asyncio.Future[Any] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
 
 
 class PiperEngine:
@@ -181,28 +161,21 @@ class PiperEngine:
             config=voice_config, session=_session(self.model_path, use_cuda, threads)
         )
         self.records: deque[SynthesisRecord] = deque(maxlen=history)
-        self.refused = 0
-        """Requests refused because the queue was full (overload), for metrics."""
         self.synthesis_secs_total = 0.0
         """Seconds workers spent synthesizing, since the voice loaded (for metrics)."""
         self.audio_secs_total = 0.0
         """Seconds of audio synthesized, since the voice loaded (for metrics)."""
         self._phonemize_lock = threading.Lock()  # espeak-ng is not thread-safe
+        self._totals_lock = threading.Lock()  # several workers add to the totals
         self._arrivals = itertools.count()
-        self._fifo = itertools.count()
-        self._heap: list[_Job] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._busy = 0
-        self._later_running = 0
-        reserve = reserve_first and prioritize_first and workers > 1
-        self._later_slots = workers - 1 if reserve else workers
-        self._threads = [
-            threading.Thread(target=self._work, name=f"piper-{index}", daemon=True)
-            for index in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._queue = SynthesisQueue(
+            name="piper",
+            workers=workers,
+            max_queue=max_queue,
+            prioritize_first=prioritize_first,
+            reserve_first=reserve_first,
+            urgent_secs=urgent_secs,
+        )
 
     @property
     def sample_rate(self) -> int:
@@ -212,13 +185,17 @@ class PiperEngine:
     @property
     def queued(self) -> int:
         """Pieces waiting for a worker."""
-        with self._cond:
-            return sum(1 for job in self._heap if not job.cancelled)
+        return self._queue.queued
 
     @property
     def busy(self) -> int:
         """Workers synthesizing now."""
-        return self._busy
+        return self._queue.busy
+
+    @property
+    def refused(self) -> int:
+        """Requests refused because the queue was full (overload), for metrics."""
+        return self._queue.refused
 
     async def synthesize(
         self,
@@ -263,7 +240,7 @@ class PiperEngine:
             return audio, pieces[1:]
 
         start = (priority, 0.0 if priority == FIRST else needed, request, 0)
-        audio, rest = await self._submit(start, first_piece, admission=True)
+        audio, rest = await self._queue.submit(start, first_piece, admission=True)
         if audio is not None:
             if first and needed == math.inf and self.prioritize_first:
                 needed = time.monotonic()  # the caller starts hearing the reply now
@@ -275,7 +252,9 @@ class PiperEngine:
             def piece(phonemes=phonemes, index=index, queued_at=queued_at) -> bytes:
                 return self._run_piece(phonemes, label, request, index, first, queued_at)
 
-            audio = await self._submit((LATER, needed, request, index), piece, admission=False)
+            audio = await self._queue.submit(
+                (LATER, needed, request, index), piece, admission=False
+            )
             needed += len(audio) / 2 / self.sample_rate
             yield audio
 
@@ -291,96 +270,7 @@ class PiperEngine:
 
     def close(self) -> None:
         """Refuse new work, fail queued pieces, let running ones finish, stop the workers."""
-        with self._cond:
-            self._closed = True
-            waiting, self._heap = self._heap, []
-            self._cond.notify_all()
-        for job in waiting:
-            _settle(job, None, BatcherClosed("piper is shut down"))
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
-
-    def _submit(
-        self, key: tuple[int, float, int, int], run: Callable[[], Any], *, admission: bool
-    ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self.prioritize_first:
-            key = (key[0], key[1], next(self._fifo), key[3])
-        job = _Job(key, run, loop, future)
-        with self._cond:
-            if self._closed:
-                raise BatcherClosed("piper is shut down")
-            if any(waiting.cancelled for waiting in self._heap):
-                self._heap = [waiting for waiting in self._heap if not waiting.cancelled]
-                heapq.heapify(self._heap)
-            limit = self.max_queue if admission else 2 * self.max_queue
-            if len(self._heap) >= limit:
-                self.refused += 1
-                raise Overloaded(
-                    f"piper is overloaded: {len(self._heap)} syntheses already queued "
-                    f"(max_queue={self.max_queue})"
-                )
-            heapq.heappush(self._heap, job)
-            self._cond.notify()
-
-        def forget(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                job.cancelled = True
-
-        future.add_done_callback(forget)
-        return future
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and isinstance(picked := self._pick(), float | None):
-                    self._cond.wait(picked)  # None: until notified
-                if self._closed:
-                    return
-                job = picked
-                later = job.key[0] != FIRST
-                self._busy += 1
-                self._later_running += later
-            try:
-                result, error = job.run(), None
-            except Exception as exc:  # delivered to the caller that asked
-                result, error = None, exc
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    self._later_running -= later
-                    self._cond.notify_all()
-            _settle(job, result, error)
-
-    def _pick(self) -> _Job | float | None:
-        """The job a free worker runs now, taken off the queue; else how long to wait
-        before asking again (a later piece becoming urgent), or None until notified.
-        Call with the lock held."""
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        if not self._heap:
-            return None
-        if self._heap[0].key[0] == FIRST or self._later_running < self._later_slots:
-            return heapq.heappop(self._heap)
-        if self.urgent_secs is None:
-            return None
-        # The worker kept for first chunks: lent to the piece needed soonest that is not
-        # late yet. One already late is heard as a stall whatever runs now; lent then,
-        # the worker only adds a thread to a CPU that is behind (eight calls on two
-        # cores had more stalls, docs/benchmarks.md).
-        now = time.monotonic()
-        pending = [job for job in self._heap if not job.cancelled and now < job.key[1] < math.inf]
-        if not pending:
-            return None
-        job = min(pending)
-        wait = job.key[1] - now - self.urgent_secs
-        if wait > 0:
-            return wait
-        self._heap.remove(job)
-        heapq.heapify(self._heap)
-        return job
+        self._queue.close()
 
     def _pieces(self, text: str) -> list[list[str]]:
         with self._phonemize_lock:
@@ -415,7 +305,7 @@ class PiperEngine:
             audio_secs=len(audio) / 2 / self.sample_rate,
         )
         self.records.append(record)
-        with self._cond:  # several workers add to the totals
+        with self._totals_lock:
             self.synthesis_secs_total += record.ended_at - record.started_at
             self.audio_secs_total += record.audio_secs
         return audio
@@ -479,18 +369,3 @@ def _session(model: Path, use_cuda: bool, threads: int | None):  # -> InferenceS
         else ["CPUExecutionProvider"]
     )
     return onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
-
-
-def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
-    """Hand a worker's outcome to the awaiting coroutine on its own event loop."""
-
-    def settle() -> None:
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
-        job.loop.call_soon_threadsafe(settle)
