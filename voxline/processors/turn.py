@@ -45,9 +45,6 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
-    ProposedUserStartedSpeakingFrame,
-    ProposedUserStoppedSpeakingFrame,
-    TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -58,17 +55,15 @@ from pipecat.processors.frame_processor import (
 )
 from pipecat.utils.time import time_now_iso8601
 
-from voxline import logcontent
 from voxline.engines.batcher import BatcherClosed, Overloaded
 from voxline.processors.barge_in import BargeIn
 from voxline.processors.frames import (
-    EndOfTurnDecisionFrame,
     SpeculationCancelledFrame,
     SpeculationStartedFrame,
     TranscriptionSkippedFrame,
-    TurnCommittedFrame,
 )
 from voxline.processors.speech_level import MAX_HANGOVER_SECS, MIN_STOPPING_SECS, SpeechLevel
+from voxline.processors.turn_end import TurnEnd
 from voxline.processors.turn_state import (
     SAMPLE_RATE,
     BotAudioHold,
@@ -87,16 +82,9 @@ TRAILING_SILENCE_SECS = 0.2
 """Silence after the last word that Whisper gets: enough to finish it."""
 PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
-CAREFUL_PAUSE_SECS = 0.6
-"""The pause that ends a short turn, or one begun over the bot, that the model judged complete."""
-SHORT_TURN_SECS = 1.0
-"""Speech shorter than this ("Hi,", "So,", "Wait,") is often the start of a longer turn."""
-NOT_UNDERSTOOD_SECS = 1.0
-"""Speech at least this long that Whisper makes no words of is a caller who was not
-understood (a cough or a breath is shorter): the bot asks them to say it again."""
 
 
-class TurnTaker(FrameProcessor, BargeIn):
+class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
     """Decides when the caller's turn ends and when the caller interrupts the bot.
 
     Args:
@@ -110,8 +98,9 @@ class TurnTaker(FrameProcessor, BargeIn):
         hold: the output transport's hold on the bot's audio, or None (the bot talks on
             until a barge-in is decided).
         not_understood: the line the bot says when the caller spoke for at least
-            :data:`NOT_UNDERSTOOD_SECS` and Whisper made no words of it, or None to
-            stay silent (the caller then hears nothing until the idle line).
+            :data:`~voxline.processors.turn_end.NOT_UNDERSTOOD_SECS` and Whisper made
+            no words of it, or None to stay silent (the caller then hears nothing until
+            the idle line).
         forward_audio: pass the caller's audio frames on downstream. Off by default:
             every processor after this one works on transcripts and turn frames, and
             each 20 ms frame costs every processor and observer of the pipeline a hop
@@ -338,38 +327,6 @@ class TurnTaker(FrameProcessor, BargeIn):
         padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
         return (await self._transcribe(padded.astype(np.float32))).strip()
 
-    async def _decide(self, turn: CallerTurn, generation: int) -> None:
-        assert self._end_of_turn is not None
-        asked = time.monotonic()
-        try:
-            decision = await self._end_of_turn(samples(bytes(turn.audio)))
-        except (ValueError, Overloaded, BatcherClosed) as exc:
-            logger.warning(f"{self}: end-of-turn model unavailable ({exc}); waiting for stop_secs")
-            return
-        complete = decision.complete
-        self._counters.decision_secs.append(time.monotonic() - asked)
-        if complete:
-            self._counters.decisions_complete += 1
-        else:
-            self._counters.decisions_incomplete += 1
-        await self.push_frame(
-            EndOfTurnDecisionFrame(
-                complete=complete,
-                probability=round(decision.probability, 3),
-                latency_ms=round((time.monotonic() - asked) * 1000, 1),
-            )
-        )
-        if complete:
-            await self._complete(turn, generation, "model")
-        elif self._unsure(decision.probability):
-            # Probably finished, though below the threshold: a shorter wait than stop_secs.
-            after = self._settings.unsure_stop_secs
-            await self._complete(turn, generation, "model", after)
-
-    def _unsure(self, probability: float) -> bool:
-        threshold = self._settings.model_unsure_threshold
-        return threshold is not None and probability >= threshold
-
     @property
     def _reads_transcript_at_pause(self) -> bool:
         settings = self._settings
@@ -378,24 +335,6 @@ class TurnTaker(FrameProcessor, BargeIn):
             or settings.question_ends_turn
             or settings.sentence_end_secs is not None
         )
-
-    async def _complete(
-        self, turn: CallerTurn, generation: int, reason: str, after_secs: float = 0.0
-    ) -> None:
-        """The turn is judged complete: commit it once the pause is ``after_secs`` long,
-        and a longer one if the turn is short."""
-        if self._turn is not turn or turn.generation != generation or not turn.paused:
-            return
-        if self._needs_longer_pause(turn):
-            # "Hi, what is my balance?", "Wait, stop. I have a question.": after a word
-            # or two, or over the bot, callers go on; the verdict holds once the pause is
-            # a little longer (the reply is being prepared meanwhile).
-            after_secs = max(after_secs, CAREFUL_PAUSE_SECS)
-        if turn.silence_secs < after_secs:
-            if not turn.complete_reason or after_secs < turn.complete_after_secs:
-                turn.complete_reason, turn.complete_after_secs = reason, after_secs
-            return
-        await self._commit(turn, reason)
 
     async def _after_pause(self, turn: CallerTurn, generation: int) -> None:
         """Interrupt the bot if the words call for it, then speculate on them."""
@@ -453,99 +392,6 @@ class TurnTaker(FrameProcessor, BargeIn):
             if self._turn is turn or turn.committing:
                 await self.push_error(f"speech recognition unavailable: {exc}")
             return None
-
-    async def _commit(self, turn: CallerTurn, reason: str) -> None:
-        """The caller is done: the turn's transcript goes to the context, the reply plays."""
-        if turn.committing or self._turn is not turn:
-            return
-        turn.committing = True
-        spoken_secs = time.monotonic() - turn.onset - turn.silence_secs
-        # From here on the caller's next words start a new turn.
-        self._turn = None
-        self._release_bot(turn)
-        if turn.decision is not None and not turn.decision.done() and reason != "model":
-            turn.decision.cancel()
-        self._start_transcript(turn)
-        text = await self._awaited_transcript(turn)
-        if turn.dropped:
-            return
-        if turn.words_check is not None:
-            turn.words_check.cancel()
-        if text is None:
-            await self._settle_without_reply(turn, "error")
-            return
-        if not text:
-            ask = spoken_secs >= NOT_UNDERSTOOD_SECS and not (turn.over_bot or self._bot_busy())
-            # The line goes first: once the utterance is settled the call may look idle
-            # (voxline talk ends it then); a speculation is cancelled before it, though.
-            if ask and turn.eager_text is None:
-                await self._ask_to_repeat(spoken_secs)
-            await self._settle_without_reply(turn, "no speech")
-            if ask and turn.eager_text is not None:
-                await self._ask_to_repeat(spoken_secs)
-            return
-        if self._bot_busy() and self._overheard(turn, text):
-            heard = logcontent.text(text)
-            logger.debug(f"{self}: overheard {heard} while the bot spoke; not a turn")
-            self._counters.overheard += 1
-            if self._settings.overheard == "join":
-                self._carried_text = f"{self._carried_text} {text}".strip()
-            await self._settle_without_reply(turn, "overheard")
-            return
-        text = self._with_carried(text)
-        self._carried_text = ""
-        reused = turn.eager_text == text
-        if turn.eager_text is not None and not reused:
-            await self._cancel_speculation("changed")
-        if turn.eager_text is None:
-            # The transcript stands for the utterance sent at the pause.
-            await self.push_frame(SpeculationStartedFrame(text=text))
-        await self._open_aggregator_turn(turn)
-        self._reply_pending_since = time.monotonic()
-        self._counters.speculations_reused += int(reused)
-        if reason == "model":
-            self._counters.commits_by_model += 1
-        elif reason == "question":
-            self._counters.commits_by_question += 1
-        elif reason == "sentence":
-            self._counters.commits_by_sentence += 1
-        else:
-            self._counters.commits_by_silence += 1
-        await self.push_frame(TurnCommittedFrame(reason=reason, reused=reused))
-        await self.push_frame(TranscriptionFrame(text, "", time_now_iso8601(), finalized=True))
-        await self.push_frame(ProposedUserStoppedSpeakingFrame())
-
-    async def _ask_to_repeat(self, spoken_secs: float) -> None:
-        """Whisper heard no words in a caller's speech: the bot says so instead of
-        leaving them in silence (a voice Whisper hears badly, a word it cannot make out)."""
-        if self._not_understood is None or self._turn is not None:
-            return  # no line, or the caller already goes on
-        logger.info(f"{self}: {spoken_secs:.1f} s of speech without words; asking to repeat")
-        self._counters.not_understood += 1
-        await self.push_frame(self._not_understood())
-
-    async def _settle_without_reply(self, turn: CallerTurn, reason: str) -> None:
-        secs = len(turn.audio) / 2 / SAMPLE_RATE
-        logger.debug(f"{self}: {secs:.2f} s of caller audio ended without a reply ({reason})")
-        if turn.eager_text is not None:
-            await self._cancel_speculation(reason)
-        else:
-            await self.push_frame(TranscriptionSkippedFrame(reason=reason, audio_secs=secs))
-        if turn.opened:
-            # The aggregator's turn was opened for a speculation: close it empty.
-            await self.push_frame(ProposedUserStoppedSpeakingFrame())
-
-    async def _open_aggregator_turn(self, turn: CallerTurn) -> None:
-        if not turn.opened:
-            turn.opened = True
-            await self.push_frame(ProposedUserStartedSpeakingFrame())
-
-    def _with_carried(self, text: str) -> str:
-        return f"{self._carried_text} {text}".strip() if self._carried_text else text
-
-    def _needs_longer_pause(self, turn: CallerTurn) -> bool:
-        spoken = time.monotonic() - turn.onset - turn.silence_secs
-        return turn.over_bot or spoken < SHORT_TURN_SECS
 
     # --- tasks ----------------------------------------------------------------
 
