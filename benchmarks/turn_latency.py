@@ -66,7 +66,7 @@ from voxline.bench.calls import bot_voiced_at  # noqa: E402
 from voxline.bot.runtime import Runtime  # noqa: E402
 from voxline.bot.talk import TalkTimeoutError, talk  # noqa: E402
 from voxline.personas import Persona, load_persona  # noqa: E402
-from voxline.processors.latency import TurnTrace  # noqa: E402
+from voxline.processors.turn_trace import TurnTrace  # noqa: E402
 from voxline.transports.levels import is_voiced  # noqa: E402
 from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
 

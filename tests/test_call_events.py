@@ -12,7 +12,8 @@ from pipecat.processors.frame_processor import FrameDirection
 
 from voxline import call_log
 from voxline.bot.call_events import CallEvents, CallInfo, CallListener
-from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.turn_trace import TurnTrace
 
 
 class Recorder(CallListener):

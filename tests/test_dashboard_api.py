@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from voxline.bot.call_events import CallEvents, CallInfo
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 from voxline.records.settings import RecordsConfig
 from voxline.records.store import RecordStore
 from voxline.records.writer import RecordWriter, attached

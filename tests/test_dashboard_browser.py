@@ -32,7 +32,7 @@ from tests.servers import ServerProcess, start_voxline
 from tests.speech import caller_voice, wer
 from voxline.bot.call_events import CallInfo
 from voxline.engines.llm import free_port
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 from voxline.server.dashboard import add_dashboard_routes
 from voxline.server.dashboard_auth import AdminAuth
 from voxline.server.dashboard_calls import CallSearch

@@ -31,8 +31,9 @@ from tests.pipelines import RunningPipeline
 from tests.speech import caller_voice
 from voxline.engines.whisper import MAX_UTTERANCE_SECS, WhisperEngine
 from voxline.models import resolve_whisper
-from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.latency import LatencyTracer
 from voxline.processors.stt import SharedWhisperSTTService
+from voxline.processors.turn_trace import TurnTrace
 from voxline.transports.audiofile import AudioFileTransport
 
 RATE = 16_000

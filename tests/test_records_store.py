@@ -18,7 +18,7 @@ from sqlalchemy import event
 from tests.conftest import VOXLINE
 from voxline.bot.call_events import CallEvents, CallInfo
 from voxline.config import ServerConfig
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 from voxline.records.settings import RecordsConfig
 from voxline.records.store import RecordStore, RecordsUnavailableError
 from voxline.records.writer import RecordWriter, attached, open_writer

@@ -20,7 +20,7 @@ from tests.conftest import VOXLINE
 from voxline.bot.call_events import CallInfo
 from voxline.config import ServerConfig, TelemetryConfig
 from voxline.personas import Persona
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 from voxline.server.call_metrics import CallMetrics, end_reason_label
 from voxline.server.metrics import MetricsToken
 from voxline.server.telemetry import (

@@ -63,7 +63,8 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voxline import call_log
-from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.turn_trace import TurnTrace
 
 if TYPE_CHECKING:
     from loguru import Logger

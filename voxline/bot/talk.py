@@ -21,7 +21,8 @@ from voxline.engines.orpheus import SAMPLE_RATE as ORPHEUS_RATE
 from voxline.engines.piper import PiperEngine
 from voxline.models import PiperVoiceFiles, resolve_piper
 from voxline.personas import Persona
-from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.turn_trace import TurnTrace
 from voxline.transports.audiofile import AudioFileTransport
 from voxline.transports.levels import is_voiced
 

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from voxline.bot.call_events import CallEvents, CallInfo, CallListener
 from voxline.config import ServerConfig
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 from voxline.records.settings import RecordsConfig
 from voxline.records.store import RecordStore, RecordsUnavailableError, one_line
 

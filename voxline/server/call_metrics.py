@@ -18,7 +18,7 @@ from collections import Counter as Counts
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from voxline.bot.call_events import CallInfo, CallListener
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 
 STAGES = (
     "stt",

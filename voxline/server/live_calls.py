@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from voxline import logcontent
 from voxline.bot.call_events import CallInfo, CallListener
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 
 MAX_LIVE_CALLS = 1_000
 """Calls in progress held at once; admission caps real calls far below this."""

@@ -37,7 +37,7 @@ from voxline import logcontent
 from voxline.bot.call_events import CallInfo, CallListener
 from voxline.config import TelemetryConfig
 from voxline.personas import Persona
-from voxline.processors.latency import TurnTrace
+from voxline.processors.turn_trace import TurnTrace
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

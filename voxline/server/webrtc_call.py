@@ -49,7 +49,8 @@ from voxline.bot.runtime import Runtime
 from voxline.bot.session import STT_SAMPLE_RATE, build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
-from voxline.processors.latency import LatencyTracer, TurnTrace
+from voxline.processors.latency import LatencyTracer
+from voxline.processors.turn_trace import TurnTrace
 from voxline.server.admission import Admission, CallRejected, Slot
 from voxline.server.drain import DRAIN_TIMEOUT, Drain
 from voxline.transports.playout import PlayoutGateMixin
