@@ -922,7 +922,7 @@ def test_alert_rules_read_the_pods_max_calls(tmp_path: Path):
     }
     assert capacities == {config.max_calls}
     # Label values the expressions match are ones the server writes.
-    from voxline.server.call_metrics import STAGES
+    from voxline.processors.turn_trace import STAGES
 
     stages = {stage for expr in expressions for stage in re.findall(r'stage="(\w+)"', expr)}
     assert stages and stages <= set(STAGES)

@@ -35,6 +35,15 @@ class Jobs:
             assert await asyncio.to_thread(self.running.acquire, True, 5)
 
 
+async def busy_queue(**settings) -> tuple[Jobs, SynthesisQueue, asyncio.Future]:
+    """A one-worker queue whose worker runs a held job: what comes next has to wait."""
+    jobs = Jobs()
+    queue = SynthesisQueue(name="tts", workers=1, **{"max_queue": 8, **settings})
+    held = queue.submit((LATER, 0.0, 0, 0), jobs.job("held"), admission=True)
+    await jobs.started()
+    return jobs, queue, held
+
+
 async def test_a_first_chunk_runs_on_the_kept_worker_while_later_pieces_wait():
     jobs = Jobs()
     queue = SynthesisQueue(name="tts", workers=2, max_queue=8)
@@ -53,10 +62,7 @@ async def test_a_first_chunk_runs_on_the_kept_worker_while_later_pieces_wait():
 
 
 async def test_later_pieces_run_in_the_order_their_callers_need_them():
-    jobs = Jobs()
-    queue = SynthesisQueue(name="tts", workers=1, max_queue=8)
-    blocker = queue.submit((LATER, 0.0, 0, 0), jobs.job("blocker"), admission=True)
-    await jobs.started()
+    jobs, queue, blocker = await busy_queue()
     now = time.monotonic()
     futures = [
         queue.submit((LATER, math.inf, 1, 0), jobs.job("no time"), admission=True),
@@ -66,30 +72,24 @@ async def test_later_pieces_run_in_the_order_their_callers_need_them():
     ]
     jobs.gate.set()
     await asyncio.wait_for(asyncio.gather(blocker, *futures), 5)
-    assert jobs.ran == ["blocker", "first", "in 0.5 s", "in 2 s", "no time"]
+    assert jobs.ran == ["held", "first", "in 0.5 s", "in 2 s", "no time"]
     queue.close()
 
 
 async def test_without_priorities_jobs_run_first_in_first_out():
-    jobs = Jobs()
-    queue = SynthesisQueue(name="tts", workers=1, max_queue=8, prioritize_first=False)
-    blocker = queue.submit((LATER, 0.0, 0, 0), jobs.job("blocker"), admission=True)
-    await jobs.started()
+    jobs, queue, blocker = await busy_queue(prioritize_first=False)
     futures = [
         queue.submit((LATER, 5.0, 1, 0), jobs.job("a"), admission=True),
         queue.submit((FIRST, 0.0, 2, 0), jobs.job("b"), admission=True),
     ]
     jobs.gate.set()
     await asyncio.wait_for(asyncio.gather(blocker, *futures), 5)
-    assert jobs.ran == ["blocker", "a", "b"]
+    assert jobs.ran == ["held", "a", "b"]
     queue.close()
 
 
 async def test_a_full_queue_refuses_new_requests_but_not_the_rest_of_a_reply():
-    jobs = Jobs()
-    queue = SynthesisQueue(name="tts", workers=1, max_queue=2)
-    running = queue.submit((LATER, 0.0, 0, 0), jobs.job("running"), admission=True)
-    await jobs.started()
+    jobs, queue, running = await busy_queue(max_queue=2)
     waiting = [queue.submit((LATER, 1.0, i, 0), jobs.job(f"w{i}"), admission=True) for i in (1, 2)]
     with pytest.raises(Overloaded, match="tts is overloaded: 2 syntheses already queued"):
         queue.submit((LATER, 1.0, 3, 0), jobs.job("refused"), admission=True)
@@ -102,10 +102,7 @@ async def test_a_full_queue_refuses_new_requests_but_not_the_rest_of_a_reply():
 
 
 async def test_a_cancelled_job_is_dropped_and_an_error_reaches_only_its_caller():
-    jobs = Jobs()
-    queue = SynthesisQueue(name="tts", workers=1, max_queue=8)
-    blocker = queue.submit((LATER, 0.0, 0, 0), jobs.job("blocker"), admission=True)
-    await jobs.started()
+    jobs, queue, blocker = await busy_queue()
     dropped = queue.submit((LATER, 1.0, 1, 0), jobs.job("dropped"), admission=True)
     dropped.cancel()
     await asyncio.sleep(0)  # the future's done callbacks, which mark the job, run next
@@ -121,21 +118,18 @@ async def test_a_cancelled_job_is_dropped_and_an_error_reaches_only_its_caller()
     with pytest.raises(RuntimeError, match="voice broke"):
         await failing
     await blocker
-    assert jobs.ran == ["blocker", "after"]
+    assert jobs.ran == ["held", "after"]
     queue.close()
 
 
 async def test_closing_fails_waiting_jobs_and_refuses_new_ones():
-    jobs = Jobs()
-    queue = SynthesisQueue(name="tts", workers=1, max_queue=8)
-    running = queue.submit((LATER, 0.0, 0, 0), jobs.job("running"), admission=True)
-    await jobs.started()
+    jobs, queue, running = await busy_queue()
     waiting = queue.submit((LATER, 1.0, 1, 0), jobs.job("waiting"), admission=True)
     closing = asyncio.create_task(asyncio.to_thread(queue.close))
     with pytest.raises(BatcherClosed, match="tts is shut down"):
         await asyncio.wait_for(waiting, 5)
     jobs.gate.set()
     await asyncio.wait_for(closing, 5)
-    assert await running == "running"  # a running job finishes
+    assert await running == "held"  # a running job finishes
     with pytest.raises(BatcherClosed):
         queue.submit((FIRST, 0.0, 2, 0), jobs.job("late"), admission=True)

@@ -27,6 +27,7 @@ STAGES = (
     "voice_to_voice",
     "commit",
 )
+"""The stages of :meth:`TurnTrace.latencies_ms`, in the order a turn reaches them."""
 
 
 SPECULATION_RETRIED = ("resumed", "changed", "interrupted")

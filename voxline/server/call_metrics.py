@@ -7,8 +7,9 @@ it ended for. The observations are made on the event loop when a turn ends
 (a few dictionary updates, nothing that waits); ``/metrics`` renders them.
 
 Labels stay few and bounded: ``persona`` (the personas a server was started with),
-``stage`` (:data:`STAGES`), ``outcome`` and ``reason`` (fixed lists below). A call's
-free-form end reason is mapped to one of :data:`END_REASONS`, never used as is.
+``stage`` (:data:`~voxline.processors.turn_trace.STAGES`), ``outcome`` and ``reason``
+(fixed lists below). A call's free-form end reason is mapped to one of
+:data:`END_REASONS`, never used as is.
 """
 
 from __future__ import annotations
@@ -19,17 +20,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from voxline.bot.call_events import CallInfo, CallListener
 from voxline.processors.turn_trace import TurnTrace
-
-STAGES = (
-    "stt",
-    "llm_first_token",
-    "first_chunk",
-    "tts_first_audio",
-    "transport",
-    "voice_to_voice",
-    "commit",
-)
-"""The stages of :meth:`TurnTrace.latencies_ms`, in the order a turn reaches them."""
 
 STAGE_BUCKETS = (
     0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8,
