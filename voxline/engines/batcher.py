@@ -116,8 +116,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._arrived: asyncio.Event | None = None
         self._free_workers: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._started_at: dict[asyncio.Task[None], float] = {}
+        self._running: dict[asyncio.Task[None], float] = {}
+        """Batches running now, each with the time it started."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -157,8 +157,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._closed = True
         if self._loop is not asyncio.get_running_loop():
             self._queue.clear()
-            self._running = set()
-            self._started_at = {}
+            self._running = {}
         elif self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
@@ -176,8 +175,7 @@ class MicroBatcher(Generic[Item, Result]):
             # A new event loop (asyncio.run called again): what the old one queued is gone.
             self._loop, self._dispatcher = loop, None
             self._queue.clear()
-            self._running = set()
-            self._started_at = {}
+            self._running = {}
         if self._dispatcher is None or self._dispatcher.done():
             self._arrived = asyncio.Event()
             self._free_workers = asyncio.Semaphore(self.workers)
@@ -193,21 +191,19 @@ class MicroBatcher(Generic[Item, Result]):
             await self._free_workers.acquire()
             batch = await self._next_batch()
             task = asyncio.create_task(self._run(batch), name=f"{self.name}-batch")
-            self._running.add(task)
-            self._started_at[task] = time.perf_counter()
-            task.add_done_callback(self._running.discard)
-            task.add_done_callback(self._forget_start)
+            self._running[task] = time.perf_counter()
+            task.add_done_callback(self._forget)
 
-    def _forget_start(self, task: asyncio.Task[None]) -> None:
-        self._started_at.pop(task, None)
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
 
     def _takers(self) -> int:
         """The workers the queued items are for: this one, the idle ones, and the busy
         ones that started their batch before the oldest queued item arrived (they come
         back for it). A worker that started after took its share of this queue already."""
         oldest = self._queue[0].enqueued_at
-        idle = self.workers - 1 - len(self._started_at)
-        returning = sum(started < oldest for started in self._started_at.values())
+        idle = self.workers - 1 - len(self._running)
+        returning = sum(started < oldest for started in self._running.values())
         return 1 + max(0, idle) + returning
 
     async def _next_batch(self) -> list[_Pending[Item, Result]]:
