@@ -151,10 +151,8 @@ class PiperEngine:
         self.model_path = Path(model)
         self.workers = workers
         self.threads = threads
-        self.max_queue = max_queue
         self.max_phonemes = max_phonemes
         self.prioritize_first = prioritize_first
-        self.urgent_secs = urgent_secs
         with open(config, encoding="utf-8") as config_file:
             voice_config = PiperConfig.from_dict(json.load(config_file))
         self._voice = PiperVoice(
@@ -191,6 +189,16 @@ class PiperEngine:
     def busy(self) -> int:
         """Workers synthesizing now."""
         return self._queue.busy
+
+    @property
+    def max_queue(self) -> int:
+        """Pieces waiting beyond which a new request is refused."""
+        return self._queue.max_queue
+
+    @property
+    def urgent_secs(self) -> float | None:
+        """How soon a later piece must be needed to take the worker kept for first chunks."""
+        return self._queue.urgent_secs
 
     @property
     def refused(self) -> int:
