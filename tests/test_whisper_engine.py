@@ -102,6 +102,11 @@ def test_bad_input_fails_only_its_own_caller(engine, utterances):
     [
         ("Hi, where is my parcel? Hi, where is my parcel", True),
         ("I lost my card. I lost my card. I", True),
+        ("Hi, where's my parcel? Hi, where's my", True),
+        ("Hi, where's my parcel? Hi. Hi, where's", True),
+        ("Thank you. Thank you", True),
+        ("I want to pay my bill, but I want to know the total first.", False),
+        ("Hi, is that the parcel desk?", False),
         ("Hi there Hi there Hi there Hi there", True),
         ("No, no, it is fine.", False),
         ("Can you help me? I need help with my card.", False),
@@ -113,13 +118,21 @@ def test_a_phrase_said_twice_in_a_row_is_a_repetition(text, repeated):
 
 
 @pytest.mark.parametrize(
-    ("phrase", "voice"),
-    [("Can you help me?", ("en", 175, 50)), ("I lost my card.", ("en-us", 150, 50))],
+    ("phrase", "voice", "lead", "tail"),
+    [
+        ("Can you help me?", ("en", 175, 50), 0.3, 0.45),
+        ("I lost my card.", ("en-us", 150, 50), 0.3, 0.45),
+        ("Hi, where is my parcel?", ("en-gb-x-rp", 170, 50), 0.1, 0.2),
+        ("I need to book a table.", ("en", 175, 50), 0.0, 0.0),
+    ],
 )
-def test_a_short_window_that_says_a_phrase_twice_is_decoded_again(phrase, voice, tmp_path: Path):
+def test_a_short_window_that_says_a_phrase_twice_is_decoded_again(
+    phrase, voice, lead, tail, tmp_path: Path
+):
     # With a 5 s window tiny.en says these espeak-ng clips twice ("Can you help me? Can
-    # you help me? Can"), inside the token budget; the 30 s window hears them once.
-    clip = np.concatenate([silence(0.3), espeak(phrase, voice, tmp_path), silence(0.45)])
+    # you help me? Can") or starts them over ("Hi, where is my parcel? Hi, where is my"),
+    # inside the token budget; the 30 s window hears them once.
+    clip = np.concatenate([silence(lead), espeak(phrase, voice, tmp_path), silence(tail)])
     short_window = WhisperEngine(resolve_whisper("tiny.en"), num_workers=1, min_window_secs=5)
     heard = short_window.transcribe_blocking(clip).text
     assert not repeats_itself(heard), heard

@@ -46,6 +46,9 @@ MAX_COMPRESSION_RATIO = 2.4
 # phrase of the caller's twice instead of what followed it. Callers do repeat a word or
 # two ("no, no"), rarely three in a row.
 MIN_REPEATED_WORDS = 3
+# "Hi, where's my parcel? Hi. Hi, where's": or start the utterance over and stop after
+# its first words.
+MIN_RESTARTED_WORDS = 2
 
 
 @dataclass(frozen=True)
@@ -365,18 +368,26 @@ class WhisperEngine:
 
 
 def repeats_itself(text: str) -> bool:
-    """Whether ``text`` says the same :data:`MIN_REPEATED_WORDS` or more words twice in a row.
+    """Whether ``text`` says a phrase twice in a row, or ends by starting a phrase again.
 
-    Case and punctuation are ignored: "Hi, where is my parcel? Hi, where is my parcel"
-    repeats itself, "No, no, it is fine" does not.
+    Both are how Whisper loops in a short window: :data:`MIN_REPEATED_WORDS` or more words
+    said twice in a row ("Hi, where is my parcel? Hi, where is my parcel"), the end of the
+    text saying that many words it said before ("Hi, where's my parcel? Hi, where's my"),
+    or the end saying the first :data:`MIN_RESTARTED_WORDS` words again ("Hi, where's my
+    parcel? Hi. Hi, where's"). Case and punctuation are ignored; "No, no, it is fine" does
+    not repeat itself.
     """
     words = ["".join(c for c in word if c.isalnum()) for word in text.lower().split()]
     words = [word for word in words if word]
-    for length in range(MIN_REPEATED_WORDS, len(words) // 2 + 1):
-        for start in range(len(words) - 2 * length + 1):
-            if words[start : start + length] == words[start + length : start + 2 * length]:
+    count = len(words)
+    for length in range(MIN_REPEATED_WORDS, count // 2 + 1):
+        ending = words[count - length :]
+        for start in range(count - 2 * length + 1):
+            phrase = words[start : start + length]
+            if phrase == words[start + length : start + 2 * length] or phrase == ending:
                 return True
-    return False
+    restart = MIN_RESTARTED_WORDS
+    return count >= 2 * restart and words[:restart] == words[count - restart :]
 
 
 def validate_audio(audio: np.ndarray) -> np.ndarray:
