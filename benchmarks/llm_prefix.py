@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import QUESTIONS, percentile  # noqa: E402
 from voxline.bot.tool_wiring import openai_tools  # noqa: E402
-from voxline.config import EmbeddedLLMConfig  # noqa: E402
+from voxline.engine_config import EmbeddedLLMConfig  # noqa: E402
 from voxline.engines.llm import LlamaCppServer, LLMBackend, warm_prefix  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
 from voxline.personas import load_persona  # noqa: E402

@@ -29,7 +29,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from voxline.config import VLLMConfig  # noqa: E402
+from voxline.engine_config import VLLMConfig  # noqa: E402
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
 

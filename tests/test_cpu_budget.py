@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from voxline.config import EnginesConfig, PiperConfig, ServerConfig
+from voxline.config import ServerConfig
 from voxline.cpu_budget import MAX_THREADS_PER_CORE, available_cores, cpu_budget
+from voxline.engine_config import EnginesConfig, PiperConfig
 
 
 @pytest.mark.parametrize("cores", [1, 2, 8, 64])

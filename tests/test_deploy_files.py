@@ -28,7 +28,8 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from tests.conftest import ROOT
-from voxline.config import ServerConfig, VLLMConfig, load_config
+from voxline.config import ServerConfig, load_config
+from voxline.engine_config import VLLMConfig
 from voxline.personas import Persona, load_persona
 
 DOCKER = ROOT / "docker"

@@ -21,7 +21,8 @@ from speech import speech_16k
 from voxline.bot.runtime import Runtime
 from voxline.bot.talk import talk
 from voxline.bot.tool_wiring import openai_tools
-from voxline.config import EmbeddedLLMConfig, EnginesConfig, ServerConfig, VLLMConfig
+from voxline.config import ServerConfig
+from voxline.engine_config import EmbeddedLLMConfig, EnginesConfig, VLLMConfig
 from voxline.engines.llm import LlamaCppServer, LLMServerError
 from voxline.engines.vllm import VLLMServer
 from voxline.personas import load_persona

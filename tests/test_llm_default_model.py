@@ -117,7 +117,7 @@ def test_the_embedded_llama_cpp_server_serves_the_configs_model(tmp_path):
 @pytest.mark.slow
 def test_the_embedded_vllm_server_serves_the_configs_model(tmp_path):
     """On vLLM the config names a checkpoint directory; a persona without a model runs it."""
-    from voxline.config import VLLMConfig
+    from voxline.engine_config import VLLMConfig
     from voxline.engines.vllm import prepare_vllm_model
 
     vllm = VLLMConfig()

@@ -269,7 +269,8 @@ async def test_an_orpheus_persona_answers_a_whole_call(tmp_path):
 
     from voxline.bot.runtime import Runtime
     from voxline.bot.talk import talk
-    from voxline.config import EnginesConfig, ServerConfig, SNACConfig
+    from voxline.config import ServerConfig
+    from voxline.engine_config import EnginesConfig, SNACConfig
     from voxline.personas import load_persona
 
     server = await serve(Replay(orpheus_tokens(12), tokens_per_sec=400))

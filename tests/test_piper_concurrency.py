@@ -328,7 +328,7 @@ def test_silence_alone_is_not_trimmed_away():
 def test_a_negative_urgency_is_refused():
     from pydantic import ValidationError
 
-    from voxline.config import PiperConfig
+    from voxline.engine_config import PiperConfig
 
     files = _voice_files()
     with pytest.raises(ValueError, match="urgent_secs must be >= 0 or None"):

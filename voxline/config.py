@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -20,13 +19,14 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
-from voxline.cpu_budget import CpuBudget, cpu_budget
-from voxline.engines.piper import DEFAULT_MAX_PHONEMES
-from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
-from voxline.personas.schema import DEFAULT_LLM_MODEL
+from voxline.engine_config import (
+    COMMAND_LLM_BACKENDS,
+    Command,
+    EnginesConfig,
+    LLMBackendName,
+)
 from voxline.records.settings import RecordsConfig, check_records_url
 from voxline.yamlfile import load_yaml_model
 
@@ -36,220 +36,6 @@ E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WhisperConfig(_Strict):
-    """The shared Whisper engine."""
-
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int | None = Field(
-        default=None, ge=1, description="Threads inside one model run. Default: CPU budget (1)."
-    )
-    num_workers: int | None = Field(
-        default=None, ge=1, description="Model runs (batches) at once. Default: CPU budget."
-    )
-    max_batch: int = Field(default=8, ge=1, description="Utterances decoded in one run.")
-    max_wait_ms: float = Field(
-        default=10.0, ge=0, le=1000, description="How long an utterance waits for companions."
-    )
-    max_queue: int = Field(
-        default=64, ge=1, description="Waiting utterances beyond which new ones are refused."
-    )
-    min_window_secs: int = Field(
-        default=10, ge=1, le=30, description="Shortest encoder window; 30 is plain Whisper."
-    )
-    share_queue: bool | None = Field(
-        default=None,
-        description="Share queued utterances among the workers instead of one worker taking "
-        "them all. Default: on when the model runs on a CPU.",
-    )
-
-
-class PiperConfig(_Strict):
-    """The shared Piper voices."""
-
-    use_cuda: bool = False
-    workers: int | None = Field(
-        default=None, ge=1, description="Syntheses at once (one is kept for first chunks)."
-    )
-    threads: int | None = Field(
-        default=None, ge=1, description="ONNX Runtime threads per synthesis. Default: 1."
-    )
-    max_queue: int = Field(
-        default=64, ge=1, description="Waiting syntheses beyond which new ones are refused."
-    )
-    max_phonemes: int | None = Field(
-        default=DEFAULT_MAX_PHONEMES,
-        ge=8,
-        description="Longer sentences are cut at a clause or word; null keeps them whole.",
-    )
-    # benchmarks/reply_stalls.py --compare tts-urgent: lending the worker (500 ms) gave
-    # fewer stalls at four calls in one run, more in the next, more at eight calls.
-    urgent_ms: float | None = Field(
-        default=None,
-        ge=0,
-        le=10_000,
-        description="A later sentence whose caller runs out of audio within this time (and "
-        "has not yet) may use the worker kept for first chunks; null: never.",
-    )
-
-
-LLMBackendName = Literal["llama_cpp", "vllm"]
-Command = Literal["serve", "talk"]
-
-COMMAND_LLM_BACKENDS: dict[Command, LLMBackendName] = {"serve": "vllm", "talk": "llama_cpp"}
-"""The embedded LLM each command runs when ``engines.llm.backend`` is unset: ``serve``
-batches many calls on vLLM; ``talk`` (one call) starts llama.cpp in a second."""
-
-
-class EmbeddedLLMConfig(_Strict):
-    """The LLM server the Runtime launches for personas without ``llm.base_url``."""
-
-    backend: LLMBackendName | None = Field(
-        default=None,
-        description=(
-            "llama_cpp (starts in 1 s, 0.8 GB, one request at a time) or vllm (starts in "
-            "~20 s, ~3.2 GB, batches calls). Unset: vllm for serve, llama_cpp for talk."
-        ),
-    )
-    fallback_to_llama_cpp: bool = Field(
-        default=False,
-        description=(
-            "When the backend is vllm and vLLM is not installed, run llama.cpp instead of "
-            "refusing to start."
-        ),
-    )
-    model: str = Field(
-        default=DEFAULT_LLM_MODEL,
-        min_length=1,
-        description="The LLM of every persona that names no llm.model: an embedded GGUF "
-        "name or path (llama.cpp; converted once for vLLM), or a served model's name.",
-    )
-    n_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
-    n_ctx: int = Field(default=4096, ge=512)
-    n_batch: int = Field(
-        default=64,
-        ge=8,
-        description="llama.cpp's prompt batch; every cached prompt keeps n_batch x vocabulary "
-        "logits beside it (12.6 MB at 64, 100 MB at the library's 512 for SmolLM2).",
-    )
-    prompt_cache_mb: int | None = Field(
-        default=None,
-        ge=1,
-        description="llama.cpp's RAM prompt cache. Default: sized from the personas and "
-        "max_calls (docs/llm.md).",
-    )
-    startup_timeout_secs: float = Field(default=120.0, gt=0)
-    max_concurrent: int = Field(
-        default=4, ge=1, description="Requests sent at once to each LLM server."
-    )
-    max_waiting: int = Field(
-        default=32, ge=0, description="Requests waiting for a slot before new ones are refused."
-    )
-
-
-def _default_vllm_python() -> Path:
-    # scripts/install.sh puts vLLM's environment beside voxline's (.venv).
-    return Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
-
-
-class VLLMConfig(_Strict):
-    """How the Runtime launches vLLM when ``engines.llm.backend`` is ``vllm``."""
-
-    python: Path = Field(
-        default_factory=_default_vllm_python, description="The vLLM environment's Python."
-    )
-    device: Literal["cpu", "cuda"] = "cpu"
-    max_model_len: int = Field(default=4096, ge=256)
-    cpu_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
-    kv_cache_gib: int = Field(default=1, ge=1, description="KV cache on a CPU, whole GiB.")
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    tool_call_parser: str = "hermes"
-    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
-        default="parameter",
-        description="parameter: tool arguments are decoded to follow each tool's JSON "
-        "schema; function: only the call's markup and name; auto: each tool's `strict`.",
-    )
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_secs: float = Field(default=180.0, gt=0)
-    checkpoint_dir: Path = Field(
-        default=DEFAULT_CHECKPOINT_DIR,
-        description="Where packaged GGUF models converted for vLLM are kept and reused.",
-    )
-
-    @field_validator("python", "checkpoint_dir")
-    @classmethod
-    def _expand_home(cls, path: Path) -> Path:
-        return path.expanduser()
-
-
-class SNACConfig(_Strict):
-    """The shared SNAC decoder behind Orpheus voices."""
-
-    model: str = Field(
-        default="hubertsiuzdak/snac_24khz",
-        description="Hugging Face name or local directory; random:SEED for tests (not speech).",
-    )
-    device: Literal["cpu", "cuda"] = "cpu"
-    max_batch: int = Field(
-        default=8, ge=1, description="Windows per run; 8 on CPU (16 loses here), 32+ on a GPU."
-    )
-    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
-    max_queue: int = Field(default=256, ge=1)
-
-
-class EnginesConfig(_Strict):
-    """Settings of the engines shared by all calls.
-
-    Thread and worker counts left unset are filled in from the CPU budget
-    (:func:`voxline.cpu_budget.cpu_budget`, docs/cpu.md) once the file is read, so
-    every engine finds a number here; a value set in ``voxline.yaml`` wins.
-    """
-
-    cpu_cores: int | None = Field(
-        default=None,
-        ge=1,
-        description="Cores the engines share. Default: the cores this process may use "
-        "(its CPU affinity, capped by its container's CPU limit).",
-    )
-    remember_lines: bool = Field(
-        default=True,
-        description="Keep each voice's audio of the personas' greetings and phrases, once a "
-        "call has spoken one whole, and play it from memory on every later call.",
-    )
-    whisper: WhisperConfig = WhisperConfig()
-    piper: PiperConfig = PiperConfig()
-    llm: EmbeddedLLMConfig = EmbeddedLLMConfig()
-    snac: SNACConfig = SNACConfig()
-    vllm: VLLMConfig = VLLMConfig()
-
-    @property
-    def budget(self) -> CpuBudget:
-        """The CPU budget the unset counts were taken from."""
-        return cpu_budget(self.cpu_cores, whisper_on_gpu=self.whisper.device == "cuda")
-
-    @model_validator(mode="after")
-    def _apply_cpu_budget(self) -> EnginesConfig:
-        budget = self.budget
-
-        def fill(section: BaseModel, **defaults: int) -> BaseModel:
-            unset = {key: value for key, value in defaults.items() if getattr(section, key) is None}
-            return section.model_copy(update=unset) if unset else section
-
-        updates = {
-            "whisper": fill(
-                self.whisper,
-                cpu_threads=budget.whisper_threads,
-                num_workers=budget.whisper_workers,
-            ),
-            "piper": fill(self.piper, workers=budget.piper_workers, threads=budget.piper_threads),
-            "llm": fill(self.llm, n_threads=budget.llm_threads),
-            "vllm": fill(self.vllm, cpu_threads=budget.llm_threads),
-        }
-        for name, section in updates.items():
-            object.__setattr__(self, name, section)  # frozen model, still being built
-        return self
 
 
 class TwilioConfig(_Strict):

@@ -1,7 +1,7 @@
 """How many threads each engine gets: one table for the whole process, sized from the cores.
 
 Every engine that computes on the CPU takes its thread counts from
-:func:`cpu_budget`, through the defaults of :mod:`voxline.config` (a value set in
+:func:`cpu_budget`, through the defaults of :mod:`voxline.engine_config` (a value set in
 ``voxline.yaml`` wins). Without a budget each library picks for itself: llama.cpp
 and vLLM take every core, ONNX Runtime takes one spinning thread per physical core
 for each session, CTranslate2 four; on a 2-core machine the engines of four calls

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from voxline.config import VLLMConfig
+from voxline.engine_config import VLLMConfig
 from voxline.engines.llm import LlamaCppServer, free_port, prompt_cache_bytes
 from voxline.engines.server_process import SupervisedServer
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model
