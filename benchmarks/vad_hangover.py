@@ -44,7 +44,7 @@ from pipecat.tests.utils import run_test  # noqa: E402
 from benchmarks.common import over_the_phone, p50, p95  # noqa: E402
 from benchmarks.turn_latency import VOICES  # noqa: E402
 from voxline.bench.callers import UTTERANCES, espeak, silence  # noqa: E402
-from voxline.personas.schema import TurnSettings  # noqa: E402
+from voxline.personas.turn_settings import TurnSettings  # noqa: E402
 from voxline.processors.turn import TurnTaker, TurnTakingSettings  # noqa: E402
 from voxline.processors.vad import SharedSileroVADAnalyzer  # noqa: E402
 from voxline.transports.levels import is_voiced  # noqa: E402

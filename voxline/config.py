@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -28,17 +26,13 @@ from voxline.engine_config import (
     LLMBackendName,
 )
 from voxline.records.settings import RecordsConfig, check_records_url
-from voxline.yamlfile import load_yaml_model
+from voxline.yamlfile import StrictModel, load_yaml_model
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 """A phone number as Twilio writes it: +, country code and number, at most 15 digits."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TwilioConfig(_Strict):
+class TwilioConfig(StrictModel):
     """Phone calls through Twilio (credentials come from the environment, never from here)."""
 
     rest_base_url: str = Field(
@@ -81,7 +75,7 @@ class TwilioConfig(_Strict):
     )
 
 
-class WidgetConfig(_Strict):
+class WidgetConfig(StrictModel):
     """One embeddable widget: which persona answers it and which sites may embed it."""
 
     persona: Path | None = Field(
@@ -106,7 +100,7 @@ class WidgetConfig(_Strict):
         return origins
 
 
-class IceServerConfig(_Strict):
+class IceServerConfig(StrictModel):
     """A STUN or TURN server the browser and the server use to find a path to each other."""
 
     urls: str | list[str]
@@ -114,7 +108,7 @@ class IceServerConfig(_Strict):
     credential: str | None = None
 
 
-class WebRTCConfig(_Strict):
+class WebRTCConfig(StrictModel):
     """Browser calls: ICE servers and limits on the signaling endpoint."""
 
     ice_servers: list[IceServerConfig] = Field(default_factory=list)
@@ -125,7 +119,7 @@ class WebRTCConfig(_Strict):
     )
 
 
-class HTTPConfig(_Strict):
+class HTTPConfig(StrictModel):
     """Bounds on every HTTP request and websocket handshake, whatever the route."""
 
     max_body_bytes: int = Field(
@@ -164,7 +158,7 @@ class HTTPConfig(_Strict):
         return entries
 
 
-class HealthConfig(_Strict):
+class HealthConfig(StrictModel):
     """How ``/health/ready`` learns whether the LLM and TTS servers answer."""
 
     check_interval_secs: float = Field(
@@ -187,7 +181,7 @@ class HealthConfig(_Strict):
     )
 
 
-class TelemetryConfig(_Strict):
+class TelemetryConfig(StrictModel):
     """OpenTelemetry traces: off unless an OTLP endpoint is set (docs/operations.md)."""
 
     otlp_endpoint: str | None = Field(
@@ -206,7 +200,7 @@ class TelemetryConfig(_Strict):
     )
 
 
-class ServerConfig(_Strict):
+class ServerConfig(StrictModel):
     """The whole ``voxline.yaml``.
 
     Persona paths are relative to the config file.

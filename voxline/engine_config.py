@@ -11,19 +11,16 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from voxline.cpu_budget import CpuBudget, cpu_budget
 from voxline.engines.piper import DEFAULT_MAX_PHONEMES
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
+from voxline.yamlfile import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WhisperConfig(_Strict):
+class WhisperConfig(StrictModel):
     """The shared Whisper engine."""
 
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -51,7 +48,7 @@ class WhisperConfig(_Strict):
     )
 
 
-class PiperConfig(_Strict):
+class PiperConfig(StrictModel):
     """The shared Piper voices."""
 
     use_cuda: bool = False
@@ -88,7 +85,7 @@ COMMAND_LLM_BACKENDS: dict[Command, LLMBackendName] = {"serve": "vllm", "talk": 
 batches many calls on vLLM; ``talk`` (one call) starts llama.cpp in a second."""
 
 
-class EmbeddedLLMConfig(_Strict):
+class EmbeddedLLMConfig(StrictModel):
     """The LLM server the Runtime launches for personas without ``llm.base_url``."""
 
     backend: LLMBackendName | None = Field(
@@ -139,7 +136,7 @@ def _default_vllm_python() -> Path:
     return Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
 
 
-class VLLMConfig(_Strict):
+class VLLMConfig(StrictModel):
     """How the Runtime launches vLLM when ``engines.llm.backend`` is ``vllm``."""
 
     python: Path = Field(
@@ -169,7 +166,7 @@ class VLLMConfig(_Strict):
         return path.expanduser()
 
 
-class SNACConfig(_Strict):
+class SNACConfig(StrictModel):
     """The shared SNAC decoder behind Orpheus voices."""
 
     model: str = Field(
@@ -184,7 +181,7 @@ class SNACConfig(_Strict):
     max_queue: int = Field(default=256, ge=1)
 
 
-class EnginesConfig(_Strict):
+class EnginesConfig(StrictModel):
     """Settings of the engines shared by all calls.
 
     Thread and worker counts left unset are filled in from the CPU budget

@@ -1,6 +1,7 @@
 """The ``records:`` section of ``voxline.yaml`` and the ``records_url`` that names the database.
 
-Imports only pydantic: :mod:`voxline.config` reads these without loading SQLAlchemy.
+Imports only pydantic and :mod:`voxline.yamlfile`: :mod:`voxline.config` reads these without
+loading SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from voxline.yamlfile import StrictModel
 
 SCHEMES = {
     "sqlite": "sqlite+aiosqlite",
@@ -21,10 +24,8 @@ SCHEMES = {
 """Accepted URL schemes and the async driver each one is served by."""
 
 
-class RecordsConfig(BaseModel):
+class RecordsConfig(StrictModel):
     """What call records keep, for how long, and what happens when the database is away."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(default=True, description="Record calls at all.")
     retention_days: float | None = Field(

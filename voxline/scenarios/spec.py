@@ -14,16 +14,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from voxline.yamlfile import StrictModel
 
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ArgumentMatcher(_Strict):
+class ArgumentMatcher(StrictModel):
     """How one tool argument must look: ``equals`` a value, match a ``regex``, or ``any``.
 
     A plain value in the file (``card_last4: "4821"``) means ``equals``.
@@ -71,7 +69,7 @@ class ArgumentMatcher(_Strict):
         return f"= {self.equals!r}"
 
 
-class ToolExpectation(_Strict):
+class ToolExpectation(StrictModel):
     """A tool the bot must call in the turn, with matchers for its arguments.
 
     ``tool_called: get_balance`` names the tool alone.
@@ -86,7 +84,7 @@ class ToolExpectation(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
-class HeardExpectations(_Strict):
+class HeardExpectations(StrictModel):
     """Expectations on what the caller heard the bot say (its audio, transcribed)."""
 
     reply_contains: list[str] = Field(
@@ -165,7 +163,7 @@ class Turn(HeardExpectations):
         return next(name for name in ("say", "audio", "dtmf", "silence") if getattr(self, name))
 
 
-class Voice(_Strict):
+class Voice(StrictModel):
     """Who says the scenario's ``say`` turns.
 
     ``piper`` with a Piper voice name (default: the packaged ``en_US-joe-medium``), or
@@ -178,7 +176,7 @@ class Voice(_Strict):
     speed: float = Field(default=1.0, ge=0.5, le=2.0)
 
 
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """One call: its caller, its turns, fixtures for its tools, and an optional judge."""
 
     name: str = Field(min_length=1, max_length=200)
@@ -204,7 +202,7 @@ class Scenario(_Strict):
     turns: list[Turn] = Field(min_length=1, max_length=30)
 
 
-class StandInRoute(_Strict):
+class StandInRoute(StrictModel):
     """One answer of an HTTP stand-in: for ``method path``, this status and JSON body."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
@@ -215,7 +213,7 @@ class StandInRoute(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class StandIn(_Strict):
+class StandIn(StrictModel):
     """A local HTTP server that stands in for a tool's real API during the run.
 
     It listens on 127.0.0.1; its base URL goes into the environment variable ``env``,
@@ -226,7 +224,7 @@ class StandIn(_Strict):
     routes: list[StandInRoute] = Field(min_length=1, max_length=50)
 
 
-class Judge(_Strict):
+class Judge(StrictModel):
     """Where the optional LLM judge runs: any OpenAI-compatible server.
 
     Unset, the judge is the persona's own LLM server.
@@ -237,7 +235,7 @@ class Judge(_Strict):
     api_key_env: str | None = Field(default=None, pattern=ENV_NAME)
 
 
-class FileSettings(_Strict):
+class FileSettings(StrictModel):
     """What a scenario file says besides its scenarios."""
 
     persona: Path | None = Field(

@@ -20,20 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from voxline.yamlfile import ConfigError, load_yaml_model
+from voxline.yamlfile import ConfigError, StrictModel, load_yaml_model
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 """A tool's name: what the LLM calls, and the stem of its spec file."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HTTPHandler(_Strict):
+class HTTPHandler(StrictModel):
     """Call an HTTP endpoint with the tool's arguments.
 
     GET and DELETE send the arguments as query parameters; POST, PUT and PATCH as
@@ -50,7 +46,7 @@ class HTTPHandler(_Strict):
         return sorted({name for text in texts for name in ENV_REFERENCE.findall(text)})
 
 
-class ToolSpec(_Strict):
+class ToolSpec(StrictModel):
     """One tool function, as loaded from ``tools/<name>.yaml``.
 
     Exactly one of ``python`` or ``http`` says how it runs.
