@@ -39,7 +39,7 @@ async def served(request):
     persona = load_persona(BANK_PERSONA)
     async with Runtime(config) as runtime:
         await runtime.prepare(persona)
-        yield runtime, persona, runtime.llm_backend(persona)
+        yield runtime, persona, runtime.llm.backend(persona)
 
 
 def chat(persona, question: str, **extra) -> dict:
@@ -112,7 +112,7 @@ async def vllm_metric(backend, name: str) -> float:
 
 async def test_closing_a_stream_stops_the_generation(served):
     runtime, persona, backend = served
-    server = runtime._llm_servers[persona.llm.model]
+    server = runtime.llm.server(persona)
     story = chat(persona, "Tell me a very long story about a bank.", max_tokens=1500)
     before = server.tokens_generated if isinstance(server, LlamaCppServer) else 0
     stream = backend.stream_chat(**story)
@@ -195,7 +195,7 @@ def test_vllm_on_a_cpu_runs_the_model_in_its_engine_process(tmp_path: Path):
 async def test_an_idle_vllm_server_leaves_the_cpu_to_the_other_engines(served):
     """No worker process busy-waiting beside the engine: idle, vLLM uses almost no CPU."""
     runtime, persona, _ = served
-    server = runtime.llm_server(persona)
+    server = runtime.llm.server(persona)
     if not isinstance(server, VLLMServer):
         pytest.skip("vLLM only")
     assert server.pid is not None

@@ -93,7 +93,7 @@ def test_the_embedded_llama_cpp_server_serves_the_configs_model(tmp_path):
     async def run() -> tuple[str, list[str], str]:
         async with Runtime(config) as runtime:
             await runtime.prepare(unnamed)
-            endpoint = runtime.llm_endpoint(unnamed)
+            endpoint = runtime.llm.endpoint(unnamed)
             async with httpx.AsyncClient(timeout=30) as client:
                 models = (await client.get(f"{endpoint.base_url}/v1/models")).json()
                 reply = await client.post(
@@ -138,7 +138,7 @@ def test_the_embedded_vllm_server_serves_the_configs_model(tmp_path):
     async def run() -> tuple[str, list[str]]:
         async with Runtime(config) as runtime:
             await runtime.prepare(unnamed)
-            endpoint = runtime.llm_endpoint(unnamed)
+            endpoint = runtime.llm.endpoint(unnamed)
             async with httpx.AsyncClient(timeout=30) as client:
                 models = (await client.get(f"{endpoint.base_url}/v1/models")).json()
             return endpoint.model, [m["id"] for m in models["data"]]

@@ -208,7 +208,7 @@ async def counters(backend) -> tuple[float, float]:
 async def test_calls_of_a_persona_reuse_its_cached_prefix(runtime, tmp_path):
     persona = load_persona(ROOT / "personas" / "bank_support.yaml")
     await runtime.prepare(persona)  # launches llama.cpp and warms the prefix
-    backend = runtime.llm_backend(persona)
+    backend = runtime.llm.backend(persona)
     warm_queried, _warm_hit = await counters(backend)
     assert warm_queried > 300, "the warm-up did not evaluate the persona's prefix"
 
@@ -248,7 +248,7 @@ async def test_the_cap_queues_then_refuses(runtime):
     await runtime.prepare(persona)
     from voxline.engines.llm import LLMBackend
 
-    shared = runtime.llm_backend(persona)
+    shared = runtime.llm.backend(persona)
     backend = LLMBackend(shared.endpoint, max_concurrent=1, max_waiting=1)
     request = call_request(persona, "Call id: CA9", "Say hello.")
     first = asyncio.create_task(complete(backend, request))

@@ -127,7 +127,7 @@ async def test_runtime_stops_the_llm_server_on_an_exception():
     with pytest.raises(RuntimeError, match="boom"):
         async with Runtime() as runtime:
             await runtime.prepare(persona)
-            [server_pid] = runtime.llm_server_pids
+            [server_pid] = runtime.llm.pids
             assert process_alive(server_pid)
             raise RuntimeError("boom")
     assert server_pid is not None

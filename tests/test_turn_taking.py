@@ -223,7 +223,7 @@ async def test_a_calls_facts_are_computed_on_the_llm_server_while_the_greeting_p
         "Time (UTC)": "Wednesday 02 December 2026, 14:05",
     }
     await runtime.prepare(bank)
-    server = runtime.llm_server(bank)
+    server = runtime.llm.server(bank)
     assert isinstance(server, LlamaCppServer)
     audio = np.concatenate([voiced("What time does the branch open on Saturday?"), silence(0.3)])
     before = len(server.prompt_evaluations)

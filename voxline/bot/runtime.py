@@ -22,7 +22,6 @@ checks, on an interval, that every LLM and TTS server the personas use answers:
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,29 +31,22 @@ from loguru import logger
 
 from voxline import logcontent
 from voxline.bot.call_events import CallEvents
-from voxline.bot.tool_wiring import persona_prefix
+from voxline.bot.llm_servers import LLMServers
 from voxline.config import ServerConfig
 from voxline.cpu_budget import cpu_budget
 from voxline.engines.lines import LineMemory
 from voxline.engines.llm import (
-    LlamaCppServer,
-    LLMBackend,
     LLMEndpoint,
     check_endpoint,
-    prompt_cache_bytes,
-    warm_prefix,
 )
-from voxline.engines.llm_backend import BackendKind
 from voxline.engines.piper import PiperEngine
-from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer
+from voxline.engines.server_process import LLMServerError, Progress
 from voxline.engines.snac import SNACDecoder, load_snac
 from voxline.engines.turn_model import EndOfTurnEngine, TurnModelError
-from voxline.engines.vllm import VLLMServer, prepare_vllm_model
 from voxline.engines.whisper import WhisperEngine
 from voxline.models import (
     ModelNotAvailableError,
     PiperVoiceFiles,
-    resolve_llm_gguf,
     resolve_piper,
     resolve_turn_model,
     resolve_whisper,
@@ -85,10 +77,8 @@ class Runtime:
         """Every call's start, turns and end, to its listeners (records, traces, dashboard)."""
         self.errors: Counter[str] = Counter()
         """Errors in every call's pipeline by kind (``stt``, ``llm``, ``tts``, ...): metrics."""
-        self._llm_servers: dict[str, SupervisedServer] = {}
-        self._backends: dict[tuple[str | None, str], LLMBackend] = {}
-        self._warmed: set[str] = set()
-        self._personas_by_model: dict[str, dict[str, Persona]] = {}
+        self.llm = LLMServers(self.config, progress)
+        """The LLM servers of the prepared personas: their clients, endpoints and pids."""
         self._tts_endpoints: set[LLMEndpoint] = set()
         self._lines: dict[tuple[str, ...], LineMemory] = {}
         self._lock = asyncio.Lock()
@@ -114,7 +104,7 @@ class Runtime:
                     f"persona {persona.name}: loaded {', '.join(loaded)} in "
                     f"{time.monotonic() - started:.1f} s"
                 )
-            await self._prepare_llm(persona)
+            await self.llm.prepare(persona)
             if persona.tts.engine == "orpheus" and persona.tts.base_url:
                 # Fail at start, naming the URL, rather than in the first caller's ear.
                 tts = LLMEndpoint(persona.tts.base_url, persona.tts.model)
@@ -179,131 +169,9 @@ class Runtime:
             loaded.append(f"piper voice {persona.tts.voice}")
         return loaded
 
-    async def _prepare_llm(self, persona: Persona) -> None:
-        key = (persona.llm.base_url, persona.llm.model)
-        if key not in self._backends:
-            self._backends[key] = await self._open_backend(persona)
-        self._backends[key].personas.add(persona.name)
-        if not persona.llm.base_url:
-            self._personas_by_model.setdefault(persona.llm.model, {})[persona.name] = persona
-        prefix = persona_prefix(persona)
-        if prefix.digest not in self._warmed:
-            # A new persona, or an edited one (another prompt or tools): its prefix
-            # is computed once now, not by its first caller.
-            seconds = await warm_prefix(
-                self._backends[key].endpoint, persona.system_prompt, tools=prefix.tools
-            )
-            self._warmed.add(prefix.digest)
-            warmed = (
-                f"persona {persona.name}: prompt prefix {prefix.digest[:12]} warmed in "
-                f"{seconds:.2f} s"
-            )
-            logger.info(warmed)
-            self._report(warmed)
-
     def _report(self, line: str) -> None:
         if self._progress is not None:
             self._progress(line)
-
-    async def _open_backend(self, persona: Persona) -> LLMBackend:
-        settings = self.config.engines.llm
-        server: SupervisedServer | None = None
-        if persona.llm.base_url:
-            endpoint = LLMEndpoint(base_url=persona.llm.base_url, model=persona.llm.model)
-            await check_endpoint(endpoint)
-        else:
-            endpoint = await self._open_endpoint(persona)
-            server = self._llm_servers[persona.llm.model]
-        kind: BackendKind = "external"
-        if isinstance(server, LlamaCppServer):
-            kind = "llama_cpp"
-        elif isinstance(server, VLLMServer):
-            kind = "vllm"
-        return LLMBackend(
-            endpoint,
-            kind=kind,
-            max_concurrent=settings.max_concurrent,
-            max_waiting=settings.max_waiting,
-            prefix_counter=server.prefix_counters if isinstance(server, LlamaCppServer) else None,
-        )
-
-    async def _open_endpoint(self, persona: Persona) -> LLMEndpoint:
-        """Launch the embedded server (llama.cpp or vLLM) for this persona's model."""
-        settings = self.config.engines.llm
-        server: SupervisedServer
-        if settings.backend == "vllm":
-            vllm = self.config.engines.vllm
-            gguf = _packaged_gguf(persona.llm.model)
-            model = await prepare_vllm_model(
-                persona.llm.model,
-                vllm.python,
-                gguf,
-                checkpoint_dir=vllm.checkpoint_dir,
-                progress=self._progress,
-            )
-            server = VLLMServer(
-                model,
-                python=vllm.python,
-                model_alias=persona.llm.model,
-                device=vllm.device,
-                max_model_len=vllm.max_model_len,
-                cpu_threads=vllm.cpu_threads,
-                kv_cache_gib=vllm.kv_cache_gib,
-                gpu_memory_utilization=vllm.gpu_memory_utilization,
-                tool_call_parser=vllm.tool_call_parser,
-                tool_strict_level=vllm.tool_strict_level,
-                extra_args=vllm.extra_args,
-                startup_timeout=vllm.startup_timeout_secs,
-            )
-        else:
-            gguf = resolve_llm_gguf(persona.llm.model)
-            cache_bytes = (
-                settings.prompt_cache_mb * 2**20
-                if settings.prompt_cache_mb is not None
-                else await asyncio.to_thread(
-                    prompt_cache_bytes,
-                    gguf,
-                    len(self.config.persona_paths()) + self.config.max_calls,
-                )
-            )
-            server = LlamaCppServer(
-                gguf,
-                model_alias=persona.llm.model,
-                n_threads=settings.n_threads,
-                n_ctx=settings.n_ctx,
-                n_batch=settings.n_batch,
-                prompt_cache_bytes=cache_bytes,
-                startup_timeout=settings.startup_timeout_secs,
-            )
-        self._llm_servers[persona.llm.model] = server
-        server.on_restart = functools.partial(self._warm_again, persona.llm.model)
-        return await server.start(self._progress)
-
-    async def _warm_again(self, model: str) -> None:
-        """Warm the prompt prefixes of ``model``'s personas on its restarted server."""
-        server = self._llm_servers.get(model)
-        if server is None:
-            return
-        for persona in list(self._personas_by_model.get(model, {}).values()):
-            prefix = persona_prefix(persona)
-            try:
-                seconds = await warm_prefix(
-                    server.endpoint, persona.system_prompt, tools=prefix.tools
-                )
-            except LLMServerError as exc:
-                logger.warning(f"persona {persona.name}: warming after the restart failed: {exc}")
-            else:
-                logger.info(
-                    f"persona {persona.name}: prompt prefix warmed again in {seconds:.2f} s"
-                )
-
-    def servers_down(self) -> list[str]:
-        """Embedded servers not answering now (dead, or restarting): no I/O, for every probe."""
-        return [
-            f"{server.name} for {model} is down (restarting)"
-            for model, server in self._llm_servers.items()
-            if not server.up
-        ]
 
     async def check_servers(self, timeout: float = 2.0) -> list[LLMServerError]:
         """Ask every LLM and TTS server in use whether it answers; what is wrong, if anything.
@@ -311,7 +179,7 @@ class Runtime:
         A server that took the connection but answered late is an
         :class:`~voxline.engines.server_process.LLMServerBusyError` among them.
         """
-        endpoints = {backend.endpoint for backend in self._backends.values()}
+        endpoints = {backend.endpoint for backend in self.llm.backends}
         endpoints |= self._tts_endpoints
 
         async def problem(endpoint: LLMEndpoint) -> LLMServerError | None:
@@ -373,14 +241,6 @@ class Runtime:
             raise RuntimeError("no Orpheus persona was prepared: the SNAC decoder is not loaded")
         return self._snac
 
-    def llm_backend(self, persona: Persona) -> LLMBackend:
-        """The shared LLM server (client and cap) for ``persona`` (after :meth:`prepare`)."""
-        return self._backends[(persona.llm.base_url, persona.llm.model)]
-
-    def llm_endpoint(self, persona: Persona) -> LLMEndpoint:
-        """Where ``persona``'s chat completions are served (after :meth:`prepare`)."""
-        return self.llm_backend(persona).endpoint
-
     @property
     def piper_engines(self) -> dict[str, PiperEngine]:
         """Every loaded Piper voice by voice name, for metrics."""
@@ -391,30 +251,10 @@ class Runtime:
         """Every loaded Whisper engine by model name, for metrics."""
         return dict(self._whisper)
 
-    @property
-    def llm_backends(self) -> list[LLMBackend]:
-        """Every LLM server in use, for metrics."""
-        return list(self._backends.values())
-
-    def llm_server(self, persona: Persona) -> SupervisedServer | None:
-        """The embedded LLM server this Runtime launched for ``persona``, if any."""
-        return None if persona.llm.base_url else self._llm_servers.get(persona.llm.model)
-
-    @property
-    def llm_server_pids(self) -> list[int]:
-        """Process ids of the LLM servers this Runtime launched and still runs."""
-        return [pid for server in self._llm_servers.values() if (pid := server.pid) is not None]
-
     async def close(self) -> None:
         """Stop launched servers and release engine threads. Safe to call twice."""
-        servers, self._llm_servers = list(self._llm_servers.values()), {}
-        # Shielded so that a second Ctrl-C during shutdown still stops the servers.
-        for server in servers:
-            await asyncio.shield(server.stop())
+        await self.llm.close()
         whisper, piper = list(self._whisper.values()), list(self._piper.values())
-        backends, self._backends = list(self._backends.values()), {}
-        for backend in backends:
-            await backend.close()
         self._whisper, self._piper = {}, {}
         for whisper_engine in whisper:
             await whisper_engine.close()
@@ -448,14 +288,6 @@ def _load_turn_model(persona: Persona) -> EndOfTurnEngine | None:
         raise TurnModelUnavailableError(
             f"persona {persona.name}: {exc} (set turn.model_fallback: true to run without it)"
         ) from None
-
-
-def _packaged_gguf(model: str) -> Path | None:
-    """The GGUF file behind an embedded model name, or None for a vLLM-native model."""
-    try:
-        return resolve_llm_gguf(model)
-    except ModelNotAvailableError:
-        return None
 
 
 def _download_piper_voice(voice: str) -> PiperVoiceFiles:

@@ -280,7 +280,7 @@ def build_call(
             they follow the persona's cached prompt prefix.
         tool_runners: runners that replace some YAML tools' handlers (test fixtures).
     """
-    backend = runtime.llm_backend(persona)
+    backend = runtime.llm.backend(persona)
     context = persona_context(persona, facts)
     llm = VoxlineLLMService(
         backend=backend,

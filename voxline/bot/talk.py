@@ -176,7 +176,7 @@ async def talk(
         turns=list(tracer.turns),
         audio=transport.recording(),
         sample_rate=out_rate,
-        llm_server_pids=runtime.llm_server_pids,
+        llm_server_pids=runtime.llm.pids,
         context=list(call.context.get_messages()),
         spoken=list(transport.output().gate.spoken),
         bot_frames=transport.played_frames(),

@@ -82,7 +82,7 @@ async def _check_one(
     failures = check(loaded.scenario, call)
     verdict = None
     if loaded.scenario.judge:
-        endpoint = runtime.llm_endpoint(loaded.persona)
+        endpoint = runtime.llm.endpoint(loaded.persona)
         try:
             verdict = await judge(
                 loaded.scenario.judge,

@@ -57,7 +57,7 @@ class ServerHealth:
 
     def problems(self) -> list[str]:
         """What is wrong with the servers now; empty when all answer."""
-        found = self._runtime.servers_down()
+        found = self._runtime.llm.servers_down()
         return found + [problem for problem in self._last if problem not in found]
 
     async def check(self) -> list[str]:

@@ -87,7 +87,7 @@ class VoxlineCollector(Collector):
             "95th percentile of recent waits for an LLM slot.",
             labels=LLM_LABELS,
         )
-        for backend in self._runtime.llm_backends:
+        for backend in self._runtime.llm.backends:
             labels = llm_labels(backend)
             if backend.prefix_cache_hit_ratio is not None:
                 hit_ratio.add_metric(labels, backend.prefix_cache_hit_ratio)
@@ -286,7 +286,7 @@ class LLMCounterRefresh:
 
     async def refresh(self) -> None:
         """Read every server's counters once now."""
-        for backend in self._runtime.llm_backends:
+        for backend in self._runtime.llm.backends:
             await backend.prefix_cache_counters()
         self.refreshes += 1
 
