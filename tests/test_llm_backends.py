@@ -26,7 +26,7 @@ from voxline.engine_config import EmbeddedLLMConfig, EnginesConfig, VLLMConfig
 from voxline.engines.llm import LlamaCppServer, LLMServerError
 from voxline.engines.vllm import VLLMServer
 from voxline.personas import load_persona
-from voxline.processors.llm import INVALID_ARGUMENTS, ToolCallStream
+from voxline.processors.tool_call_stream import INVALID_ARGUMENTS, ToolCallStream
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 BACKENDS = ["llama_cpp", "vllm"]

@@ -22,7 +22,8 @@ from voxline.bot.talk import talk
 from voxline.bot.tool_wiring import openai_tools, persona_context, persona_prefix, register_tools
 from voxline.engines.llm import LLMBusy
 from voxline.personas import load_persona
-from voxline.processors.llm import INVALID_ARGUMENTS, ToolCallStream, VoxlineLLMService
+from voxline.processors.llm import VoxlineLLMService
+from voxline.processors.tool_call_stream import INVALID_ARGUMENTS, ToolCallStream
 
 LEDGER_TOOL = """\
 name: get_balance
@@ -280,7 +281,7 @@ async def test_a_forced_tool_call_runs_the_handler_and_the_reply_uses_its_result
 
 
 async def test_a_stream_without_a_single_chunk_is_an_error_not_silence():
-    from voxline.processors.llm import EmptyCompletionError
+    from voxline.processors.tool_call_stream import EmptyCompletionError
 
     stream = ToolCallStream(Chunks([]))
     with pytest.raises(EmptyCompletionError, match="without a single chunk"):

@@ -20,7 +20,7 @@ from pipecat.services.llm_service import FunctionCallParams, LLMService
 from voxline import logcontent
 from voxline.personas import Persona
 from voxline.processors.frames import spoken_line
-from voxline.processors.llm import INVALID_ARGUMENTS
+from voxline.processors.tool_call_stream import INVALID_ARGUMENTS
 from voxline.tools.builtins import (
     BUILTINS,
     CallControl,
