@@ -17,17 +17,6 @@ import time
 from dataclasses import dataclass, field
 
 from loguru import logger
-from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
-    InputAudioRawFrame,
-    TranscriptionFrame,
-    TTSTextFrame,
-    VADUserStartedSpeakingFrame,
-    VADUserStoppedSpeakingFrame,
-)
-from pipecat.observers.base_observer import BaseObserver, FramePushed
-from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.request_handler import (
@@ -35,10 +24,6 @@ from pipecat.transports.smallwebrtc.request_handler import (
     SmallWebRTCPatchRequest,
     SmallWebRTCRequest,
     SmallWebRTCRequestHandler,
-)
-from pipecat.transports.smallwebrtc.transport import (
-    SmallWebRTCOutputTransport,
-    SmallWebRTCTransport,
 )
 from pipecat.workers.runner import WorkerRunner
 
@@ -53,7 +38,7 @@ from voxline.processors.latency import LatencyTracer
 from voxline.processors.turn_trace import TurnTrace
 from voxline.server.admission import Admission, CallRejected, Slot
 from voxline.server.drain import DRAIN_TIMEOUT, Drain
-from voxline.transports.playout import PlayoutGateMixin
+from voxline.server.page_events import PageEvents
 from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.webrtc import (
     CandidatePatch,
@@ -64,6 +49,7 @@ from voxline.transports.webrtc import (
     is_mdns_candidate,
     strip_mdns_candidates,
 )
+from voxline.transports.webrtc_playout import PlayoutWebRTCTransport
 
 OUT_SAMPLE_RATE = 24_000
 # A browser sends audio packets continuously, silence included; none for this long means
@@ -71,99 +57,6 @@ OUT_SAMPLE_RATE = 24_000
 SILENT_PEER_SECS = 6.0
 # An answered offer's line waits this long for its call to start.
 OFFER_HOLD_SECS = 30.0
-
-
-class PlayoutOutputTransport(PlayoutGateMixin, SmallWebRTCOutputTransport):
-    """SmallWebRTC's output with a playout gate: text reaches the context once sent.
-
-    pipecat's outgoing track (``RawAudioTrack``) queues each written frame as 10 ms
-    pieces that aiortc takes one by one, in real time, to encode and send; the
-    write returns when the frame's last piece is taken. The playout position is
-    the audio written minus the pieces still queued on the track.
-    """
-
-    def __init__(self, client, params: TransportParams, **kwargs):
-        super().__init__(client, params, **kwargs)
-        self._written = 0.0
-        self._init_gate(self)
-
-    def written_secs(self) -> float:
-        """Seconds of bot audio handed to the outgoing track."""
-        return self._written
-
-    def played_secs(self) -> float:
-        """Seconds of bot audio sent to the browser: written minus still queued."""
-        return max(0.0, self._written - self._queued_secs())
-
-    def _queued_secs(self) -> float:
-        track = getattr(self._client, "_audio_output_track", None)
-        queue = getattr(track, "_chunk_queue", None)
-        return 0.01 * len(queue) if queue else 0.0
-
-    async def write_audio_frame(self, frame) -> bool:
-        """Count the frame as written while the track holds it; report the new position."""
-        if not await self.hold.wait(frame):
-            return False
-        duration = frame.num_frames / max(1, frame.sample_rate)
-        self._written += duration
-        written = await super().write_audio_frame(frame)
-        if not written:
-            self._written -= duration  # no peer to send it to: nobody heard it
-        await self._audio_written()
-        return written
-
-
-class PlayoutWebRTCTransport(SmallWebRTCTransport):
-    """pipecat's SmallWebRTC transport whose output is :class:`PlayoutOutputTransport`."""
-
-    def output(self) -> PlayoutOutputTransport:
-        """The output transport, with the playout gate."""
-        if not self._output:
-            self._output = PlayoutOutputTransport(
-                self._client, self._params, name=self._output_name
-            )
-        assert isinstance(self._output, PlayoutOutputTransport)
-        return self._output
-
-
-class PageEvents(BaseObserver):
-    """Tells the page, over the data channel, what happens in the call.
-
-    Also notes when the browser's audio last arrived, for the vanished-peer watchdog.
-    """
-
-    def __init__(self, connection: SmallWebRTCConnection):
-        super().__init__(observe_every_push=False)
-        self._connection = connection
-        self.last_audio = time.monotonic()
-
-    def send(self, message: dict) -> None:
-        """Queue one JSON message for the page (buffered until the channel opens)."""
-        self._connection.send_app_message({"source": "voxline", **message})
-
-    async def on_push_frame(self, data: FramePushed) -> None:
-        """Forward transcripts, spoken text and turn boundaries."""
-        frame = data.frame
-        if data.direction != FrameDirection.DOWNSTREAM:
-            return
-        if isinstance(frame, InputAudioRawFrame):
-            self.last_audio = time.monotonic()
-        elif isinstance(frame, TranscriptionFrame):
-            self.send({"type": "user-transcript", "text": frame.text})
-        elif isinstance(frame, TTSTextFrame):
-            self.send({"type": "bot-text", "text": frame.text})
-        elif isinstance(frame, VADUserStartedSpeakingFrame):
-            self.send({"type": "user-started"})
-        elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            self.send({"type": "user-stopped"})
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            self.send({"type": "bot-started"})
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self.send({"type": "bot-stopped"})
-
-    def turn(self, turn: TurnTrace) -> None:
-        """Send a finished turn with the latency of each stage."""
-        self.send({"type": "turn", **turn.as_dict()})
 
 
 @dataclass
