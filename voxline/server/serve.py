@@ -31,10 +31,8 @@ if TYPE_CHECKING:
 
     from voxline.config import ServerConfig
     from voxline.personas import Persona
-    from voxline.server.drain import Drain
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class StartupError(RuntimeError):
@@ -186,6 +184,7 @@ async def _serve(
     from voxline.models import ModelNotAvailableError
     from voxline.records.writer import attached
     from voxline.server.app import create_app
+    from voxline.server.signals import EXIT_BY_SIGNAL, DrainOnSignal, signals_cancel_this_task
     from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()
@@ -198,7 +197,7 @@ async def _serve(
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            yield  # _DrainOnSignal has them: uvicorn's would close every call at once
+            yield  # DrainOnSignal has them: uvicorn's would close every call at once
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
@@ -211,7 +210,7 @@ async def _serve(
                 )
 
     async with Runtime(config, progress=progress) as runtime, attached(records, runtime.calls):
-        async with _signals_cancel_this_task() as received:
+        async with signals_cancel_this_task() as received:
             try:
                 for persona in personas.values():
                     await runtime.prepare(persona)
@@ -244,7 +243,7 @@ async def _serve(
         )
         # The first signal drains the calls, then stops the server, whose shutdown
         # (the app's lifespan) closes the Runtime, which stops every server it started.
-        with _DrainOnSignal(server, app.state.drain) as signals:
+        with DrainOnSignal(server, app.state.drain) as signals:
             await server.serve(sockets=[listener])
     if signals.stopped_by is not None:
         return EXIT_BY_SIGNAL[signals.stopped_by]
@@ -333,91 +332,3 @@ def _bind(host: str, port: int) -> socket.socket:
             EXIT_BAD_INPUT,
         ) from None
     return listener
-
-
-class _DrainOnSignal:
-    """While the server runs: the first SIGINT or SIGTERM drains, the next ones stop it.
-
-    A signal before the server listens, or a second one, stops the server at once
-    (``should_exit``: every connection is closed); a third does not wait at all.
-    ``stopped_by`` is the signal that stopped it without a complete drain, if any.
-    """
-
-    def __init__(self, server, drain: Drain):
-        self.server = server
-        self.drain = drain
-        self.received: list[signal.Signals] = []
-        self.stopped_by: signal.Signals | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def __enter__(self) -> _DrainOnSignal:
-        loop = asyncio.get_running_loop()
-        for sig in EXIT_BY_SIGNAL:
-            loop.add_signal_handler(sig, self._handle, sig)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in EXIT_BY_SIGNAL:
-            loop.remove_signal_handler(sig)
-        if self._task is not None:
-            self._task.cancel()
-
-    def _handle(self, sig: signal.Signals) -> None:
-        self.received.append(sig)
-        name = sig.name
-        if len(self.received) == 1 and self.server.started:
-            calls = self.drain.admission.active
-            print(
-                f"voxline: {name}: draining: no new calls; {calls} in progress may go on for "
-                f"up to {self.drain.timeout_secs:g} s (drain_timeout_secs); {name} again stops "
-                "at once",
-                file=sys.stderr,
-                flush=True,
-            )
-            self._task = asyncio.ensure_future(self._drain_then_stop())
-            return
-        if self.server.should_exit and self.stopped_by is not None:
-            self.server.force_exit = True
-            return
-        print(f"voxline: {name}: stopping now", file=sys.stderr, flush=True)
-        self.stopped_by = sig
-        self.drain.begin()
-        if self._task is not None:
-            self._task.cancel()
-        self.server.should_exit = True
-
-    async def _drain_then_stop(self) -> None:
-        await self.drain.run()
-        print("voxline: drained: stopping", file=sys.stderr, flush=True)
-        self.server.should_exit = True
-
-
-class _signals_cancel_this_task:
-    """While the body runs, SIGINT and SIGTERM cancel the current task.
-
-    Start-up is long (a model conversion, vLLM loading): a signal then must still
-    stop what was started, which the cancelled task does as it unwinds through the
-    Runtime. Yields a list that holds the signal received, if any.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[signal.Signals] = []
-
-    async def __aenter__(self) -> list[signal.Signals]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def cancel(sig: signal.Signals) -> None:
-            self.received.append(sig)
-            task.cancel()
-
-        for sig in EXIT_BY_SIGNAL:
-            loop.add_signal_handler(sig, cancel, sig)
-        return self.received
-
-    async def __aexit__(self, *_exc: object) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in EXIT_BY_SIGNAL:
-            loop.remove_signal_handler(sig)
