@@ -18,11 +18,13 @@ class Jobs:
 
     def __init__(self) -> None:
         self.ran: list[str] = []
+        self.began: list[str] = []
         self.gate = threading.Event()
         self.running = threading.Semaphore(0)
 
     def job(self, name: str):
         def run() -> str:
+            self.began.append(name)
             self.running.release()
             self.gate.wait(10)
             self.ran.append(name)
@@ -105,7 +107,6 @@ async def test_a_cancelled_job_is_dropped_and_an_error_reaches_only_its_caller()
     jobs, queue, blocker = await busy_queue()
     dropped = queue.submit((LATER, 1.0, 1, 0), jobs.job("dropped"), admission=True)
     dropped.cancel()
-    await asyncio.sleep(0)  # the future's done callbacks, which mark the job, run next
     assert queue.queued == 0
 
     def fails() -> str:
@@ -119,6 +120,21 @@ async def test_a_cancelled_job_is_dropped_and_an_error_reaches_only_its_caller()
         await failing
     await blocker
     assert jobs.ran == ["held", "after"]
+    queue.close()
+
+
+async def test_a_job_cancelled_while_the_event_loop_is_busy_is_not_run():
+    jobs, queue, blocker = await busy_queue()
+    dropped = queue.submit((LATER, 1.0, 1, 0), jobs.job("dropped"), admission=True)
+    after = queue.submit((LATER, 2.0, 2, 0), jobs.job("after"), admission=True)
+    dropped.cancel()
+    # The loop is kept busy (no await) while the worker picks its next job: the
+    # cancelled future's callbacks have not run, and the job must be dropped anyway.
+    jobs.gate.set()
+    assert jobs.running.acquire(timeout=5)
+    assert jobs.began == ["held", "after"]
+    assert await asyncio.wait_for(after, 5) == "after"
+    await blocker
     queue.close()
 
 

@@ -48,7 +48,14 @@ class _Job:
     run: Callable[[], Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Its caller cancelled it. Read from the worker threads: a future's state is one
+        attribute, and reading it here drops the job as soon as it is cancelled rather
+        than once the event loop has run the future's callbacks (a busy loop runs them
+        late, and a worker would synthesize a sentence nobody will hear)."""
+        return self.future.cancelled()
 
 
 class SynthesisQueue:
@@ -145,11 +152,6 @@ class SynthesisQueue:
             heapq.heappush(self._heap, job)
             self._cond.notify()
 
-        def forget(done: asyncio.Future[Any]) -> None:
-            if done.cancelled():
-                job.cancelled = True
-
-        future.add_done_callback(forget)
         return future
 
     def close(self) -> None:
