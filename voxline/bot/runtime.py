@@ -33,7 +33,7 @@ from voxline import logcontent
 from voxline.bot.call_events import CallEvents
 from voxline.bot.llm_servers import LLMServers
 from voxline.config import ServerConfig
-from voxline.cpu_budget import cpu_budget
+from voxline.cpu_budget import CpuBudget
 from voxline.engines.lines import LineMemory
 from voxline.engines.llm import (
     LLMEndpoint,
@@ -135,7 +135,8 @@ class Runtime:
             self._whisper[persona.stt.model].warm_up()
             loaded.append(f"whisper {persona.stt.model}")
         if persona.turn.uses_model and persona.turn.model not in self._turn_models:
-            self._turn_models[persona.turn.model] = _load_turn_model(persona)
+            budget = self.config.engines.budget
+            self._turn_models[persona.turn.model] = _load_turn_model(persona, budget)
             loaded.append(f"end-of-turn model {persona.turn.model}")
         if persona.tts.engine == "orpheus" and self._snac is None:
             settings = self.config.engines.snac
@@ -273,14 +274,19 @@ class TurnModelUnavailableError(ModelNotAvailableError):
     """The persona's end-of-turn model cannot be loaded (one line naming the file)."""
 
 
-def _load_turn_model(persona: Persona) -> EndOfTurnEngine | None:
-    """Load the persona's end-of-turn model; without it, refuse or fall back as it says."""
+def _load_turn_model(persona: Persona, budget: CpuBudget) -> EndOfTurnEngine | None:
+    """Load the persona's end-of-turn model, with the CPU budget's workers and threads;
+    without it, refuse or fall back as the persona says."""
     settings = persona.turn
     try:
         path = resolve_turn_model(settings.model)
         logger.info(f"loading end-of-turn model {settings.model} from {path}")
-        threads = cpu_budget().turn_threads
-        return EndOfTurnEngine(path, threshold=settings.model_threshold, threads=threads)
+        return EndOfTurnEngine(
+            path,
+            threshold=settings.model_threshold,
+            threads=budget.turn_threads,
+            workers=budget.turn_workers,
+        )
     except (ModelNotAvailableError, TurnModelError) as exc:
         if settings.model_fallback:
             logger.warning(f"persona {persona.name}: {exc}; ending turns on silence alone")
