@@ -190,12 +190,12 @@ class LLMServers:
         return list(self._backends.values())
 
     def server(self, persona: Persona) -> SupervisedServer | None:
-        """The embedded LLM server this Runtime launched for ``persona``, if any."""
+        """The embedded LLM server launched here for ``persona``, if any."""
         return None if persona.llm.base_url else self._servers.get(persona.llm.model)
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the LLM servers this Runtime launched and still runs."""
+        """Process ids of the LLM servers launched here that still run."""
         return [pid for server in self._servers.values() if (pid := server.pid) is not None]
 
     async def close(self) -> None:
