@@ -10,6 +10,7 @@ from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    CancelFrame,
     ErrorFrame,
     Frame,
     FunctionCallResultFrame,
@@ -20,6 +21,8 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -121,6 +124,72 @@ async def _answer(feed: _Feed, text: str) -> None:
     await feed(*_reply(text), _tone(REPLY_LEVEL, 0.2))
     await feed(BotStartedSpeakingFrame(), _tone(REPLY_LEVEL, 0.2), written=True)
     await feed(LLMFullResponseEndFrame(), BotStoppedSpeakingFrame())
+
+
+async def _first_sentence_played(feed: _Feed) -> None:
+    """A question, and the first sentence of its reply playing; the LLM has finished
+    writing, TTS has not finished synthesizing (its context is open)."""
+    await feed(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await feed(TranscriptionFrame("Where is my parcel?", "c", "t"), LLMFullResponseStartFrame())
+    await feed(LLMTextFrame("It left the depot. It arrives today."))
+    await feed(AggregatedTextFrame("It left the depot.", "sentence"))
+    await feed(TTSStartedFrame(context_id="reply"), _tone(REPLY_LEVEL, 0.2))
+    await feed(BotStartedSpeakingFrame(), _tone(REPLY_LEVEL, 0.2), written=True)
+    await feed(LLMFullResponseEndFrame())
+
+
+async def test_a_gap_while_synthesis_runs_late_does_not_end_the_reply():
+    # Measured under load: the transport's queue ran dry for 0.35 s between two sentences
+    # and pipecat said the bot stopped speaking, with the reply's second half to come.
+    done: list[TurnTrace] = []
+    feed = _Feed(LatencyTracer(on_turn=done.append))
+    await _first_sentence_played(feed)
+    await feed(BotStoppedSpeakingFrame())
+    assert not done, "a pause inside the reply ended the turn"
+    assert not feed.tracer.idle.is_set()
+
+    await feed(AggregatedTextFrame("It arrives today.", "sentence"), _tone(REPLY_LEVEL, 0.2))
+    await feed(TTSStoppedFrame(context_id="reply"))
+    await feed(BotStartedSpeakingFrame(), _tone(REPLY_LEVEL, 0.2), written=True)
+    assert not done
+    await feed(BotStoppedSpeakingFrame())
+    [turn] = done
+    assert not turn.interrupted and feed.tracer.idle.is_set()
+
+
+async def test_a_reply_whose_synthesis_ends_after_the_bot_went_quiet_is_finished():
+    # The last sentence played out before TTS closed the reply (nothing more came).
+    done: list[TurnTrace] = []
+    feed = _Feed(LatencyTracer(on_turn=done.append))
+    await _first_sentence_played(feed)
+    await feed(BotStoppedSpeakingFrame())
+    assert not done
+    await feed(TTSStoppedFrame(context_id="reply"))
+    [turn] = done
+    assert turn.bot_text == "It left the depot. It arrives today." and not turn.interrupted
+
+
+async def test_the_greeting_is_done_when_it_has_played_not_when_it_was_synthesized():
+    # TTS closes a short line before the transport has started playing it.
+    feed = _Feed(LatencyTracer())
+    await feed(TTSStartedFrame(context_id="greeting"), _tone(GREETING_LEVEL, 0.5))
+    await feed(TTSStoppedFrame(context_id="greeting"))
+    assert not feed.tracer.greeting_done.is_set()
+    await feed(BotStartedSpeakingFrame(), _tone(GREETING_LEVEL, 0.5), written=True)
+    await feed(BotStoppedSpeakingFrame())
+    assert feed.tracer.greeting_done.is_set()
+
+
+async def test_the_turn_the_caller_hung_up_on_is_not_finished():
+    # A hang-up tears the call down; the transport's last "stopped speaking" is no end of
+    # a reply the caller did not hear out.
+    done: list[TurnTrace] = []
+    feed = _Feed(LatencyTracer(on_turn=done.append))
+    await _first_sentence_played(feed)
+    await feed(TTSStoppedFrame(context_id="reply"), CancelFrame(), BotStoppedSpeakingFrame())
+    assert not done
+    [turn] = feed.tracer.turns
+    assert not turn.complete and turn.audio_out is not None
 
 
 async def test_a_completion_cancelled_by_the_callers_next_words_is_not_the_answer():

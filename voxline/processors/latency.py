@@ -12,26 +12,25 @@ end-of-turn model's decisions, the commit, and how much reply audio was ready at
 the commit. Stage times are those of the speculation that was kept.
 
 The first audio sent is the output transport's ``BotStartedSpeakingFrame`` when
-the bot was silent. When the reply is queued behind audio still playing (the
-greeting, or a reply that had not finished), no new speaking period starts, so
-the tracer counts seconds of audio: what TTS produced before the reply, and
-what the transport has written since, and the reply starts with the chunk that
-crosses that mark.
+the bot was silent; a reply queued behind audio still playing starts where the
+:class:`~voxline.processors.audio_ledger.AudioLedger` says. A reply is over when the
+bot goes quiet after TTS has closed it: pipecat says the bot stopped speaking
+whenever the transport's queue runs dry for a moment, which under load happens
+between two sentences, and a hang-up stops the audio of a reply never heard out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    CancelFrame,
     ErrorFrame,
     FunctionCallResultFrame,
     FunctionCallsStartedFrame,
@@ -42,6 +41,8 @@ from pipecat.frames.frames import (
     MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -52,6 +53,7 @@ from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
+from voxline.processors.audio_ledger import AudioLedger
 from voxline.processors.frames import (
     BargeInFrame,
     EndOfTurnDecisionFrame,
@@ -61,6 +63,7 @@ from voxline.processors.frames import (
     TranscriptionSkippedFrame,
     TurnCommittedFrame,
 )
+from voxline.processors.pending_utterances import PendingUtterances
 from voxline.processors.turn import TurnTaker
 from voxline.processors.turn_trace import SPECULATION_RETRIED, CallTrace, TurnTrace
 
@@ -78,14 +81,6 @@ def _on_its_way_out(data: FramePushed) -> bool:
 
 def _seconds(frame: TTSAudioRawFrame) -> float:
     return frame.num_frames / max(1, frame.sample_rate)
-
-
-@dataclass
-class _Utterance:
-    stt_request: int
-    speech_end: int
-    failed: bool = False
-    """Its transcription failed: no transcript will stand for it."""
 
 
 class LatencyTracer(BaseObserver):
@@ -116,17 +111,17 @@ class LatencyTracer(BaseObserver):
         self._on_turn = on_turn
         self._ending_tools = frozenset(ending_tools)
         self._call_ending = False
-        self._pending: deque[_Utterance] = deque(maxlen=64)
+        self._cancelled = False  # the call was torn down (a hang-up): nothing more plays
+        # The TTS context still synthesizing (started, not stopped): the bot's speech
+        # pausing while it is open is a gap inside the reply, not its end.
+        self._tts_open = False
+        self._quiet_gap = False  # the bot went quiet with TTS open, and no audio came since
+        self._pending = PendingUtterances()
         self._turn: TurnTrace | None = None
         self._user_speaking = False
         self._bot_speaking = False
         self._greeting_pending = True
-        # Seconds of bot audio produced by TTS and written by the output transport,
-        # and where in the produced audio the current turn's reply starts, if it was
-        # queued behind audio already playing.
-        self._produced_secs = 0.0
-        self._written_secs = 0.0
-        self._reply_starts_at: float | None = None
+        self._audio = AudioLedger()
         # An LLM response is being generated; an interruption cancels it, and the
         # end frame pushed on its way out does not end the turn's answer.
         self._llm_responding = False
@@ -160,7 +155,7 @@ class LatencyTracer(BaseObserver):
             self._call_ending
             or self._user_speaking
             or self._bot_speaking
-            or any(not utterance.failed for utterance in self._pending)
+            or self._pending.waiting
             or (self._turn is not None and not self._turn.complete)
         )
         if busy:
@@ -176,7 +171,7 @@ class LatencyTracer(BaseObserver):
             if isinstance(frame.processor, (STTService, TurnTaker)):
                 # Speech recognition failed: the utterance waiting for its transcript
                 # gets none, so the next transcript must not be timed from it.
-                self._on_transcription_failed()
+                self._pending.failed()
             elif self._turn is not None and not self._turn.complete:
                 # The turn's answer is now the apology the session speaks for it.
                 self._turn.error = frame.error
@@ -184,7 +179,16 @@ class LatencyTracer(BaseObserver):
             return
         if data.direction != FrameDirection.DOWNSTREAM:
             return
-        if isinstance(frame, VADUserStartedSpeakingFrame):
+        if isinstance(frame, CancelFrame):
+            self._cancelled = True
+        elif isinstance(frame, TTSStartedFrame):
+            self._tts_open = True
+        elif isinstance(frame, TTSStoppedFrame):
+            self._tts_open = False
+            if self._quiet_gap:  # quiet since a gap, and nothing more came to play
+                self._quiet_gap = False
+                self._on_speech_over()
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._user_speaking = True
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._user_speaking = False
@@ -193,13 +197,13 @@ class LatencyTracer(BaseObserver):
                 speech_end = self._speech_end_at(now, frame.stop_secs)
             if speech_end is None:
                 speech_end = now - int(frame.stop_secs * 1e9)
-            self._pending.append(_Utterance(stt_request=now, speech_end=speech_end))
+            self._pending.sent(stt_request=now, speech_end=speech_end)
         elif isinstance(frame, TranscriptionSkippedFrame):
-            if self._pending:
-                self._pending.popleft()  # the utterance that was sent first, failed or not
+            self._pending.skipped()
         elif isinstance(frame, SpeculationStartedFrame):
             self._on_transcription(frame.text, now, whole_utterance=True)
         elif isinstance(frame, SpeculationCancelledFrame):
+            self._tts_open = self._quiet_gap = False  # dropped without a stop frame
             self._on_speculation_cancelled(frame.reason)
         elif isinstance(frame, EndOfTurnDecisionFrame):
             decision = {"complete": frame.complete, "p": frame.probability}
@@ -231,6 +235,7 @@ class LatencyTracer(BaseObserver):
             if isinstance(data.source, BaseOutputTransport):
                 self._on_audio_written(frame, now)
             else:
+                self._quiet_gap = False
                 turn = self._turn
                 if turn is not None and turn.tts_first_audio is None and not self._withdrawn:
                     turn.tts_first_audio = now  # synthesized, perhaps before the commit
@@ -268,35 +273,42 @@ class LatencyTracer(BaseObserver):
                     empty = not self._turn.bot_text.strip()
                     self._complete_if_done(force=empty and not failed)
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
+            self._bot_speaking, self._quiet_gap = True, False
             if self._turn is not None and self._turn.audio_out is None and not self._turn.complete:
                 self._turn.audio_out = now
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
-            self._written_secs = self._produced_secs  # the transport's queue ran dry
-            if self._greeting_pending and self._turn is None:
-                self._greeting_pending = False
-                self.greeting_done.set()
-            self._complete_if_done()
+            self._audio.drained()  # the transport's queue ran dry
+            if not self._tts_open:
+                self._on_speech_over()
+            else:
+                self._quiet_gap = True
         elif isinstance(frame, InterruptionFrame):
             # The transport drops what it had queued; nothing produced is left to play.
             self._llm_interrupted = self._llm_responding
-            self._written_secs = self._produced_secs
-            self._reply_starts_at = None
+            self._audio.drained()
+            self._tts_open = self._quiet_gap = False
             turn = self._speaking_turn()
             if turn is not None:
                 turn.interrupted = True
                 self._finish(turn)
         self._update_idle()
 
+    def _on_speech_over(self) -> None:
+        """The bot went quiet with nothing more synthesized: what it was saying is over
+        (a pause while synthesis runs late is a gap inside it, not its end)."""
+        if self._greeting_pending and self._turn is None:
+            self._greeting_pending = False
+            self.greeting_done.set()
+        self._complete_if_done()
+
     def _on_audio_produced(self, frame: TTSAudioRawFrame) -> None:
         """Audio on its way to the transport (past the speculative audio gate)."""
-        turn = self._turn
+        turn, queued = self._turn, False
         if turn is not None and not turn.audio_released and not turn.complete:
             turn.audio_released = True
-            if self._bot_speaking and turn.audio_out is None:
-                self._reply_starts_at = self._produced_secs
-        self._produced_secs += _seconds(frame)
+            queued = self._bot_speaking and turn.audio_out is None
+        self._audio.produced(_seconds(frame), queued_reply_starts=queued)
 
     def _on_speculation_cancelled(self, reason: str) -> None:
         # The withdrawn completion's end frame is not the turn's answer, and its text and
@@ -323,12 +335,9 @@ class LatencyTracer(BaseObserver):
         turn.barge_in_ms, self._barge_in_ms = self._barge_in_ms, None
 
     def _on_audio_written(self, frame: TTSAudioRawFrame, now: int) -> None:
-        self._written_secs += _seconds(frame)
-        starts_at, turn = self._reply_starts_at, self._turn
-        # A millisecond of slack: the transport's chunks need not align with TTS frames.
-        if starts_at is None or self._written_secs <= starts_at + 1e-3:
+        turn = self._turn
+        if not self._audio.written(_seconds(frame)):
             return
-        self._reply_starts_at = None
         if turn is not None and turn.audio_out is None and not turn.complete:
             turn.audio_out = now
 
@@ -363,42 +372,20 @@ class LatencyTracer(BaseObserver):
         for data in frame.data:
             if isinstance(data, LLMUsageMetricsData):
                 usage = data.value
-                counts = {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "cached_tokens": usage.cache_read_input_tokens,
-                }
-                for name, count in counts.items():
-                    if count is not None:
-                        turn.llm_usage[name] = turn.llm_usage.get(name, 0) + count
+                turn.count_usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.cache_read_input_tokens,
+                )
 
     def _speaking_turn(self) -> TurnTrace | None:
         """The turn whose reply the caller is hearing, if any."""
         turn = self._turn
         return turn if turn is not None and not turn.complete and turn.audio_out else None
 
-    def _on_transcription_failed(self) -> None:
-        """The oldest utterance still waiting for a transcript will get none.
-
-        It stays queued, marked, because a turn-taker settles a failed utterance with
-        a :class:`TranscriptionSkippedFrame` too; a transcript passes over it.
-        """
-        for utterance in self._pending:
-            if not utterance.failed:
-                utterance.failed = True
-                return
-
-    def _next_utterance(self) -> _Utterance | None:
-        """The utterance a transcript stands for: the oldest one whose STT did not fail."""
-        while self._pending:
-            utterance = self._pending.popleft()
-            if not utterance.failed:
-                return utterance
-        return None
-
     def _on_transcription(self, text: str, now: int, *, whole_utterance: bool = False) -> None:
         """A transcript of the caller; ``whole_utterance``: it covers the turn so far."""
-        utterance = self._next_utterance()
+        utterance = self._pending.take()
         turn = self._turn
         # The turn still being spoken takes every new transcript of the caller: a
         # speculative one (until committed), or, without speculation (keypad digits),
@@ -422,7 +409,7 @@ class LatencyTracer(BaseObserver):
             # The caller spoke again before this turn's answer was over.
             turn.interrupted = True
             self._finish(turn)
-        self._reply_starts_at = None
+        self._audio.forget_queued_reply()
         turn = TurnTrace(index=len(self.trace.turns) + 1, caller_text=text.strip(), transcribed=now)
         turn.speculative_starts = 1 if whole_utterance else 0
         if utterance is not None:
@@ -439,7 +426,12 @@ class LatencyTracer(BaseObserver):
         turn = self._turn
         if turn is None or turn.complete:
             return
-        if force or (turn.llm_done and not self._bot_speaking and turn.audio_out is not None):
+        if force:
+            self._finish(turn)
+            return
+        # A call torn down (the caller hung up) stops its audio without it having played.
+        played = turn.audio_out is not None and not self._bot_speaking
+        if turn.llm_done and played and not self._tts_open and not self._cancelled:
             self._finish(turn)
 
     def _finish(self, turn: TurnTrace) -> None:

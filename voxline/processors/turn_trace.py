@@ -135,6 +135,12 @@ class TurnTrace:
         ]
         return summary
 
+    def count_usage(self, **counts: int | None) -> None:
+        """Add a completion's token counts to the turn's (``None``: the server did not say)."""
+        for name, count in counts.items():
+            if count is not None:
+                self.llm_usage[name] = self.llm_usage.get(name, 0) + count
+
     def reset_speculation(self, reason: str) -> None:
         """Forget a withdrawn speculation's stages: the next one answers the turn."""
         self.cancellations.append(reason)
