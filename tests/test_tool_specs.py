@@ -218,6 +218,48 @@ async def test_the_filler_line_is_said_only_when_a_tool_is_slow():
     assert said == ["One moment while I check that."]
 
 
+async def test_a_quick_tool_whose_reply_is_slow_to_start_still_gets_the_filler():
+    # The tool answers at once, but the completion after it waits for a busy LLM server:
+    # the caller's silence is as long as with a slow tool.
+    persona = Persona(name="p", prompt="x", filler_after_ms=50)
+    said: list[str] = []
+    background: list[asyncio.Task] = []
+    replied = asyncio.Event()
+
+    async def speak(text: str) -> None:
+        said.append(text)
+
+    async def quick() -> dict:
+        return {"status": "waiting"}
+
+    def later(coroutine) -> None:
+        background.append(asyncio.ensure_future(coroutine))
+
+    def waiting() -> bool:
+        return not replied.is_set()
+
+    result = await run_with_filler(quick(), persona, speak, still_waiting=waiting, later=later)
+    assert result == {"status": "waiting"} and said == []  # the result goes back at once
+    await asyncio.gather(*background)
+    assert said == ["One moment while I check that."]
+
+    # The reply's first words came before the deadline: no filler after them.
+    said.clear()
+    background.clear()
+    await run_with_filler(quick(), persona, speak, still_waiting=waiting, later=later)
+    replied.set()
+    await asyncio.gather(*background)
+    assert said == []
+
+    # Nor for a slow tool, once something was said (another tool's filler, the caller).
+    async def slow() -> dict:
+        await asyncio.sleep(0.2)
+        return {"status": "waiting"}
+
+    await run_with_filler(slow(), persona, speak, still_waiting=waiting, later=later)
+    assert said == [] and len(background) == 1
+
+
 class BookingAPI:
     """A real HTTP server on loopback standing in for a restaurant's booking system."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from pipecat.services.llm_service import FunctionCallParams, LLMService
 from voxline import logcontent
 from voxline.personas import Persona
 from voxline.processors.frames import spoken_line
+from voxline.processors.llm import VoxlineLLMService
 from voxline.processors.tool_call_stream import INVALID_ARGUMENTS
 from voxline.tools.builtins import (
     BUILTINS,
@@ -129,17 +130,45 @@ def persona_context(persona: Persona, facts: dict[str, str] | None = None) -> LL
 
 
 async def run_with_filler(
-    work: Awaitable[dict[str, Any]], persona: Persona, speak: Callable[[str], Awaitable[None]]
+    work: Awaitable[dict[str, Any]],
+    persona: Persona,
+    speak: Callable[[str], Awaitable[None]],
+    *,
+    still_waiting: Callable[[], bool] | None = None,
+    later: Callable[[Coroutine[Any, Any, None]], object] | None = None,
 ) -> dict[str, Any]:
-    """Await a tool; if it takes longer than ``filler_after_ms``, say the filler line."""
+    """Await a tool; say the filler line once the caller has waited ``filler_after_ms``
+    since it started.
+
+    The caller's wait is the tool's run and then, after a quick tool, the follow-up
+    completion's wait for its first words (a server busy with other calls can take
+    seconds). Given ``still_waiting`` (whether nothing was said and the caller has not
+    spoken since the tool started) and ``later`` (runs a coroutine in the background),
+    the filler is said at the deadline after the tool returned, unless the reply began
+    first. Without them, only a slow tool gets the filler.
+    """
+    after = persona.filler_after_ms / 1000
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + after
     task = asyncio.ensure_future(work)
     try:
-        done, _ = await asyncio.wait({task}, timeout=persona.filler_after_ms / 1000)
+        done, _ = await asyncio.wait({task}, timeout=after)
         if not done:
-            await speak(persona.phrases.filler)
-        return await task
+            if still_waiting is None or still_waiting():
+                await speak(persona.phrases.filler)
+            return await task
+        result = task.result()
     finally:
         task.cancel()
+    if still_waiting is not None and later is not None:
+
+        async def unless_the_reply_began() -> None:
+            await asyncio.sleep(deadline - loop.time())  # a deadline, not a sync
+            if still_waiting():
+                await speak(persona.phrases.filler)
+
+        later(unless_the_reply_began())
+    return result
 
 
 def _detail(error: str) -> str:
@@ -202,8 +231,14 @@ def register_tools(
                     spoken_line(text, interruptible="filler" not in persona.turn.uninterruptible)
                 )
 
+            llm, waiting = params.llm, None
+            if isinstance(llm, VoxlineLLMService):
+                mark = llm.activity
+                waiting = lambda: llm.activity == mark  # noqa: E731
             # The runner logs a failure itself (its kind, not the caller's values).
-            result = await run_with_filler(runners[name].run(raw), persona, speak)
+            result = await run_with_filler(
+                runners[name].run(raw), persona, speak, still_waiting=waiting, later=llm.create_task
+            )
             await answer(result, True)
             return
         if name not in persona.tools:

@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from loguru import logger
-from pipecat.frames.frames import Frame, FunctionCallFromLLM, LLMContextFrame, StartFrame
+from pipecat.frames.frames import (
+    Frame,
+    FunctionCallFromLLM,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMTextFrame,
+    StartFrame,
+    TTSSpeakFrame,
+    VADUserStartedSpeakingFrame,
+)
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
@@ -89,9 +98,18 @@ class VoxlineLLMService(OpenAILLMService):
         self._speculation_gate = SpeculationTracker(name=f"{self}::SpeculationTracker")
         self._turn_settled = asyncio.Event()
         self._turn_settled.set()
+        self._activity = 0
+
+    @property
+    def activity(self) -> int:
+        """Counts what ends a caller's wait in silence: reply text or a spoken line pushed,
+        the caller speaking. Unchanged since a mark: the caller is still waiting."""
+        return self._activity
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Announce whether each completion answers an open turn, ahead of its frames."""
+        if isinstance(frame, (VADUserStartedSpeakingFrame, InterruptionFrame)):
+            self._activity += 1
         if isinstance(frame, StartFrame) and self._warm_context is not None:
             self._warm_task = self.create_task(self._warm_up(self._warm_context))
             self._warm_context = None
@@ -105,6 +123,10 @@ class VoxlineLLMService(OpenAILLMService):
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         """Push as pipecat does; note when the turn a speculation answers is settled."""
+        if direction == FrameDirection.DOWNSTREAM and isinstance(
+            frame, (LLMTextFrame, TTSSpeakFrame)
+        ):
+            self._activity += 1
         await super().push_frame(frame, direction)
         if not self._speculation_gate.is_speculating:
             self._turn_settled.set()
