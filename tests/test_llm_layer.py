@@ -13,7 +13,9 @@ import pytest
 import pytest_asyncio
 from conftest import ROOT
 from openai.types.chat import ChatCompletionChunk
+from pipecat.frames.frames import TTSSpeakFrame, VADUserStartedSpeakingFrame
 from pipecat.services.llm_service import FunctionCallParams
+from pipelines import RunningPipeline
 from speech import speech_16k
 
 from voxline.bot.call_control import PipelineCallControl
@@ -138,6 +140,29 @@ def tool_persona(tmp_path: Path, monkeypatch):
     path = tmp_path / "bank.yaml"
     path.write_text(text)
     return path
+
+
+async def test_the_llm_counts_what_ends_a_callers_wait_and_stops_what_runs_beside_it():
+    # A tool's filler is said only if nothing ended the caller's wait since the tool
+    # started (a spoken line, the caller's voice); its timer must not outlive the call.
+    llm = VoxlineLLMService(api_key="x", base_url="http://127.0.0.1:9/v1")
+    running, stopped = asyncio.Event(), asyncio.Event()
+
+    async def beside() -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    async with RunningPipeline([llm]) as run:
+        mark = llm.activity
+        llm.run_beside(beside())
+        await asyncio.wait_for(running.wait(), 5)
+        await run.queue(TTSSpeakFrame("One moment."))
+        await run.queue(VADUserStartedSpeakingFrame())
+    assert llm.activity == mark + 2
+    assert stopped.is_set()
 
 
 async def test_the_llm_hears_errors_for_unknown_tools_and_bad_arguments(tool_persona):

@@ -231,13 +231,13 @@ def register_tools(
                     spoken_line(text, interruptible="filler" not in persona.turn.uninterruptible)
                 )
 
-            llm, waiting = params.llm, None
+            llm, waiting, later = params.llm, None, None
             if isinstance(llm, VoxlineLLMService):
-                mark = llm.activity
+                mark, later = llm.activity, llm.run_beside
                 waiting = lambda: llm.activity == mark  # noqa: E731
             # The runner logs a failure itself (its kind, not the caller's values).
             result = await run_with_filler(
-                runners[name].run(raw), persona, speak, still_waiting=waiting, later=llm.create_task
+                runners[name].run(raw), persona, speak, still_waiting=waiting, later=later
             )
             await answer(result, True)
             return

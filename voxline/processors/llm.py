@@ -24,7 +24,7 @@ a second completion; a withdrawn speculation is cancelled with its stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from loguru import logger
@@ -99,12 +99,25 @@ class VoxlineLLMService(OpenAILLMService):
         self._turn_settled = asyncio.Event()
         self._turn_settled.set()
         self._activity = 0
+        self._background: set[asyncio.Task] = set()
 
     @property
     def activity(self) -> int:
         """Counts what ends a caller's wait in silence: reply text or a spoken line pushed,
         the caller speaking. Unchanged since a mark: the caller is still waiting."""
         return self._activity
+
+    def run_beside(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` beside the call (a tool's filler timer); it is cancelled
+        when the pipeline ends, so a hang-up leaves nothing running."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.warning(f"{self}: {type(error).__name__} beside the call: {error}")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Announce whether each completion answers an open turn, ahead of its frames."""
@@ -216,10 +229,13 @@ class VoxlineLLMService(OpenAILLMService):
             logger.debug(f"{self}: call prompt warmed in {seconds:.2f} s")
 
     async def cleanup(self) -> None:
-        """Stop a warm-up still running with the pipeline."""
+        """Stop a warm-up and what runs beside the call with the pipeline."""
         if self._warm_task is not None:
             await self.cancel_task(self._warm_task)
             self._warm_task = None
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await super().cleanup()
 
     async def get_chat_completions(self, context: LLMContext):

@@ -27,6 +27,7 @@ import soxr
 import websockets
 from twilio.request_validator import RequestValidator
 
+from voxline.transports.caller_ear import CallerEar
 from voxline.transports.levels import is_voiced
 
 RATE = 8000
@@ -237,9 +238,7 @@ class TwilioCaller:
         clock = lambda: loop.time() - origin  # noqa: E731
         stream_sid = "MZ" + secrets.token_hex(16)
         result = DialResult(call_sid=self.call_sid, turns=[], heard=np.zeros(0, dtype=np.int16))
-        played: list[tuple[float, np.ndarray]] = []
-        playhead = 0.0
-        pending_marks: list[tuple[float, str]] = []
+        ear = CallerEar(RATE)
         first_mark = asyncio.Event()
         bot_spoke = asyncio.Event()
         activity = asyncio.Event()
@@ -252,15 +251,12 @@ class TwilioCaller:
                 await ws.send(json.dumps(message))
 
             async def echo_marks_due() -> None:
-                now = clock()
-                while pending_marks and pending_marks[0][0] <= now:
-                    _, name = pending_marks.pop(0)
+                for name in ear.marks_due(clock()):
                     result.marks_echoed += 1
                     first_mark.set()
                     await send({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
             async def receive() -> None:
-                nonlocal playhead
                 async for raw in ws:
                     message = json.loads(raw)
                     event = message.get("event", "?")
@@ -271,10 +267,7 @@ class TwilioCaller:
                             audioop.ulaw2lin(base64.b64decode(message["media"]["payload"]), 2),
                             dtype=np.int16,
                         )
-                        start = max(now, playhead)
-                        playhead = start + pcm.size / RATE
-                        result.most_ahead_secs = max(result.most_ahead_secs, playhead - now)
-                        played.append((start, pcm))
+                        start = ear.media(now, pcm)
                         if is_voiced(pcm):
                             activity.set()
                             bot_spoke.set()
@@ -282,18 +275,10 @@ class TwilioCaller:
                                 if turn.bot_start is None and start >= turn.caller_end:
                                     turn.bot_start = start
                     elif event == "mark":
-                        pending_marks.append((max(now, playhead), message["mark"]["name"]))
+                        ear.mark(now, message["mark"]["name"])
                     elif event == "clear":
                         result.clear_times.append(now)
-                        # Drop what has not been played yet; Twilio echoes the held marks.
-                        kept = []
-                        for start, pcm in played:
-                            if start < now:
-                                keep = int((now - start) * RATE)
-                                kept.append((start, pcm[:keep]))
-                        played[:] = kept
-                        playhead = now
-                        pending_marks[:] = [(now, name) for _, name in pending_marks]
+                        ear.clear(now)  # Twilio drops what is unplayed, echoes held marks
                     await echo_marks_due()
 
             sent = 0
@@ -318,14 +303,14 @@ class TwilioCaller:
                     return True
                 if plan.greeting_quiet is None:
                     return first_mark.is_set()
-                return bot_spoke.is_set() and now >= playhead + plan.greeting_quiet
+                return bot_spoke.is_set() and now >= ear.playhead + plan.greeting_quiet
 
             def after_answer(pause: float) -> Callable[[float], bool]:
                 def ready(now: float) -> bool:
                     turn = result.turns[-1] if result.turns else None
                     if turn is None or turn.bot_start is None:
                         return turn is None or now > turn.caller_end + REPLY_TIMEOUT_SECS
-                    return now >= max(playhead, turn.bot_start) + pause
+                    return now >= max(ear.playhead, turn.bot_start) + pause
 
                 return ready
 
@@ -399,8 +384,8 @@ class TwilioCaller:
                     return
                 # ... then until the bot has been quiet for a while.
                 while True:
-                    remaining = playhead + quiet - clock()
-                    if remaining <= 0 and not pending_marks:
+                    remaining = ear.playhead + quiet - clock()
+                    if remaining <= 0 and not ear.owes_marks:
                         return
                     activity.clear()
                     with contextlib.suppress(TimeoutError):
@@ -422,18 +407,7 @@ class TwilioCaller:
                     task.cancel()
                 await asyncio.gather(*tasks, done_task, return_exceptions=True)
             result.close_code = ws.close_code
-        result.heard = _timeline(played)
-        result.played = played
+        result.heard = ear.timeline()
+        result.played = ear.played
+        result.most_ahead_secs = ear.most_ahead_secs
         return result
-
-
-def _timeline(played: list[tuple[float, np.ndarray]]) -> np.ndarray:
-    """The bot's audio placed at the times it played, silence between."""
-    if not played:
-        return np.zeros(0, dtype=np.int16)
-    end = max(start + pcm.size / RATE for start, pcm in played)
-    out = np.zeros(int(end * RATE) + 1, dtype=np.int16)
-    for start, pcm in played:
-        at = int(start * RATE)
-        out[at : at + pcm.size] = pcm[: out.size - at]
-    return out
