@@ -10,7 +10,8 @@ import pytest
 from speech import speech_16k, wer
 
 from voxline.bench.callers import espeak, silence
-from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine, repeats_itself
+from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
+from voxline.engines.whisper_loops import repeats_itself
 from voxline.models import resolve_whisper
 
 TEXTS = [

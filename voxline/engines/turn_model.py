@@ -32,7 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from voxline.engines.batcher import BatchRecord, MicroBatcher
-from voxline.engines.whisper import validate_audio
+from voxline.engines.samples import validate_audio
 
 SAMPLE_RATE = 16_000
 WINDOW_SECS = 8

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voxline.engines.batcher import BatchRecord, MicroBatcher
+from voxline.engines.samples import validate_audio
+from voxline.engines.whisper_loops import repeats_itself
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
@@ -42,13 +44,6 @@ SILENCE_RMS = 10 ** (-50 / 20)
 NO_SPEECH_PROB = 0.6
 MIN_AVG_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
-# "Hi, where is my parcel? Hi, where is my parcel": a short window can make Whisper say a
-# phrase of the caller's twice instead of what followed it. Callers do repeat a word or
-# two ("no, no"), rarely three in a row.
-MIN_REPEATED_WORDS = 3
-# "Hi, where's my parcel? Hi. Hi, where's": or start the utterance over and stop after
-# its first words.
-MIN_RESTARTED_WORDS = 2
 
 
 @dataclass(frozen=True)
@@ -365,45 +360,3 @@ class WhisperEngine:
     async def close(self) -> None:
         """Refuse new utterances, let running batches finish, release the worker threads."""
         await self._batcher.close()
-
-
-def repeats_itself(text: str) -> bool:
-    """Whether ``text`` says a phrase twice in a row, or ends by starting a phrase again.
-
-    Both are how Whisper loops in a short window: :data:`MIN_REPEATED_WORDS` or more words
-    said twice in a row ("Hi, where is my parcel? Hi, where is my parcel"), the end of the
-    text saying that many words it said before ("Hi, where's my parcel? Hi, where's my"),
-    or the end saying the first :data:`MIN_RESTARTED_WORDS` words again ("Hi, where's my
-    parcel? Hi. Hi, where's"). Case and punctuation are ignored; "No, no, it is fine" does
-    not repeat itself.
-    """
-    words = ["".join(c for c in word if c.isalnum()) for word in text.lower().split()]
-    words = [word for word in words if word]
-    count = len(words)
-    for length in range(MIN_REPEATED_WORDS, count // 2 + 1):
-        ending = words[count - length :]
-        for start in range(count - 2 * length + 1):
-            phrase = words[start : start + length]
-            if phrase == words[start + length : start + 2 * length] or phrase == ending:
-                return True
-    restart = MIN_RESTARTED_WORDS
-    return count >= 2 * restart and words[:restart] == words[count - restart :]
-
-
-def validate_audio(audio: np.ndarray) -> np.ndarray:
-    """Check an utterance and return it as contiguous float32.
-
-    Raises:
-        ValueError: for a non-array, a multi-dimensional array, a non-float dtype
-            or non-finite samples.
-    """
-    if not isinstance(audio, np.ndarray):
-        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
-    if audio.ndim != 1:
-        raise ValueError(f"audio must be mono (1-D), got shape {audio.shape}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype}")
-    samples = np.ascontiguousarray(audio, dtype=np.float32)
-    if samples.size and not math.isfinite(float(np.sum(samples))):
-        raise ValueError("audio contains NaN or infinite samples")
-    return samples
