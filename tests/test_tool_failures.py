@@ -23,8 +23,8 @@ from loguru import logger
 from tests.corpus import record
 from voxline.engines.llm import free_port
 from voxline.tools.runner import MAX_RESULT_CHARS, ToolRunner
-from voxline.tools.threads import ToolThreads, tool_threads
 from voxline.tools.spec import load_tool_spec, resolve_python_handler
+from voxline.tools.threads import ToolThreads, tool_threads
 
 HANDLERS = """
 import math

@@ -14,9 +14,8 @@ the commit. Stage times are those of the speculation that was kept.
 The first audio sent is the output transport's ``BotStartedSpeakingFrame`` when
 the bot was silent; a reply queued behind audio still playing starts where the
 :class:`~voxline.processors.audio_ledger.AudioLedger` says. A reply is over when the
-bot goes quiet after TTS has closed it: pipecat says the bot stopped speaking
-whenever the transport's queue runs dry for a moment, which under load happens
-between two sentences, and a hang-up stops the audio of a reply never heard out.
+bot goes quiet after TTS has closed it, not at a pause between two sentences nor at a
+hang-up (:class:`~voxline.processors.bot_speech.BotSpeech`).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
 from voxline.processors.audio_ledger import AudioLedger
+from voxline.processors.bot_speech import BotSpeech
 from voxline.processors.frames import (
     BargeInFrame,
     EndOfTurnDecisionFrame,
@@ -111,15 +111,10 @@ class LatencyTracer(BaseObserver):
         self._on_turn = on_turn
         self._ending_tools = frozenset(ending_tools)
         self._call_ending = False
-        self._cancelled = False  # the call was torn down (a hang-up): nothing more plays
-        # The TTS context still synthesizing (started, not stopped): the bot's speech
-        # pausing while it is open is a gap inside the reply, not its end.
-        self._tts_open = False
-        self._quiet_gap = False  # the bot went quiet with TTS open, and no audio came since
         self._pending = PendingUtterances()
         self._turn: TurnTrace | None = None
         self._user_speaking = False
-        self._bot_speaking = False
+        self._bot = BotSpeech()
         self._greeting_pending = True
         self._audio = AudioLedger()
         # An LLM response is being generated; an interruption cancels it, and the
@@ -154,7 +149,7 @@ class LatencyTracer(BaseObserver):
         busy = (
             self._call_ending
             or self._user_speaking
-            or self._bot_speaking
+            or self._bot.speaking
             or self._pending.waiting
             or (self._turn is not None and not self._turn.complete)
         )
@@ -180,13 +175,11 @@ class LatencyTracer(BaseObserver):
         if data.direction != FrameDirection.DOWNSTREAM:
             return
         if isinstance(frame, CancelFrame):
-            self._cancelled = True
+            self._bot.torn_down = True
         elif isinstance(frame, TTSStartedFrame):
-            self._tts_open = True
+            self._bot.synthesis_started()
         elif isinstance(frame, TTSStoppedFrame):
-            self._tts_open = False
-            if self._quiet_gap:  # quiet since a gap, and nothing more came to play
-                self._quiet_gap = False
+            if self._bot.synthesis_stopped():  # quiet since a pause, nothing more to play
                 self._on_speech_over()
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._user_speaking = True
@@ -203,7 +196,7 @@ class LatencyTracer(BaseObserver):
         elif isinstance(frame, SpeculationStartedFrame):
             self._on_transcription(frame.text, now, whole_utterance=True)
         elif isinstance(frame, SpeculationCancelledFrame):
-            self._tts_open = self._quiet_gap = False  # dropped without a stop frame
+            self._bot.dropped()
             self._on_speculation_cancelled(frame.reason)
         elif isinstance(frame, EndOfTurnDecisionFrame):
             decision = {"complete": frame.complete, "p": frame.probability}
@@ -235,7 +228,7 @@ class LatencyTracer(BaseObserver):
             if isinstance(data.source, BaseOutputTransport):
                 self._on_audio_written(frame, now)
             else:
-                self._quiet_gap = False
+                self._bot.audio_synthesized()
                 turn = self._turn
                 if turn is not None and turn.tts_first_audio is None and not self._withdrawn:
                     turn.tts_first_audio = now  # synthesized, perhaps before the commit
@@ -266,28 +259,25 @@ class LatencyTracer(BaseObserver):
                 if self._turn.tools_running or self._turn.follow_up_expected:
                     return  # the reply comes from the completion after the tool results
                 self._turn.llm_done = True
-                if not self._bot_speaking and self._turn.audio_out is None and not cancelled:
+                if not self._bot.speaking and self._turn.audio_out is None and not cancelled:
                     # A reply with nothing to say (empty text) is still a finished turn;
                     # a cancelled one is not a reply: the next completion answers.
                     failed = self._turn.error is not None
                     empty = not self._turn.bot_text.strip()
                     self._complete_if_done(force=empty and not failed)
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking, self._quiet_gap = True, False
+            self._bot.started()
             if self._turn is not None and self._turn.audio_out is None and not self._turn.complete:
                 self._turn.audio_out = now
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
             self._audio.drained()  # the transport's queue ran dry
-            if not self._tts_open:
+            if self._bot.stopped():
                 self._on_speech_over()
-            else:
-                self._quiet_gap = True
         elif isinstance(frame, InterruptionFrame):
             # The transport drops what it had queued; nothing produced is left to play.
             self._llm_interrupted = self._llm_responding
             self._audio.drained()
-            self._tts_open = self._quiet_gap = False
+            self._bot.dropped()
             turn = self._speaking_turn()
             if turn is not None:
                 turn.interrupted = True
@@ -307,7 +297,7 @@ class LatencyTracer(BaseObserver):
         turn, queued = self._turn, False
         if turn is not None and not turn.audio_released and not turn.complete:
             turn.audio_released = True
-            queued = self._bot_speaking and turn.audio_out is None
+            queued = self._bot.speaking and turn.audio_out is None
         self._audio.produced(_seconds(frame), queued_reply_starts=queued)
 
     def _on_speculation_cancelled(self, reason: str) -> None:
@@ -359,7 +349,7 @@ class LatencyTracer(BaseObserver):
         if run_llm is False:
             if not turn.tools_running:
                 turn.llm_done = True
-                self._complete_if_done(force=not self._bot_speaking and turn.audio_out is None)
+                self._complete_if_done(force=not self._bot.speaking and turn.audio_out is None)
         else:
             turn.follow_up_expected = True
         self._update_idle()
@@ -429,9 +419,7 @@ class LatencyTracer(BaseObserver):
         if force:
             self._finish(turn)
             return
-        # A call torn down (the caller hung up) stops its audio without it having played.
-        played = turn.audio_out is not None and not self._bot_speaking
-        if turn.llm_done and played and not self._tts_open and not self._cancelled:
+        if turn.llm_done and turn.audio_out is not None and self._bot.over:
             self._finish(turn)
 
     def _finish(self, turn: TurnTrace) -> None:
