@@ -86,8 +86,14 @@ class TurnEnd:
     async def _complete(
         self, turn: CallerTurn, generation: int, reason: str, after_secs: float = 0.0
     ) -> None:
-        """The turn is judged complete: commit it once the pause is ``after_secs`` long,
-        and a longer one if the turn is short."""
+        """The turn is judged complete: it is committed on the first frame the VAD calls
+        quiet once the pause is ``after_secs`` long (a longer one if the turn is short).
+
+        Never here and now: a verdict can come back late (the model's queue is shared by
+        every call), while the VAD is analyzing the frame in which the caller starts
+        again; committing then answered half a sentence. On the next frame the VAD has
+        called, a caller going on is a resumption, which voids the verdict.
+        """
         if self._turn is not turn or turn.generation != generation or not turn.paused:
             return
         if self._needs_longer_pause(turn):
@@ -95,11 +101,8 @@ class TurnEnd:
             # or two, or over the bot, callers go on; the verdict holds once the pause is
             # a little longer (the reply is being prepared meanwhile).
             after_secs = max(after_secs, CAREFUL_PAUSE_SECS)
-        if turn.silence_secs < after_secs:
-            if not turn.complete_reason or after_secs < turn.complete_after_secs:
-                turn.complete_reason, turn.complete_after_secs = reason, after_secs
-            return
-        await self._commit(turn, reason)
+        if not turn.complete_reason or after_secs < turn.complete_after_secs:
+            turn.complete_reason, turn.complete_after_secs = reason, after_secs
 
     def _needs_longer_pause(self: TurnTaker, turn: CallerTurn) -> bool:
         spoken = time.monotonic() - turn.onset - turn.silence_secs
