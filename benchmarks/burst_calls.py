@@ -127,7 +127,7 @@ class Stack:
 
 
 async def start_voxline_stack(
-    backend: str, tmp: Path, max_calls: int, persona: Path, engines: dict
+    backend: str, tmp: Path, max_calls: int, persona: Path, engines: dict, log_level: str
 ) -> Stack:
     server, url = await asyncio.to_thread(
         serve_voxline,
@@ -137,7 +137,7 @@ async def start_voxline_stack(
         token=TOKEN,
         max_calls=max_calls,
         engines={**engines, "llm": {**engines.get("llm", {}), "backend": backend}},
-        log_level="INFO",
+        log_level=log_level,
     )
 
     async def stop(log: Path) -> None:
@@ -373,6 +373,13 @@ def main() -> None:
         default={},
         help='extra engines config for voxline as JSON, e.g. \'{"vllm": {"cpu_threads": 2}}\'',
     )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO"),
+        help="voxline serve's log level (its output is kept in the run's folder; with "
+        "VOXLINE_LOG_CONTENT=1 the callers' words are in it too)",
+    )
     args = parser.parse_args()
     counts = args.calls or ([1, 2] if args.quick else [1, 2, 4, 8])
     args.turns = args.turns or (2 if args.quick else 3)
@@ -396,7 +403,7 @@ def main() -> None:
                     sub = tmp / name.replace("/", "_")
                     sub.mkdir()
                     start = lambda b=backend, d=sub: start_voxline_stack(  # noqa: E731
-                        b, d, args.max_calls, args.persona, args.engines
+                        b, d, args.max_calls, args.persona, args.engines, args.log_level
                     )
                 else:
                     start = lambda b=backend: start_stock_stack(b, args.max_calls)  # noqa: E731
