@@ -63,7 +63,9 @@ class Utterance:
 
 
 # Every first half before a pause ends where the Smart Turn model hears an unfinished
-# turn (p(complete) <= 0.15 for all seven voices, checked with the engine alone).
+# turn (p(complete) <= 0.15 for all seven voices, checked with the engine alone on the
+# 16 kHz clips; through the phone line, at eight calls, the server's engine judged "So I
+# was wondering if you could" complete with p = 0.94: docs/benchmarks.md).
 # First halves that end in a falling tone ("So I was wondering if", "... and") are
 # judged complete as often as not, so a pause there tests the model, not speculation.
 UTTERANCES = [
