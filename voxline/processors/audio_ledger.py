@@ -39,10 +39,9 @@ class AudioLedger:
         return True
 
     def forget_queued_reply(self) -> None:
-        """No queued reply is waiting to start (a new turn began)."""
+        """No queued reply is waiting to start (a new turn began, or it was dropped)."""
         self._reply_starts_at = None
 
     def drained(self) -> None:
         """Nothing produced is left to write (the transport's queue ran dry or was dropped)."""
         self.written_secs = self.produced_secs
-        self._reply_starts_at = None

@@ -277,6 +277,7 @@ class LatencyTracer(BaseObserver):
             # The transport drops what it had queued; nothing produced is left to play.
             self._llm_interrupted = self._llm_responding
             self._audio.drained()
+            self._audio.forget_queued_reply()
             self._bot.dropped()
             turn = self._speaking_turn()
             if turn is not None:
