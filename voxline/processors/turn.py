@@ -351,11 +351,11 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
             return
         if self._settings.question_ends_turn and text.rstrip().endswith("?"):
             # Whisper heard a question: the turn is complete whatever the model said.
-            self._spawn(self._complete(turn, generation, "question"))
+            self._complete(turn, generation, "question")
         elif self._settings.sentence_end_secs is not None and ends_sentence(text):
             # A finished statement: complete after a short pause, whatever the model said.
             after = self._settings.sentence_end_secs
-            self._spawn(self._complete(turn, generation, "sentence", after))
+            self._complete(turn, generation, "sentence", after)
         if turn.over_bot and not turn.interrupted_bot and self._bot_busy():
             if self._overheard(turn, text):
                 self._release_bot(turn)

@@ -73,17 +73,17 @@ class TurnEnd:
             )
         )
         if complete:
-            await self._complete(turn, generation, "model")
+            self._complete(turn, generation, "model")
         elif self._unsure(decision.probability):
             # Probably finished, though below the threshold: a shorter wait than stop_secs.
             after = self._settings.unsure_stop_secs
-            await self._complete(turn, generation, "model", after)
+            self._complete(turn, generation, "model", after)
 
     def _unsure(self: TurnTaker, probability: float) -> bool:
         threshold = self._settings.model_unsure_threshold
         return threshold is not None and probability >= threshold
 
-    async def _complete(
+    def _complete(
         self, turn: CallerTurn, generation: int, reason: str, after_secs: float = 0.0
     ) -> None:
         """The turn is judged complete: it is committed on the first frame the VAD calls
