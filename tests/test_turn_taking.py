@@ -34,7 +34,7 @@ from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import Persona, load_persona
 from voxline.processors.latency import LatencyTracer
-from voxline.processors.turn_words import ends_sentence, meaningful_words
+from voxline.processors.turn_words import ends_mid_sentence, ends_sentence, meaningful_words
 from voxline.transports.audiofile import FRAME_SECS, AudioFileTransport
 from voxline.transports.levels import is_voiced
 
@@ -154,6 +154,32 @@ def test_a_sentence_ends_on_a_word_that_can_end_one():
         "",
     ):
         assert not ends_sentence(unfinished), unfinished
+
+
+def test_words_that_stop_mid_sentence():
+    for cut_off in (
+        "So I was wondering if you could.",  # judged complete on the phone (p 0.94)
+        "I was hoping you could",
+        "My card number is, um.",
+        "I would like to know whether.",
+        "Could you tell me, um...",
+        "I want to send money to",
+        "Transfer it to my,",
+        "I need to talk to someone about -",
+    ):
+        assert ends_mid_sentence(cut_off), cut_off
+    for whole in (
+        "Yes, I do.",  # an answer: short, on an auxiliary
+        "I think so.",
+        "Yes, I think I can.",
+        "Could you?",  # Whisper heard a question
+        "I was wondering if you could?",
+        "Thank you!",
+        "I lost my card yesterday.",
+        "Please sign me in.",
+        "",
+    ):
+        assert not ends_mid_sentence(whole), whole
 
 
 @asyncio_module

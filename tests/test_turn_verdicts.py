@@ -19,7 +19,7 @@ from pipecat.tests.utils import run_test
 from test_speech_end import FRAME, RATE, script, silent, tone
 
 from voxline.engines.turn_model import TurnDecision
-from voxline.processors.frames import TurnCommittedFrame
+from voxline.processors.frames import EndOfTurnDecisionFrame, TurnCommittedFrame
 from voxline.processors.turn import TurnTaker, TurnTakingSettings
 
 Q, START, SPEAK, STOP = VADState.QUIET, VADState.STARTING, VADState.SPEAKING, VADState.STOPPING
@@ -80,3 +80,46 @@ async def test_a_verdict_landing_as_the_caller_resumes_waits_for_the_vad():
     assert len(commits) == 1 and len(transcripts) == 1, (commits, transcripts)
     # The one transcript is of the whole question, both halves and the pause between.
     assert max(transcribed) > 1.8, transcribed
+
+
+async def commit_reasons(text: str, *, mid_sentence_waits: bool = True) -> list[str]:
+    """The commits of one utterance that the model judges complete (p 0.94) and Whisper
+    hears as ``text``: 0.6 s of words, then 2.4 s of silence (``stop_secs`` 2 s)."""
+    states = script((Q, 5), (SPEAK, 30), (STOP, 10), (Q, 110))
+    audio = silent(5) + tone(-20, 30) + silent(120)
+
+    async def transcribe(samples: np.ndarray) -> str:
+        return text
+
+    async def decide(samples: np.ndarray) -> TurnDecision:
+        return TurnDecision(complete=True, probability=0.94, run_secs=0.0, wait_secs=0.0)
+
+    taker = TurnTaker(
+        vad=ResumingVAD(states, asyncio.Event()),
+        transcribe=transcribe,
+        end_of_turn=decide,
+        settings=TurnTakingSettings(
+            early_secs=0.2, stop_secs=2.0, mid_sentence_waits=mid_sentence_waits
+        ),
+    )
+    frames = [InputAudioRawFrame(audio=pcm, sample_rate=RATE, num_channels=1) for pcm in audio]
+    down, _ = await run_test(taker, frames_to_send=frames)
+    decisions = [frame for frame in down if isinstance(frame, EndOfTurnDecisionFrame)]
+    assert len(decisions) == 1
+    reasons = [frame.reason for frame in down if isinstance(frame, TurnCommittedFrame)]
+    assert decisions[0].overruled == (reasons == ["silence"]), (decisions, reasons)
+    return reasons
+
+
+async def test_words_cut_off_mid_sentence_set_the_models_verdict_aside():
+    # Through the phone line the model judged this first half complete (p 0.94) and the
+    # bot answered half a sentence; the words say the caller is not done.
+    assert await commit_reasons("So I was wondering if you could.") == ["silence"]
+    assert await commit_reasons("I need to talk to someone about um") == ["silence"]
+    # A finished sentence, a short answer, a question: the verdict stands.
+    assert await commit_reasons("I lost my card yesterday.") == ["model"]
+    assert await commit_reasons("Yes, I do.") == ["model"]
+    assert await commit_reasons("I was wondering if you could?") == ["model"]
+    # The persona can leave the verdict to the model alone.
+    cut_off = "So I was wondering if you could."
+    assert await commit_reasons(cut_off, mid_sentence_waits=False) == ["model"]

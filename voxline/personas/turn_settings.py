@@ -96,6 +96,14 @@ class TurnSettings(StrictModel):
         description="A transcript ending a finished sentence (not on 'to', 'and', 'could', "
         "'um'...) ends the turn after this much silence, whatever the model says; null: off.",
     )
+    # Through the phone line at eight calls, the model judged "So I was wondering if you
+    # could" complete (p 0.94) and the bot answered half a sentence (docs/benchmarks.md).
+    mid_sentence_waits: bool = Field(
+        default=True,
+        description="A transcript that stops mid-sentence (on 'to', 'the', 'whether', "
+        "'um', on 'could' or 'is' after more than four words, or trailing off) waits for "
+        "stop_secs even when the model judged the turn complete (English word lists).",
+    )
     allow_interruptions: bool = True
     pause_bot_on_speech: bool = Field(
         default=True,

@@ -53,11 +53,14 @@ class EndOfTurnDecisionFrame(SystemFrame):
         complete: the model judged the turn finished.
         probability: its probability that the turn is finished.
         latency_ms: from asking (at ``early_secs`` of silence) to the answer.
+        overruled: the model judged the turn finished (or nearly), but Whisper's words
+            so far stop mid-sentence, so the verdict does not count.
     """
 
     complete: bool = False
     probability: float = 0.0
     latency_ms: float = 0.0
+    overruled: bool = False
 
 
 @dataclass

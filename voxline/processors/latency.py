@@ -200,6 +200,8 @@ class LatencyTracer(BaseObserver):
             self._on_speculation_cancelled(frame.reason)
         elif isinstance(frame, EndOfTurnDecisionFrame):
             decision = {"complete": frame.complete, "p": frame.probability}
+            if frame.overruled:
+                decision["overruled"] = True
             self._decisions.append({**decision, "ms": frame.latency_ms})
         elif isinstance(frame, BargeInFrame):
             self._barge_in_ms = frame.after_ms

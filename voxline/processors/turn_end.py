@@ -15,6 +15,7 @@ keep each concern in a module of its own; its methods use the turn-taker's state
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ from voxline.processors.frames import (
     TurnCommittedFrame,
 )
 from voxline.processors.turn_state import SAMPLE_RATE, CallerTurn, samples
+from voxline.processors.turn_words import ends_mid_sentence
 
 if TYPE_CHECKING:
     from voxline.processors.turn import TurnTaker
@@ -60,24 +62,54 @@ class TurnEnd:
             logger.warning(f"{self}: end-of-turn model unavailable ({exc}); waiting for stop_secs")
             return
         complete = decision.complete
+        latency_ms = round((time.monotonic() - asked) * 1000, 1)
         self._counters.decision_secs.append(time.monotonic() - asked)
         if complete:
             self._counters.decisions_complete += 1
         else:
             self._counters.decisions_incomplete += 1
+        unsure = not complete and self._unsure(decision.probability)
+        overruled = (complete or unsure) and await self._words_go_on(turn)
+        if overruled:
+            logger.debug(f"{self}: the words stop mid-sentence; the model's verdict waits")
+            self._counters.decisions_overruled += 1
         await self.push_frame(
             EndOfTurnDecisionFrame(
                 complete=complete,
                 probability=round(decision.probability, 3),
-                latency_ms=round((time.monotonic() - asked) * 1000, 1),
+                latency_ms=latency_ms,
+                overruled=overruled,
             )
         )
+        if overruled:
+            return
         if complete:
             self._complete(turn, generation, "model")
-        elif self._unsure(decision.probability):
+        elif unsure:
             # Probably finished, though below the threshold: a shorter wait than stop_secs.
             after = self._settings.unsure_stop_secs
             self._complete(turn, generation, "model", after)
+
+    async def _words_go_on(self: TurnTaker, turn: CallerTurn) -> bool:
+        """Whether Whisper's words so far stop mid-sentence, so that the model's verdict
+        of a finished turn does not count (``turn_words.ends_mid_sentence``).
+
+        The commit waits for the same transcript, so waiting for it here delays the
+        commit by one frame at most; a turn whose transcript is not asked for before the
+        commit (no speculation, no rule on the words) keeps the verdict.
+        """
+        task = turn.transcript
+        if not self._settings.mid_sentence_waits or task is None:
+            return False
+        try:
+            text = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return False  # the caller went on: this verdict is void anyway
+            raise
+        except (ValueError, Overloaded, BatcherClosed):
+            return False  # the commit reports it
+        return ends_mid_sentence(text)
 
     def _unsure(self: TurnTaker, probability: float) -> bool:
         threshold = self._settings.model_unsure_threshold

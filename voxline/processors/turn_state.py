@@ -61,6 +61,7 @@ class TurnCounters:
     not_understood: int = 0
     decisions_complete: int = 0
     decisions_incomplete: int = 0
+    decisions_overruled: int = 0
     decision_secs: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -78,6 +79,7 @@ class TurnTakingSettings:
     overheard: str = "join"
     question_ends_turn: bool = True
     sentence_end_secs: float | None = None
+    mid_sentence_waits: bool = True
     model_unsure_threshold: float | None = None
     unsure_stop_secs: float = 0.7
 

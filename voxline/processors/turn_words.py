@@ -1,7 +1,7 @@
 """What the caller's words say about the turn: backchannels, and sentences that end it.
 
 Whisper's transcript of the utterance so far is ready when a pause begins (the
-turn-taker sends it at ``early_secs``). Two readings of it help the audio-only
+turn-taker sends it at ``early_secs``). Three readings of it help the audio-only
 end-of-turn model:
 
 * **Backchannels.** "uh-huh", "okay", a cough spelled "Hmm." are not words that
@@ -32,7 +32,7 @@ BACKCHANNELS = frozenset(
 FILLER_SOUND = re.compile(r"^(?:[uaoe]?[hm]*[uaoe]?[hm]+(?:-?[uaoe]?[hm]+)*|[uaoe]+h?)$")
 """Hums and grunts as Whisper spells them: uh, um, hmm, mm-hmm, uh-hum, huh, ah, oh."""
 
-UNFINISHED_WORDS = frozenset(
+LEADING_WORDS = frozenset(
     {
         # articles, possessives and determiners that never stand alone: a noun follows
         *("a", "an", "the", "my", "your", "our", "their", "its", "every", "whose", "which"),
@@ -41,20 +41,34 @@ UNFINISHED_WORDS = frozenset(
         *("without", "within", "toward", "towards", "than", "like", "as", "per", "via"),
         *("against", "among"),
         # conjunctions and subordinators
-        *("and", "or", "but", "nor", "so", "because", "if", "whether", "while"),
+        *("and", "or", "but", "nor", "because", "if", "whether", "while"),
         *("although", "though", "unless", "until", "since", "whereas", "plus"),
-        # auxiliaries and modals: a verb usually follows ("Yes, I do." waits for the model)
+        # hesitations Whisper writes as words
+        *("um", "uh", "erm", "hmm", "mean", "basically"),
+    }
+)
+"""Words that lead into more: a sentence never ends on one (English)."""
+
+ANSWER_END_WORDS = frozenset(
+    {
+        # auxiliaries and modals: a verb usually follows, but "Yes, I do." ends there
         *("is", "are", "was", "were", "am", "be", "been", "being", "have", "has", "had"),
         *("do", "does", "did", "can", "could", "will", "would", "shall", "should", "may"),
         *("might", "must", "i'm", "i've", "i'd", "i'll", "it's", "we're", "they're"),
         *("you're", "let's", "gonna", "wanna", "gotta"),
         # subject pronouns: a verb follows
         *("i", "we", "they", "he", "she"),
-        # hesitations Whisper writes as words
-        *("um", "uh", "erm", "hmm", "mean", "basically"),
+        # "so": "so that ...", but "I think so."
+        "so",
     }
 )
+"""Words a sentence seldom ends on, though a short answer may ("Yes, I do.", "I hope so.")."""
+
+UNFINISHED_WORDS = LEADING_WORDS | ANSWER_END_WORDS
 """Words a finished sentence does not end on (English): a pause after one is mid-sentence."""
+
+SHORT_ANSWER_WORDS = 4
+"""The most words an answer ending on one of :data:`ANSWER_END_WORDS` has ("Yes, I think so.")."""
 
 _TRAILING_OFF = ("...", "…", ",", "-", "—", ";", ":")
 _LAST_WORD = re.compile(r"([a-z']+)[^a-z']*$")
@@ -79,3 +93,24 @@ def ends_sentence(text: str) -> bool:
     if last in UNFINISHED_WORDS or FILLER_SOUND.match(last):
         return False
     return bool(meaningful_words(text))
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """Whether a transcript stops where a sentence goes on: trailing off ("...", a comma
+    or a dash), on a word that leads into more ("to", "the", "whether", "um"), or, after
+    more than :data:`SHORT_ANSWER_WORDS` words, on an auxiliary, a modal or a pronoun
+    ("So I was wondering if you could."; "Yes, I do." is an answer). A question or an
+    exclamation never does: Whisper writes those marks from the caller's tone.
+    """
+    text = text.strip().lower().replace("’", "'")
+    if not text or text.endswith(("?", "!")):
+        return False
+    if text.endswith(_TRAILING_OFF):
+        return True
+    match = _LAST_WORD.search(text)
+    if match is None:
+        return False
+    last = match.group(1).strip("'")
+    if last in LEADING_WORDS or FILLER_SOUND.match(last):
+        return True
+    return last in ANSWER_END_WORDS and len(meaningful_words(text)) > SHORT_ANSWER_WORDS

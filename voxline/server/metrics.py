@@ -244,6 +244,12 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
     )
     decisions.add_metric(["true"], counters.decisions_complete)
     decisions.add_metric(["false"], counters.decisions_incomplete)
+    overruled = CounterMetricFamily(
+        "voxline_end_of_turn_overruled",
+        "End-of-turn model verdicts of a finished turn set aside because the caller's "
+        "words so far stop mid-sentence (turn.mid_sentence_waits).",
+    )
+    overruled.add_metric([], counters.decisions_overruled)
     decision_p95 = GaugeMetricFamily(
         "voxline_end_of_turn_decision_p95_seconds",
         "95th percentile of recent end-of-turn decisions, queue included.",
@@ -256,6 +262,7 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
         overheard,
         not_understood,
         decisions,
+        overruled,
         decision_p95,
     )
 
