@@ -24,6 +24,10 @@ caller's side of the conversation:
 * **Barge-in.** Caller speech over the bot interrupts it once it lasts or carries
   words enough, and the bot's audio is held while that is decided
   (:mod:`~voxline.processors.barge_in`).
+
+When the utterance goes to Whisper, and which of its audio, is in
+:mod:`~voxline.processors.turn_transcript`; the verdicts and the commit in
+:mod:`~voxline.processors.turn_end`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import numpy as np
 from loguru import logger
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADState
 from pipecat.frames.frames import (
@@ -55,7 +58,6 @@ from pipecat.processors.frame_processor import (
 )
 from pipecat.utils.time import time_now_iso8601
 
-from voxline.engines.batcher import BatcherClosed, Overloaded
 from voxline.processors.barge_in import BargeIn
 from voxline.processors.frames import (
     SpeculationCancelledFrame,
@@ -72,19 +74,17 @@ from voxline.processors.turn_state import (
     Transcriber,
     TurnCounters,
     TurnTakingSettings,
-    samples,
 )
+from voxline.processors.turn_transcript import TurnTranscript
 from voxline.processors.turn_words import ends_sentence
 
 __all__ = ["BotAudioHold", "TurnCounters", "TurnTaker", "TurnTakingSettings"]
 
-TRAILING_SILENCE_SECS = 0.2
-"""Silence after the last word that Whisper gets: enough to finish it."""
 PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
 
 
-class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
+class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
     """Decides when the caller's turn ends and when the caller interrupts the bot.
 
     Args:
@@ -226,20 +226,6 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
             return True
         return self._silence_so_far(turn) + 1e-6 >= self._settings.early_secs
 
-    async def _head_start(self, turn: CallerTurn, state: VADState, secs: float) -> None:
-        """Send the utterance to Whisper halfway to ``early_secs``, so that its transcript
-        is ready when the pause is confirmed; a caller who goes on voids it."""
-        if state == VADState.STOPPING:
-            turn.stopping_secs += secs
-            head_start = self._settings.speculate and turn.transcript is None
-            if head_start and self._silence_so_far(turn) >= self._settings.early_secs / 2:
-                self._start_transcript(turn)
-        elif state == VADState.SPEAKING and turn.stopping_secs:
-            turn.stopping_secs = 0.0
-            if turn.transcript is not None and not turn.transcript.done():
-                turn.transcript.cancel()
-            turn.transcript = None
-
     def _keep_pre_roll(self, audio: bytes) -> None:
         self._pre_roll.append(audio)
         self._pre_roll_bytes += len(audio)
@@ -302,31 +288,6 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
         await self.push_frame(SpeculationCancelledFrame(reason=reason))
         await self.push_frame(EagerEndOfTurnCancelFrame())
 
-    def _start_transcript(self, turn: CallerTurn) -> None:
-        if turn.transcript is None or turn.transcript_generation != turn.generation:
-            audio = samples(self._words_of(turn))
-            turn.transcript = self._spawn(self._transcript_of(audio))
-            turn.transcript_generation = turn.generation
-
-    def _words_of(self, turn: CallerTurn) -> bytes:
-        """The turn's audio up to ``early_secs / 2`` after its last loud frame.
-
-        Whisper ``tiny.en`` hears the same words differently with 0.1 s or 0.4 s of
-        silence after them ("What timed as" / "What timed is"). Cut at one point
-        after the words, the transcript sent at the head start, at the pause and at
-        the commit is of the same audio, so a speculation is reused and the reply
-        does not depend on when the transcript was asked for. Only silence that the
-        VAD heard too is cut: a caller too quiet for the level meter keeps it all.
-        """
-        heard = turn.silence_secs if turn.paused else self._silence_so_far(turn)
-        cut_secs = min(turn.quiet_secs, heard) - self._settings.early_secs / 2
-        cut = int(cut_secs * SAMPLE_RATE) * 2
-        return bytes(turn.audio[: len(turn.audio) - cut] if cut > 0 else turn.audio)
-
-    async def _transcript_of(self, audio: np.ndarray) -> str:
-        padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
-        return (await self._transcribe(padded.astype(np.float32))).strip()
-
     @property
     def _reads_transcript_at_pause(self) -> bool:
         settings = self._settings
@@ -377,21 +338,6 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd):
         self._counters.speculations += 1
         await self.push_frame(SpeculationStartedFrame(text=text))
         await self.push_frame(EagerTranscriptionFrame(text, "", time_now_iso8601()))
-
-    async def _awaited_transcript(self, turn: CallerTurn) -> str | None:
-        task = turn.transcript
-        if task is None:
-            return None
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                return None
-            raise
-        except (ValueError, Overloaded, BatcherClosed) as exc:
-            if self._turn is turn or turn.committing:
-                await self.push_error(f"speech recognition unavailable: {exc}")
-            return None
 
     # --- tasks ----------------------------------------------------------------
 
