@@ -465,6 +465,19 @@ def main() -> None:
             stage: p50([v for t in answered if (v := t[stage]) is not None]) for stage in stages
         }
         print(f"{mode}: stage medians (ms) " + " ".join(f"{k}={v:.0f}" for k, v in medians.items()))
+    # "Speculation never makes a caller wait longer than without it": the same utterance,
+    # one without a pause (a paused one gets a reply to its first half with "off").
+    v2v_of = {
+        mode: {run.index: run.voice_to_voice for run in runs[mode] if run.voice_to_voice}
+        for mode in MODES
+    }
+    whole = [i for i in v2v_of["on"] if i in v2v_of["off"] and not texts[i].paused]
+    later = sorted(v2v_of["on"][i] - v2v_of["off"][i] for i in whole)
+    print(
+        f"unpaused utterances answered later with speculation on: "
+        f"{sum(d > 0 for d in later)}/{len(whole)}"
+        + (f" (on - off: {later[0]:+.0f} to {later[-1]:+.0f} ms)" if later else "")
+    )
     stopped = [b.heard_ms for b in interruptions if b.heard_ms is not None]
     print(
         f'barge-in ("Wait, stop." over the greeting): heard p50={p50(stopped):.0f}ms '
