@@ -13,6 +13,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+from loguru import logger
 from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -21,6 +22,7 @@ from pipecat.frames.frames import (
 )
 from pipelines import RunningPipeline
 
+from voxline.engines import piper
 from voxline.engines.piper import (
     ONSET_LEVEL,
     Overloaded,
@@ -336,3 +338,24 @@ def test_a_negative_urgency_is_refused():
     with pytest.raises(ValidationError, match="urgent_ms"):
         PiperConfig(urgent_ms=-1)
     assert PiperConfig().urgent_ms is None and PiperConfig(urgent_ms=500).urgent_ms == 500
+
+
+async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monkeypatch):
+    """An operator sees which call's first audio came late, and whether it waited or ran long."""
+    monkeypatch.setattr(piper, "SLOW_FIRST_SECS", 0.0)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    engine = _engine(workers=1, threads=1)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
+        await busy
+    finally:
+        engine.close()
+        logger.remove(sink)
+    late = [line for line in lines if "first audio of call-b" in line]
+    assert len(late) == 1, lines
+    assert "queued" in late[0] and "running" in late[0]
+    # Later pieces are not first audio: only call-b's line is logged.
+    assert not any("call-a" in line for line in lines), lines

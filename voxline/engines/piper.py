@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from voxline.engines.batcher import BatcherClosed, Overloaded
 from voxline.engines.synthesis_queue import FIRST, LATER, SynthesisQueue
@@ -61,6 +62,8 @@ DEFAULT_MAX_PHONEMES = 100
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
+SLOW_FIRST_SECS = 1.0
+"""A reply's first audio later than this after its request is logged (a caller waits)."""
 ONSET_LEVEL = 0.005
 """Of full scale (about -46 dBFS; Piper's audio is peak-normalised): quieter samples
 before a reply's first sound are silence the caller would wait through."""
@@ -313,6 +316,13 @@ class PiperEngine:
             audio_secs=len(audio) / 2 / self.sample_rate,
         )
         self.records.append(record)
+        if first and index == 0 and record.ended_at - queued_at > SLOW_FIRST_SECS:
+            logger.warning(
+                f"{self.model_path.stem}: first audio of {label} after "
+                f"{record.ended_at - queued_at:.2f} s (queued {started - queued_at:.2f} s, "
+                f"{len(phonemes)} phonemes in {record.ended_at - started:.2f} s; "
+                f"{self._queue.queued} waiting, {self._queue.busy} running)"
+            )
         with self._totals_lock:
             self.synthesis_secs_total += record.ended_at - record.started_at
             self.audio_secs_total += record.audio_secs
