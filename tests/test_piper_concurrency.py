@@ -28,6 +28,7 @@ from voxline.engines.piper import (
     Overloaded,
     PiperEngine,
     SynthesisRecord,
+    split_first,
     split_phonemes,
     trim_leading_silence,
 )
@@ -50,7 +51,9 @@ def _voice_files() -> PiperVoiceFiles:
 
 
 def _engine(**options) -> PiperEngine:
+    """A voice; first chunks are voiced whole unless a test asks for the busy split."""
     files = _voice_files()
+    options.setdefault("busy_first_phonemes", None)
     engine = PiperEngine(files.model, files.config, **options)
     engine.warm_up()
     return engine
@@ -359,3 +362,36 @@ async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monk
     assert "queued" in late[0] and "running" in late[0]
     # Later pieces are not first audio: only call-b's line is logged.
     assert not any("call-a" in line for line in lines), lines
+
+
+async def test_a_busy_voice_says_a_first_chunks_first_words_alone():
+    """With pieces waiting, the first words go first and free the worker sooner; on an
+    idle voice the first chunk is voiced whole."""
+    engine = _engine(workers=1, threads=1, busy_first_phonemes=16)
+    text = "I'm sorry for any inconvenience, let me check that."
+    try:
+        await _speak(engine, text, first=True, label="alone")
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        waiting = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-c"))
+        await _until(lambda: engine.queued >= 1)
+        first = asyncio.create_task(_speak(engine, text, first=True, label="call-b"))
+        await asyncio.gather(busy, waiting, first)
+    finally:
+        engine.close()
+    (whole,) = _records(engine, "alone")
+    head, rest = _records(engine, "call-b")
+    assert head.phonemes <= 16 < whole.phonemes
+    assert head.phonemes + rest.phonemes + 1 == whole.phonemes  # the space between
+    # The first words came before the queued sentence; the rest after it.
+    (queued,) = [r for r in _records(engine, "call-c") if r.piece == 0]
+    assert head.started_at < queued.started_at
+    assert head.ended_at - head.started_at < whole.ended_at - whole.started_at
+
+
+def test_the_first_words_end_at_a_clause_or_a_word():
+    phonemes = list("aɪm sˈɑːɹi, fɔːɹ ˈɛni ɪnkənvˈiːniəns.")
+    head, rest = split_first(phonemes, 16)
+    assert "".join(head) == "aɪm sˈɑːɹi,"
+    assert "".join(rest) == "fɔːɹ ˈɛni ɪnkənvˈiːniəns."
+    assert split_first(list("ʃˈʊɹ."), 16) == [list("ʃˈʊɹ.")]

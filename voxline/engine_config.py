@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from voxline.cpu_budget import CpuBudget, cpu_budget
-from voxline.engines.piper import DEFAULT_MAX_PHONEMES
+from voxline.engines.piper import DEFAULT_BUSY_FIRST_PHONEMES, DEFAULT_MAX_PHONEMES
 from voxline.engines.vllm import DEFAULT_CHECKPOINT_DIR
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 from voxline.yamlfile import StrictModel
@@ -65,6 +65,13 @@ class PiperConfig(StrictModel):
         default=DEFAULT_MAX_PHONEMES,
         ge=8,
         description="Longer sentences are cut at a clause or word; null keeps them whole.",
+    )
+    busy_first_phonemes: int | None = Field(
+        default=DEFAULT_BUSY_FIRST_PHONEMES,
+        ge=8,
+        description="When other syntheses wait, a reply's first words (at most this many "
+        "phonemes, e.g. 16) are voiced alone and the rest of its first chunk next; "
+        "null (the default): whole.",
     )
     # benchmarks/reply_stalls.py --compare tts-urgent: lending the worker (500 ms) gave
     # fewer stalls at four calls in one run, more in the next, more at eight calls.

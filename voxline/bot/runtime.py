@@ -164,6 +164,7 @@ class Runtime:
                 threads=piper.threads,
                 max_queue=piper.max_queue,
                 max_phonemes=piper.max_phonemes,
+                busy_first_phonemes=piper.busy_first_phonemes,
                 urgent_secs=None if piper.urgent_ms is None else piper.urgent_ms / 1000,
             )
             self._piper[persona.tts.voice].warm_up()

@@ -54,6 +54,7 @@ __all__ = [
     "Overloaded",
     "PiperEngine",
     "SynthesisRecord",
+    "split_first",
     "split_phonemes",
     "trim_leading_silence",
 ]
@@ -61,6 +62,9 @@ __all__ = [
 DEFAULT_MAX_PHONEMES = 100
 """A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
 synthesize on the 2-core test CPU), so no single run holds a worker for long."""
+DEFAULT_BUSY_FIRST_PHONEMES: int | None = None
+"""Off: in two bursts of eight callers, first words voiced alone (16 phonemes) gave earlier
+first replies but stalls in the greetings and a question heard by nobody (docs/tts.md)."""
 _CLAUSE_MARKS = frozenset(",;:—–-")
 SLOW_FIRST_SECS = 1.0
 """A reply's first audio later than this after its request is logged (a caller waits)."""
@@ -112,6 +116,11 @@ class PiperEngine:
             already speaking may queue its next piece until twice that).
         max_phonemes: sentences longer than this are cut at a clause or word
             boundary; ``None`` synthesizes whole sentences.
+        busy_first_phonemes: when other pieces wait as a reply's first chunk starts,
+            its first words (at most this many phonemes, cut at a clause or a word) are
+            voiced alone, and the rest as the next piece: the caller hears the reply
+            begin sooner, and the worker is free sooner for the next call's first
+            words. ``None``: a first chunk is voiced whole whatever waits.
         prioritize_first: serve first chunks before other pieces; ``False`` is plain
             first-in, first-out.
         reserve_first: with two workers or more, keep one of them for first chunks: other
@@ -134,6 +143,7 @@ class PiperEngine:
         threads: int | None = 1,
         max_queue: int = 64,
         max_phonemes: int | None = DEFAULT_MAX_PHONEMES,
+        busy_first_phonemes: int | None = DEFAULT_BUSY_FIRST_PHONEMES,
         prioritize_first: bool = True,
         reserve_first: bool = True,
         urgent_secs: float | None = None,
@@ -149,12 +159,15 @@ class PiperEngine:
             )
         if max_phonemes is not None and max_phonemes < 8:
             raise ValueError(f"max_phonemes must be >= 8 or None, got {max_phonemes}")
+        if busy_first_phonemes is not None and busy_first_phonemes < 8:
+            raise ValueError(f"busy_first_phonemes must be >= 8 or None, got {busy_first_phonemes}")
         if urgent_secs is not None and urgent_secs < 0:
             raise ValueError(f"urgent_secs must be >= 0 or None, got {urgent_secs}")
         self.model_path = Path(model)
         self.workers = workers
         self.threads = threads
         self.max_phonemes = max_phonemes
+        self.busy_first_phonemes = busy_first_phonemes
         self.prioritize_first = prioritize_first
         with open(config, encoding="utf-8") as config_file:
             voice_config = PiperConfig.from_dict(json.load(config_file))
@@ -243,6 +256,8 @@ class PiperEngine:
             pieces = self._pieces(text)
             if not pieces:
                 return None, []
+            if first and self.busy_first_phonemes is not None and self._queue.queued:
+                pieces[:1] = split_first(pieces[0], self.busy_first_phonemes)
             audio = self._run_piece(pieces[0], label, request, 0, first, queued_at)
             if first:
                 # Piper starts each sentence with 0-75 ms of silence (measured on the
@@ -370,6 +385,17 @@ def split_phonemes(phonemes: Sequence[str], max_phonemes: int | None) -> list[li
         start = cut + 1 if phonemes[cut] == " " else cut
     pieces.append(phonemes[start:])
     return [piece for piece in pieces if piece]
+
+
+def split_first(phonemes: Sequence[str], max_phonemes: int) -> list[list[str]]:
+    """``phonemes`` as its first words (at most ``max_phonemes``, cut as
+    :func:`split_phonemes` cuts) and the rest, or whole if it is that short already."""
+    phonemes = list(phonemes)
+    head = split_phonemes(phonemes, max_phonemes)[0]
+    rest = phonemes[len(head) :]
+    if rest and rest[0] == " ":
+        rest = rest[1:]
+    return [head, rest] if rest else [head]
 
 
 def _session(model: Path, use_cuda: bool, threads: int | None):  # -> InferenceSession
