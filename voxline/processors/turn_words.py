@@ -83,14 +83,11 @@ def meaningful_words(text: str) -> list[str]:
 def ends_sentence(text: str) -> bool:
     """Whether a transcript ends a finished sentence: a full stop, "!" or "?" after a
     word that can end one, with at least one word that is not a hum before it."""
-    text = text.strip().lower().replace("’", "'")
+    text = _plain(text)
     if not text or text.endswith(_TRAILING_OFF) or text[-1] not in ".!?":
         return False
-    match = _LAST_WORD.search(text)
-    if match is None:
-        return False
-    last = match.group(1).strip("'")
-    if last in UNFINISHED_WORDS or FILLER_SOUND.match(last):
+    last = _last_word(text)
+    if last is None or last in UNFINISHED_WORDS or FILLER_SOUND.match(last):
         return False
     return bool(meaningful_words(text))
 
@@ -102,15 +99,23 @@ def ends_mid_sentence(text: str) -> bool:
     ("So I was wondering if you could."; "Yes, I do." is an answer). A question or an
     exclamation never does: Whisper writes those marks from the caller's tone.
     """
-    text = text.strip().lower().replace("’", "'")
+    text = _plain(text)
     if not text or text.endswith(("?", "!")):
         return False
     if text.endswith(_TRAILING_OFF):
         return True
-    match = _LAST_WORD.search(text)
-    if match is None:
+    last = _last_word(text)
+    if last is None:
         return False
-    last = match.group(1).strip("'")
     if last in LEADING_WORDS or FILLER_SOUND.match(last):
         return True
     return last in ANSWER_END_WORDS and len(meaningful_words(text)) > SHORT_ANSWER_WORDS
+
+
+def _plain(text: str) -> str:
+    return text.strip().lower().replace("’", "'")
+
+
+def _last_word(text: str) -> str | None:
+    match = _LAST_WORD.search(text)
+    return None if match is None else match.group(1).strip("'")
