@@ -34,7 +34,6 @@ from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop import ExactMatch
-from pipecat.turns.user_turn_strategies import EagerUserTurnStrategies
 
 from voxline.bot.call_control import PipelineCallControl
 from voxline.bot.runtime import Runtime
@@ -56,6 +55,7 @@ from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.tts import SharedPiperTTSService
 from voxline.processors.tts_orpheus import OrpheusTTSService
 from voxline.processors.turn import BotAudioHold, TurnTaker, TurnTakingSettings
+from voxline.processors.turn_stop import OnceEagerUserTurnStrategies
 from voxline.processors.vad import SharedSileroVADAnalyzer
 from voxline.tools.builtins import CallControl
 from voxline.tools.runner import ToolRunner
@@ -310,7 +310,7 @@ def build_call(
             # The turn-taker decides when turns start and end and when the caller
             # interrupts; pipecat's eager strategy answers its speculative
             # transcripts and keeps the reply when the committed one is the same.
-            user_turn_strategies=EagerUserTurnStrategies(
+            user_turn_strategies=OnceEagerUserTurnStrategies(
                 match_policy=ExactMatch(),
                 enable_interruptions=False,
                 speculation_timeout=max(5.0, persona.turn.stop_secs + 3.0),
