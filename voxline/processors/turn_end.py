@@ -15,7 +15,6 @@ keep each concern in a module of its own; its methods use the turn-taker's state
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -62,8 +61,8 @@ class TurnEnd:
             logger.warning(f"{self}: end-of-turn model unavailable ({exc}); waiting for stop_secs")
             return
         complete = decision.complete
-        latency_ms = round((time.monotonic() - asked) * 1000, 1)
-        self._counters.decision_secs.append(time.monotonic() - asked)
+        decision_secs = time.monotonic() - asked
+        self._counters.decision_secs.append(decision_secs)
         if complete:
             self._counters.decisions_complete += 1
         else:
@@ -77,7 +76,7 @@ class TurnEnd:
             EndOfTurnDecisionFrame(
                 complete=complete,
                 probability=round(decision.probability, 3),
-                latency_ms=latency_ms,
+                latency_ms=round(decision_secs * 1000, 1),
                 overruled=overruled,
             )
         )
@@ -98,17 +97,12 @@ class TurnEnd:
         commit by one frame at most; a turn whose transcript is not asked for before the
         commit (no speculation, no rule on the words) keeps the verdict.
         """
-        task = turn.transcript
-        if not self._settings.mid_sentence_waits or task is None:
+        if not self._settings.mid_sentence_waits:
             return False
-        try:
-            text = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                return False  # the caller went on: this verdict is void anyway
-            raise
-        except (ValueError, Overloaded, BatcherClosed):
-            return False  # the commit reports it
+        # The commit reports a failed transcript; a voided one voids this verdict too.
+        text = await self._awaited_transcript(turn, report=False)
+        if text is None:
+            return False
         return ends_mid_sentence(text)
 
     def _unsure(self: TurnTaker, probability: float) -> bool:

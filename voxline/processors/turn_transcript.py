@@ -71,7 +71,12 @@ class TurnTranscript:
         padded = np.concatenate([audio, np.zeros(int(TRAILING_SILENCE_SECS * SAMPLE_RATE))])
         return (await self._transcribe(padded.astype(np.float32))).strip()
 
-    async def _awaited_transcript(self: TurnTaker, turn: CallerTurn) -> str | None:
+    async def _awaited_transcript(
+        self: TurnTaker, turn: CallerTurn, *, report: bool = True
+    ) -> str | None:
+        """The turn's transcript, or None if there is none (not asked for, voided by the
+        caller going on, or failed: ``report`` tells the pipeline why, while the turn is
+        still being settled)."""
         task = turn.transcript
         if task is None:
             return None
@@ -82,6 +87,6 @@ class TurnTranscript:
                 return None
             raise
         except (ValueError, Overloaded, BatcherClosed) as exc:
-            if self._turn is turn or turn.committing:
+            if report and (self._turn is turn or turn.committing):
                 await self.push_error(f"speech recognition unavailable: {exc}")
             return None
