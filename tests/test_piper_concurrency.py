@@ -364,6 +364,31 @@ async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monk
     assert not any("call-a" in line for line in lines), lines
 
 
+async def test_a_later_piece_ready_after_its_caller_ran_out_is_logged():
+    """At DEBUG, each piece heard late says whether its text came late or it waited."""
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{message}")
+    engine = _engine(workers=1, threads=1)
+    try:
+        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
+        await _until(lambda: engine.busy >= 1)
+        # call-b's audio ran out 0.3 s ago; call-c's is needed in a minute.
+        await asyncio.gather(
+            _speak_by(engine, FIRST_CHUNK, "call-b", needed_in=-0.3),
+            _speak_by(engine, FIRST_CHUNK, "call-c", needed_in=60.0),
+        )
+        await busy
+    finally:
+        engine.close()
+        logger.remove(sink)
+    late = [line for line in lines if "ran out of audio" in line]
+    assert len(late) == 1 and "call-b" in late[0], lines
+    ready_late = float(late[0].split(" ready ")[1].split(" s ")[0])
+    text_late = float(late[0].split("(text ")[1].split(" s ")[0])
+    assert ready_late > 0.3 and 0.29 <= text_late <= 0.4, late[0]
+    assert "queued" in late[0] and "phonemes in" in late[0]
+
+
 async def test_a_busy_voice_says_a_first_chunks_first_words_alone():
     """With pieces waiting, the first words go first and free the worker sooner; on an
     idle voice the first chunk is voiced whole."""

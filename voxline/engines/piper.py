@@ -68,6 +68,9 @@ first replies but stalls in the greetings and a question heard by nobody (docs/t
 _CLAUSE_MARKS = frozenset(",;:—–-")
 SLOW_FIRST_SECS = 1.0
 """A reply's first audio later than this after its request is logged (a caller waits)."""
+LATE_PIECE_SECS = 0.06
+"""A piece ready this much after its caller ran out of audio is logged at DEBUG (three
+phone frames: a gap the caller hears)."""
 ONSET_LEVEL = 0.005
 """Of full scale (about -46 dBFS; Piper's audio is peak-normalised): quieter samples
 before a reply's first sound are silence the caller would wait through."""
@@ -251,6 +254,7 @@ class PiperEngine:
         priority = FIRST if first and self.prioritize_first else LATER
         queued_at = time.perf_counter()
         needed = needed_at if needed_at is not None and self.prioritize_first else math.inf
+        slack = needed - time.monotonic()
 
         def first_piece() -> tuple[bytes | None, list[list[str]]]:
             pieces = self._pieces(text)
@@ -258,7 +262,7 @@ class PiperEngine:
                 return None, []
             if first and self.busy_first_phonemes is not None and self._queue.queued:
                 pieces[:1] = split_first(pieces[0], self.busy_first_phonemes)
-            audio = self._run_piece(pieces[0], label, request, 0, first, queued_at)
+            audio = self._run_piece(pieces[0], label, request, 0, first, queued_at, slack)
             if first:
                 # Piper starts each sentence with 0-75 ms of silence (measured on the
                 # packaged voice): the caller would hear it as latency.
@@ -274,9 +278,10 @@ class PiperEngine:
             yield audio
         for index, phonemes in enumerate(rest, start=1):
             queued_at = time.perf_counter()
+            slack = needed - time.monotonic()
 
-            def piece(phonemes=phonemes, index=index, queued_at=queued_at) -> bytes:
-                return self._run_piece(phonemes, label, request, index, first, queued_at)
+            def piece(phonemes=phonemes, index=index, queued_at=queued_at, slack=slack) -> bytes:
+                return self._run_piece(phonemes, label, request, index, first, queued_at, slack)
 
             audio = await self._queue.submit(
                 (LATER, needed, request, index), piece, admission=False
@@ -316,7 +321,11 @@ class PiperEngine:
         index: int,
         first: bool,
         queued_at: float,
+        slack: float,
     ) -> bytes:
+        """Synthesize one piece and keep its record. ``slack``: seconds from its queueing
+        until its caller runs out of audio (``inf``: no time given; negative: the text came
+        after the audio before it had played)."""
         started = time.perf_counter()
         audio = self._audio(phonemes)
         record = SynthesisRecord(
@@ -337,6 +346,15 @@ class PiperEngine:
                 f"{record.ended_at - queued_at:.2f} s (queued {started - queued_at:.2f} s, "
                 f"{len(phonemes)} phonemes in {record.ended_at - started:.2f} s; "
                 f"{self._queue.queued} waiting, {self._queue.busy} running)"
+            )
+        late = record.ended_at - queued_at - slack
+        if late >= LATE_PIECE_SECS:
+            logger.debug(
+                f"{self.model_path.stem}: piece {index} of {label} ready {late:.2f} s after "
+                f"its caller ran out of audio (text {max(0.0, -slack):.2f} s late, queued "
+                f"{started - queued_at:.2f} s, {len(phonemes)} phonemes in "
+                f"{record.ended_at - started:.2f} s; {self._queue.queued} waiting, "
+                f"{self._queue.busy} running)"
             )
         with self._totals_lock:
             self.synthesis_secs_total += record.ended_at - record.started_at

@@ -88,24 +88,41 @@ class SpeculativeAudioGate(FrameProcessor):
 
 
 class SpeculativeTTSMixin:
-    """Makes a TTS service drop a withdrawn speculation's synthesis.
+    """Makes a TTS service drop a withdrawn speculation's synthesis, and tells it when a
+    speculative reply's audio is held rather than heard.
 
     ``EagerEndOfTurnCancelFrame`` stops the LLM and the gate drops the reply; the
     text already handed to TTS would still be synthesized for nothing. The
     service treats the withdrawal as an interruption of its own work, but only
     while the bot is silent: speculation never starts while the bot speaks, and
     a line still playing must not lose its rest.
+
+    A speculative reply's audio waits at the gate until the commit, so the time its
+    caller runs out of audio counts from the commit, not from when it was made:
+    :attr:`_voxline_holding` says the reply being prepared is held, and
+    :meth:`on_speculation_released` is called at the commit.
     """
 
     _voxline_bot_speaking: bool = False
+    _voxline_holding: bool = False
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
-        """Watch the bot's speech; drop synthesis on a withdrawn speculation."""
+        """Watch the bot's speech and the speculation; drop a withdrawn one's synthesis."""
         if isinstance(frame, BotStartedSpeakingFrame):
             self._voxline_bot_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._voxline_bot_speaking = False
-        elif isinstance(frame, EagerEndOfTurnCancelFrame) and not self._voxline_bot_speaking:
-            await self._start_interruption()  # type: ignore[attr-defined]
-            await self._handle_interruption(InterruptionFrame(), direction)  # type: ignore[attr-defined]
+        elif isinstance(frame, ReplySpeculationFrame):
+            self._voxline_holding = frame.speculative
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._voxline_holding:
+            self._voxline_holding = False
+            self.on_speculation_released()
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            self._voxline_holding = False
+            if not self._voxline_bot_speaking:
+                await self._start_interruption()  # type: ignore[attr-defined]
+                await self._handle_interruption(InterruptionFrame(), direction)  # type: ignore[attr-defined]
         await super().process_frame(frame, direction)  # type: ignore[misc]
+
+    def on_speculation_released(self) -> None:
+        """The turn was committed: the held reply's audio starts playing now."""

@@ -66,6 +66,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._lines = lines
         self._fresh_contexts: dict[str, None] = {}  # contexts with no chunk spoken yet
         self._heard_until: dict[str, float] = {}  # when a context's audio so far has played
+        self._held_secs: dict[str, float] = {}  # audio made for a reply held until the commit
 
     def can_generate_metrics(self) -> bool:
         """Time to first audio is reported as TTFB."""
@@ -80,6 +81,26 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._heard_until.pop(context_id, None)
         while len(self._heard_until) > 8:  # only the reply being spoken matters
             del self._heard_until[next(iter(self._heard_until))]
+        self._held_secs.clear()  # a reply held before this one was dropped or released
+        if self._voxline_holding:
+            self._held_secs[context_id] = 0.0
+
+    def on_speculation_released(self) -> None:
+        """The held reply's audio plays from now: its later chunks are needed from now."""
+        now = time.monotonic()
+        for context_id, seconds in self._held_secs.items():
+            self._heard_until[context_id] = now + seconds
+        self._held_secs.clear()
+
+    def _needed_at(self, context_id: str) -> float | None:
+        """When the caller will have heard the audio made so far for ``context_id``.
+
+        A held reply plays no sooner than the commit, which may come at any moment:
+        its audio is counted from now."""
+        held = self._held_secs.get(context_id)
+        if held is not None:
+            return time.monotonic() + held
+        return self._heard_until.get(context_id)
 
     def _is_first_chunk(self, context_id: str) -> bool:
         return self._fresh_contexts.pop(context_id, False) is None
@@ -90,7 +111,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         try:
             await self.start_tts_usage_metrics(text)
 
-            needed_at = None if first else self._heard_until.get(context_id)
+            needed_at = None if first else self._needed_at(context_id)
 
             def speak() -> AsyncIterator[np.ndarray]:
                 pieces = self._engine.synthesize(
@@ -116,10 +137,15 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
             await self.stop_ttfb_metrics()
 
     def _note_audio(self, context_id: str, frame: Frame) -> None:
-        if isinstance(frame, TTSAudioRawFrame):
-            now = time.monotonic()
-            start = max(now, self._heard_until.get(context_id, now))
-            self._heard_until[context_id] = start + len(frame.audio) / 2 / frame.sample_rate
+        if not isinstance(frame, TTSAudioRawFrame):
+            return
+        seconds = len(frame.audio) / 2 / frame.sample_rate
+        if context_id in self._held_secs:
+            self._held_secs[context_id] += seconds
+            return
+        now = time.monotonic()
+        start = max(now, self._heard_until.get(context_id, now))
+        self._heard_until[context_id] = start + seconds
 
 
 async def _floats(pieces: AsyncIterator[bytes]) -> AsyncIterator[np.ndarray]:
