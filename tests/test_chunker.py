@@ -14,11 +14,13 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipelines import RunningPipeline
 
 from voxline.processors.chunker import RUNWAY_MIN_WORDS, ChunkerProcessor, SentenceChunker
+from voxline.processors.frames import ReplySpeculationFrame
 
 LONG = " ".join(["word"] * 80)
 
@@ -223,24 +225,33 @@ async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
 SLOW_SENTENCE = " I can see your account, and your balance is one hundred dollars today."
 
 
-async def reply_with_a_slow_second_sentence(chunker: ChunkerProcessor):
-    """A short first sentence, then a long one written slower than it is spoken."""
+async def reply_with_a_slow_second_sentence(
+    chunker: ChunkerProcessor, *, held: bool = False, commit_after_tokens: int | None = None
+):
+    """A short first sentence, then a long one written slower than it is spoken; ``held``:
+    a speculative reply, committed after ``commit_after_tokens`` tokens (None: never)."""
     collect = Collect()
+    committed_at = None
     async with RunningPipeline([chunker, collect]) as run:
+        if held:
+            await run.queue(ReplySpeculationFrame(speculative=True))
         await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure, of course."))
-        for token in SLOW_SENTENCE.split(" ")[1:]:
+        for index, token in enumerate(SLOW_SENTENCE.split(" ")[1:]):
+            if index == commit_after_tokens:
+                committed_at = time.perf_counter()
+                await run.queue(UserStoppedSpeakingFrame())
             await run.queue(LLMTextFrame(" " + token))
             await asyncio.sleep(0.1)  # the LLM's token rate
         last_token_at = time.perf_counter()
         await run.queue(LLMFullResponseEndFrame())
-    return collect.chunks, last_token_at
+    return collect.chunks, last_token_at, committed_at
 
 
 async def test_a_sentence_is_cut_before_the_audio_sent_runs_out():
     # "Sure, of course." lasts 1.6 s at 10 characters a second; 0.8 s before it ends
     # (8 tokens in) the words of the next sentence so far go out at their last clause
     # boundary.
-    chunks, last_token_at = await reply_with_a_slow_second_sentence(
+    chunks, last_token_at, _ = await reply_with_a_slow_second_sentence(
         ChunkerProcessor(min_first_words=4, speech_chars_per_sec=10, runway_lead_ms=800)
     )
     texts = [text for _, text in chunks]
@@ -250,8 +261,29 @@ async def test_a_sentence_is_cut_before_the_audio_sent_runs_out():
     assert " ".join(texts) == "Sure, of course." + SLOW_SENTENCE
 
 
+async def test_a_held_reply_is_cut_for_the_runway_only_from_the_commit():
+    """A speculative reply is heard from the commit: before it, nothing runs out."""
+    never_committed, _, _ = await reply_with_a_slow_second_sentence(
+        ChunkerProcessor(min_first_words=4, speech_chars_per_sec=10, runway_lead_ms=800),
+        held=True,
+    )
+    assert [text for _, text in never_committed] == ["Sure, of course.", SLOW_SENTENCE.strip()]
+
+    # Committed after three tokens (0.3 s): "Sure, of course." runs out 1.6 s later, and
+    # the sentence still being written is cut 0.8 s before that.
+    chunks, _, committed_at = await reply_with_a_slow_second_sentence(
+        ChunkerProcessor(min_first_words=4, speech_chars_per_sec=10, runway_lead_ms=800),
+        held=True,
+        commit_after_tokens=3,
+    )
+    texts = [text for _, text in chunks]
+    assert texts[1] == "I can see your account,", texts
+    assert committed_at is not None
+    assert chunks[1][0] - committed_at > 0.7, "cut before the held audio was heard"
+
+
 async def test_without_a_runway_lead_chunks_are_whole_sentences():
-    chunks, _ = await reply_with_a_slow_second_sentence(
+    chunks, _, _ = await reply_with_a_slow_second_sentence(
         ChunkerProcessor(min_first_words=4, runway_lead_ms=None)
     )
     assert [text for _, text in chunks] == ["Sure, of course.", SLOW_SENTENCE.strip()]

@@ -10,7 +10,9 @@ keeps an estimate of when the caller will have heard everything it sent (each
 chunk lasts about ``len(chunk) / speech_chars_per_sec`` seconds), and
 ``runway_lead_ms`` before that moment the words of an unfinished sentence go out
 at their last clause boundary, or their last whole word, so the voice does not
-stop in mid-reply while the LLM finishes the sentence.
+stop in mid-reply while the LLM finishes the sentence. A speculative reply is held
+after TTS until the caller's turn is committed: its audio is heard from the commit,
+so its sentences are not cut for the runway before it.
 
 Sentence ends inside abbreviations (Dr., e.g., U.S.), numbers ($3.50, 1,200), times
 (10:30), e-mail addresses and URLs are not boundaries, and markdown, list bullets and
@@ -30,9 +32,12 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
+
+from voxline.processors.frames import ReplySpeculationFrame
 
 ABBREVIATIONS = frozenset(
     {
@@ -232,6 +237,7 @@ class ChunkerProcessor(FrameProcessor):
         self._deadline: asyncio.Task[None] | None = None
         self._runway_timer: asyncio.Task[None] | None = None
         self._audio_ends_at: float | None = None  # loop time the audio sent has been heard
+        self._held_secs: float | None = None  # audio sent for a reply held until the commit
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Chunk LLM text; pass every other frame through."""
@@ -246,7 +252,11 @@ class ChunkerProcessor(FrameProcessor):
                 await self._push_chunk(chunk)
             self._watch_runway()
             return
-        if isinstance(frame, LLMFullResponseEndFrame):
+        if isinstance(frame, ReplySpeculationFrame):
+            self._held_secs = 0.0 if frame.speculative else None
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._held_secs is not None:
+            self._release_held()
+        elif isinstance(frame, LLMFullResponseEndFrame):
             self._cancel_timers()
             rest = self._chunker.flush()
             if rest:
@@ -258,13 +268,26 @@ class ChunkerProcessor(FrameProcessor):
             self._cancel_timers()
             self._chunker.reset()
             self._audio_ends_at = None
+            if not isinstance(frame, LLMFullResponseStartFrame):
+                self._held_secs = None
         await self.push_frame(frame, direction)
 
     async def _push_chunk(self, chunk: str) -> None:
-        now = asyncio.get_running_loop().time()
-        start = max(now, self._audio_ends_at or now)
-        self._audio_ends_at = start + len(chunk) / self._chars_per_sec
+        seconds = len(chunk) / self._chars_per_sec
+        if self._held_secs is not None:  # heard from the commit: no runway to watch yet
+            self._held_secs += seconds
+        else:
+            now = asyncio.get_running_loop().time()
+            start = max(now, self._audio_ends_at or now)
+            self._audio_ends_at = start + seconds
         await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
+
+    def _release_held(self) -> None:
+        """The turn was committed: the held reply's audio starts playing now."""
+        if self._held_secs:
+            self._audio_ends_at = asyncio.get_running_loop().time() + self._held_secs
+        self._held_secs = None
+        self._watch_runway()
 
     def _watch_runway(self) -> None:
         """Time the cut of the sentence being written, if words of it wait."""
