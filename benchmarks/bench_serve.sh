@@ -6,8 +6,9 @@
 #
 # BENCH_LLM=llama_cpp serves on llama.cpp instead of vLLM (serve's default);
 # BENCH_REMEMBER_LINES=false makes Piper synthesize the greeting and phrases on every call
-# (engines.remember_lines). The server's log is kept in the temporary folder printed
-# at the start.
+# (engines.remember_lines). The server's log and its call records (records.sqlite3: read
+# them with `voxline calls list --config <folder>/voxline.yaml`) are kept in the temporary
+# folder printed at the start, not in the user's default records file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${BENCH_LLM:-vllm}
@@ -18,6 +19,7 @@ cat >"$tmp/voxline.yaml" <<YAML
 public_url: http://127.0.0.1:$port
 default_persona: $PWD/personas/bank_support.yaml
 max_calls: 8
+records_url: sqlite:///records.sqlite3
 engines: {llm: {backend: $backend}, remember_lines: $remember}
 YAML
 export TWILIO_AUTH_TOKEN=${TWILIO_AUTH_TOKEN:-voxline-bench-token} VOXLINE_OFFLINE=1
