@@ -104,11 +104,11 @@ async def test_a_held_replys_later_chunks_are_needed_from_the_commit(speculative
         if speculative:
             # Nothing was heard yet: the first chunk's audio plays from the commit at
             # the soonest, so the second chunk is needed no sooner than that after now.
-            assert second.needed_at == pytest.approx(second.asked_at + first_secs, abs=0.05)
+            assert second.needed_at == pytest.approx(second.asked_at + first_secs, abs=0.2)
         else:
             # Heard from when it was made: the caller ran out while the LLM was writing.
             assert second.needed_at < second.asked_at
-            assert second.needed_at < made_at + first_secs
+            assert second.needed_at <= made_at + first_secs
 
         both_secs = await voice.made(2)
         committed_at = time.monotonic()
@@ -117,7 +117,9 @@ async def test_a_held_replys_later_chunks_are_needed_from_the_commit(speculative
         third = await voice.asked(3)
         assert third.needed_at is not None
         if speculative:
-            assert third.needed_at == pytest.approx(committed_at + both_secs, abs=0.1)
+            assert third.needed_at == pytest.approx(committed_at + both_secs, abs=0.2)
         else:
-            assert third.needed_at < committed_at + both_secs - COMMIT_DELAY_SECS / 2
+            # The first chunk's audio ran out before the second was made: counted from
+            # when they were made, the two end well before "the commit + both".
+            assert third.needed_at < committed_at + both_secs - first_secs / 2
         await run.queue(LLMFullResponseEndFrame())
