@@ -60,8 +60,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PHONEMES = 100
-"""A sentence longer than this many phonemes is cut (about 6 s of speech, ~110 ms to
-synthesize on the 2-core test CPU), so no single run holds a worker for long."""
+"""A sentence longer than this many phonemes is cut (about 5 s of speech; 85 phonemes took
+~0.3 s on one ONNX Runtime thread of the idle 2-core test CPU), so no single run holds a
+worker for long."""
 DEFAULT_BUSY_FIRST_PHONEMES: int | None = None
 """Off: in two bursts of eight callers, first words voiced alone (16 phonemes) gave earlier
 first replies but stalls in the greetings and a question heard by nobody (docs/tts.md)."""
