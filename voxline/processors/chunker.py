@@ -38,6 +38,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 
 from voxline.processors.frames import ReplySpeculationFrame
+from voxline.processors.reply_clock import ReplyClock
 
 ABBREVIATIONS = frozenset(
     {
@@ -60,6 +61,10 @@ RUNWAY_MIN_WORDS = 4
 """The fewest words a chunk cut for the runway holds (more if ``min_first_words`` is
 higher): a mid-sentence cut of one or two words sounds broken, where a short first
 clause ("Sure,", "Of course,") is a natural pause."""
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def clean_for_speech(text: str) -> str:
@@ -236,8 +241,7 @@ class ChunkerProcessor(FrameProcessor):
         self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
         self._deadline: asyncio.Task[None] | None = None
         self._runway_timer: asyncio.Task[None] | None = None
-        self._audio_ends_at: float | None = None  # loop time the audio sent has been heard
-        self._held_secs: float | None = None  # audio sent for a reply held until the commit
+        self._clock = ReplyClock(_loop_time)  # when the audio sent will have been heard
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Chunk LLM text; pass every other frame through."""
@@ -253,47 +257,48 @@ class ChunkerProcessor(FrameProcessor):
             self._watch_runway()
             return
         if isinstance(frame, ReplySpeculationFrame):
-            self._held_secs = 0.0 if frame.speculative else None
-        elif isinstance(frame, UserStoppedSpeakingFrame) and self._held_secs is not None:
+            self._clock.start(held=frame.speculative)
+        elif isinstance(frame, UserStoppedSpeakingFrame) and self._clock.held:
             self._release_held()
         elif isinstance(frame, LLMFullResponseEndFrame):
             self._cancel_timers()
             rest = self._chunker.flush()
             if rest:
                 await self._push_chunk(rest)
-            self._audio_ends_at = None
+            self._forget_runway()
         elif isinstance(
             frame, (LLMFullResponseStartFrame, InterruptionFrame, EagerEndOfTurnCancelFrame)
         ):
             self._cancel_timers()
             self._chunker.reset()
-            self._audio_ends_at = None
-            if not isinstance(frame, LLMFullResponseStartFrame):
-                self._held_secs = None
+            if isinstance(frame, LLMFullResponseStartFrame):
+                self._forget_runway()
+            else:
+                self._clock.reset()
         await self.push_frame(frame, direction)
 
     async def _push_chunk(self, chunk: str) -> None:
-        seconds = len(chunk) / self._chars_per_sec
-        if self._held_secs is not None:  # heard from the commit: no runway to watch yet
-            self._held_secs += seconds
-        else:
-            now = asyncio.get_running_loop().time()
-            start = max(now, self._audio_ends_at or now)
-            self._audio_ends_at = start + seconds
+        self._clock.add(len(chunk) / self._chars_per_sec)
         await self.push_frame(AggregatedTextFrame(chunk, TextType.SENTENCE))
 
     def _release_held(self) -> None:
         """The turn was committed: the held reply's audio starts playing now."""
-        if self._held_secs:
-            self._audio_ends_at = asyncio.get_running_loop().time() + self._held_secs
-        self._held_secs = None
+        self._clock.release()
         self._watch_runway()
+
+    def _forget_runway(self) -> None:
+        """A reply ends or begins: the audio sent before no longer bounds a cut."""
+        # A held reply has had nothing heard yet, and its audio still waits at the
+        # gate for the commit: the hold and what it holds stay.
+        if not self._clock.held:
+            self._clock.reset()
 
     def _watch_runway(self) -> None:
         """Time the cut of the sentence being written, if words of it wait."""
         if (
             self._lead_secs is None
-            or self._audio_ends_at is None
+            or self._clock.held  # heard from the commit: no runway to watch yet
+            or self._clock.ends_at is None
             or self._chunker.waiting_for_first
             or self._runway_timer is not None
             or not self._chunker.has_text
@@ -313,10 +318,9 @@ class ChunkerProcessor(FrameProcessor):
         loop = asyncio.get_running_loop()
         lead = self._lead_secs or 0.0
         # A sentence that ends meanwhile moves the deadline on: look again after it.
-        while (
-            self._audio_ends_at is not None
-            and (wait := self._audio_ends_at - lead - loop.time()) > 0
-        ):
+        while (ends_at := self._clock.ends_at) is not None and (
+            wait := ends_at - lead - loop.time()
+        ) > 0:
             await asyncio.sleep(wait)  # a deadline, not synchronisation
         self._runway_timer = None
         chunk = self._chunker.take_words(min_words=self._runway_min_words)

@@ -14,6 +14,7 @@ from pipecat.services.tts_service import TTSService
 from voxline import logcontent
 from voxline.engines.lines import LineMemory
 from voxline.engines.piper import Overloaded, PiperEngine
+from voxline.processors.reply_clock import ReplyClock
 from voxline.processors.resample import resample_utterance
 from voxline.processors.speculation import SpeculativeTTSMixin
 
@@ -65,8 +66,7 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._engine = engine
         self._lines = lines
         self._fresh_contexts: dict[str, None] = {}  # contexts with no chunk spoken yet
-        self._heard_until: dict[str, float] = {}  # when a context's audio so far has played
-        self._held_secs: dict[str, float] = {}  # audio made for a reply held until the commit
+        self._clocks: dict[str, ReplyClock] = {}  # when a context's audio so far has played
 
     def can_generate_metrics(self) -> bool:
         """Time to first audio is reported as TTFB."""
@@ -78,29 +78,26 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
         self._fresh_contexts[context_id] = None
         while len(self._fresh_contexts) > 8:  # replies that never spoke a chunk
             del self._fresh_contexts[next(iter(self._fresh_contexts))]
-        self._heard_until.pop(context_id, None)
-        while len(self._heard_until) > 8:  # only the reply being spoken matters
-            del self._heard_until[next(iter(self._heard_until))]
-        self._held_secs.clear()  # a reply held before this one was dropped or released
-        if self._voxline_holding:
-            self._held_secs[context_id] = 0.0
+        self._clocks.pop(context_id, None)
+        while len(self._clocks) >= 8:  # only the reply being spoken matters
+            del self._clocks[next(iter(self._clocks))]
+        for clock in self._clocks.values():
+            if clock.held:  # a reply held before this one was dropped or released
+                clock.reset()
+        self._clocks[context_id] = ReplyClock(time.monotonic, held=self._voxline_holding)
 
     def on_speculation_released(self) -> None:
         """The held reply's audio plays from now: its later chunks are needed from now."""
-        now = time.monotonic()
-        for context_id, seconds in self._held_secs.items():
-            self._heard_until[context_id] = now + seconds
-        self._held_secs.clear()
+        for clock in self._clocks.values():
+            clock.release()
 
     def _needed_at(self, context_id: str) -> float | None:
         """When the caller will have heard the audio made so far for ``context_id``.
 
         A held reply plays no sooner than the commit, which may come at any moment:
         its audio is counted from now."""
-        held = self._held_secs.get(context_id)
-        if held is not None:
-            return time.monotonic() + held
-        return self._heard_until.get(context_id)
+        clock = self._clocks.get(context_id)
+        return None if clock is None else clock.ends_at
 
     def _is_first_chunk(self, context_id: str) -> bool:
         return self._fresh_contexts.pop(context_id, False) is None
@@ -139,13 +136,9 @@ class SharedPiperTTSService(SpeculativeTTSMixin, TTSService):
     def _note_audio(self, context_id: str, frame: Frame) -> None:
         if not isinstance(frame, TTSAudioRawFrame):
             return
-        seconds = len(frame.audio) / 2 / frame.sample_rate
-        if context_id in self._held_secs:
-            self._held_secs[context_id] += seconds
-            return
-        now = time.monotonic()
-        start = max(now, self._heard_until.get(context_id, now))
-        self._heard_until[context_id] = start + seconds
+        if (clock := self._clocks.get(context_id)) is None:  # unannounced or forgotten: not held
+            clock = self._clocks[context_id] = ReplyClock(time.monotonic)
+        clock.add(len(frame.audio) / 2 / frame.sample_rate)
 
 
 async def _floats(pieces: AsyncIterator[bytes]) -> AsyncIterator[np.ndarray]:
