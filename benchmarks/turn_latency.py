@@ -20,9 +20,10 @@ Measured per mode:
 
 1. server-side voice-to-voice of the reply to the whole utterance (``talk()`` with
    one shared :class:`~voxline.bot.runtime.Runtime`);
-2. half-sentence replies: paused utterances where the bot answered the first half
-   alone (more than one turn with bot words, or a turn with bot words whose caller
-   text holds nothing of the second half);
+2. half-sentence replies: paused utterances where the caller heard a reply to the
+   first half alone (more than one reply heard, or one whose caller words hold nothing
+   of the second half). What was heard is the call's LLM context at the end, cut to
+   what was played: a reply withdrawn before a sound of it played is not a reply;
 3. WER of the caller transcripts against the text espeak-ng said;
 4. latency heard by a phone caller: ``voxline serve`` with one number per mode,
    called with the Twilio-protocol caller, one call at a time (caller's last voiced
@@ -161,11 +162,26 @@ class Run:
     index: int
     mode: str
     turns: list[TurnTrace] = field(default_factory=list)
+    context: list[dict] = field(default_factory=list)
     error: str | None = None
 
     @property
     def replies(self) -> list[TurnTrace]:
         return [turn for turn in self.turns if turn.bot_text.strip()]
+
+    @property
+    def answers(self) -> list[str]:
+        """The caller's words each reply they heard answered (the words since the reply
+        before it), from the context cut to what was played; the greeting answers none."""
+        answered, words = [], []
+        for message in self.context:
+            content = str(message.get("content") or "").strip()
+            if message.get("role") == "user" and content:
+                words.append(content)
+            elif message.get("role") == "assistant" and content and words:
+                answered.append(" ".join(words))
+                words = []
+        return answered
 
     @property
     def caller_text(self) -> str:
@@ -184,13 +200,8 @@ class Run:
         """The bot answered the first half of a paused utterance on its own."""
         if not utterance.paused:
             return False
-        if len(self.replies) > 1:
-            return True
-        return any(
-            first_half_only(turn.caller_text, utterance)
-            for turn in self.turns
-            if turn.bot_text.strip() or turn.interrupted
-        )
+        answers = self.answers
+        return len(answers) > 1 or any(first_half_only(text, utterance) for text in answers)
 
 
 def first_half_only(caller_text: str, utterance: Utterance) -> bool:
@@ -221,6 +232,7 @@ async def run_talks(
                 try:
                     result = await talk(personas[mode], runtime, audio, SAMPLE_RATE, timeout=60)
                     run.turns = result.turns
+                    run.context = result.context
                 except TalkTimeoutError as exc:
                     run.error = str(exc)
                 runs[mode].append(run)
@@ -273,7 +285,7 @@ def describe(run: Run, utterance: Utterance, secs: float) -> None:
     pieces = [
         f"[{run.index:>2} {run.mode:>3}]",
         f"v2v={v2v:.0f}ms" if v2v is not None else "v2v=-",
-        f"turns={len(run.turns)} replies={len(run.replies)}",
+        f"turns={len(run.turns)} replies={len(run.replies)} heard={len(run.answers)}",
     ]
     if run.error:
         pieces.append(f"ERROR {run.error}")
@@ -428,7 +440,7 @@ def main() -> None:
         error = corpus_wer(
             [texts[run.index].text for run in runs[mode]], [run.caller_text for run in runs[mode]]
         )
-        extra = sum(len(run.replies) > 1 for run in runs[mode] if not texts[run.index].paused)
+        extra = sum(len(run.answers) > 1 for run in runs[mode] if not texts[run.index].paused)
         reasons = [turn.commit_reason for turn in turns]
         summary[mode] = {
             "p50": p50(v2v),

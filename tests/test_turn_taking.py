@@ -295,6 +295,30 @@ async def test_a_pause_in_mid_question_gets_one_reply_to_the_whole_question(
 
 
 @asyncio_module
+async def test_a_caller_going_on_before_the_reply_is_heard_gets_one_reply(runtime, tmp_path):
+    """The model can judge the pause after a comma complete (p 0.98 for Piper's "I lost
+    my card yesterday,"): the caller goes on before a sound of the reply. They hear one
+    reply, to both halves, as soon as after any turn, and the context holds no reply
+    they did not hear."""
+    bank = persona(tmp_path, "going_on")
+    first, second = "I lost my card yesterday,", "what should I do?"
+    audio = np.concatenate([voiced(first), silence(0.35), voiced(second), silence(0.3)])
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=60)
+
+    print([turn.as_dict() for turn in result.turns], result.context, sep="\n")
+    # The context holds what the caller heard: the greeting, both halves, one reply.
+    roles = [m["role"] for m in result.context if m["content"].strip()]
+    assert roles[0] == "assistant" and roles[-1] == "assistant", result.context
+    assert roles.count("assistant") == 2, result.context
+    said = normalize(" ".join(user_messages(result)))
+    assert "lost" in said and "do" in said, user_messages(result)
+    [answer] = [turn for turn in replies(result) if not turn.interrupted]
+    # After the second half, at the usual pause: not the longer one after a barge-in.
+    commit = answer.latencies_ms()["commit"]
+    assert commit is not None and commit < 500, answer.as_dict()
+
+
+@asyncio_module
 async def test_speculation_gives_the_same_transcript_and_reply_and_plays_prepared_audio(
     runtime, tmp_path
 ):

@@ -23,7 +23,9 @@ caller's side of the conversation:
   audio plays at once.
 * **Barge-in.** Caller speech over the bot interrupts it once it lasts or carries
   words enough, and the bot's audio is held while that is decided
-  (:mod:`~voxline.processors.barge_in`).
+  (:mod:`~voxline.processors.barge_in`). A caller who goes on after the commit,
+  before a sound of its reply, withdraws that reply the same way, but the turn is
+  timed as the rest of the one committed, not as speech over the bot.
 
 When the utterance goes to Whisper, and which of its audio, is in
 :mod:`~voxline.processors.turn_transcript`; the verdicts and the commit in
@@ -139,6 +141,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         self._bot_speaking = False
         self._carried_text = ""  # overheard words that join the next turn
         self._reply_pending_since: float | None = None
+        self._committed_spoken_secs = 0.0  # the speech of the turn committed last
         self._last_voice_at = float("-inf")
         self._tasks: set[asyncio.Task] = set()
 
@@ -239,6 +242,11 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         start_secs = self._vad.params.start_secs
         onset = time.monotonic() - start_secs
         turn = CallerTurn(onset=onset, stretch_onset=onset, over_bot=self._bot_busy())
+        if turn.over_bot and not self._bot_speaking:
+            # The caller goes on after the commit, before a sound of its reply: the rest
+            # of the turn they were in, if it carries words (module doc).
+            turn.before_reply = True
+            turn.continued_secs = self._committed_spoken_secs
         for piece in self._pre_roll:
             turn.audio.extend(piece)
         self._pre_roll.clear()

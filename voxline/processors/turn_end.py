@@ -132,6 +132,11 @@ class TurnEnd:
 
     def _needs_longer_pause(self: TurnTaker, turn: CallerTurn) -> bool:
         spoken = time.monotonic() - turn.onset - turn.silence_secs
+        if turn.before_reply:
+            # Going on from a turn committed a moment ago ("I lost my card yesterday, |
+            # what should I do?"): timed as the rest of that turn, not as a barge-in,
+            # after which callers go on.
+            return spoken + turn.continued_secs < SHORT_TURN_SECS
         return turn.over_bot or spoken < SHORT_TURN_SECS
 
     async def _commit(self: TurnTaker, turn: CallerTurn, reason: str) -> None:
@@ -140,6 +145,7 @@ class TurnEnd:
             return
         turn.committing = True
         spoken_secs = time.monotonic() - turn.onset - turn.silence_secs
+        self._committed_spoken_secs = spoken_secs + turn.continued_secs
         # From here on the caller's next words start a new turn.
         self._turn = None
         self._release_bot(turn)
