@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 
 import numpy as np
@@ -343,20 +345,30 @@ def test_a_negative_urgency_is_refused():
     assert PiperConfig().urgent_ms is None and PiperConfig(urgent_ms=500).urgent_ms == 500
 
 
-async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monkeypatch):
-    """An operator sees which call's first audio came late, and whether it waited or ran long."""
-    monkeypatch.setattr(piper, "SLOW_FIRST_SECS", 0.0)
+@asynccontextmanager
+async def _busy_voice_logging(level: str) -> AsyncIterator[tuple[PiperEngine, list[str]]]:
+    """One worker, busy with call-a's long sentence, and the log's lines at ``level``.
+
+    The voice is closed, and the lines stop coming, when the block ends.
+    """
     lines: list[str] = []
-    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    sink = logger.add(lines.append, level=level, format="{message}")
     engine = _engine(workers=1, threads=1)
     try:
         busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
         await _until(lambda: engine.busy >= 1)
-        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
+        yield engine, lines
         await busy
     finally:
         engine.close()
         logger.remove(sink)
+
+
+async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monkeypatch):
+    """An operator sees which call's first audio came late, and whether it waited or ran long."""
+    monkeypatch.setattr(piper, "SLOW_FIRST_SECS", 0.0)
+    async with _busy_voice_logging("WARNING") as (engine, lines):
+        await _speak(engine, FIRST_CHUNK, first=True, label="call-b")
     late = [line for line in lines if "first audio of call-b" in line]
     assert len(late) == 1, lines
     assert "queued" in late[0] and "running" in late[0]
@@ -366,21 +378,12 @@ async def test_a_first_chunk_that_waited_is_logged_with_the_queue_behind_it(monk
 
 async def test_a_later_piece_ready_after_its_caller_ran_out_is_logged():
     """At DEBUG, each piece heard late says whether its text came late or it waited."""
-    lines: list[str] = []
-    sink = logger.add(lines.append, level="DEBUG", format="{message}")
-    engine = _engine(workers=1, threads=1)
-    try:
-        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="call-a"))
-        await _until(lambda: engine.busy >= 1)
+    async with _busy_voice_logging("DEBUG") as (engine, lines):
         # call-b's audio ran out 0.3 s ago; call-c's is needed in a minute.
         await asyncio.gather(
             _speak_by(engine, FIRST_CHUNK, "call-b", needed_in=-0.3),
             _speak_by(engine, FIRST_CHUNK, "call-c", needed_in=60.0),
         )
-        await busy
-    finally:
-        engine.close()
-        logger.remove(sink)
     late = [line for line in lines if "ran out of audio" in line]
     assert len(late) == 1 and "call-b" in late[0], lines
     ready_late = float(late[0].split(" ready ")[1].split(" s ")[0])
