@@ -24,7 +24,12 @@ from voxline.bot.tool_wiring import openai_tools
 from voxline.config import ServerConfig
 from voxline.engine_config import EmbeddedLLMConfig, EnginesConfig, VLLMConfig
 from voxline.engines.llm import LlamaCppServer, LLMServerError
-from voxline.engines.vllm import VLLMServer
+from voxline.engines.vllm import (
+    CONVERSATION_TOKENS,
+    DEFAULT_KV_CACHE_BYTES,
+    VLLMServer,
+    kv_cache_bytes,
+)
 from voxline.personas import load_persona
 from voxline.processors.tool_call_stream import INVALID_ARGUMENTS, ToolCallStream
 
@@ -218,3 +223,49 @@ def test_tool_arguments_are_pinned_to_their_schema_unless_the_config_says_auto(t
     assert VLLMConfig().tool_strict_level == "parameter"
     # A vLLM older than 0.32 has no such flag: "auto" leaves it out.
     assert "--tool-strict-level" not in flags(tool_strict_level="auto")
+
+
+SMOLLM2_135M = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+}
+"""The shape of the packaged model's checkpoint: 23 040 bytes of KV cache a token."""
+
+
+def test_vllm_kv_cache_is_sized_for_the_conversations(tmp_path: Path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_135M))
+    per_token = 2 * 30 * 3 * 64 * 2
+    assert kv_cache_bytes(str(tmp_path), 6, 4096) == 6 * CONVERSATION_TOKENS * per_token
+    # Never less than one request as long as the context window.
+    assert kv_cache_bytes(str(tmp_path), 1, 8192) == 8192 * per_token
+    # A size set in voxline.yaml wins; a hub name cannot be read and gets the old 1 GiB.
+    assert kv_cache_bytes(str(tmp_path), 6, 4096, gib=0.5) == 2**29
+    assert kv_cache_bytes("org/some-model", 6, 4096) == DEFAULT_KV_CACHE_BYTES
+    (tmp_path / "config.json").write_text("{}")
+    assert kv_cache_bytes(str(tmp_path), 6, 4096) == DEFAULT_KV_CACHE_BYTES
+
+    # vLLM's whole-GiB environment variable would override the flag: it is not passed on.
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    cpu = VLLMServer("model", python=tmp_path / "python", kv_cache_bytes=300_000_000)
+    command = cpu.command()
+    assert command[command.index("--kv-cache-memory-bytes") + 1] == "300000000"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in cpu.environment()
+    gpu = VLLMServer("model", python=tmp_path / "python", device="cuda")
+    assert "--kv-cache-memory-bytes" not in gpu.command()
+
+
+async def test_vllm_holds_only_the_kv_cache_its_calls_need(served):
+    """The engine's RSS was 2.9 GB with vLLM's fixed 1 GiB cache (all of it zeroed at
+    start); sized for the personas and max_calls it is ~0.8 GB less."""
+    runtime, persona, _ = served
+    server = runtime.llm.server(persona)
+    if not isinstance(server, VLLMServer):
+        pytest.skip("vLLM only")
+    assert server.pid is not None
+    assert server.kv_cache_bytes < 2**29, server.kv_cache_bytes
+    processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    rss_mb = sum(process.memory_info().rss for process in processes) / 2**20
+    print(f"\nvLLM: KV cache {server.kv_cache_bytes / 2**20:.0f} MB, RSS {rss_mb:.0f} MB")
+    assert rss_mb < 2600, rss_mb

@@ -152,7 +152,12 @@ class VLLMConfig(StrictModel):
     device: Literal["cpu", "cuda"] = "cpu"
     max_model_len: int = Field(default=4096, ge=256)
     cpu_threads: int | None = Field(default=None, ge=1, description="Default: CPU budget.")
-    kv_cache_gib: int = Field(default=1, ge=1, description="KV cache on a CPU, whole GiB.")
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="KV cache on a CPU, GiB. Default: sized for the personas and max_calls "
+        "(2048 tokens each), at least one max_model_len request.",
+    )
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     tool_call_parser: str = "hermes"
     tool_strict_level: Literal["auto", "function", "parameter"] = Field(

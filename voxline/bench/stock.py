@@ -22,7 +22,7 @@ import yaml
 from voxline.engine_config import VLLMConfig
 from voxline.engines.llm import LlamaCppServer, free_port, prompt_cache_bytes
 from voxline.engines.server_process import SupervisedServer
-from voxline.engines.vllm import VLLMServer, prepare_vllm_model
+from voxline.engines.vllm import VLLMServer, kv_cache_bytes, prepare_vllm_model
 from voxline.models import resolve_llm_gguf
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 
@@ -73,15 +73,19 @@ class StockStack:
         gguf = resolve_llm_gguf(model)
         if self.backend == "vllm":
             settings = VLLMConfig()
+            checkpoint = await prepare_vllm_model(
+                model, settings.python, gguf, checkpoint_dir=settings.checkpoint_dir
+            )
             self.llm = VLLMServer(
-                await prepare_vllm_model(
-                    model, settings.python, gguf, checkpoint_dir=settings.checkpoint_dir
-                ),
+                checkpoint,
                 python=settings.python,
                 model_alias=model,
                 max_model_len=settings.max_model_len,
                 cpu_threads=settings.cpu_threads,
-                kv_cache_gib=settings.kv_cache_gib,
+                # Sized as voxline sizes it for one persona and the same calls.
+                kv_cache_bytes=kv_cache_bytes(
+                    checkpoint, 1 + self.max_calls, settings.max_model_len
+                ),
                 tool_call_parser=settings.tool_call_parser,
                 tool_strict_level=settings.tool_strict_level,
                 startup_timeout=settings.startup_timeout_secs,

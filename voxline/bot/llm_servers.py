@@ -28,7 +28,7 @@ from voxline.engines.llm import (
 )
 from voxline.engines.llm_backend import BackendKind
 from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer
-from voxline.engines.vllm import VLLMServer, prepare_vllm_model
+from voxline.engines.vllm import VLLMServer, kv_cache_bytes, prepare_vllm_model
 from voxline.models import ModelNotAvailableError, resolve_llm_gguf
 from voxline.personas import Persona
 
@@ -112,6 +112,13 @@ class LLMServers:
                 checkpoint_dir=vllm.checkpoint_dir,
                 progress=self._progress,
             )
+            conversations = len(self._config.persona_paths()) + self._config.max_calls
+            kv_cache = kv_cache_bytes(
+                model, conversations, vllm.max_model_len, gib=vllm.kv_cache_gib
+            )
+            if vllm.device == "cpu":
+                sized = "set" if vllm.kv_cache_gib else f"{conversations} conversations"
+                logger.info(f"vLLM KV cache {kv_cache / 2**20:.0f} MB ({sized})")
             server = VLLMServer(
                 model,
                 python=vllm.python,
@@ -119,7 +126,7 @@ class LLMServers:
                 device=vllm.device,
                 max_model_len=vllm.max_model_len,
                 cpu_threads=vllm.cpu_threads,
-                kv_cache_gib=vllm.kv_cache_gib,
+                kv_cache_bytes=kv_cache,
                 gpu_memory_utilization=vllm.gpu_memory_utilization,
                 tool_call_parser=vllm.tool_call_parser,
                 tool_strict_level=vllm.tool_strict_level,
