@@ -1,12 +1,13 @@
-"""Phone calls: the Twilio voice webhook and the media stream that carries one call.
+"""Phone calls: the Twilio voice webhook, and the admission of the media stream it connects.
 
 The webhook checks Twilio's signature against the public URL, picks the persona
 for the called number, reserves the call's admission slot and answers TwiML that
 connects a media stream, passing the persona and a short-lived single-use token
-as stream parameters. The media stream reads Twilio's ``connected``/``start``
-messages itself, checks the token, claims the reserved slot and only then builds
-the call's pipeline on the shared engines. Whatever a peer sends, the stream ends
-with at most a close code and a one-line log, never a traceback.
+as stream parameters. The media stream's ``connected``/``start`` messages are read
+first (:mod:`voxline.server.phone_start`); the stream's token is checked and the
+reserved slot claimed here, and only then is the call run on the shared engines
+(:mod:`voxline.server.phone_call`). Whatever a peer sends, the stream ends with at
+most a close code and a one-line log, never a traceback.
 
 Behind a balancer the stream may reach another process than the webhook did (they
 share the token key). The stream URL names the process that answered the webhook
@@ -19,37 +20,28 @@ draining; otherwise the handshake is answered 503 and a balancer that retries on
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from fastapi import WebSocket, WebSocketDisconnect
 from loguru import logger
-from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
-from voxline.bot.call_events import TIME_LIMIT, CallEventsForCall, CallInfo
-from voxline.bot.phone_control import TwilioCallControl, run_lengths
 from voxline.bot.runtime import Runtime
-from voxline.bot.session import build_call
 from voxline.config import ServerConfig
 from voxline.personas import Persona
-from voxline.processors.latency import LatencyTracer
 from voxline.server.admission import Admission, CallRejected, Slot
-from voxline.server.drain import DRAIN_TIMEOUT, Drain
-from voxline.transports.twilio import (
-    POLICY_VIOLATION,
-    TWILIO_RATE,
-    TwilioMediaSerializer,
-    TwilioStream,
-    TwilioTransport,
-    close_quietly,
-    twilio_params,
+from voxline.server.drain import Drain
+from voxline.server.phone_call import run_call
+from voxline.server.phone_start import (
+    START_TIMEOUT_SECS,
+    TRY_AGAIN_LATER,
+    StreamRefused,
+    read_start,
 )
-from voxline.transports.twilio_protocol import ProtocolError, Start, Stop, parse_message
+from voxline.transports.twilio import POLICY_VIOLATION, close_quietly
+from voxline.transports.twilio_protocol import Start
 from voxline.transports.twilio_webhook import (
     StreamTokenError,
     StreamTokens,
@@ -59,19 +51,7 @@ from voxline.transports.twilio_webhook import (
     signature_is_valid,
 )
 
-START_TIMEOUT_SECS = 10.0
-MAX_MESSAGES_BEFORE_START = 16
-"""Twilio sends ``connected`` then ``start``: a peer that sends this many others is refused."""
-TRY_AGAIN_LATER = 1013
-NORMAL_CLOSURE = 1000
-
-
-class StreamRefused(Exception):
-    """A media stream is refused before its call starts: close with ``code`` and the reason."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
+__all__ = ["TRY_AGAIN_LATER", "HandshakeRefused", "PhoneLine", "WebhookRejected"]
 
 
 class HandshakeRefused(Exception):
@@ -240,7 +220,15 @@ class PhoneLine:
             return
         try:
             async with self.admission.hold(slot):
-                await self._run_call(websocket, persona, start)
+                await run_call(
+                    websocket,
+                    persona,
+                    start,
+                    runtime=self.runtime,
+                    twilio=self.config.twilio,
+                    rest=self.rest_client(),
+                    drain=self.drain,
+                )
         except CallRejected as exc:
             logger.warning(f"call {start.start.call_sid} refused: {exc}")
             await close_quietly(websocket, TRY_AGAIN_LATER, str(exc))
@@ -273,7 +261,8 @@ class PhoneLine:
         return persona, slot
 
     async def _read_start(self, websocket: WebSocket) -> Start:
-        """Read until ``start``; drop (and log) anything else that comes first.
+        """Read until ``start`` (:func:`~voxline.server.phone_start.read_start`), counted
+        among the streams waiting for theirs.
 
         Raises:
             StreamRefused: the peer closed, stopped, sent too much or nothing in time,
@@ -283,131 +272,6 @@ class PhoneLine:
             raise StreamRefused(TRY_AGAIN_LATER, "too many media streams waiting for start")
         self.waiting += 1
         try:
-            return await asyncio.wait_for(self._receive_start(websocket), START_TIMEOUT_SECS)
-        except TimeoutError:
-            raise StreamRefused(
-                POLICY_VIOLATION, f"no start message within {START_TIMEOUT_SECS:.0f} s"
-            ) from None
+            return await read_start(websocket)
         finally:
             self.waiting -= 1
-
-    async def _receive_start(self, websocket: WebSocket) -> Start:
-        for _ in range(MAX_MESSAGES_BEFORE_START):
-            data = await websocket.receive()
-            if data.get("type") == "websocket.disconnect":
-                raise StreamRefused(NORMAL_CLOSURE, "the peer closed the stream before start")
-            text = data.get("text")
-            raw = text if text is not None else data.get("bytes") or b""
-            try:
-                message = parse_message(raw)
-            except ProtocolError as exc:
-                logger.warning(f"twilio stream: dropped message before start: {exc}")
-                continue
-            if isinstance(message, Start):
-                return message
-            if isinstance(message, Stop):
-                raise StreamRefused(NORMAL_CLOSURE, "stop before start: the call ended")
-            if message.event != "connected":
-                logger.warning(f"twilio stream: {message.event} before start, dropped")
-        raise StreamRefused(
-            POLICY_VIOLATION, f"no start message in the first {MAX_MESSAGES_BEFORE_START} messages"
-        )
-
-    async def _run_call(self, websocket: WebSocket, persona: Persona, start: Start) -> None:
-        info = start.start
-        stream = TwilioStream(stream_sid=info.stream_sid, call_sid=info.call_sid)
-        stream.events.extend(["connected", "start"])
-        serializer = TwilioMediaSerializer(stream)
-        twilio = self.config.twilio
-        transport = TwilioTransport(
-            websocket,
-            stream,
-            params=twilio_params(serializer, out_frame_ms=twilio.out_frame_ms),
-            send_ahead_secs=twilio.send_ahead_ms / 1000,
-        )
-        events = self.runtime.calls.open(
-            CallInfo(
-                persona=persona.name,
-                transport="twilio",
-                caller=info.custom_parameters.get("caller", ""),
-                called=info.custom_parameters.get("called") or None,
-                call_sid=info.call_sid,
-            )
-        )
-        tracer = LatencyTracer(on_turn=events.turn_finished)
-        control = TwilioCallControl(
-            stream=stream,
-            gate=transport.gate,
-            rest=self.rest_client(),
-            goodbye=persona.phrases.goodbye,
-            goodbye_interruptible="goodbye" not in persona.turn.uninterruptible,
-        )
-        call = build_call(
-            persona,
-            self.runtime,
-            transport,
-            tracer=tracer,
-            out_sample_rate=TWILIO_RATE,
-            call_control=control,
-            facts={
-                "Caller's number": info.custom_parameters.get("caller", ""),
-                "Call id": info.call_sid,
-                "Time (UTC)": datetime.now(UTC).strftime("%A %d %B %Y, %H:%M"),
-            },
-        )
-        control.worker = call.worker
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(call.worker)
-        logger.info(f"call {info.call_sid}: stream {info.stream_sid} started")
-
-        async def on_stop() -> None:
-            await call.worker.cancel(reason="caller hung up")
-
-        stream.on_stop = on_stop
-
-        async def on_violation(reason: str) -> None:
-            logger.warning(f"call {info.call_sid}: stream closed: {reason}")
-            await transport.refuse(reason)
-            await call.worker.cancel(reason=reason)
-
-        stream.on_violation = on_violation
-
-        @transport.event_handler("on_client_disconnected")
-        async def _gone(_transport, _websocket) -> None:
-            await call.worker.cancel(reason="media stream closed")
-
-        limit = asyncio.get_running_loop().call_later(
-            persona.limits.max_call_secs,
-            lambda: asyncio.ensure_future(self._end_call(control, events)),
-        )
-        events.attach(call.worker, tracer)
-
-        async def end_at_drain_deadline() -> None:
-            events.note_end_reason(DRAIN_TIMEOUT)
-            await control.end_call()
-
-        tracked = (
-            self.drain.track(f"call {info.call_sid}", end_at_drain_deadline)
-            if self.drain is not None
-            else contextlib.nullcontext()
-        )
-        try:
-            with events.log_context(), tracked:
-                await runner.run()
-        finally:
-            limit.cancel()
-            events.end()
-            log = events.bound_logger()  # the end-of-call lines carry the call's ids too
-            log.info(
-                f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
-                f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
-            )
-            # The persona's own prompt is not in the context (the LLM service's
-            # system_instruction): the context starts with the call's facts.
-            messages = call.context.get_messages()
-            log.info(f"call {info.call_sid} context {logcontent.messages(messages)}")
-
-    async def _end_call(self, control: TwilioCallControl, events: CallEventsForCall) -> None:
-        logger.info(f"call {control.call_sid}: max_call_secs reached")
-        events.note_end_reason(TIME_LIMIT)
-        await control.end_call()  # once per call, with end_call and the drain's deadline
