@@ -15,8 +15,8 @@ from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 from pipecat.audio.utils import ulaw_to_pcm
 
 from tests.servers import serve_voxline  # noqa: F401  (benchmarks import it from here)
+from voxline.transports.caller_frames import mulaw_frames
 from voxline.transports.twilio import TWILIO_RATE
-from voxline.transports.twilio_caller import mulaw_frames
 
 # Caller questions for the bank persona, one per simulated call or round.
 QUESTIONS = [

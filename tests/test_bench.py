@@ -185,7 +185,8 @@ def test_underruns_are_stalls_inside_one_bot_utterance():
 
     from voxline.bench.callers import Script
     from voxline.bench.calls import analyse
-    from voxline.transports.twilio_caller import RATE, DialResult, HeardTurn
+    from voxline.transports.caller_frames import RATE
+    from voxline.transports.dial_result import DialResult, HeardTurn
 
     tone = (8000 * np.sin(np.arange(800) * 2 * np.pi * 440 / RATE)).astype(np.int16)
     quiet = np.zeros(800, dtype=np.int16)

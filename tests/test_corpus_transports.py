@@ -38,7 +38,8 @@ from tests.corpus import CORPUS_DIR, record
 from tests.servers import ServerProcess, start_voxline
 from tests.speech import caller_voice
 from voxline.engines.llm import free_port
-from voxline.transports.twilio_caller import DialError, TwilioCaller
+from voxline.transports.dial_result import DialError
+from voxline.transports.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.slow
 

@@ -32,8 +32,10 @@ from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.server.admission import Admission
 from voxline.server.drain import Drain
+from voxline.transports.caller_frames import RATE
+from voxline.transports.dial_result import DialError
 from voxline.transports.levels import is_voiced
-from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
+from voxline.transports.twilio_caller import TwilioCaller
 
 AUTH_TOKEN = "test-auth-token-0123456789"
 ACCOUNT_SID = "AC" + "2" * 32

@@ -39,7 +39,9 @@ import pytest
 
 from tests.servers import ServerProcess, start_rest_standin, start_voxline
 from voxline.engines.llm import free_port
-from voxline.transports.twilio_caller import RATE, DialError, DialResult, TwilioCaller
+from voxline.transports.caller_frames import RATE
+from voxline.transports.dial_result import DialError, DialResult
+from voxline.transports.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.slow
 

@@ -32,7 +32,8 @@ from voxline.config import ServerConfig, load_config
 from voxline.engines.llm import free_port
 from voxline.engines.vllm import prepare_vllm_model
 from voxline.models import resolve_llm_gguf
-from voxline.transports.twilio_caller import RATE, TwilioCaller
+from voxline.transports.caller_frames import RATE
+from voxline.transports.twilio_caller import TwilioCaller
 from voxline.yamlfile import ConfigError
 
 AUTH_TOKEN = "test-auth-token-0123456789"

@@ -197,7 +197,8 @@ def test_a_stream_is_answered_by_another_process_that_shares_the_key(two_servers
 
     import numpy as np
 
-    from voxline.transports.twilio_caller import RATE, TwilioCaller
+    from voxline.transports.caller_frames import RATE
+    from voxline.transports.twilio_caller import TwilioCaller
 
     caller = TwilioCaller(two_servers["a"], auth_token=AUTH)
 

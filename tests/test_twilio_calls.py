@@ -29,7 +29,9 @@ from voxline.engines.llm import free_port
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import load_persona
-from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
+from voxline.transports.caller_frames import RATE
+from voxline.transports.dial_result import DialError
+from voxline.transports.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.slow
 

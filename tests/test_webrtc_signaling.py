@@ -18,7 +18,8 @@ from conftest import BANK_PERSONA
 from servers import ServerProcess, start_voxline
 
 from voxline.engines.llm import free_port
-from voxline.transports.twilio_caller import DialError, TwilioCaller
+from voxline.transports.dial_result import DialError
+from voxline.transports.twilio_caller import TwilioCaller
 
 SHOP = "https://shop.example.com"
 SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxline.bench.callers import SAMPLE_RATE, UTTERANCES, Clips, Script
+from voxline.transports.caller_frames import RATE as PHONE_RATE
+from voxline.transports.dial_result import DialError, DialResult
 from voxline.transports.levels import is_voiced
-from voxline.transports.twilio_caller import RATE as PHONE_RATE
-from voxline.transports.twilio_caller import DialError, DialResult, TwilioCaller
+from voxline.transports.twilio_caller import TwilioCaller
 
 GREETING_QUIET_SECS = 0.6
 """The greeting is heard once the bot has spoken and then been quiet this long (a stock

@@ -25,7 +25,7 @@ def _transcribe_segments(heard: np.ndarray, cuts: list[float]) -> list[str]:
 
     from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
     from voxline.models import resolve_whisper
-    from voxline.transports.twilio_caller import RATE
+    from voxline.transports.caller_frames import RATE
 
     engine = WhisperEngine(resolve_whisper("tiny.en"))
     bounds = [0.0, *cuts, heard.size / RATE]
@@ -40,7 +40,9 @@ def _transcribe_segments(heard: np.ndarray, cuts: list[float]) -> list[str]:
 def dial(args: argparse.Namespace) -> int:
     """Place one call and report it."""
     from voxline.bot.audio_input import AudioInputError, output_problem, read_caller_audio
-    from voxline.transports.twilio_caller import RATE, DialError, TwilioCaller
+    from voxline.transports.caller_frames import RATE
+    from voxline.transports.dial_result import DialError
+    from voxline.transports.twilio_caller import TwilioCaller
 
     auth_token = os.environ.get("TWILIO_AUTH_TOKEN", "")
     if not auth_token:

@@ -3,9 +3,9 @@
 Twilio plays each ``media`` message when it arrives or when the audio before it has
 finished, whichever is later; echoes a ``mark`` once the audio sent before it has
 played; and on ``clear`` drops what it has not played yet and echoes the marks it
-held at once. :class:`CallerEar` keeps that timeline for the simulated caller
-(:mod:`voxline.transports.twilio_caller`), which records what the caller heard and
-when.
+held at once. :class:`CallerEar` keeps that timeline for the simulated caller's
+media stream (:mod:`voxline.transports.twilio_caller_stream`), which records what the
+caller heard and when.
 """
 
 from __future__ import annotations
