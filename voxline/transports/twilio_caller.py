@@ -125,7 +125,8 @@ class TwilioCaller:
             extra_messages: raw messages sent right after ``start`` (protocol tests).
             then: more utterances (at ``rate``), each with a pause: said once the bot's
                 answer to the one before has started and then been quiet that many
-                seconds (or after ``REPLY_TIMEOUT_SECS`` without an answer).
+                seconds (or after ``twilio_caller_stream.REPLY_TIMEOUT_SECS`` without an
+                answer).
             gate: awaited once the greeting is heard, the line carrying silence
                 meanwhile, before the first words: callers that share a gate can
                 start speaking at the same moment.
