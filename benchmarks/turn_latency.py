@@ -20,10 +20,12 @@ Measured per mode:
 
 1. server-side voice-to-voice of the reply to the whole utterance (``talk()`` with
    one shared :class:`~voxline.bot.runtime.Runtime`);
-2. half-sentence replies: paused utterances where the caller heard a reply to the
-   first half alone (more than one reply heard, or one whose caller words hold nothing
-   of the second half). What was heard is the call's LLM context at the end, cut to
-   what was played: a reply withdrawn before a sound of it played is not a reply;
+2. half-sentence replies: paused utterances where the caller heard the bot answer the
+   first half: its voice before the caller's last word (in the pause), or a reply whose
+   caller words hold nothing of the second half. What was heard is the bot's audio as
+   played and the call's LLM context at the end, cut to what was played: a reply
+   withdrawn before a sound of it played is no reply. An utterance without a pause is
+   "answered more than once" on the same evidence;
 3. WER of the caller transcripts against the text espeak-ng said;
 4. latency heard by a phone caller: ``voxline serve`` with one number per mode,
    called with the Twilio-protocol caller, one call at a time (caller's last voiced
@@ -65,7 +67,7 @@ from voxline.bench.callers import (  # noqa: E402
 )
 from voxline.bench.calls import bot_voiced_at  # noqa: E402
 from voxline.bot.runtime import Runtime  # noqa: E402
-from voxline.bot.talk import TalkTimeoutError, talk  # noqa: E402
+from voxline.bot.talk import TalkResult, TalkTimeoutError, talk  # noqa: E402
 from voxline.personas import Persona, load_persona  # noqa: E402
 from voxline.processors.turn_trace import TurnTrace  # noqa: E402
 from voxline.transports.levels import is_voiced  # noqa: E402
@@ -163,6 +165,8 @@ class Run:
     mode: str
     turns: list[TurnTrace] = field(default_factory=list)
     context: list[dict] = field(default_factory=list)
+    spoke_before_the_end: bool = False
+    """The caller heard the bot's voice between their first and their last word."""
     error: str | None = None
 
     @property
@@ -200,8 +204,29 @@ class Run:
         """The bot answered the first half of a paused utterance on its own."""
         if not utterance.paused:
             return False
-        answers = self.answers
-        return len(answers) > 1 or any(first_half_only(text, utterance) for text in answers)
+        return self.answered_early or any(first_half_only(text, utterance) for text in self.answers)
+
+    @property
+    def answered_early(self) -> bool:
+        """The caller heard more than one reply, or the bot before they were done."""
+        return self.spoke_before_the_end or len(self.answers) > 1
+
+
+def caller_span(result: TalkResult) -> tuple[float, float]:
+    """The caller's first and last voiced frame, on the call's clock."""
+    if not result.caller_voiced:
+        return 0.0, 0.0
+    return min(result.caller_voiced), max(result.caller_voiced)
+
+
+def voiced_between(result: TalkResult, start: float, end: float) -> bool:
+    """Whether the bot's audio as played has a voiced 20 ms frame in [start, end)."""
+    frame = result.sample_rate // 50
+    for index in range(int(start * 50), int(end * 50)):
+        piece = result.audio[index * frame : (index + 1) * frame]
+        if piece.size == frame and is_voiced(piece):
+            return True
+    return False
 
 
 def first_half_only(caller_text: str, utterance: Utterance) -> bool:
@@ -233,6 +258,7 @@ async def run_talks(
                     result = await talk(personas[mode], runtime, audio, SAMPLE_RATE, timeout=60)
                     run.turns = result.turns
                     run.context = result.context
+                    run.spoke_before_the_end = voiced_between(result, *caller_span(result))
                 except TalkTimeoutError as exc:
                     run.error = str(exc)
                 runs[mode].append(run)
@@ -285,7 +311,8 @@ def describe(run: Run, utterance: Utterance, secs: float) -> None:
     pieces = [
         f"[{run.index:>2} {run.mode:>3}]",
         f"v2v={v2v:.0f}ms" if v2v is not None else "v2v=-",
-        f"turns={len(run.turns)} replies={len(run.replies)} heard={len(run.answers)}",
+        f"turns={len(run.turns)} replies={len(run.replies)} heard={len(run.answers)}"
+        + (" spoke-early" if run.spoke_before_the_end else ""),
     ]
     if run.error:
         pieces.append(f"ERROR {run.error}")
@@ -440,7 +467,7 @@ def main() -> None:
         error = corpus_wer(
             [texts[run.index].text for run in runs[mode]], [run.caller_text for run in runs[mode]]
         )
-        extra = sum(len(run.answers) > 1 for run in runs[mode] if not texts[run.index].paused)
+        extra = sum(run.answered_early for run in runs[mode] if not texts[run.index].paused)
         reasons = [turn.commit_reason for turn in turns]
         summary[mode] = {
             "p50": p50(v2v),
