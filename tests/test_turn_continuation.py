@@ -16,6 +16,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.frames.frames import BotStartedSpeakingFrame, Frame, InputAudioRawFrame
 from pipecat.tests.utils import run_test
@@ -27,7 +28,7 @@ from voxline.processors.turn import TurnTaker, TurnTakingSettings
 from voxline.processors.turn_end import CAREFUL_PAUSE_SECS
 
 Q, SPEAK, STOP = VADState.QUIET, VADState.SPEAKING, VADState.STOPPING
-WORDS, PAUSE, REST = 60, 15, 60  # frames: 1.2 s of words, 0.3 s of pause, the rest quiet
+WORDS, PAUSE, REST = 60, 25, 60  # frames: 1.2 s of words, 0.5 s of pause, the rest quiet
 
 
 class PacedVAD(VADAnalyzer):
@@ -52,11 +53,11 @@ class PacedVAD(VADAnalyzer):
         return next(self._states)
 
 
-async def second_commit(bot_heard_first: bool) -> tuple[int, list[Frame]]:
-    """Two stretches of words with a 0.3 s pause between, the model judging every pause
+async def second_commit(reply_began_at: int | None) -> tuple[int, list[Frame]]:
+    """Two stretches of words with a 0.5 s pause between, the model judging every pause
     complete: how many frames after the second stretch's last word its turn was
-    committed, and every frame the turn-taker pushed. ``bot_heard_first``: the reply to
-    the first stretch had begun to play when the caller went on."""
+    committed, and every frame the turn-taker pushed. ``reply_began_at``: the frame
+    before which the reply to the first stretch began to play, if it did."""
     states = script((Q, 5), (SPEAK, WORDS), (STOP, 10), (Q, PAUSE - 10))
     states += script((SPEAK, WORDS), (STOP, 10), (Q, REST - 10))
     audio = silent(5) + tone(-20, WORDS) + silent(PAUSE) + tone(-20, WORDS, seed=1) + silent(REST)
@@ -77,9 +78,8 @@ async def second_commit(bot_heard_first: bool) -> tuple[int, list[Frame]]:
     frames: list[Frame] = [
         InputAudioRawFrame(audio=pcm, sample_rate=RATE, num_channels=1) for pcm in audio
     ]
-    if bot_heard_first:
-        # The first reply's audio went out in the pause's last frame.
-        frames.insert(5 + WORDS + PAUSE - 1, BotStartedSpeakingFrame())
+    if reply_began_at is not None:
+        frames.insert(reply_began_at, BotStartedSpeakingFrame())
     down, _ = await run_test(taker, frames_to_send=frames)
     audio_frames, commits_at = 0, []
     for frame in down:
@@ -92,8 +92,17 @@ async def second_commit(bot_heard_first: bool) -> tuple[int, list[Frame]]:
     return commits_at[1] - (5 + WORDS + PAUSE + WORDS), down
 
 
-async def test_going_on_before_the_reply_is_heard_keeps_the_usual_pause():
-    frames_after, down = await second_commit(bot_heard_first=False)
+RESUMED_AT = 5 + WORDS + PAUSE  # the second stretch's first frame
+
+
+@pytest.mark.parametrize(
+    "reply_began_at",
+    # Not yet when the caller goes on; or after they started, as the VAD confirms the
+    # speech (0.1 s after its onset here): the caller hears a frame of it before the hold.
+    [None, RESUMED_AT],
+)
+async def test_going_on_before_the_reply_is_heard_keeps_the_usual_pause(reply_began_at):
+    frames_after, down = await second_commit(reply_began_at)
     # The caller's words withdrew the reply they had not heard ...
     assert [frame.reason for frame in down if isinstance(frame, BargeInFrame)] == ["words"]
     # ... and their turn ended at the usual pause (0.2 s, and a frame for the verdict).
@@ -101,7 +110,8 @@ async def test_going_on_before_the_reply_is_heard_keeps_the_usual_pause():
 
 
 async def test_going_on_over_a_reply_already_playing_waits_the_longer_pause():
-    frames_after, down = await second_commit(bot_heard_first=True)
+    # The reply's audio went out 0.2 s before the caller's speech was confirmed.
+    frames_after, down = await second_commit(RESUMED_AT - 10)
     assert [frame.reason for frame in down if isinstance(frame, BargeInFrame)] == ["words"]
     # Speech over the bot: callers who interrupt often go on, so the turn waits longer.
     assert frames_after * 0.02 >= CAREFUL_PAUSE_SECS - 0.02, frames_after

@@ -141,6 +141,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         self._bot_speaking = False
         self._carried_text = ""  # overheard words that join the next turn
         self._reply_pending_since: float | None = None
+        self._reply_started_at: float | None = None  # a committed reply's first sound
         self._committed_spoken_secs = 0.0  # the speech of the turn committed last
         self._last_voice_at = float("-inf")
         self._tasks: set[asyncio.Task] = set()
@@ -160,6 +161,8 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         else:
             if isinstance(frame, BotStartedSpeakingFrame):
                 self._bot_speaking = True
+                replying = self._reply_pending_since is not None
+                self._reply_started_at = time.monotonic() if replying else None
                 self._reply_pending_since = None
             elif isinstance(frame, BotStoppedSpeakingFrame):
                 self._bot_speaking = False
@@ -242,7 +245,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         start_secs = self._vad.params.start_secs
         onset = time.monotonic() - start_secs
         turn = CallerTurn(onset=onset, stretch_onset=onset, over_bot=self._bot_busy())
-        if turn.over_bot and not self._bot_speaking:
+        if turn.over_bot and self._began_before_reply(onset):
             # The caller goes on after the commit, before a sound of its reply: the rest
             # of the turn they were in, if it carries words (module doc).
             turn.before_reply = True
@@ -255,6 +258,14 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         logger.debug(f"{self}: caller started speaking{' over the bot' if turn.over_bot else ''}")
         self._hold_bot(turn)
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
+
+    def _began_before_reply(self, onset: float) -> bool:
+        """Whether speech that began at ``onset`` began before the committed reply made a
+        sound: none has yet, or it started while the VAD was confirming the speech (the
+        caller heard a frame of it at most before the hold)."""
+        if not self._bot_speaking:
+            return self._reply_pending_since is not None
+        return self._reply_started_at is not None and onset < self._reply_started_at
 
     async def _pause(self, turn: CallerTurn) -> None:
         """``early_secs`` of silence: decide, and speculate, while the caller may go on."""

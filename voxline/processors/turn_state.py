@@ -92,7 +92,7 @@ class CallerTurn:
     onset: float = 0.0  # monotonic seconds when the speech began
     stretch_onset: float = 0.0  # when the current stretch of speech (after a pause) began
     over_bot: bool = False  # began while the bot was speaking
-    before_reply: bool = False  # began after a commit, before its reply made a sound
+    before_reply: bool = False  # began after a commit, before its reply began to play
     continued_secs: float = 0.0  # the committed turn's speech, when this one goes on from it
     interrupted_bot: bool = False
     holding_bot: bool = False  # the bot's audio is held while this turn may interrupt it
