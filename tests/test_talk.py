@@ -25,7 +25,7 @@ from tests.speech import rms_dbfs, speech_16k, synthesize_wav, wer
 from voxline.bot.runtime import Runtime
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
-from voxline.personas import load_persona
+from voxline.personas import Persona, load_persona
 from voxline.processors.chunker import SentenceChunker
 
 QUESTION = "Hi, what is my account balance?"
@@ -134,6 +134,20 @@ async def test_runtime_stops_the_llm_server_on_an_exception():
     assert not process_alive(server_pid)
 
 
+def chunks_after(reply: str, kept: str, persona: Persona) -> list[str]:
+    """The chunks the persona's chunker cuts from ``reply`` after its first ``kept``
+    words, each at its longest: the call's chunker may cut sooner on time, never later.
+    """
+    chunker = SentenceChunker(
+        min_first_words=persona.chunking.min_first_words,
+        max_chars=persona.chunking.max_chars,
+    )
+    if kept:
+        chunker.push("Okay. ")  # past its first chunk, which has rules of its own
+    rest = " ".join(reply.split()[len(kept.split()) :])
+    return [*chunker.push(rest), *filter(None, [chunker.flush()])]
+
+
 def words(text: str) -> list[str]:
     return [w for w in re.sub(r"[^a-z0-9' ]", " ", text.lower()).split() if w]
 
@@ -169,14 +183,7 @@ async def test_barge_in_leaves_in_the_context_only_the_chunks_the_caller_heard()
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
         after = messages[first_user + 1] if first_user + 1 < len(messages) else None
         kept = after["content"] if after is not None and after["role"] == "assistant" else ""
-        # The chunks after the kept text, cut again from the rest of the reply (the
-        # chunker may have cut the first chunk early on time).
-        chunker = SentenceChunker(
-            min_first_words=persona.chunking.min_first_words,
-            max_chars=persona.chunking.max_chars,
-        )
-        rest = " ".join(reply.bot_text.split()[len(kept.split()) :])
-        following = [*chunker.push(rest), *filter(None, [chunker.flush()])]
+        following = chunks_after(reply.bot_text, kept, persona)
         kept_secs, next_secs = secs(kept), secs(following[0]) if following else 0.0
 
     # The caller's two utterances on the call's clock: the question, then the barge-in.
