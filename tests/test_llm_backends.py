@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 from speech import speech_16k
 
+from voxline.bot.llm_servers import vllm_server
 from voxline.bot.runtime import Runtime
 from voxline.bot.talk import talk
 from voxline.bot.tool_wiring import openai_tools
@@ -212,6 +213,20 @@ async def test_an_idle_vllm_server_leaves_the_cpu_to_the_other_engines(served):
     used = sum(sum(process.cpu_times()[:2]) for process in processes) - before
     print(f"\nvLLM processes {names}: {used / 2.0:.0%} of a core while idle")
     assert used / 2.0 < 0.25, "vLLM busy-waits while idle"
+
+
+def test_vllm_on_a_cpu_runs_eagerly_unless_the_config_says_compile(tmp_path: Path):
+    def flags(**settings) -> list[str]:
+        return VLLMServer("model", python=tmp_path / "python", **settings).command()
+
+    assert "--enforce-eager" in flags()
+    assert "--enforce-eager" not in flags(cpu_compile=True)
+    assert "--enforce-eager" not in flags(device="cuda")  # a GPU compiles, as vLLM chooses
+    # From voxline.yaml's engines.vllm, as the Runtime and the bench's stock stack build it.
+    for compiled in (False, True):
+        settings = VLLMConfig(python=tmp_path / "python", cpu_compile=compiled)
+        server = vllm_server("model", settings, model_alias="smollm2", kv_cache=2**28)
+        assert ("--enforce-eager" in server.command()) is not compiled
 
 
 def test_tool_arguments_are_pinned_to_their_schema_unless_the_config_says_auto(tmp_path: Path):

@@ -158,6 +158,11 @@ class VLLMConfig(StrictModel):
         description="KV cache on a CPU, GiB. Default: sized for the personas and max_calls "
         "(2048 tokens each), at least one max_model_len request.",
     )
+    cpu_compile: bool = Field(
+        default=False,
+        description="torch.compile the model on a CPU instead of running it eagerly "
+        "(docs/vllm.md: faster tokens, slower start, more memory; a GPU always compiles).",
+    )
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     tool_call_parser: str = "hermes"
     tool_strict_level: Literal["auto", "function", "parameter"] = Field(

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import yaml
 
+from voxline.bot.llm_servers import vllm_server
 from voxline.engine_config import VLLMConfig
 from voxline.engines.llm import LlamaCppServer, free_port, prompt_cache_bytes
 from voxline.engines.server_process import SupervisedServer
-from voxline.engines.vllm import VLLMServer, kv_cache_bytes, prepare_vllm_model
+from voxline.engines.vllm import kv_cache_bytes, prepare_vllm_model
 from voxline.models import resolve_llm_gguf
 from voxline.personas.schema import DEFAULT_LLM_MODEL
 
@@ -76,20 +77,9 @@ class StockStack:
             checkpoint = await prepare_vllm_model(
                 model, settings.python, gguf, checkpoint_dir=settings.checkpoint_dir
             )
-            self.llm = VLLMServer(
-                checkpoint,
-                python=settings.python,
-                model_alias=model,
-                max_model_len=settings.max_model_len,
-                cpu_threads=settings.cpu_threads,
-                # Sized as voxline sizes it for one persona and the same calls.
-                kv_cache_bytes=kv_cache_bytes(
-                    checkpoint, 1 + self.max_calls, settings.max_model_len
-                ),
-                tool_call_parser=settings.tool_call_parser,
-                tool_strict_level=settings.tool_strict_level,
-                startup_timeout=settings.startup_timeout_secs,
-            )
+            # Sized as voxline sizes it for one persona and the same calls.
+            kv_cache = kv_cache_bytes(checkpoint, 1 + self.max_calls, settings.max_model_len)
+            self.llm = vllm_server(checkpoint, settings, model_alias=model, kv_cache=kv_cache)
         else:
             cache = await asyncio.to_thread(prompt_cache_bytes, gguf, 1 + self.max_calls)
             self.llm = LlamaCppServer(gguf, model_alias=model, prompt_cache_bytes=cache)

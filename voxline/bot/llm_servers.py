@@ -18,6 +18,7 @@ from loguru import logger
 
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
+from voxline.engine_config import VLLMConfig
 from voxline.engines.llm import (
     LlamaCppServer,
     LLMBackend,
@@ -31,6 +32,26 @@ from voxline.engines.server_process import LLMServerError, Progress, SupervisedS
 from voxline.engines.vllm import VLLMServer, kv_cache_bytes, prepare_vllm_model
 from voxline.models import ModelNotAvailableError, resolve_llm_gguf
 from voxline.personas import Persona
+
+
+def vllm_server(model: str, settings: VLLMConfig, *, model_alias: str, kv_cache: int) -> VLLMServer:
+    """The vLLM server ``engines.vllm`` describes, for ``model`` (a checkpoint directory)
+    served as ``model_alias`` with a KV cache of ``kv_cache`` bytes on a CPU."""
+    return VLLMServer(
+        model,
+        python=settings.python,
+        model_alias=model_alias,
+        device=settings.device,
+        max_model_len=settings.max_model_len,
+        cpu_threads=settings.cpu_threads,
+        kv_cache_bytes=kv_cache,
+        cpu_compile=settings.cpu_compile,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tool_call_parser=settings.tool_call_parser,
+        tool_strict_level=settings.tool_strict_level,
+        extra_args=settings.extra_args,
+        startup_timeout=settings.startup_timeout_secs,
+    )
 
 
 class LLMServers:
@@ -119,20 +140,7 @@ class LLMServers:
             if vllm.device == "cpu":
                 sized = "set" if vllm.kv_cache_gib else f"{conversations} conversations"
                 logger.info(f"vLLM KV cache {kv_cache / 2**20:.0f} MB ({sized})")
-            server = VLLMServer(
-                model,
-                python=vllm.python,
-                model_alias=persona.llm.model,
-                device=vllm.device,
-                max_model_len=vllm.max_model_len,
-                cpu_threads=vllm.cpu_threads,
-                kv_cache_bytes=kv_cache,
-                gpu_memory_utilization=vllm.gpu_memory_utilization,
-                tool_call_parser=vllm.tool_call_parser,
-                tool_strict_level=vllm.tool_strict_level,
-                extra_args=vllm.extra_args,
-                startup_timeout=vllm.startup_timeout_secs,
-            )
+            server = vllm_server(model, vllm, model_alias=persona.llm.model, kv_cache=kv_cache)
         else:
             gguf = resolve_llm_gguf(persona.llm.model)
             cache_bytes = (

@@ -86,6 +86,10 @@ class VLLMServer(SupervisedServer):
         cpu_threads: OpenMP threads on a CPU (default: all cores).
         kv_cache_bytes: KV cache size on a CPU (:func:`kv_cache_bytes`); a GPU sizes it
             from ``gpu_memory_utilization``.
+        cpu_compile: on a CPU, let vLLM compile the model (torch.compile) instead of
+            running it eagerly (``--enforce-eager``): faster tokens, a start-up several
+            times longer and more memory (``benchmarks/vllm_tokens.py``, docs/vllm.md).
+            A GPU always compiles.
         gpu_memory_utilization: share of GPU memory vLLM may take.
         tool_call_parser: how tool calls are parsed from the model's output.
         tool_strict_level: vLLM's ``--tool-strict-level``: ``parameter`` (the default)
@@ -113,6 +117,7 @@ class VLLMServer(SupervisedServer):
         max_model_len: int = 4096,
         cpu_threads: int | None = None,
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        cpu_compile: bool = False,
         gpu_memory_utilization: float = 0.85,
         tool_call_parser: str = "hermes",
         tool_strict_level: str = "parameter",
@@ -132,6 +137,7 @@ class VLLMServer(SupervisedServer):
         self.max_model_len = max_model_len
         self.cpu_threads = cpu_threads or available_cores()
         self.kv_cache_bytes = kv_cache_bytes
+        self.cpu_compile = cpu_compile
         self.gpu_memory_utilization = gpu_memory_utilization
         self.tool_call_parser = tool_call_parser
         self.tool_strict_level = tool_strict_level
@@ -153,8 +159,9 @@ class VLLMServer(SupervisedServer):
         if self.tool_strict_level != "auto":  # vLLM before 0.32 has no such flag
             command += ["--tool-strict-level", self.tool_strict_level]
         if self.device == "cpu":
-            # CUDA graphs do not exist on a CPU; eager start-up takes 20 s, not 80.
-            command += ["--enforce-eager", "--dtype", "bfloat16"]
+            if not self.cpu_compile:  # eager start-up takes ~17 s, compiled ~70-80 s
+                command.append("--enforce-eager")
+            command += ["--dtype", "bfloat16"]
             command += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
             if "--distributed-executor-backend" not in self.extra_args:
                 command += ["--distributed-executor-backend", "uni"]
