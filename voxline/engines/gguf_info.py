@@ -93,6 +93,12 @@ def gguf_numbers(path: Path) -> dict[str, float | int]:
         return numbers
 
 
+def kv_bytes(layers: int, kv_heads: int, head_dim: int, value_bytes: int = 2) -> int:
+    """Bytes of KV cache one token of context takes: its keys and values in every layer,
+    ``value_bytes`` each (2 for f16 and bfloat16)."""
+    return 2 * layers * kv_heads * head_dim * value_bytes
+
+
 def kv_bytes_per_token(path: Path) -> int:
     """Bytes of f16 KV cache one token of context takes in llama.cpp for this model.
 
@@ -107,4 +113,4 @@ def kv_bytes_per_token(path: Path) -> int:
     except KeyError as missing:
         raise GGUFError(f"{path}: no {missing.args[0]} in its metadata") from None
     kv_heads = int(numbers.get("model.attention.head_count_kv", heads))
-    return 2 * layers * kv_heads * (width // heads) * 2
+    return kv_bytes(layers, kv_heads, width // heads)

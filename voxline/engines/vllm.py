@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from voxline.cpu_budget import available_cores
+from voxline.engines.gguf_info import kv_bytes
 from voxline.engines.llm import free_port
 from voxline.engines.server_process import LLMServerError, Progress, SupervisedServer, ticking
 
@@ -314,6 +315,5 @@ def kv_cache_bytes(
         head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_KV_CACHE_BYTES
-    per_token = 2 * layers * kv_heads * head_dim * 2  # keys and values, bfloat16
     tokens = max(max_model_len, max(1, conversations) * CONVERSATION_TOKENS)
-    return tokens * per_token
+    return tokens * kv_bytes(layers, kv_heads, head_dim)  # bfloat16
