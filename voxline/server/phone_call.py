@@ -11,12 +11,10 @@ call's context.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 
 from fastapi import WebSocket
 from loguru import logger
-from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
 from voxline.bot.call_events import TIME_LIMIT, CallEventsForCall, CallInfo
@@ -26,7 +24,8 @@ from voxline.bot.session import build_call
 from voxline.config import TwilioConfig
 from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
-from voxline.server.drain import DRAIN_TIMEOUT, Drain
+from voxline.server.call_run import run_pipeline
+from voxline.server.drain import Drain
 from voxline.transports.twilio import (
     TWILIO_RATE,
     TwilioMediaSerializer,
@@ -100,8 +99,6 @@ async def run_call(
         },
     )
     control.worker = call.worker
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(call.worker)
     logger.info(f"call {info.call_sid}: stream {info.stream_sid} started")
 
     async def on_stop() -> None:
@@ -125,19 +122,8 @@ async def run_call(
         lambda: asyncio.ensure_future(_end_call(control, events)),
     )
     events.attach(call.worker, tracer)
-
-    async def end_at_drain_deadline() -> None:
-        events.note_end_reason(DRAIN_TIMEOUT)
-        await control.end_call()
-
-    tracked = (
-        drain.track(f"call {info.call_sid}", end_at_drain_deadline)
-        if drain is not None
-        else contextlib.nullcontext()
-    )
     try:
-        with events.log_context(), tracked:
-            await runner.run()
+        await run_pipeline(call.worker, events, control, drain=drain, name=f"call {info.call_sid}")
     finally:
         limit.cancel()
         events.end()

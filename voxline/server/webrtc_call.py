@@ -25,7 +25,6 @@ from pipecat.transports.smallwebrtc.request_handler import (
     SmallWebRTCRequest,
     SmallWebRTCRequestHandler,
 )
-from pipecat.workers.runner import WorkerRunner
 
 from voxline import logcontent
 from voxline.bot.call_control import PipelineCallControl
@@ -37,7 +36,8 @@ from voxline.personas import Persona
 from voxline.processors.latency import LatencyTracer
 from voxline.processors.turn_trace import TurnTrace
 from voxline.server.admission import Admission, CallRejected, Slot
-from voxline.server.drain import DRAIN_TIMEOUT, Drain
+from voxline.server.call_run import run_pipeline
+from voxline.server.drain import Drain
 from voxline.server.page_events import PageEvents
 from voxline.transports.rate_limit import RateLimiter
 from voxline.transports.webrtc import (
@@ -251,8 +251,6 @@ class WebRTCLine:
             facts={"Channel": "web browser", "Call id": connection.pc_id},
         )
         call.worker.add_observer(events)
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(call.worker)
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _connection) -> None:
@@ -279,19 +277,9 @@ class WebRTCLine:
 
         watchdog = asyncio.create_task(watch_peer())
         lifecycle.attach(call.worker, tracer)
-
-        async def end_at_drain_deadline() -> None:
-            lifecycle.note_end_reason(DRAIN_TIMEOUT)
-            await control.end_call()
-
-        tracked = (
-            self.drain.track(f"browser call {connection.pc_id}", end_at_drain_deadline)
-            if self.drain is not None
-            else contextlib.nullcontext()
-        )
         try:
-            with lifecycle.log_context(), tracked:
-                await runner.run()
+            name = f"browser call {connection.pc_id}"
+            await run_pipeline(call.worker, lifecycle, control, drain=self.drain, name=name)
         finally:
             limit.cancel()
             watchdog.cancel()
