@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `voxline bench` against a fresh `voxline serve` started here with the bank persona and
-# max_calls: 8; every argument goes to `voxline bench`. The table in docs/benchmarks.md:
+# max_calls set to the most calls the bench places at once (its --calls; 8 without it), as
+# the bench sizes the stock stack's LLM server; every argument goes to `voxline bench`.
+# The table in docs/benchmarks.md:
 #
 #   flock /tmp/voxline-heavy.lock bash benchmarks/bench_serve.sh --calls 1 4 8 --turns 2 --baseline-pipecat
 #
@@ -13,17 +15,34 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${BENCH_LLM:-vllm}
 remember=${BENCH_REMEMBER_LINES:-true}
+# The largest number after --calls (and before the next option).
+max_calls=$(.venv/bin/python - "$@" <<'PY'
+import sys
+
+args, most, counting = sys.argv[1:], 0, False
+for arg in args:
+    if arg == "--calls":
+        counting = True
+    elif arg.startswith("--calls=") and arg[8:].isdigit():
+        most, counting = max(most, int(arg[8:])), False
+    elif arg.startswith("-"):
+        counting = False
+    elif counting and arg.isdigit():
+        most = max(most, int(arg))
+print(most or 8)
+PY
+)
 tmp=$(mktemp -d -t voxline-bench-serve-XXXX)
 port=$(.venv/bin/python -c 'from voxline.engines.llm import free_port; print(free_port())')
 cat >"$tmp/voxline.yaml" <<YAML
 public_url: http://127.0.0.1:$port
 default_persona: $PWD/personas/bank_support.yaml
-max_calls: 8
+max_calls: $max_calls
 records_url: sqlite:///records.sqlite3
 engines: {llm: {backend: $backend}, remember_lines: $remember}
 YAML
 export TWILIO_AUTH_TOKEN=${TWILIO_AUTH_TOKEN:-voxline-bench-token} VOXLINE_OFFLINE=1
-echo "bench_serve: voxline serve on $backend (remember_lines: $remember), port $port, log $tmp/serve.log" >&2
+echo "bench_serve: voxline serve on $backend (remember_lines: $remember, max_calls: $max_calls), port $port, log $tmp/serve.log" >&2
 .venv/bin/voxline serve --config "$tmp/voxline.yaml" --port "$port" >"$tmp/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
