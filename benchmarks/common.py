@@ -8,6 +8,7 @@ memory of a whole stack live in :mod:`voxline.bench`, which ``voxline bench`` ru
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 from pipecat.audio.utils import ulaw_to_pcm
 
 from tests.servers import serve_voxline  # noqa: F401  (benchmarks import it from here)
+from voxline.engines.llm_backend import LLMBackend
 from voxline.transports.caller_frames import mulaw_frames
 from voxline.transports.twilio import TWILIO_RATE
 
@@ -82,3 +84,21 @@ def p50(values: list[float]) -> float:
 
 def p95(values: list[float]) -> float:
     return percentile(values, 0.95) if values else float("nan")
+
+
+async def timed_answer(backend: LLMBackend, request: dict) -> tuple[float, float]:
+    """First token (ms) and milliseconds per later token of one streamed completion of
+    ``request`` (OpenAI chat arguments); a tool call's pieces count as tokens."""
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    async for chunk in backend.stream_chat(**request):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is not None and (delta.content or delta.tool_calls):
+            tokens += 1
+            if first is None:
+                first = time.perf_counter()
+    ended = time.perf_counter()
+    if first is None:
+        return (ended - started) * 1000, float("nan")
+    return (first - started) * 1000, (ended - first) * 1000 / max(1, tokens - 1)

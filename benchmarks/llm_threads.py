@@ -21,13 +21,12 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import QUESTIONS  # noqa: E402
+from benchmarks.common import QUESTIONS, timed_answer  # noqa: E402
 from voxline.engine_config import VLLMConfig  # noqa: E402
 from voxline.engines.llm import LlamaCppServer, LLMBackend, warm_prefix  # noqa: E402
 from voxline.engines.vllm import VLLMServer, prepare_vllm_model  # noqa: E402
@@ -39,23 +38,12 @@ SPIN = "while True: pass"
 
 async def answer(backend: LLMBackend, question: str, max_tokens: int) -> tuple[float, float]:
     """First token (ms) and milliseconds per later token of one streamed answer."""
-    started = time.perf_counter()
-    first: float | None = None
-    tokens = 0
     request = {
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
-    async for chunk in backend.stream_chat(**request):
-        if chunk.choices and chunk.choices[0].delta.content:
-            tokens += 1
-            if first is None:
-                first = time.perf_counter()
-    ended = time.perf_counter()
-    if first is None:
-        return (ended - started) * 1000, float("nan")
-    return (first - started) * 1000, (ended - first) * 1000 / max(1, tokens - 1)
+    return await timed_answer(backend, request)
 
 
 async def measure(name: str, server, busy_cores: int, questions: int, max_tokens: int) -> str:

@@ -31,7 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import QUESTIONS  # noqa: E402
+from benchmarks.common import QUESTIONS, timed_answer  # noqa: E402
 from voxline.bot.tool_wiring import openai_tools  # noqa: E402
 from voxline.config import ServerConfig  # noqa: E402
 from voxline.engine_config import VLLMConfig  # noqa: E402
@@ -73,19 +73,7 @@ async def answer(
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
-    started = time.perf_counter()
-    first: float | None = None
-    tokens = 0
-    async for chunk in backend.stream_chat(**request):
-        delta = chunk.choices[0].delta if chunk.choices else None
-        if delta is not None and (delta.content or delta.tool_calls):
-            tokens += 1
-            if first is None:
-                first = time.perf_counter()
-    ended = time.perf_counter()
-    if first is None:
-        return (ended - started) * 1000, float("nan")
-    return (first - started) * 1000, (ended - first) * 1000 / max(1, tokens - 1)
+    return await timed_answer(backend, request)
 
 
 async def measure(
