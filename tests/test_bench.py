@@ -211,3 +211,24 @@ def test_underruns_are_stalls_inside_one_bot_utterance():
     assert call.underruns == []
     assert round(call.stall_secs, 3) == 0.13
     assert call.latencies == [500.0] and call.answered and not call.refused
+
+
+async def test_the_stock_stacks_llm_server_gets_voxlines_threads(monkeypatch):
+    """The stock bot's llama.cpp server runs with voxline's own settings, the CPU
+    budget's threads included (it took every core before, voxline's one of two)."""
+    from voxline.bench.stock import StockStack
+    from voxline.config import ServerConfig
+    from voxline.engines.llm import LlamaCppServer
+
+    class Started(Exception):
+        pass
+
+    async def start(self, progress=None):
+        raise Started
+
+    monkeypatch.setattr(LlamaCppServer, "start", start)
+    stack = StockStack(BANK_PERSONA, "llama_cpp", max_calls=4)
+    with pytest.raises(Started):
+        await stack._start_llm("smollm2")
+    assert isinstance(stack.llm, LlamaCppServer)
+    assert stack.llm.n_threads == ServerConfig().engines.llm.n_threads

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from voxline.bot.llm_servers import vllm_server
-from voxline.engine_config import VLLMConfig
+from voxline.config import ServerConfig
 from voxline.engines.llm import LlamaCppServer, free_port, prompt_cache_bytes
 from voxline.engines.server_process import SupervisedServer
 from voxline.engines.vllm import kv_cache_bytes, prepare_vllm_model
@@ -73,7 +73,8 @@ class StockStack:
             return (await self.llm.start()).api_url
         gguf = resolve_llm_gguf(model)
         if self.backend == "vllm":
-            settings = VLLMConfig()
+            # voxline's own settings, its CPU budget's threads included (docs/cpu.md).
+            settings = ServerConfig().engines.vllm
             checkpoint = await prepare_vllm_model(
                 model, settings.python, gguf, checkpoint_dir=settings.checkpoint_dir
             )
@@ -82,7 +83,10 @@ class StockStack:
             self.llm = vllm_server(checkpoint, settings, model_alias=model, kv_cache=kv_cache)
         else:
             cache = await asyncio.to_thread(prompt_cache_bytes, gguf, 1 + self.max_calls)
-            self.llm = LlamaCppServer(gguf, model_alias=model, prompt_cache_bytes=cache)
+            threads = ServerConfig().engines.llm.n_threads
+            self.llm = LlamaCppServer(
+                gguf, model_alias=model, n_threads=threads, prompt_cache_bytes=cache
+            )
         endpoint = await self.llm.start()
         return endpoint.api_url
 
