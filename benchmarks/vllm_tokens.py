@@ -26,35 +26,22 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import QUESTIONS, timed_answer  # noqa: E402
+from benchmarks.common import QUESTIONS, p95, timed_answer  # noqa: E402
+from voxline.bench.memory import StackMemory  # noqa: E402
+from voxline.bot.llm_servers import vllm_server  # noqa: E402
 from voxline.bot.tool_wiring import openai_tools  # noqa: E402
 from voxline.config import ServerConfig  # noqa: E402
-from voxline.engine_config import VLLMConfig  # noqa: E402
 from voxline.engines.llm import LlamaCppServer, LLMBackend, warm_prefix  # noqa: E402
 from voxline.engines.server_process import SupervisedServer  # noqa: E402
-from voxline.engines.vllm import VLLMServer, kv_cache_bytes, prepare_vllm_model  # noqa: E402
+from voxline.engines.vllm import kv_cache_bytes, prepare_vllm_model  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
 from voxline.personas import Persona, load_persona  # noqa: E402
 
 PERSONA = ROOT / "personas" / "bank_support.yaml"
 _calls = itertools.count(1)
-
-
-def stack_rss_mb(server: SupervisedServer) -> float:
-    """Resident memory of the server and every process it started."""
-    assert server.pid is not None
-    root = psutil.Process(server.pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 async def answer(
@@ -96,7 +83,8 @@ async def measure(
         for _ in range(args.rounds):
             batch = [answer(backend, persona, next(questions), args.max_tokens) for _ in range(n)]
             together += await asyncio.gather(*batch)
-        rss = stack_rss_mb(server)
+        assert server.pid is not None
+        rss = StackMemory([server.pid]).sample()
     finally:
         await backend.close()
         await server.stop()
@@ -122,23 +110,19 @@ async def measure(
 async def main(args: argparse.Namespace) -> None:
     persona = load_persona(PERSONA)
     gguf = resolve_llm_gguf(persona.llm.model)
-    settings = VLLMConfig()
-    model = await prepare_vllm_model(persona.llm.model, settings.python, gguf)
+    settings = ServerConfig().engines.vllm  # as voxline serve runs it on this machine
+    if args.threads:
+        settings = settings.model_copy(update={"cpu_threads": args.threads})
+    threads = settings.cpu_threads
+    model = await prepare_vllm_model(
+        persona.llm.model, settings.python, gguf, checkpoint_dir=settings.checkpoint_dir
+    )
     kv_cache = kv_cache_bytes(model, 1 + args.concurrent, settings.max_model_len)
-    threads = args.threads or ServerConfig().engines.vllm.cpu_threads
     print(f"vLLM OpenMP threads: {threads}; llama.cpp threads: {threads}")
     results: dict[str, dict[str, float]] = {}
     for name, compiled in (("vLLM eager", False), ("vLLM compiled", True)):
-        server = VLLMServer(
-            model,
-            python=settings.python,
-            model_alias=persona.llm.model,
-            max_model_len=settings.max_model_len,
-            kv_cache_bytes=kv_cache,
-            cpu_threads=threads,
-            cpu_compile=compiled,
-            startup_timeout=600,
-        )
+        way = settings.model_copy(update={"cpu_compile": compiled, "startup_timeout_secs": 600})
+        server = vllm_server(model, way, model_alias=persona.llm.model, kv_cache=kv_cache)
         results[name] = await measure(name, server, persona, args)
     if not args.no_llama_cpp:
         reference = LlamaCppServer(gguf, model_alias=persona.llm.model, n_threads=threads)
