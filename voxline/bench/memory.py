@@ -13,6 +13,11 @@ from urllib.parse import urlsplit
 
 import psutil
 
+VOXLINE_SERVER = "voxline serve"
+"""The label of voxline's bot server process."""
+STOCK_SERVER = "stock pipecat bot"
+"""The label of the stock pipecat bot's process."""
+
 
 def process_label(process: psutil.Process) -> str:
     """A short name for a process of the stack: what it runs, not its interpreter."""
@@ -25,8 +30,8 @@ def process_label(process: psutil.Process) -> str:
         ("EngineCore", "vLLM EngineCore"),
         ("vllm.entrypoints", "vLLM API server"),
         ("llama_cpp.server", "llama.cpp server"),
-        ("voxline serve", "voxline serve"),
-        ("stock_bot", "stock pipecat bot"),
+        ("voxline serve", VOXLINE_SERVER),
+        ("stock_bot", STOCK_SERVER),
         ("multiprocessing", "multiprocessing helper"),
     ):
         if marker in name or marker in command:

@@ -64,6 +64,7 @@ def render(report: BenchReport) -> str:
             f"voxline / stock pipecat, N={r.calls}: heard p50 {_ratio(r.heard_p50)}, "
             f"p95 {_ratio(r.heard_p95)}, p99 {_ratio(r.heard_p99)}, "
             f"first reply p95 {_ratio(r.first_reply_p95)}, memory {_ratio(r.memory)}"
+            + (f" (bot server alone {r.server_memory:.2f})" if r.server_memory is not None else "")
         )
     out.append("")
     for side in sides:

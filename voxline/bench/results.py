@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from voxline.bench.calls import Call
+from voxline.bench.memory import STOCK_SERVER, VOXLINE_SERVER
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -119,7 +120,12 @@ class Ratios(BaseModel):
     heard_p95: float | None
     heard_p99: float | None
     first_reply_p95: float | None
-    memory: float | None
+    memory: float | None = Field(description="Peak memory of the whole stacks.")
+    server_memory: float | None = Field(
+        default=None,
+        description="Peak memory of the bot servers alone: voxline serve vs the stock "
+        "pipecat bot, without the LLM server both stacks run the same way.",
+    )
 
 
 class BenchReport(BaseModel):
@@ -157,6 +163,10 @@ def ratios(voxline: Side, stock: Side) -> list[Ratios]:
                 heard_p99=ratio(phase.heard_ms.p99, other.heard_ms.p99),
                 first_reply_p95=ratio(phase.first_reply_ms.p95, other.first_reply_ms.p95),
                 memory=ratio(phase.memory_mb, other.memory_mb),
+                server_memory=ratio(
+                    phase.memory_by_process_mb.get(VOXLINE_SERVER),
+                    other.memory_by_process_mb.get(STOCK_SERVER),
+                ),
             )
         )
     return found
