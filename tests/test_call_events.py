@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, TranscriptionFrame, TTSTextFrame
@@ -112,3 +113,23 @@ def test_a_calls_log_lines_carry_its_id_and_trace_id():
     assert f"[call {info.call_id}] - inside" in lines[0]
     assert f"[call {info.call_id} trace {'ab' * 16}] - traced" in lines[1]
     assert "[call" not in lines[2]
+
+
+def test_a_turn_the_caller_hung_up_on_is_logged_as_unfinished_with_the_calls_id():
+    hub = CallEvents()
+    info = CallInfo(persona="bank", transport="twilio", caller="+15550001111", call_sid="CA2")
+    call = hub.open(info)
+    tracer = LatencyTracer()
+    call.attach(Worker(), tracer)  # type: ignore[arg-type]
+    tracer.trace.turns.extend([TurnTrace(index=1, complete=True), TurnTrace(index=2)])
+    lines: list[str] = []
+    sink = logger.add(lines.append, format=call_log.log_format, level="INFO")
+    try:
+        call.end("caller hung up")
+    finally:
+        logger.remove(sink)
+    turns = [line for line in lines if " - turn {" in line]
+    assert len(turns) == 1, lines  # the finished turn was logged when it finished
+    assert f"[call {info.call_id}]" in turns[0]
+    logged = json.loads(turns[0].split(" - turn ", 1)[1])
+    assert logged["turn"] == 2 and logged["unfinished"] is True

@@ -38,6 +38,7 @@ How a transport reports a call::
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -286,6 +287,10 @@ class CallEventsForCall(BaseObserver):
         if self._tracer is not None:
             open_turns = [turn for turn in self._tracer.turns if not turn.complete]
             unfinished = open_turns[-1] if open_turns else None
+        if unfinished is not None:
+            # The tracer logs a turn when it is over; this one never will be.
+            line = json.dumps({**unfinished.log_dict(), "unfinished": True})
+            self.bound_logger().info(f"turn {line}")
         self.hub.live.pop(self.info.call_id, None)
         call_log.unregister(self.info.call_id)
         self.hub.emit("call_ended", self.info, self._reason, unfinished)
