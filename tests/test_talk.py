@@ -201,6 +201,10 @@ async def test_barge_in_leaves_in_the_context_only_the_chunks_the_caller_heard()
         f"after the question; heard {heard:.2f} s of the reply\nkept in the context: "
         f"{kept!r} ({kept_secs:.2f} s); next chunk {following[:1]} ({next_secs:.2f} s)"
     )
+    # The caller spoke over the reply once 4 s of it had played (talk's barge_in_after_secs
+    # counts from the reply's first audio, not from the end of the question's tail).
+    reply_start = min(start for start, _ in result.bot_frames if start > question_end)
+    assert 3.9 <= barge_in_start - reply_start <= 4.5, (barge_in_start, reply_start)
     assert heard > 1.5, "the caller heard too little of the reply for a barge-in"
     assert words(reply.bot_text)[: len(words(kept))] == words(kept), (kept, reply.bot_text)
     assert following, "the barge-in came after the whole reply"

@@ -143,9 +143,10 @@ async def talk(
         transport.caller_may_speak.set()
         await transport.caller_finished.wait()
         if barge_in is not None:
-            before_reply = transport.played_secs()
+            # Counted from the reply's start: the clip's tail may already have heard some.
             await asyncio.wait_for(
-                transport.wait_played(before_reply + barge_in_after_secs), timeout=timeout
+                transport.wait_played(transport.played_at_clip_end + barge_in_after_secs),
+                timeout=timeout,
             )
             transport.say(barge_in)
             await transport.caller_finished.wait()

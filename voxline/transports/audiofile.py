@@ -89,6 +89,8 @@ class AudioFileInput(BaseInputTransport):
                     transport.note_voiced(self.get_clock().get_time())
             elif position >= audio.size:
                 after_end += 1
+                if after_end == 1 and transport.caller_may_speak.is_set():
+                    transport.note_clip_end()
                 if after_end == tail_frames:
                     transport.caller_finished.set()
             await self.push_audio_frame(
@@ -177,6 +179,8 @@ class AudioFileTransport(BaseTransport):
         self._next_clips: list[np.ndarray] = []
         self._played: list[tuple[float, float]] = []
         self._played_event = asyncio.Event()
+        self.played_at_clip_end = 0.0
+        """Seconds of bot audio played when the caller's latest clip ended (its tail aside)."""
         self._recorded: list[tuple[int, bytes]] = []
         self._input: AudioFileInput | None = None
         self._output: AudioFileOutput | None = None
@@ -235,6 +239,10 @@ class AudioFileTransport(BaseTransport):
     def caller_voiced_secs(self) -> list[float]:
         """When each voiced caller frame was sent, in seconds on the pipeline clock."""
         return [clock_ns / 1e9 for clock_ns in self._voiced]
+
+    def note_clip_end(self) -> None:
+        """The caller's clip has ended: what has played so far came before the answer."""
+        self.played_at_clip_end = self.played_secs()
 
     def played_secs(self) -> float:
         """Seconds of bot audio played (or playing) so far."""
