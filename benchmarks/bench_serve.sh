@@ -8,7 +8,8 @@
 #
 # BENCH_LLM=llama_cpp serves on llama.cpp instead of vLLM (serve's default);
 # BENCH_REMEMBER_LINES=false makes Piper synthesize the greeting and phrases on every call
-# (engines.remember_lines). The server's log and its call records (records.sqlite3: read
+# (engines.remember_lines); BENCH_YAML adds top-level lines to the server's voxline.yaml
+# (BENCH_YAML='twilio: {send_ahead_ms: 300}'). The server's log and its call records (records.sqlite3: read
 # them with `voxline calls list --config <folder>/voxline.yaml`) are kept in the temporary
 # folder printed at the start, not in the user's default records file.
 set -euo pipefail
@@ -40,6 +41,7 @@ default_persona: $PWD/personas/bank_support.yaml
 max_calls: $max_calls
 records_url: sqlite:///records.sqlite3
 engines: {llm: {backend: $backend}, remember_lines: $remember}
+${BENCH_YAML:-}
 YAML
 export TWILIO_AUTH_TOKEN=${TWILIO_AUTH_TOKEN:-voxline-bench-token} VOXLINE_OFFLINE=1
 echo "bench_serve: voxline serve on $backend (remember_lines: $remember, max_calls: $max_calls), port $port, log $tmp/serve.log" >&2
