@@ -222,6 +222,30 @@ async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
     assert collect.chunks[0][0] - started < 0.45, "the deadline did not fire"
 
 
+async def test_a_first_chunk_cut_for_time_waits_for_enough_words():
+    """A slow LLM: at ``max_wait_ms`` one word waits; the chunk goes with the third."""
+    collect = Collect()
+    chunker = ChunkerProcessor(max_wait_ms=100, max_wait_min_words=3)
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame())
+        started = time.perf_counter()
+        for token in ["I'm", " sorry", " to", " hear", " that"]:  # no boundary
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.15)  # slower than the deadline
+        await run.queue(LLMTextFrame(" you"), LLMTextFrame(" lost it."))
+        await run.queue(LLMFullResponseEndFrame())
+    texts = [text for _, text in collect.chunks]
+    # "I'm sorry to" is not known to be three whole words before " hear" comes.
+    assert texts[0] == "I'm sorry to", texts
+    assert 0.45 - 0.05 < collect.chunks[0][0] - started < 0.45 + 0.25, "cut too early or late"
+    assert " ".join(texts) == "I'm sorry to hear that you lost it."
+
+
+def test_the_words_of_a_first_chunk_cut_for_time_are_at_least_one():
+    with pytest.raises(ValueError, match="max_wait_min_words"):
+        ChunkerProcessor(max_wait_min_words=0)
+
+
 SLOW_SENTENCE = " I can see your account, and your balance is one hundred dollars today."
 
 

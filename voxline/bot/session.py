@@ -332,6 +332,7 @@ def build_call(
             ChunkerProcessor(
                 min_first_words=persona.chunking.min_first_words,
                 max_wait_ms=persona.chunking.max_wait_ms,
+                max_wait_min_words=persona.chunking.max_wait_min_words,
                 max_chars=persona.chunking.max_chars,
                 speech_chars_per_sec=persona.chunking.speech_chars_per_sec,
                 runway_lead_ms=persona.chunking.runway_lead_ms,

@@ -129,8 +129,21 @@ class ChunkingSettings(StrictModel):
         le=20,
         description="Words the first chunk needs before a clause boundary ends it.",
     )
+    # benchmarks/burst_calls.py --calls 1 on vLLM (~30 ms a token on one thread): 250 ms
+    # was reached in most replies; 150 ms heard the reply ~150 ms sooner (docs/tts.md).
     max_wait_ms: float = Field(
-        default=250, ge=50, le=5000, description="Longest wait for the first chunk's boundary."
+        default=150,
+        ge=50,
+        le=5000,
+        description="Longest wait for the first chunk's boundary: then its whole words so "
+        "far go out (at least max_wait_min_words).",
+    )
+    max_wait_min_words: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="The fewest words of a first chunk cut for max_wait_ms (a slower LLM "
+        "waits for them).",
     )
     max_chars: int = Field(default=250, ge=40, le=2000)
     speech_chars_per_sec: float = Field(

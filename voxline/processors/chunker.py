@@ -2,8 +2,9 @@
 
 The first chunk of a reply goes to TTS at its first clause boundary (``,`` ``;``
 ``:`` or a dash) once it holds ``min_first_words`` words, or at its first sentence
-end, or when ``max_wait_ms`` pass without either — whichever comes first: the
-caller hears the bot after a few words instead of a whole sentence. Later chunks
+end, or when ``max_wait_ms`` pass without either (with the whole words so far, once
+there are ``max_wait_min_words``) — whichever comes first: the caller hears the bot
+after a few words instead of a whole sentence. Later chunks
 are whole sentences (or lines of a list), at most ``max_chars`` long, which sound
 more natural -- unless the audio already sent is about to run out: the chunker
 keeps an estimate of when the caller will have heard everything it sent (each
@@ -117,11 +118,12 @@ class SentenceChunker:
         """Whether the reply has text but its first chunk has not gone out yet."""
         return self._first and bool(self._buffer.strip())
 
-    def take_first_words(self) -> str | None:
-        """The first chunk now, up to the last whole word (``max_wait_ms`` passed)."""
+    def take_first_words(self, min_words: int = 1) -> str | None:
+        """The first chunk now, up to the last whole word (``max_wait_ms`` passed);
+        ``None`` while fewer than ``min_words`` whole words wait."""
         if not self.waiting_for_first:
             return None
-        return self.take_words(min_words=1, at_clause=False)
+        return self.take_words(min_words=min_words, at_clause=False)
 
     def take_words(self, *, min_words: int, at_clause: bool = True) -> str | None:
         """The words so far as a chunk now, though their sentence has not ended.
@@ -203,7 +205,8 @@ class ChunkerProcessor(FrameProcessor):
     Sits between the LLM and the TTS service; TTS speaks each chunk as it comes.
     A new reply or an interruption resets it; the end of a reply flushes it. If
     the first chunk has no boundary ``max_wait_ms`` after the reply's first token,
-    the words so far go out as the first chunk. After it, a sentence still being
+    the whole words so far go out as the first chunk, once there are
+    ``max_wait_min_words`` of them. After it, a sentence still being
     written when the audio sent so far is about to end goes out in part (its last
     clause boundary, or its last whole word once enough words wait):
     a pause while the LLM finishes a long sentence would be heard as the voice
@@ -214,6 +217,9 @@ class ChunkerProcessor(FrameProcessor):
             a chunk cut for the runway holds at least this many, and at least
             ``RUNWAY_MIN_WORDS``.
         max_wait_ms: the longest the first chunk waits for a boundary.
+        max_wait_min_words: the fewest words a first chunk cut for ``max_wait_ms`` holds
+            (a slower LLM makes it wait for them): one or two words cut from their
+            phrase sound broken.
         max_chars: the longest chunk.
         speech_chars_per_sec: how fast the voice speaks, for the estimate of when the
             audio sent runs out; a higher figure cuts earlier.
@@ -225,7 +231,8 @@ class ChunkerProcessor(FrameProcessor):
         self,
         *,
         min_first_words: int = 1,
-        max_wait_ms: float = 250,
+        max_wait_ms: float = 150,
+        max_wait_min_words: int = 3,
         max_chars: int = 250,
         speech_chars_per_sec: float = 20.0,
         runway_lead_ms: float | None = 500,
@@ -234,9 +241,13 @@ class ChunkerProcessor(FrameProcessor):
         super().__init__(**kwargs)
         if speech_chars_per_sec <= 0:
             raise ValueError("speech_chars_per_sec must be > 0")
+        if max_wait_min_words < 1:
+            raise ValueError("max_wait_min_words must be >= 1")
         self._chunker = SentenceChunker(min_first_words=min_first_words, max_chars=max_chars)
         self._runway_min_words = max(min_first_words, RUNWAY_MIN_WORDS)
         self._max_wait_secs = max_wait_ms / 1000
+        self._max_wait_min_words = max_wait_min_words
+        self._first_overdue = False  # max_wait_ms passed before enough words came
         self._chars_per_sec = speech_chars_per_sec
         self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
         self._deadline: asyncio.Task[None] | None = None
@@ -250,6 +261,8 @@ class ChunkerProcessor(FrameProcessor):
             chunks = self._chunker.push(frame.text)
             if chunks:
                 self._cancel_deadline()
+            elif self._first_overdue:
+                chunks = [chunk] if (chunk := self._take_first_words()) else []
             elif self._chunker.waiting_for_first and self._deadline is None:
                 self._deadline = self.create_task(self._first_chunk_deadline())
             for chunk in chunks:
@@ -309,10 +322,18 @@ class ChunkerProcessor(FrameProcessor):
     async def _first_chunk_deadline(self) -> None:
         await asyncio.sleep(self._max_wait_secs)  # a deadline, not synchronisation
         self._deadline = None
-        chunk = self._chunker.take_first_words()
+        self._first_overdue = True
+        chunk = self._take_first_words()
         if chunk:
             await self._push_chunk(chunk)
             self._watch_runway()
+        # Too few words yet: each token looks again until there are enough.
+
+    def _take_first_words(self) -> str | None:
+        chunk = self._chunker.take_first_words(self._max_wait_min_words)
+        if chunk or not self._chunker.waiting_for_first:
+            self._first_overdue = False
+        return chunk
 
     async def _runway_deadline(self) -> None:
         loop = asyncio.get_running_loop()
@@ -330,6 +351,7 @@ class ChunkerProcessor(FrameProcessor):
         # Too few words yet: the next token looks again (the deadline has passed).
 
     def _cancel_deadline(self) -> None:
+        self._first_overdue = False
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
