@@ -39,8 +39,13 @@ def test_a_batch_of_four_calls_returns_each_caller_its_own_transcript(engine, ut
         return await asyncio.gather(*(engine.transcribe(u) for u in utterances))
 
     transcripts = asyncio.run(four_calls())
+    # Each caller gets the transcript of its own words, not another caller's: nearest its
+    # own sentence by far. (Piper's voice varies from run to run and tiny.en with it: it
+    # once heard "Please send the statement" as "Place in the statement", WER 0.25.)
     for text, transcript in zip(TEXTS, transcripts, strict=True):
-        assert wer(text, transcript.text) <= 0.2, (text, transcript.text)
+        own = wer(text, transcript.text)
+        others = [wer(other, transcript.text) for other in TEXTS if other != text]
+        assert own <= 0.3 and own < min(others) - 0.4, (text, transcript.text, others)
     # On a CPU a batch costs the sum of its utterances: the two workers take two each.
     assert [t.batch_size for t in transcripts] == [2, 2, 2, 2]
     assert [record.size for record in engine.batch_records][-2:] == [2, 2]
