@@ -143,7 +143,7 @@ async def talk(
         transport.caller_may_speak.set()
         await transport.caller_finished.wait()
         if barge_in is not None:
-            # Counted from the reply's start: the clip's tail may already have heard some.
+            # Counted from the reply's start: some of it may have played in the clip's tail.
             await asyncio.wait_for(
                 transport.wait_played(transport.played_at_clip_end + barge_in_after_secs),
                 timeout=timeout,

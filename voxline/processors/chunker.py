@@ -331,7 +331,7 @@ class ChunkerProcessor(FrameProcessor):
 
     def _take_first_words(self) -> str | None:
         chunk = self._chunker.take_first_words(self._max_wait_min_words)
-        if chunk or not self._chunker.waiting_for_first:
+        if not self._chunker.waiting_for_first:  # taken, or nothing left to wait for
             self._first_overdue = False
         return chunk
 
