@@ -19,6 +19,7 @@ import soundfile
 from tests.conftest import VOXLINE
 from voxline.bot.runtime import Runtime
 from voxline.config import load_config
+from voxline.engines.gguf_reencode import reencoded_path
 from voxline.models import resolve_llm_gguf
 from voxline.server.serve import load_personas
 
@@ -94,6 +95,9 @@ def test_the_embedded_llama_cpp_server_serves_the_configs_model(tmp_path):
         async with Runtime(config) as runtime:
             await runtime.prepare(unnamed)
             endpoint = runtime.llm.endpoint(unnamed)
+            # The packaged Q4_1 file is loaded as its Q8_0 copy (engines/gguf_reencode.py).
+            loaded = runtime.llm.server(unnamed).model_path
+            assert loaded == reencoded_path(alias, config.engines.llm.reencoded_dir)
             async with httpx.AsyncClient(timeout=30) as client:
                 models = (await client.get(f"{endpoint.base_url}/v1/models")).json()
                 reply = await client.post(

@@ -143,3 +143,14 @@ def test_a_short_window_that_says_a_phrase_twice_is_decoded_again(
     heard = short_window.transcribe_blocking(clip).text
     assert not repeats_itself(heard), heard
     assert wer(phrase, heard) <= 0.2, heard
+
+
+def test_on_a_cpu_a_lone_utterance_does_not_wait_for_companions(utterances):
+    """A batch costs the sum of its utterances on a CPU: the wait would only delay it."""
+    engine = WhisperEngine(resolve_whisper("tiny.en"))
+    try:
+        transcript = asyncio.run(engine.transcribe(utterances[0]))
+        assert transcript.batch_size == 1
+        assert transcript.queue_wait_secs < 0.005, transcript.queue_wait_secs
+    finally:
+        asyncio.run(engine.close())

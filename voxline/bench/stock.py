@@ -21,6 +21,7 @@ import yaml
 
 from voxline.bot.llm_servers import vllm_server
 from voxline.config import ServerConfig
+from voxline.engines.gguf_reencode import fast_weights
 from voxline.engines.llm import LlamaCppServer, free_port, prompt_cache_bytes
 from voxline.engines.server_process import SupervisedServer
 from voxline.engines.vllm import kv_cache_bytes, prepare_vllm_model
@@ -82,8 +83,11 @@ class StockStack:
             kv_cache = kv_cache_bytes(checkpoint, 1 + self.max_calls, settings.max_model_len)
             self.llm = vllm_server(checkpoint, settings, model_alias=model, kv_cache=kv_cache)
         else:
+            settings = ServerConfig().engines.llm
+            if settings.reencode_q4_1:  # the file voxline's own llama.cpp server loads
+                gguf = await fast_weights(gguf, settings.reencoded_dir)
             cache = await asyncio.to_thread(prompt_cache_bytes, gguf, 1 + self.max_calls)
-            threads = ServerConfig().engines.llm.n_threads
+            threads = settings.n_threads
             self.llm = LlamaCppServer(
                 gguf, model_alias=model, n_threads=threads, prompt_cache_bytes=cache
             )

@@ -19,6 +19,7 @@ from loguru import logger
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
 from voxline.engine_config import VLLMConfig
+from voxline.engines.gguf_reencode import fast_weights
 from voxline.engines.llm import (
     LlamaCppServer,
     LLMBackend,
@@ -143,6 +144,8 @@ class LLMServers:
             server = vllm_server(model, vllm, model_alias=persona.llm.model, kv_cache=kv_cache)
         else:
             gguf = resolve_llm_gguf(persona.llm.model)
+            if settings.reencode_q4_1:
+                gguf = await fast_weights(gguf, settings.reencoded_dir, self._progress)
             cache_bytes = (
                 settings.prompt_cache_mb * 2**20
                 if settings.prompt_cache_mb is not None

@@ -44,6 +44,9 @@ SILENCE_RMS = 10 ** (-50 / 20)
 NO_SPEECH_PROB = 0.6
 MIN_AVG_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
+GPU_MAX_WAIT_MS = 10.0
+"""How long an utterance waits for companions on a GPU, where a batch of eight costs
+about one."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,10 @@ class WhisperEngine:
             workers is faster than 2 threads (benchmarks/stt_concurrency.py).
         num_workers: model runs (batches) that may execute at once.
         max_batch: the most utterances in one model run.
-        max_wait_ms: how long an utterance may wait for companions before its batch runs.
+        max_wait_ms: how long an utterance may wait for companions before its batch runs;
+            None: 0 when the model runs on a CPU, where a batch costs about the sum of its
+            utterances and waiting only delays the first (every lone turn by 10 ms), and
+            :data:`GPU_MAX_WAIT_MS` on a GPU, where companions come almost free.
         max_queue: utterances waiting beyond which new ones are refused (overload).
         min_window_secs: the shortest encoder window. Whisper was trained on 30 s
             windows; a 10 s window decodes a phone utterance ~4.5x faster with the same
@@ -123,7 +129,7 @@ class WhisperEngine:
         cpu_threads: int = 1,
         num_workers: int = 2,
         max_batch: int = 8,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float | None = None,
         max_queue: int = 64,
         min_window_secs: int = 10,
         share_queue: bool | None = None,
@@ -144,14 +150,17 @@ class WhisperEngine:
             cpu_threads=cpu_threads,
             num_workers=num_workers,
         )
+        on_cpu = self._model.model.device == "cpu"
         self._batcher: MicroBatcher[_Utterance, Transcript] = MicroBatcher(
             self._run_batch,
             name="whisper",
             max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
+            max_wait_ms=(0.0 if on_cpu else GPU_MAX_WAIT_MS)
+            if max_wait_ms is None
+            else max_wait_ms,
             max_queue=max_queue,
             workers=num_workers,
-            share_queue=self._model.model.device == "cpu" if share_queue is None else share_queue,
+            share_queue=on_cpu if share_queue is None else share_queue,
         )
 
     @property
