@@ -84,6 +84,13 @@ __all__ = ["BotAudioHold", "TurnCounters", "TurnTaker", "TurnTakingSettings"]
 
 PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
+REACTION_SECS = 0.2
+"""Speech that starts this soon after the reply's first sound is the caller going on, not
+an answer to the reply: people take about this long to react to a sound, longer to start
+speaking in answer to one, and ``onset`` is dated from the VAD's confirmation, which can
+come tens of milliseconds after the speech began. (A CI run: the caller went on 350 ms into
+a pause the model had judged the turn's end, the reply sounded at 372 ms, and the rest of
+the caller's question was timed as a barge-in, with the longer pause that follows one.)"""
 
 
 class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
@@ -260,12 +267,14 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         await self.push_frame(VADUserStartedSpeakingFrame(start_secs=start_secs))
 
     def _began_before_reply(self, onset: float) -> bool:
-        """Whether speech that began at ``onset`` began before the committed reply made a
-        sound: none has yet, or it started while the VAD was confirming the speech (the
-        caller heard a frame of it at most before the hold)."""
+        """Whether speech that began at ``onset`` was no answer to the committed reply:
+        the reply has made no sound yet, or its first sound came less than
+        :data:`REACTION_SECS` before the speech (the caller heard at most that much of
+        it, and the frames the VAD took to confirm the speech, before the hold)."""
         if not self._bot_speaking:
             return self._reply_pending_since is not None
-        return self._reply_started_at is not None and onset < self._reply_started_at
+        started = self._reply_started_at
+        return started is not None and onset < started + REACTION_SECS
 
     async def _pause(self, turn: CallerTurn) -> None:
         """``early_secs`` of silence: decide, and speculate, while the caller may go on."""
