@@ -98,8 +98,9 @@ RESUMED_AT = 5 + WORDS + PAUSE  # the second stretch's first frame
 @pytest.mark.parametrize(
     "reply_began_at",
     # Not yet when the caller goes on; or after they started, as the VAD confirms the
-    # speech (0.1 s after its onset here): the caller hears a frame of it before the hold.
-    [None, RESUMED_AT],
+    # speech (0.1 s after its onset here): the caller hears a frame of it before the hold;
+    # or 40 ms before they started: too soon for their words to answer it (REACTION_SECS).
+    [None, RESUMED_AT, RESUMED_AT - 7],
 )
 async def test_going_on_before_the_reply_is_heard_keeps_the_usual_pause(reply_began_at):
     frames_after, down = await second_commit(reply_began_at)
@@ -110,8 +111,9 @@ async def test_going_on_before_the_reply_is_heard_keeps_the_usual_pause(reply_be
 
 
 async def test_going_on_over_a_reply_already_playing_waits_the_longer_pause():
-    # The reply's audio went out 0.2 s before the caller's speech was confirmed.
-    frames_after, down = await second_commit(RESUMED_AT - 10)
+    # The reply's audio went out 0.2 s before the caller started (0.3 s before the VAD
+    # confirmed their speech): they had heard it.
+    frames_after, down = await second_commit(RESUMED_AT - 15)
     assert [frame.reason for frame in down if isinstance(frame, BargeInFrame)] == ["words"]
     # Speech over the bot: callers who interrupt often go on, so the turn waits longer.
     assert frames_after * 0.02 >= CAREFUL_PAUSE_SECS - 0.02, frames_after

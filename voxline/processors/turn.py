@@ -84,11 +84,11 @@ __all__ = ["BotAudioHold", "TurnCounters", "TurnTaker", "TurnTakingSettings"]
 
 PRE_ROLL_SECS = 0.3
 """Audio kept from before the VAD confirmed speech: the onset of the first word."""
-REACTION_SECS = 0.2
+REACTION_SECS = 0.1
 """Speech that starts this soon after the reply's first sound is the caller going on, not
-an answer to the reply: people take about this long to react to a sound, longer to start
-speaking in answer to one, and ``onset`` is dated from the VAD's confirmation, which can
-come tens of milliseconds after the speech began. (A CI run: the caller went on 350 ms into
+an answer to the reply: no one reacts to a sound that fast, let alone starts speaking in
+answer to it, and ``onset`` is dated from the VAD's confirmation, which can come tens of
+milliseconds after the speech began. (A CI run: the caller went on 350 ms into
 a pause the model had judged the turn's end, the reply sounded at 372 ms, and the rest of
 the caller's question was timed as a barge-in, with the longer pause that follows one.)"""
 
