@@ -200,6 +200,7 @@ def turn_taker(
             ),
         ),
         transcribe=transcribe,
+        transcriber_idle=lambda: whisper.idle,
         end_of_turn=decide if engine is not None else None,
         settings=TurnTakingSettings(
             **{

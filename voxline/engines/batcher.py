@@ -126,6 +126,11 @@ class MicroBatcher(Generic[Item, Result]):
         """Items waiting for a batch (cancelled ones are pruned when a batch is cut)."""
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """No batch is running and no item waits for one."""
+        return not self._running and not self._queue
+
     async def submit(self, item: Item) -> Result:
         """Queue one item and wait for its own result.
 

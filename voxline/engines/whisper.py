@@ -164,6 +164,11 @@ class WhisperEngine:
         )
 
     @property
+    def idle(self) -> bool:
+        """Nothing is being decoded and nothing waits: a request now runs at once."""
+        return self._batcher.idle
+
+    @property
     def batch_records(self) -> Sequence[BatchRecord]:
         """Size, queue wait and run time of recent batches."""
         return self._batcher.records

@@ -73,6 +73,7 @@ from voxline.processors.turn_state import (
     BotAudioHold,
     CallerTurn,
     EndOfTurnDecider,
+    IdleCheck,
     Transcriber,
     TurnCounters,
     TurnTakingSettings,
@@ -100,6 +101,9 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         vad: the call's VAD analyzer (Silero); its ``stop_secs`` is replaced by
             ``early_secs``: its quiet state is the start of a pause.
         transcribe: the shared Whisper engine, as ``await transcribe(audio) -> text``.
+        transcriber_idle: whether that engine has nothing to do, or None: a pause goes
+            to Whisper sooner when it is idle
+            (:mod:`~voxline.processors.turn_transcript`).
         end_of_turn: asks the shared end-of-turn engine about the utterance, or
             None to end turns on ``stop_secs`` of silence alone.
         settings: the persona's turn settings.
@@ -123,6 +127,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         *,
         vad: VADAnalyzer,
         transcribe: Transcriber,
+        transcriber_idle: IdleCheck | None = None,
         end_of_turn: EndOfTurnDecider | None,
         settings: TurnTakingSettings,
         counters: TurnCounters | None = None,
@@ -138,6 +143,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         self._counters = counters or TurnCounters()
         self._vad = vad
         self._transcribe = transcribe
+        self._transcriber_idle = transcriber_idle
         self._end_of_turn = end_of_turn
         self._settings = settings
         self._vad_state = VADState.QUIET

@@ -27,6 +27,12 @@ class Transcriber(Protocol):
     async def __call__(self, audio: np.ndarray) -> str: ...
 
 
+class IdleCheck(Protocol):
+    """Whether the shared Whisper engine has nothing to do (a request now runs at once)."""
+
+    def __call__(self) -> bool: ...
+
+
 class BotAudioHold(Protocol):
     """What the turn-taker needs from the output transport's hold
     (:class:`~voxline.transports.hold.OutputHold`)."""

@@ -1,11 +1,13 @@
 """The caller's words: when the utterance goes to Whisper, and which audio it gets.
 
 With ``turn.speculate`` the utterance goes to the shared Whisper engine halfway to
-``early_secs``, so that its transcript is ready when the pause is confirmed; a caller
-who goes on voids it. Whisper always gets the audio up to ``early_secs / 2`` after the
-caller's last loud frame, then :data:`TRAILING_SILENCE_SECS` of digital silence,
-whenever the transcript is asked for (at the head start, at the pause, at the commit),
-so that the words, and the reply, do not depend on when that was.
+``early_secs``, or after :data:`IDLE_HEAD_START_SECS` of quiet when Whisper has nothing
+else to do, so that its transcript is ready when the pause is confirmed; a caller who
+goes on voids it. Whisper gets the audio up to ``early_secs / 2`` after the caller's
+last loud frame, then :data:`TRAILING_SILENCE_SECS` of digital silence, whenever the
+transcript is asked for (at the head start, at the pause, at the commit), so that the
+words, and the reply, do not depend on when that was; a head start on an idle Whisper
+sends what it has, ~50 ms of the quiet, and the digital silence stands in for the rest.
 
 :class:`TurnTranscript` is a part of :class:`~voxline.processors.turn.TurnTaker`, kept
 here to keep each concern in a module of its own; its methods use the turn-taker's state.
@@ -27,24 +29,39 @@ if TYPE_CHECKING:
 
 TRAILING_SILENCE_SECS = 0.2
 """Silence after the last word that Whisper gets: enough to finish it."""
+IDLE_HEAD_START_SECS = 0.05
+"""Quiet after the caller's last loud frame at which the utterance goes to an idle Whisper.
+
+Halfway to ``early_secs`` the VAD has let go of the speech for long enough that a pause
+is likely; Whisper then took ~60 ms past the confirmed pause at the median
+(``benchmarks/turn_latency.py``), and the LLM waited for it. An idle Whisper can start
+sooner: a head start voided by the caller going on costs a worker that had nothing to do,
+while a busy one (other calls' words) keeps the later, surer point."""
 
 
 class TurnTranscript:
     """The turn-taker's requests for transcripts of the caller (module doc)."""
 
     async def _head_start(self: TurnTaker, turn: CallerTurn, state: VADState, secs: float) -> None:
-        """Send the utterance to Whisper halfway to ``early_secs``, so that its transcript
-        is ready when the pause is confirmed; a caller who goes on voids it."""
+        """Send the utterance to Whisper halfway to ``early_secs`` (sooner when Whisper is
+        idle), so that its transcript is ready when the pause is confirmed; a caller who
+        goes on voids it."""
         if state == VADState.STOPPING:
             turn.stopping_secs += secs
             head_start = self._settings.speculate and turn.transcript is None
-            if head_start and self._silence_so_far(turn) >= self._settings.early_secs / 2:
+            if head_start and (
+                self._silence_so_far(turn) >= self._settings.early_secs / 2
+                or (turn.quiet_secs >= IDLE_HEAD_START_SECS and self._whisper_idle())
+            ):
                 self._start_transcript(turn)
         elif state == VADState.SPEAKING and turn.stopping_secs:
             turn.stopping_secs = 0.0
             if turn.transcript is not None and not turn.transcript.done():
                 turn.transcript.cancel()
             turn.transcript = None
+
+    def _whisper_idle(self: TurnTaker) -> bool:
+        return self._transcriber_idle is not None and self._transcriber_idle()
 
     def _start_transcript(self: TurnTaker, turn: CallerTurn) -> None:
         if turn.transcript is None or turn.transcript_generation != turn.generation:
