@@ -25,27 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from voxline.engines.gguf_reencode import fast_weights  # noqa: E402
+from voxline.engines.gguf_reencode import fast_weights, quantize  # noqa: E402
 from voxline.models import resolve_llm_gguf  # noqa: E402
 
 PREFIX = b"You are a helpful bank assistant. " * 30
 TURN = b" Hi, what is my account balance today please?<|im_end|>"
-
-
-def requantize(source: Path, target: Path, file_type: int) -> Path:
-    import ctypes
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = file_type
-    params.allow_requantize = True
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), ctypes.byref(params)
-    )
-    if status != 0:
-        raise SystemExit(f"quantizing to file type {file_type} failed ({status})")
-    return target
 
 
 def timings(path: Path) -> tuple[float, float, float]:
@@ -97,8 +81,8 @@ def main() -> None:
         files = {
             "Q4_1 (packaged)": packaged,
             "Q8_0 (reencode_q4_1)": asyncio.run(fast_weights(packaged, folder)),
-            "F16": requantize(packaged, folder / "f16.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_F16),
-            "Q4_0": requantize(packaged, folder / "q4_0.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
+            "F16": quantize(packaged, folder / "f16.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_F16),
+            "Q4_0": quantize(packaged, folder / "q4_0.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
         }
         text = (ROOT / "README.md").read_bytes()
         base, tokens = log_probs(packaged, text)
