@@ -78,6 +78,8 @@ def test_bench_prints_the_table_and_json(served):
     assert "voxline serve" in phase["memory_by_process_mb"]
     for key in ("underruns", "greeting_underruns", "server_stages_ms", "server_errors"):
         assert key in phase
+    lag = phase["server_loop_lag_ms"]  # voxline serve samples its loop ten times a second
+    assert lag["n"] >= 10 and 0 <= lag["p50"] <= lag["p95"] <= lag["max_bound"]
     (call,) = phase["call_reports"]
     assert call["call_sid"].startswith("CA") and len(call["heard_ms"]) == 2
 
@@ -166,6 +168,25 @@ voxline_calls_refused_total 3.0
 voxline_calls_active 0.0
 # TYPE process_resident_memory_bytes gauge
 process_resident_memory_bytes 1.048576e+09
+# TYPE voxline_event_loop_lag_seconds histogram
+voxline_event_loop_lag_seconds_bucket{le="0.01"} 105.0
+voxline_event_loop_lag_seconds_bucket{le="0.02"} 109.0
+voxline_event_loop_lag_seconds_bucket{le="0.1"} 110.0
+voxline_event_loop_lag_seconds_bucket{le="0.25"} 110.0
+voxline_event_loop_lag_seconds_bucket{le="+Inf"} 110.0
+voxline_event_loop_lag_seconds_count 110.0
+voxline_event_loop_lag_seconds_sum 0.5
+"""
+
+LAG_BEFORE = """\
+# TYPE voxline_event_loop_lag_seconds histogram
+voxline_event_loop_lag_seconds_bucket{le="0.01"} 100.0
+voxline_event_loop_lag_seconds_bucket{le="0.02"} 100.0
+voxline_event_loop_lag_seconds_bucket{le="0.1"} 100.0
+voxline_event_loop_lag_seconds_bucket{le="0.25"} 100.0
+voxline_event_loop_lag_seconds_bucket{le="+Inf"} 100.0
+voxline_event_loop_lag_seconds_count 100.0
+voxline_event_loop_lag_seconds_sum 0.1
 """
 
 
@@ -185,6 +206,20 @@ def test_server_figures_are_what_the_calls_added():
     assert set(figures.stage_ms) == {"stt"}
     assert bucket_quantile(0.5, {}) != bucket_quantile(0.5, {})  # NaN when empty
     assert difference(None, after).stage_ms == {} and difference(before, None).errors is None
+    assert figures.loop_lag_ms is not None and figures.loop_lag_ms["n"] == 110  # from zero
+
+
+def test_the_servers_event_loop_lag_is_what_the_run_added():
+    """The loop-lag samples a run added: 5 within 10 ms, 4 up to 20, 1 up to 100 ms."""
+    from voxline.bench.server_stats import difference, parse_metrics
+
+    lag = difference(parse_metrics(LAG_BEFORE), parse_metrics(METRICS_AFTER)).loop_lag_ms
+    assert lag is not None and lag["n"] == 10
+    assert lag["p50"] == 10.0  # rank 5 of 10: the top of the first bucket
+    assert 10.0 < lag["p95"] <= 100.0 and lag["max_bound"] == 100.0
+    assert (
+        difference(parse_metrics(METRICS_AFTER), parse_metrics(METRICS_AFTER)).loop_lag_ms is None
+    )
 
 
 def test_underruns_are_stalls_inside_one_bot_utterance():

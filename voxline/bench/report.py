@@ -36,6 +36,11 @@ def _stages(side: Side) -> list[str]:
             if (s := phase.server_stages_ms.get(stage)) is not None:
                 cells.append(f"{stage} {_ms(s.p50)}/{_ms(s.p95)}/{_ms(s.p99)}")
         turns = max(s.n for s in phase.server_stages_ms.values())
+        if (lag := phase.server_loop_lag_ms) is not None:
+            cells.append(
+                f"event loop lag {_ms(lag['p50'])}/{_ms(lag['p95'])}/{_ms(lag['p99'])} "
+                f"(max <= {_ms(lag['max_bound'])})"
+            )
         lines.append(f"  N={phase.calls} ({turns:.0f} turns): " + ", ".join(cells))
     if not lines:
         return [f"{side.system}: the server reports no per-stage latency histograms on /metrics"]

@@ -89,6 +89,11 @@ class Phase(BaseModel):
         description="Increase of voxline_not_understood: turns whose speech recognition "
         "made no words, answered with the persona's not_understood line.",
     )
+    server_loop_lag_ms: dict[str, float] | None = Field(
+        default=None,
+        description="The server's event-loop lag over the phase (voxline_event_loop_lag_seconds): "
+        "p50, p95, p99 and max_bound (the bucket that holds the longest), ms; n samples.",
+    )
     memory_mb: float | None = Field(description="Peak memory of the whole stack (MB).")
     memory_source: str = Field(
         description="psutil: RSS of the listening process and its children, sampled every "

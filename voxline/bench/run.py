@@ -122,6 +122,7 @@ def summarize(
         server_errors=figures.errors,
         server_refused=figures.refused,
         server_not_understood=figures.not_understood,
+        server_loop_lag_ms=figures.loop_lag_ms,
         memory_mb=None if peak is None else round(peak, 1),
         memory_source=source,
         memory_by_process_mb={k: round(v, 1) for k, v in by_process.items()},

@@ -41,6 +41,8 @@ METRICS_TOKEN_ENV = "VOXLINE_METRICS_TOKEN"
 Buckets = dict[float, float]
 """Cumulative count per upper bound (``le``) of one histogram."""
 
+LOOP_LAG = "voxline_event_loop_lag_seconds"
+
 
 @dataclass
 class Scrape:
@@ -51,6 +53,8 @@ class Scrape:
     rss_bytes: float | None = None
     llm_kinds: set[str] = field(default_factory=set)
     calls_active: float | None = None
+    loop_lag: Buckets | None = None
+    """``voxline_event_loop_lag_seconds``: how late the server's event loop ran."""
 
 
 def _stage_of(family: str, labels: dict[str, str]) -> str | None:
@@ -70,7 +74,13 @@ def parse_metrics(text: str) -> Scrape:
     rss = 0.0
     rss_seen = False
     for family in text_string_to_metric_families(text):
-        if family.type == "histogram" and family.name.startswith("voxline_"):
+        if family.name == LOOP_LAG:
+            scrape.loop_lag = {
+                float(sample.labels["le"]): sample.value
+                for sample in family.samples
+                if sample.name.endswith("_bucket")
+            }
+        elif family.type == "histogram" and family.name.startswith("voxline_"):
             for sample in family.samples:
                 if not sample.name.endswith("_bucket"):
                     continue
@@ -147,6 +157,8 @@ class ServerFigures:
     refused: float | None
     rss_mb: float | None
     not_understood: float | None = None
+    loop_lag_ms: dict[str, float] | None = None
+    """The server's event-loop lag over the run: p50, p95, p99, max bound (ms) and n."""
 
 
 def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
@@ -155,19 +167,10 @@ def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
         return ServerFigures(stage_ms={}, errors=None, refused=None, rss_mb=None)
     stage_ms: dict[str, dict[str, float]] = {}
     for stage in STAGES:
-        if stage not in after.stages:
-            continue
-        old = before.stages.get(stage, {})
-        added = {le: count - old.get(le, 0.0) for le, count in after.stages[stage].items()}
-        n = max(added.values(), default=0.0)
-        if n <= 0:
-            continue
-        stage_ms[stage] = {
-            "p50": round(bucket_quantile(0.5, added) * 1e3, 1),
-            "p95": round(bucket_quantile(0.95, added) * 1e3, 1),
-            "p99": round(bucket_quantile(0.99, added) * 1e3, 1),
-            "n": n,
-        }
+        if stage in after.stages and (
+            spread := _spread(before.stages.get(stage, {}), after.stages[stage])
+        ):
+            stage_ms[stage] = spread
     error_names = [name for name in after.counters if "error" in name]
     errors = (
         sum(after.counters[n] - before.counters.get(n, 0.0) for n in error_names)
@@ -182,7 +185,33 @@ def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
         refused=refused,
         rss_mb=round(max(rss) / 2**20, 1) if rss else None,
         not_understood=_increase(before, after, "voxline_not_understood_total"),
+        loop_lag_ms=_lag(before, after),
     )
+
+
+def _spread(before: Buckets, after: Buckets) -> dict[str, float] | None:
+    """p50, p95, p99 (ms) and n of what a histogram gained between two scrapes."""
+    added = {le: count - before.get(le, 0.0) for le, count in after.items()}
+    n = max(added.values(), default=0.0)
+    if n <= 0:
+        return None
+    return {
+        "p50": round(bucket_quantile(0.5, added) * 1e3, 1),
+        "p95": round(bucket_quantile(0.95, added) * 1e3, 1),
+        "p99": round(bucket_quantile(0.99, added) * 1e3, 1),
+        "n": n,
+    }
+
+
+def _lag(before: Scrape, after: Scrape) -> dict[str, float] | None:
+    if after.loop_lag is None or (spread := _spread(before.loop_lag or {}, after.loop_lag)) is None:
+        return None
+    old = before.loop_lag or {}
+    # The smallest bound that holds every sample the run added: the longest lag, to a bucket.
+    bounds = sorted(after.loop_lag)
+    top = next(le for le in bounds if after.loop_lag[le] - old.get(le, 0.0) >= spread["n"])
+    spread["max_bound"] = top * 1e3
+    return spread
 
 
 def _increase(before: Scrape, after: Scrape, name: str) -> float | None:

@@ -42,6 +42,7 @@ from voxline.server.dashboard import mount_dashboard
 from voxline.server.drain import Drain
 from voxline.server.health import ServerHealth
 from voxline.server.http_limits import RequestLimits
+from voxline.server.loop_lag import LoopLag
 from voxline.server.metrics import (
     CONTENT_TYPE,
     LLMCounterRefresh,
@@ -117,6 +118,8 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         busy_limit_secs=config.health.busy_limit_secs,
     )
     counters = LLMCounterRefresh(runtime, interval_secs=config.health.check_interval_secs)
+    registry = metrics_registry(runtime, line.admission)
+    loop_lag = LoopLag(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -126,9 +129,11 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
             readiness.started = True  # `voxline serve` prints its ready line once it listens
             health.start()
             counters.start()
+            loop_lag.start()
             yield
         finally:
             readiness.draining = True
+            await loop_lag.stop()
             await counters.stop()
             await health.stop()
             await web.close()
@@ -182,7 +187,6 @@ def create_app(config: ServerConfig, personas: dict[Path, Persona], runtime: Run
         }
         return JSONResponse(body, status_code=503 if problems else 200)
 
-    registry = metrics_registry(runtime, line.admission)
     metrics_token = MetricsToken.from_environment()
 
     @app.get("/metrics")
