@@ -34,6 +34,7 @@ from voxline.bot.call_events import CallEvents
 from voxline.bot.llm_servers import LLMServers
 from voxline.config import ServerConfig
 from voxline.cpu_budget import CpuBudget
+from voxline.engines import http_clients
 from voxline.engines.lines import LineMemory
 from voxline.engines.llm import (
     LLMEndpoint,
@@ -84,6 +85,7 @@ class Runtime:
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Runtime:
+        await http_clients.warm()  # the TLS context every HTTP client shares, off the loop
         return self
 
     async def __aexit__(

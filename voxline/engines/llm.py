@@ -19,6 +19,7 @@ import httpx
 
 from voxline.cpu_budget import available_cores
 from voxline.engines.gguf_info import GGUFError, kv_bytes_per_token
+from voxline.engines.http_clients import async_client
 from voxline.engines.llm_backend import (  # noqa: F401  (re-exported: one import for callers)
     ConcurrencyCap,
     LLMBackend,
@@ -71,7 +72,7 @@ async def warm_prefix(
     if tools:
         body["tools"] = tools
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with async_client(timeout=timeout) as client:
             response = await client.post(endpoint.api_url + "/chat/completions", json=body)
             response.raise_for_status()
     except httpx.HTTPError as exc:

@@ -24,6 +24,8 @@ from typing import Literal
 
 import httpx
 
+from voxline.engines.http_clients import async_client, tls_context
+
 BackendKind = Literal["llama_cpp", "vllm", "external"]
 
 
@@ -153,10 +155,13 @@ class LLMBackend:
     def client(self):
         """An ``openai.AsyncOpenAI`` client on this server (no retries: latency is the product)."""
         if self._client is None:
-            from openai import AsyncOpenAI
+            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
             self._client = AsyncOpenAI(
-                base_url=self.endpoint.api_url, api_key="voxline", max_retries=0
+                base_url=self.endpoint.api_url,
+                api_key="voxline",
+                max_retries=0,
+                http_client=DefaultAsyncHttpxClient(verify=tls_context()),
             )
         return self._client
 
@@ -227,18 +232,23 @@ class LLMBackend:
 
 async def vllm_prefix_counters(base_url: str, timeout: float = 5.0) -> tuple[float, float] | None:
     """(queried, hit) prefix-cache tokens from a vLLM server's Prometheus ``/metrics``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with async_client(timeout=timeout) as client:
             response = await client.get(base_url.rstrip("/") + "/metrics")
             response.raise_for_status()
     except httpx.HTTPError:
         return None
+    # vLLM's page is tens of kilobytes: parsed in a thread, not on the calls' event loop.
+    return await asyncio.to_thread(_prefix_counters_in, response.text)
+
+
+def _prefix_counters_in(page: str) -> tuple[float, float] | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     totals = {"vllm:prefix_cache_queries": 0.0, "vllm:prefix_cache_hits": 0.0}
     found = False
     try:
-        for family in text_string_to_metric_families(response.text):
+        for family in text_string_to_metric_families(page):
             if family.name in totals:
                 found = True
                 totals[family.name] += sum(

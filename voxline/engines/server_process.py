@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 import httpx
 from loguru import logger
 
+from voxline.engines.http_clients import async_client
 from voxline.engines.llm_backend import LLMEndpoint
 
 Progress = Callable[[str], None]
@@ -65,7 +66,7 @@ async def check_endpoint(endpoint: LLMEndpoint, timeout: float = 5.0) -> None:
     """
     url = endpoint.api_url + "/models"
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with async_client(timeout=timeout) as client:
             response = await client.get(url)
     except httpx.ReadTimeout:
         raise LLMServerBusyError(

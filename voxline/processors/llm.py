@@ -88,8 +88,8 @@ class VoxlineLLMService(OpenAILLMService):
         tool_call_max_tokens: int = 128,
         **kwargs: Any,
     ):
+        self._backend = backend  # before pipecat's __init__, which calls create_client
         super().__init__(**kwargs)
-        self._backend = backend
         self._tool_call_max_tokens = tool_call_max_tokens
         self._first_token_timeout_secs = first_token_timeout_secs
         self._total_timeout_secs = total_timeout_secs
@@ -100,6 +100,18 @@ class VoxlineLLMService(OpenAILLMService):
         self._turn_settled.set()
         self._activity = 0
         self._background: set[asyncio.Task] = set()
+
+    def create_client(self, api_key=None, base_url=None, **kwargs):
+        """The backend's client, shared by every call on its server.
+
+        pipecat makes an ``AsyncOpenAI`` client per service, that is per call: ~30 ms of
+        the event loop each (an HTTP client's TLS context, see
+        :mod:`voxline.engines.http_clients`) and a pool of connections that is never
+        closed. One client per server has neither cost; the Runtime closes it.
+        """
+        if self._backend is not None:
+            return self._backend.client
+        return super().create_client(api_key=api_key, base_url=base_url, **kwargs)
 
     @property
     def activity(self) -> int:

@@ -24,6 +24,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from voxline import logcontent
+from voxline.engines.http_clients import async_client
 from voxline.engines.lines import LineMemory
 from voxline.engines.orpheus import (
     CODES_PER_FRAME,
@@ -84,7 +85,7 @@ class OrpheusTTSService(SpeculativeTTSMixin, TTSService):
         self._sampling = sampling or OrpheusSampling()
         self._lines = lines
         self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        self._client = http_client or async_client(timeout=httpx.Timeout(30.0, connect=5.0))
 
     def can_generate_metrics(self) -> bool:
         """Time to first audio is reported as TTFB."""

@@ -28,6 +28,7 @@ import httpx
 from loguru import logger
 
 from voxline import logcontent
+from voxline.engines.http_clients import async_client
 from voxline.tools.spec import (
     ENV_REFERENCE,
     HTTPHandler,
@@ -228,7 +229,7 @@ async def call_http(
     in_query = handler.method in ("GET", "DELETE")
     named = f"{handler.method} {handler.url}"
     own_client = client is None
-    client = client or httpx.AsyncClient()
+    client = client or async_client()
     try:
         async with client.stream(
             handler.method,

@@ -15,9 +15,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Dial, Parameter, Stream, VoiceResponse
+
+from voxline.engines.http_clients import async_client
 
 
 def signature_is_valid(auth_token: str, url: str, params: dict[str, str], signature: str) -> bool:
@@ -215,7 +216,7 @@ class TwilioRestClient:
 
     async def _update_call(self, call_sid: str, form: dict[str, str]) -> None:
         url = f"{self._base_url}/2010-04-01/Accounts/{self._account_sid}/Calls/{call_sid}.json"
-        async with httpx.AsyncClient(timeout=self._timeout, auth=self._auth) as client:
+        async with async_client(timeout=self._timeout, auth=self._auth) as client:
             response = await client.post(url, data=form)
         if response.status_code >= 400:
             raise RuntimeError(f"Twilio REST {url} answered HTTP {response.status_code}")
