@@ -34,7 +34,8 @@ from voxline.engines.vllm import (
 from voxline.personas import load_persona
 from voxline.processors.tool_call_stream import INVALID_ARGUMENTS, ToolCallStream
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.slow
+asyncio_module = pytest.mark.asyncio(loop_scope="module")  # the async tests share the server
 BACKENDS = ["llama_cpp", "vllm"]
 
 
@@ -61,6 +62,7 @@ def chat(persona, question: str, **extra) -> dict:
     }
 
 
+@asyncio_module
 async def test_streaming(served):
     _, persona, backend = served
     pieces = []
@@ -72,6 +74,7 @@ async def test_streaming(served):
     assert "".join(pieces).strip()
 
 
+@asyncio_module
 async def test_a_forced_tool_call_names_the_tool(served):
     _, persona, backend = served
     request = chat(
@@ -116,6 +119,7 @@ async def vllm_metric(backend, name: str) -> float:
     )
 
 
+@asyncio_module
 async def test_closing_a_stream_stops_the_generation(served):
     runtime, persona, backend = served
     server = runtime.llm.server(persona)
@@ -145,6 +149,7 @@ async def test_closing_a_stream_stops_the_generation(served):
         assert generated < 300, "the server kept generating after the stream was closed"
 
 
+@asyncio_module
 async def test_vllm_prefix_cache_hits_rise_with_a_personas_second_call(served):
     _, persona, backend = served
     if backend.kind != "vllm":
@@ -161,6 +166,7 @@ async def test_vllm_prefix_cache_hits_rise_with_a_personas_second_call(served):
     assert backend.prefix_cache_hit_ratio > first[1] / max(first[0], 1)
 
 
+@asyncio_module
 async def test_a_whole_call_on_the_backend(served):
     runtime, persona, backend = served
     result = await talk(persona, runtime, speech_16k("What time does the branch open?"), 16_000)
@@ -169,6 +175,7 @@ async def test_a_whole_call_on_the_backend(served):
     assert turn.bot_text.strip() and turn.error is None
 
 
+@asyncio_module
 async def test_a_missing_vllm_environment_is_a_clear_error(tmp_path: Path):
     server = VLLMServer("model", python=tmp_path / "nowhere" / "python")
     with pytest.raises(LLMServerError, match=r"`bash scripts/install.sh`"):
@@ -198,6 +205,7 @@ def test_vllm_on_a_cpu_runs_the_model_in_its_engine_process(tmp_path: Path):
     assert named.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
 
 
+@asyncio_module
 async def test_an_idle_vllm_server_leaves_the_cpu_to_the_other_engines(served):
     """No worker process busy-waiting beside the engine: idle, vLLM uses almost no CPU."""
     runtime, persona, _ = served
@@ -271,6 +279,7 @@ def test_vllm_kv_cache_is_sized_for_the_conversations(tmp_path: Path, monkeypatc
     assert "--kv-cache-memory-bytes" not in gpu.command()
 
 
+@asyncio_module
 async def test_vllm_holds_only_the_kv_cache_its_calls_need(served):
     """The engine's RSS was 2.9 GB with vLLM's fixed 1 GiB cache (all of it zeroed at
     start); sized for the personas and max_calls it is ~0.8 GB less."""
