@@ -33,7 +33,7 @@ async def test_clients_share_one_context_that_still_checks_certificates():
 
 
 async def test_a_client_costs_the_event_loop_no_certificate_loading():
-    """Made on the loop after warm(): well under the ~24 ms of a client with its own context."""
+    """Made on the loop after warm(): well under the ~20 ms of a client with its own context."""
     await http_clients.warm()
     started = time.perf_counter()
     clients = [http_clients.async_client() for _ in range(20)]

@@ -42,6 +42,7 @@ Buckets = dict[float, float]
 """Cumulative count per upper bound (``le``) of one histogram."""
 
 LOOP_LAG = "voxline_event_loop_lag_seconds"
+"""The server's event-loop lag histogram (``voxline/server/loop_lag.py``)."""
 
 
 @dataclass
@@ -209,7 +210,9 @@ def _lag(before: Scrape, after: Scrape) -> dict[str, float] | None:
     old = before.loop_lag or {}
     # The smallest bound that holds every sample the run added: the longest lag, to a bucket.
     bounds = sorted(after.loop_lag)
-    top = next(le for le in bounds if after.loop_lag[le] - old.get(le, 0.0) >= spread["n"])
+    top = next(
+        (le for le in bounds if after.loop_lag[le] - old.get(le, 0.0) >= spread["n"]), bounds[-1]
+    )
     spread["max_bound"] = top * 1e3
     return spread
 

@@ -1,12 +1,13 @@
 """HTTP clients that are cheap to make: one TLS context for the whole process.
 
 An ``httpx.AsyncClient`` builds a TLS context when it is made, whatever URL it will
-ask, and that means reading and parsing the CA bundle: 24 ms of the event loop on
-this 2-core CPU with nothing else running (``benchmarks/http_clients.py``), several
-times that when the cores are busy with calls. The server made one for every health
-check and prefix-cache scrape (every 5 s), every tool called over HTTP, and (inside
-pipecat's OpenAI service) every call's LLM client. For those milliseconds the event
-loop that paces every call's audio runs nothing else.
+ask, and that means reading and parsing the CA bundle: 19.7 ms of the event loop on
+this 2-core CPU with nothing else running (``benchmarks/http_clients.py``; 0.33 ms
+on a shared context), several times that when the cores are busy with calls. The
+server made one for every health check and prefix-cache scrape (every 5 s), every
+tool called over HTTP, and (inside pipecat's OpenAI service) every call's LLM
+client. For those milliseconds the event loop that paces every call's audio runs
+nothing else.
 
 Every client here gets the same context instead, made once (off the event loop, by
 :func:`warm`). Certificates are checked as before: the context is httpx's own
