@@ -104,8 +104,8 @@ class VoxlineLLMService(OpenAILLMService):
     def create_client(self, api_key=None, base_url=None, **kwargs):
         """The backend's client, shared by every call on its server.
 
-        pipecat makes an ``AsyncOpenAI`` client per service, that is per call: ~30 ms of
-        the event loop each (an HTTP client's TLS context, see
+        pipecat makes an ``AsyncOpenAI`` client per service, that is per call: 19.8 ms of
+        the event loop each in ``benchmarks/http_clients.py`` (its TLS context, see
         :mod:`voxline.engines.http_clients`) and a pool of connections that is never
         closed. One client per server has neither cost; the Runtime closes it.
         """
