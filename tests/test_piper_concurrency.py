@@ -25,11 +25,9 @@ from pipecat.frames.frames import (
 from pipelines import RunningPipeline
 
 from voxline.engines import piper
-from voxline.engines.piper import (
+from voxline.engines.piper import Overloaded, PiperEngine, SynthesisRecord
+from voxline.engines.piper_pieces import (
     ONSET_LEVEL,
-    Overloaded,
-    PiperEngine,
-    SynthesisRecord,
     split_first,
     split_phonemes,
     trim_leading_silence,

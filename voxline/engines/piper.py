@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import numpy as np
 from loguru import logger
 
 from voxline.engines.batcher import BatcherClosed, Overloaded
+from voxline.engines.piper_pieces import split_first, split_phonemes, trim_leading_silence
 from voxline.engines.synthesis_queue import FIRST, LATER, SynthesisQueue
 
 __all__ = [
@@ -54,9 +55,6 @@ __all__ = [
     "Overloaded",
     "PiperEngine",
     "SynthesisRecord",
-    "split_first",
-    "split_phonemes",
-    "trim_leading_silence",
 ]
 
 DEFAULT_MAX_PHONEMES = 100
@@ -66,17 +64,11 @@ worker for long."""
 DEFAULT_BUSY_FIRST_PHONEMES: int | None = None
 """Off: in two bursts of eight callers, first words voiced alone (16 phonemes) gave earlier
 first replies but stalls in the greetings and a question heard by nobody (docs/tts.md)."""
-_CLAUSE_MARKS = frozenset(",;:—–-")
 SLOW_FIRST_SECS = 1.0
 """A reply's first audio later than this after its request is logged (a caller waits)."""
 LATE_PIECE_SECS = 0.06
 """A piece ready this much after its caller ran out of audio is logged at DEBUG (three
 phone frames: a gap the caller hears)."""
-ONSET_LEVEL = 0.005
-"""Of full scale (about -46 dBFS; Piper's audio is peak-normalised): quieter samples
-before a reply's first sound are silence the caller would wait through."""
-ONSET_MARGIN_SECS = 0.01
-"""Kept before the first sample at ``ONSET_LEVEL``, so a soft onset is not clipped."""
 
 
 @dataclass(frozen=True)
@@ -370,51 +362,6 @@ class PiperEngine:
         audio = np.zeros_like(audio) if peak < 1e-8 else audio / peak
         audio = np.clip(audio, -1.0, 1.0)
         return np.clip(audio * 32767.0, -32767, 32767).astype(np.int16).tobytes()
-
-
-def trim_leading_silence(pcm: bytes, sample_rate: int) -> bytes:
-    """16-bit ``pcm`` from ``ONSET_MARGIN_SECS`` before its first audible sample."""
-    samples = np.frombuffer(pcm, dtype=np.int16)
-    audible = np.flatnonzero(np.abs(samples.astype(np.int32)) > ONSET_LEVEL * 32767)
-    if not audible.size:
-        return pcm
-    start = max(0, int(audible[0]) - int(ONSET_MARGIN_SECS * sample_rate))
-    return samples[start:].tobytes()
-
-
-def split_phonemes(phonemes: Sequence[str], max_phonemes: int | None) -> list[list[str]]:
-    """Cut one sentence's phonemes into pieces of at most ``max_phonemes``.
-
-    A cut goes after a clause mark (``,`` ``;`` ``:`` a dash) if one lies in the last
-    two thirds of the window, else at the last word boundary, else (one huge word)
-    at the limit.
-    """
-    phonemes = list(phonemes)
-    if max_phonemes is None or len(phonemes) <= max_phonemes:
-        return [phonemes]
-    pieces: list[list[str]] = []
-    start = 0
-    while len(phonemes) - start > max_phonemes:
-        end = start + max_phonemes
-        floor = start + max_phonemes // 3
-        spaces = [i for i in range(end - 1, floor, -1) if phonemes[i] == " "]
-        clause = next((i for i in spaces if phonemes[i - 1] in _CLAUSE_MARKS), None)
-        cut = clause if clause is not None else (spaces[0] if spaces else end)
-        pieces.append(phonemes[start:cut])
-        start = cut + 1 if phonemes[cut] == " " else cut
-    pieces.append(phonemes[start:])
-    return [piece for piece in pieces if piece]
-
-
-def split_first(phonemes: Sequence[str], max_phonemes: int) -> list[list[str]]:
-    """``phonemes`` as its first words (at most ``max_phonemes``, cut as
-    :func:`split_phonemes` cuts) and the rest, or whole if it is that short already."""
-    phonemes = list(phonemes)
-    head = split_phonemes(phonemes, max_phonemes)[0]
-    rest = phonemes[len(head) :]
-    if rest and rest[0] == " ":
-        rest = rest[1:]
-    return [head, rest] if rest else [head]
 
 
 def _session(model: Path, use_cuda: bool, threads: int | None):  # -> InferenceSession
