@@ -18,13 +18,14 @@ from loguru import logger
 
 from voxline.bot.runtime import Runtime
 from voxline.engines.server_process import LLMServerBusyError
+from voxline.server.background import BackgroundJob
 
 HEALTH_CHECK_INTERVAL_SECS = 5.0
 HEALTH_CHECK_TIMEOUT_SECS = 2.0
 HEALTH_BUSY_LIMIT_SECS = 30.0
 
 
-class ServerHealth:
+class ServerHealth(BackgroundJob):
     """Whether the model servers answer, checked in the background on an interval.
 
     A readiness probe reads :meth:`problems`, which costs no I/O: the verdict of the
@@ -53,7 +54,6 @@ class ServerHealth:
         self._last: list[str] = []
         self._late_since: dict[str, float] = {}  # a late server's message: when it began
         self.checks = 0
-        self._task: asyncio.Task[None] | None = None
 
     def problems(self) -> list[str]:
         """What is wrong with the servers now; empty when all answer."""
@@ -85,11 +85,6 @@ class ServerHealth:
         self._last = found
         return found
 
-    def start(self) -> None:
-        """Start checking in the background (every ``interval_secs``)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_secs)  # the check interval, not a sync
@@ -97,11 +92,3 @@ class ServerHealth:
                 await self.check()
             except Exception as exc:  # a failed check must not end the checking
                 logger.warning(f"health check failed: {exc!r}")
-
-    async def stop(self) -> None:
-        """Stop checking."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # gather, not suppress(CancelledError): a cancellation of the caller stays one.
-            await asyncio.gather(task, return_exceptions=True)

@@ -11,10 +11,11 @@ how much later than asked it woke.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from prometheus_client import CollectorRegistry, Histogram
+
+from voxline.server.background import BackgroundJob
 
 INTERVAL_SECS = 0.1
 """How often the loop's lateness is sampled (ten wake-ups a second: nothing to the loop)."""
@@ -22,13 +23,15 @@ LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (s): fine below the 60 ms of a phone message, where stalls begin to be heard."""
 
 
-class LoopLag:
+class LoopLag(BackgroundJob):
     """Samples the running event loop's lateness into a histogram on ``registry``.
 
     Args:
         registry: the server's own registry (``/metrics`` renders it).
         interval_secs: time between samples.
     """
+
+    task_name = "voxline-loop-lag"
 
     def __init__(self, registry: CollectorRegistry, interval_secs: float = INTERVAL_SECS):
         self.interval_secs = interval_secs
@@ -39,20 +42,6 @@ class LoopLag:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start sampling on the running loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="voxline-loop-lag")
-
-    async def stop(self) -> None:
-        """Stop sampling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:

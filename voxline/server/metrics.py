@@ -32,6 +32,7 @@ from voxline.bot.runtime import Runtime
 from voxline.engines.llm_backend import LLMBackend
 from voxline.records.metrics import records_metrics
 from voxline.server.admission import Admission
+from voxline.server.background import BackgroundJob
 from voxline.server.call_metrics import CallMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -272,10 +273,10 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-class LLMCounterRefresh:
+class LLMCounterRefresh(BackgroundJob):
     """Reads every LLM server's prefix-cache counters in the background, on an interval.
 
-    Once at :meth:`start`, then every ``interval_secs``: a scrape of voxline's
+    Once at :meth:`start`, then every ``interval_secs`` until :meth:`stop`: a scrape of voxline's
     ``/metrics`` only renders what the last refresh read, so scrapers, however
     many and however often, cost the LLM servers nothing.
 
@@ -289,18 +290,12 @@ class LLMCounterRefresh:
         self.interval_secs = interval_secs
         self.refreshes = 0
         self._failing = False
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         """Read every server's counters once now."""
         for backend in self._runtime.llm.backends:
             await backend.prefix_cache_counters()
         self.refreshes += 1
-
-    def start(self) -> None:
-        """Refresh now and then every ``interval_secs``, until :meth:`stop`."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -314,13 +309,6 @@ class LLMCounterRefresh:
                     logger.warning(f"LLM prefix-cache counters not read: {type(exc).__name__}")
                 self._failing = True
             await asyncio.sleep(self.interval_secs)  # the refresh interval, not a sync
-
-    async def stop(self) -> None:
-        """Stop refreshing."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 METRICS_TOKEN_ENV = "VOXLINE_METRICS_TOKEN"
