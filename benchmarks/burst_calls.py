@@ -45,6 +45,11 @@ Measured per system and N:
 * **memory**: RSS of every process of the stack (voxline serve and its LLM server
   with vLLM's EngineCore; or the stock bot and its LLM server), sampled with psutil
   every 0.25 s during each N; the largest per process, and the largest sum.
+* **CPU**: the cores each kind of process kept busy on average during each N (its
+  CPU seconds over the phase's wall time; the bot server's main thread, where its
+  event loop runs, apart), the machine's busy cores (the callers of this script
+  too), and the share of 0.25 s samples in which the machine was at least 95 %
+  busy: whether the cores were the limit.
 
     .venv/bin/python -m benchmarks.burst_calls            # both backends, N=1,2,4,8, stock too
     .venv/bin/python -m benchmarks.burst_calls --quick    # N=1,2, 2 turns: a smoke run
@@ -71,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import p50, p95, serve_voxline  # noqa: E402
 from voxline.bench.callers import UTTERANCES, VOICES, Clips, script  # noqa: E402
 from voxline.bench.calls import Call, Line, burst  # noqa: E402
-from voxline.bench.memory import StackMemory  # noqa: E402
+from voxline.bench.stack_usage import CpuUse, StackUsage  # noqa: E402
 from voxline.bench.stock import StockStack  # noqa: E402
 from voxline.engines.llm import free_port  # noqa: E402
 from voxline.engines.server_process import SupervisedServer  # noqa: E402
@@ -176,6 +181,7 @@ class Phase:
     turns: list[dict[str, float | None]]
     memory: dict[str, float]
     memory_total: float
+    cpu: CpuUse
     secs: float
 
     @property
@@ -229,7 +235,7 @@ async def run_system(
     caller = 0
     try:
         for n in counts:
-            memory = StackMemory(stack.roots).start()
+            usage = StackUsage(stack.roots).start()
             offset = len(stack.lines)
             phase_began = time.monotonic()
             calls: list[Call] = []
@@ -239,13 +245,14 @@ async def run_system(
                 line = Line(stack.url, TOKEN, NUMBER)
                 calls += await burst(line, scripts, clips, args.underrun_ms / 1000)
                 await asyncio.sleep(1.5)  # the server ends the calls before the next round
-            memory.stop()
+            usage.stop()
             phase = Phase(
                 n=n,
                 calls=calls,
                 turns=server_turns(stack.lines[offset:]),
-                memory=memory.by_label(),
-                memory_total=memory.peak_total,
+                memory=usage.by_label(),
+                memory_total=usage.peak_total,
+                cpu=usage.cpu(),
                 secs=time.monotonic() - phase_began,
             )
             phases[n] = phase
@@ -301,6 +308,7 @@ def report_phase(name: str, phase: Phase) -> None:
         )
     memory = ", ".join(f"{label} {rss:.0f}" for label, rss in phase.memory.items())
     print(f"{name} N={phase.n} peak RSS MB: {memory}", flush=True)
+    print(f"{name} N={phase.n} CPU, cores busy on average: {phase.cpu.line()}", flush=True)
 
 
 def ratio(a: float, b: float) -> float:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import QUESTIONS, p95, timed_answer  # noqa: E402
-from voxline.bench.memory import StackMemory  # noqa: E402
+from voxline.bench.stack_usage import StackUsage  # noqa: E402
 from voxline.bot.llm_servers import vllm_server  # noqa: E402
 from voxline.bot.tool_wiring import openai_tools  # noqa: E402
 from voxline.config import ServerConfig  # noqa: E402
@@ -84,7 +84,7 @@ async def measure(
             batch = [answer(backend, persona, next(questions), args.max_tokens) for _ in range(n)]
             together += await asyncio.gather(*batch)
         assert server.pid is not None
-        rss = StackMemory([server.pid]).sample()
+        rss = StackUsage([server.pid]).sample()
     finally:
         await backend.close()
         await server.stop()

@@ -62,6 +62,9 @@ def test_bench_prints_the_table_and_json(served):
     row = next(r for r in rows if r[1] == "2")
     assert row[8] == "2/2", table.stdout  # both callers answered
     assert "MB (psutil)" in table.stdout  # the server's processes, found by its port
+    assert (
+        "voxline on " in table.stdout and " N=2 CPU, cores busy on average: stack " in table.stdout
+    )
     assert "server stages" in table.stdout or "no per-stage latency" in table.stdout
 
     result = bench(served, "--calls", "1", "--turns", "2", "--json")
@@ -76,6 +79,10 @@ def test_bench_prints_the_table_and_json(served):
     assert 1 <= heard["n"] <= 2 and 0 < heard["p50"] <= heard["p95"] <= heard["p99"] < 30_000
     assert phase["memory_mb"] > 100 and phase["memory_source"] == "psutil"
     assert "voxline serve" in phase["memory_by_process_mb"]
+    cpu = phase["cpu"]  # two turns: the server and its LLM server worked
+    assert cpu["by_label"]["voxline serve"] > 0.01 and cpu["secs"] > 1
+    assert 0 < cpu["main_threads"]["voxline serve"] <= cpu["by_label"]["voxline serve"]
+    assert cpu["machine"] >= 0.9 * sum(cpu["by_label"].values()) and 0 <= cpu["saturated"] <= 1
     for key in ("underruns", "greeting_underruns", "server_stages_ms", "server_errors"):
         assert key in phase
     lag = phase["server_loop_lag_ms"]  # voxline serve samples its loop ten times a second

@@ -90,6 +90,11 @@ def render(report: BenchReport) -> str:
                     f"{k} {v:.0f}" for k, v in phase.memory_by_process_mb.items()
                 )
             out.append(f"{side.system}{backend} N={phase.calls}: {extra}")
+            if phase.cpu is not None:
+                out.append(
+                    f"{side.system}{backend} N={phase.calls} CPU, cores busy on average: "
+                    f"{phase.cpu.line()}"
+                )
             for call in phase.call_reports:
                 if call.error:
                     out.append(f"  caller {call.caller}: {call.error}")

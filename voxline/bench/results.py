@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from voxline.bench.calls import Call
-from voxline.bench.memory import STOCK_SERVER, VOXLINE_SERVER
+from voxline.bench.stack_usage import STOCK_SERVER, VOXLINE_SERVER, CpuUse
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -100,6 +100,11 @@ class Phase(BaseModel):
         "0.25 s; metrics: process_resident_memory_bytes on /metrics; none: not known."
     )
     memory_by_process_mb: dict[str, float] = Field(default_factory=dict)
+    cpu: CpuUse | None = Field(
+        default=None,
+        description="Cores busy on average over the phase, per kind of process of the stack "
+        "(psutil; only when the server runs on this machine), and on the whole machine.",
+    )
     secs: float
     call_reports: list[CallReport]
 

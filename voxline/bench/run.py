@@ -18,7 +18,6 @@ from pathlib import Path
 
 from voxline.bench.callers import Clips, script
 from voxline.bench.calls import Call, Line, burst
-from voxline.bench.memory import StackMemory, listening_pid
 from voxline.bench.results import (
     BenchReport,
     Phase,
@@ -29,6 +28,7 @@ from voxline.bench.results import (
     ratios,
 )
 from voxline.bench.server_stats import ServerFigures, difference, scrape_metrics
+from voxline.bench.stack_usage import CpuUse, StackUsage, listening_pid
 from voxline.bench.stock import StockStack
 
 METRICS_POLL_SECS = 1.0
@@ -100,6 +100,7 @@ def summarize(
     figures: ServerFigures,
     memory: tuple[float | None, str, dict[str, float]],
     secs: float,
+    cpu: CpuUse | None = None,
 ) -> Phase:
     """One phase's report from its calls and what the server said."""
     every = [v for c in calls for v in c.latencies if v is not None]
@@ -126,6 +127,7 @@ def summarize(
         memory_mb=None if peak is None else round(peak, 1),
         memory_source=source,
         memory_by_process_mb={k: round(v, 1) for k, v in by_process.items()},
+        cpu=cpu,
         secs=round(secs, 1),
         call_reports=[call_report(c) for c in calls],
     )
@@ -144,7 +146,7 @@ async def run_side(
     caller = 0
     for n in settings.calls:
         began = time.monotonic()
-        memory = StackMemory(roots).start() if roots else None
+        usage = StackUsage(roots).start() if roots else None
         watch = MetricsWatch(line.url)
         watch.start()
         before = await scrape_metrics(line.url)
@@ -160,17 +162,18 @@ async def run_side(
                 await settle(line.url)
         finally:
             await watch.stop()
-            if memory is not None:
-                memory.stop()
+            if usage is not None:
+                usage.stop()
         figures = difference(before, await scrape_metrics(line.url))
-        if memory is not None:
-            measured = (memory.peak_total, "psutil", memory.by_label())
+        if usage is not None:
+            measured = (usage.peak_total, "psutil", usage.by_label())
         elif watch.peak_rss is not None or figures.rss_mb is not None:
             peak = max(v for v in (watch.peak_rss, figures.rss_mb) if v is not None)
             measured = (peak, "metrics", {})
         else:
             measured = (None, "none", {})
-        phase = summarize(n, calls, figures, measured, time.monotonic() - began)
+        cpu = None if usage is None else usage.cpu()
+        phase = summarize(n, calls, figures, measured, time.monotonic() - began, cpu)
         progress(
             f"{system} N={n}: heard p50={phase.heard_ms.p50} p95={phase.heard_ms.p95} ms, "
             f"answered {phase.answered}/{phase.placed}, {phase.secs:.0f} s"
