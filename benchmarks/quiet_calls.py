@@ -6,23 +6,27 @@ the ``voxline serve`` process (the CPU its threads use while N callers are conne
 quiet), because on a 2-core machine every share of a core the calls take is a share the
 models (Whisper, the LLM, Piper) do not get when someone does speak.
 
-Two variants of the same server run one after the other, round by round:
+Two variants of the same server run one after the other, round by round: **now**,
+voxline as it is, against the one ``--against`` names:
 
-* **now**: voxline as it is: the turn-taker keeps the caller's audio (nothing after it
-  in the pipeline uses it);
+* **vad-thread** (the default): each call's VAD hands every frame to a thread of its
+  own and awaits the result, as pipecat's analyzer does and voxline's did until
+  2026-12-06 (``SharedSileroVADAnalyzer.analyze_audio`` put back to pipecat's,
+  patched in at start-up); now the VAD scores the frame on the event loop;
 * **forwarded**: the turn-taker passes each audio frame on down the pipeline, as it did
-  before (``TurnTaker(forward_audio=True)``, patched in at start-up): every processor and
-  observer after it takes a hop of the event loop per frame.
+  until 2026-12-05 (``TurnTaker(forward_audio=True)``, patched in at start-up): every
+  processor and observer after it takes a hop of the event loop per frame.
 
 In each round N Twilio-protocol callers dial at once, wait for the greeting, then send
 ``--secs`` of line noise (about -60 dBFS, as a quiet phone line carries); the server's
 CPU time (user + system, all its threads; not the LLM server, which is idle) is read
 over that window. The persona is the bank's with its idle line moved past the window.
 Printed per variant: CPU in % of one core and in ms per call-second (median over the
-rounds), and the ratio.
+rounds), the main thread's share (where the event loop runs), and the ratio.
 
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.quiet_calls   # N=8, 3 rounds
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.quiet_calls --calls 4 --rounds 2
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.quiet_calls --against forwarded
 """
 
 from __future__ import annotations
@@ -64,7 +68,17 @@ def forwarding(self, *args, **kwargs):
 turn.TurnTaker.__init__ = forwarding
 sys.exit(main(sys.argv[1:]))
 """
-VARIANTS = ("now", "forwarded")
+# `voxline serve` with each call's VAD scoring frames in a thread of its own, as pipecat's does.
+VAD_THREAD_SERVE = """
+import sys
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer
+from voxline.bot.cli import main
+from voxline.processors import vad
+
+vad.SharedSileroVADAnalyzer.analyze_audio = VADAnalyzer.analyze_audio
+sys.exit(main(sys.argv[1:]))
+"""
+LAUNCHERS = {"forwarded": FORWARDING_SERVE, "vad-thread": VAD_THREAD_SERVE}
 
 
 def quiet_persona(tmp: Path, secs: float) -> Path:
@@ -90,7 +104,7 @@ def start_server(tmp: Path, persona: Path, variant: str, calls: int) -> tuple[Se
         token=TOKEN,
         max_calls=max(8, calls),
         engines={"llm": {"backend": "llama_cpp"}},
-        launcher=None if variant == "now" else [sys.executable, "-c", FORWARDING_SERVE],
+        launcher=None if variant == "now" else [sys.executable, "-c", LAUNCHERS[variant]],
     )
 
 
@@ -101,8 +115,9 @@ def line_noise(secs: float, seed: int) -> np.ndarray:
     return (rng.standard_normal(round(secs * 16_000)) * amplitude).astype(np.float32)
 
 
-async def one_round(url: str, pid: int, calls: int, secs: float) -> float:
-    """N quiet calls at once; the server's CPU seconds per second over the window."""
+async def one_round(url: str, pid: int, calls: int, secs: float) -> tuple[float, float]:
+    """N quiet calls at once; the server's CPU seconds per second over the window, all
+    its threads and its main thread (the event loop)."""
     arrived = 0
     everyone = asyncio.Event()
 
@@ -125,16 +140,26 @@ async def one_round(url: str, pid: int, calls: int, secs: float) -> float:
         await asyncio.wait_for(everyone.wait(), 60)
         await asyncio.sleep(1.0)  # the greetings' last audio and the calls' first frames
         process = psutil.Process(pid)
-        before, started = process.cpu_times(), time.monotonic()
+        before, loop_before, started = (
+            process.cpu_times(),
+            main_thread_secs(process),
+            time.monotonic(),
+        )
         await asyncio.sleep(secs)
-        after, elapsed = process.cpu_times(), time.monotonic() - started
+        after, loop_after = process.cpu_times(), main_thread_secs(process)
+        elapsed = time.monotonic() - started
     finally:
         results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {calls} calls failed: {failed[0]!r}")
     used = (after.user - before.user) + (after.system - before.system)
-    return used / elapsed
+    return used / elapsed, (loop_after - loop_before) / elapsed
+
+
+def main_thread_secs(process: psutil.Process) -> float:
+    """CPU seconds of the process's main thread, where ``voxline serve`` runs its loop."""
+    return next(t.user_time + t.system_time for t in process.threads() if t.id == process.pid)
 
 
 async def main() -> None:
@@ -142,37 +167,50 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=8, help="quiet callers at once (default 8)")
     parser.add_argument("--secs", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per variant (default 3)")
+    parser.add_argument(
+        "--against", choices=sorted(LAUNCHERS), default="vad-thread",
+        help="the variant compared with voxline as it is (default vad-thread)",
+    )  # fmt: skip
     args = parser.parse_args()
-    usage: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    variants = ("now", args.against)
+    usage: dict[str, list[tuple[float, float]]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="quiet_calls_") as name:
         tmp = Path(name)
         persona = quiet_persona(tmp, args.secs)
         for round_index in range(args.rounds):
             # Alternate the order so that drifting background load falls on both.
-            order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
+            order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
                 server, url = start_server(tmp, persona, variant, args.calls)
                 try:
-                    cores = await one_round(url, server.process.pid, args.calls, args.secs)
+                    cores, loop = await one_round(url, server.process.pid, args.calls, args.secs)
                 finally:
                     server.stop()
-                usage[variant].append(cores)
+                usage[variant].append((cores, loop))
                 print(
-                    f"round {round_index + 1} {variant:<9} {args.calls} quiet calls: server CPU "
-                    f"{cores * 100:5.1f} % of a core",
+                    f"round {round_index + 1} {variant:<10} {args.calls} quiet calls: server CPU "
+                    f"{cores * 100:5.1f} % of a core, main thread {loop * 100:5.1f} %",
                     flush=True,
                 )
-    medians = {variant: statistics.median(values) for variant, values in usage.items()}
-    for variant in VARIANTS:
-        per_call_ms = medians[variant] / args.calls * 1000
-        print(
-            f"{variant:<9} N={args.calls}: server CPU {medians[variant] * 100:5.1f} % of a core "
-            f"(median of {args.rounds}), {per_call_ms:.1f} ms per call-second"
+    medians = {
+        variant: (
+            statistics.median(cores for cores, _ in values),
+            statistics.median(loop for _, loop in values),
         )
-    ratios = ", ".join(
-        f"{variant}/now {medians[variant] / medians['now']:.2f}x" for variant in VARIANTS[1:]
+        for variant, values in usage.items()
+    }
+    for variant in variants:
+        cores, loop = medians[variant]
+        print(
+            f"{variant:<10} N={args.calls}: server CPU {cores * 100:5.1f} % of a core "
+            f"(median of {args.rounds}), {cores / args.calls * 1000:.1f} ms per call-second, "
+            f"main thread {loop * 100:5.1f} %"
+        )
+    (now, now_loop), (other, other_loop) = medians["now"], medians[args.against]
+    print(
+        f"quiet_calls: N={args.calls} server CPU {args.against}/now {other / now:.2f}x, "
+        f"main thread {other_loop / now_loop:.2f}x"
     )
-    print(f"quiet_calls: N={args.calls} server CPU {ratios}")
 
 
 if __name__ == "__main__":

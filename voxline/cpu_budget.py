@@ -22,8 +22,8 @@ The rules:
 * Whisper gets one worker per core up to 2, then one per two cores (at most 8);
   Piper two workers (one of them kept for first chunks), one per four cores from 8
   cores (at most 8); the end-of-turn model one worker;
-* pipecat's Silero VAD runs one thread per call on the event loop (0.1 ms per 32 ms
-  of audio, timed here with pipecat's analyzer); it is counted, not configurable.
+* the Silero VAD of each call runs on the event loop, no thread of its own (~0.1 ms per
+  32 ms of audio; ``voxline/processors/vad.py`` says why): it has no entry here.
 
 ``total_threads`` is bounded by :data:`MAX_THREADS_PER_CORE` threads per core
 (6 on 2 cores: LLM 1, Whisper 2, Piper 2, end-of-turn 1), and no engine alone gets
@@ -56,7 +56,6 @@ class CpuBudget:
         piper_threads: ONNX Runtime intra-op threads per synthesis.
         turn_workers: end-of-turn model runs at once.
         turn_threads: ONNX Runtime intra-op threads per end-of-turn run.
-        vad_threads_per_call: pipecat's Silero VAD (fixed by pipecat; on the event loop).
     """
 
     cores: int
@@ -67,11 +66,10 @@ class CpuBudget:
     piper_threads: int
     turn_workers: int
     turn_threads: int
-    vad_threads_per_call: int = 1
 
     @property
     def total_threads(self) -> int:
-        """Compute threads of the shared engines (the per-call VAD is not counted)."""
+        """Compute threads of the shared engines (the VAD runs on the event loop)."""
         return (
             self.llm_threads
             + self.whisper_workers * self.whisper_threads

@@ -8,6 +8,15 @@ context are inputs and outputs of each run, kept by pipecat's
 :class:`~pipecat.audio.vad.silero.SileroOnnxModel` wrapper. So each call gets its
 own wrapper (its state) around the process's one session; ONNX Runtime allows
 concurrent ``run`` calls on one session from several threads.
+
+pipecat also hands every frame of every call to a thread of the analyzer's own
+(``run_in_executor``) and awaits the result. A Silero run on 32 ms of audio takes
+about 0.1 ms; the hand-off costs more than that: a thread woken 50 times a second per
+call, and a future and its callbacks on the event loop. A sampling profile of
+``voxline serve`` with four phone calls found ``ThreadPoolExecutor.submit`` alone in
+about a fifth of the event loop's busy samples. So the analysis runs inline, on the
+loop that delivers the frame (``benchmarks/quiet_calls.py --against vad-thread``
+compares the two, docs/cpu.md).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from importlib import resources
 
 import onnxruntime
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
 
 @cache
@@ -46,10 +55,11 @@ def _call_state(session: onnxruntime.InferenceSession) -> SileroOnnxModel:
 
 
 class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    """pipecat's Silero VAD analyzer, on the process's shared ONNX session.
+    """pipecat's Silero VAD analyzer, on the process's shared ONNX session, run inline.
 
     Behaves exactly as :class:`SileroVADAnalyzer` (same thresholds, same state
-    resets); only the model load is shared.
+    resets); the model load is shared, and each frame is scored on the calling event
+    loop rather than handed to a thread (module doc).
 
     Args:
         sample_rate: 8000 or 16000, or None to take the pipeline's.
@@ -62,3 +72,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
         self._model = _call_state(shared_silero_session())
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        """The VAD's state after ``buffer``, scored here and now (module doc: why not in
+        a thread); the same state machine as pipecat's, which this calls."""
+        return self._run_analyzer(buffer)
