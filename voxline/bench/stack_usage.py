@@ -238,15 +238,15 @@ class StackUsage:
 
 
 def _cpu_secs(process: psutil.Process) -> tuple[float, float]:
-    """The process's CPU seconds (user + system) and its main thread's (0 if unknown)."""
+    """The process's CPU seconds (user + system) and its main thread's.
+
+    Raises:
+        psutil.Error: the process is gone or cannot be read (the sample skips it).
+    """
     times = process.cpu_times()
-    main = 0.0
-    try:
-        for thread in process.threads():
-            if thread.id == process.pid:
-                main = thread.user_time + thread.system_time
-    except psutil.Error:
-        pass
+    main = next(
+        (t.user_time + t.system_time for t in process.threads() if t.id == process.pid), 0.0
+    )
     return times.user + times.system, main
 
 
