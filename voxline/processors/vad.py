@@ -14,7 +14,7 @@ pipecat also hands every frame of every call to a thread of the analyzer's own
 about 0.1 ms; the hand-off costs more than that: a thread woken 50 times a second per
 call, and a future and its callbacks on the event loop. A sampling profile of
 ``voxline serve`` with four phone calls found ``ThreadPoolExecutor.submit`` alone in
-about a fifth of the event loop's busy samples. So the analysis runs inline, on the
+about a sixth of the event loop's busy samples. So the analysis runs inline, on the
 loop that delivers the frame (``benchmarks/quiet_calls.py --against vad-thread``
 compares the two, docs/cpu.md).
 """
