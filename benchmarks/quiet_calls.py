@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import ServerProcess, serve_voxline  # noqa: E402
+from voxline.bench.stack_usage import main_thread_secs  # noqa: E402
 from voxline.transports.twilio_caller import TwilioCaller  # noqa: E402
 
 TOKEN = "quiet-calls-benchmark-token"
@@ -155,11 +156,6 @@ async def one_round(url: str, pid: int, calls: int, secs: float) -> tuple[float,
         raise RuntimeError(f"{len(failed)} of {calls} calls failed: {failed[0]!r}")
     used = (after.user - before.user) + (after.system - before.system)
     return used / elapsed, (loop_after - loop_before) / elapsed
-
-
-def main_thread_secs(process: psutil.Process) -> float:
-    """CPU seconds of the process's main thread, where ``voxline serve`` runs its loop."""
-    return next(t.user_time + t.system_time for t in process.threads() if t.id == process.pid)
 
 
 async def main() -> None:

@@ -162,15 +162,20 @@ class StackUsage:
             except psutil.Error:
                 continue
             for process in processes:
+                if process.pid not in self._labels:
+                    self._labels[process.pid] = process_label(process)
+                label = self._labels[process.pid]
                 try:
                     with process.oneshot():
                         rss = process.memory_info().rss / 2**20
-                        cpu = _cpu_secs(process)
+                        times = process.cpu_times()
+                    # Only a bot server's main thread is reported: no other process's
+                    # threads are listed (vLLM's engine runs dozens).
+                    main = main_thread_secs(process) if label in MAIN_THREAD_LABELS else 0.0
                 except psutil.Error:
                     continue
-                if process.pid not in self._labels:
-                    self._labels[process.pid] = process_label(process)
-                key = (process.pid, self._labels[process.pid])
+                cpu = (times.user + times.system, main)
+                key = (process.pid, label)
                 self.peak[key] = max(self.peak.get(key, 0.0), rss)
                 self._cpu_first.setdefault(process.pid, cpu)
                 self._cpu_last[process.pid] = cpu
@@ -237,17 +242,16 @@ class StackUsage:
         )
 
 
-def _cpu_secs(process: psutil.Process) -> tuple[float, float]:
-    """The process's CPU seconds (user + system) and its main thread's.
+def main_thread_secs(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of the process's main thread, where a bot server runs
+    its event loop.
 
     Raises:
-        psutil.Error: the process is gone or cannot be read (the sample skips it).
+        psutil.Error: the process is gone or cannot be read.
     """
-    times = process.cpu_times()
-    main = next(
+    return next(
         (t.user_time + t.system_time for t in process.threads() if t.id == process.pid), 0.0
     )
-    return times.user + times.system, main
 
 
 def _machine_busy_secs() -> float:
