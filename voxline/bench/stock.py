@@ -71,6 +71,7 @@ class StockStack:
 
     async def _start_llm(self, model: str) -> str:
         if self.llm is not None:
+            self.llm.own_session = True  # a service of its own, as pipecat's users run it
             return (await self.llm.start()).api_url
         gguf = resolve_llm_gguf(model)
         if self.backend == "vllm":
@@ -91,6 +92,7 @@ class StockStack:
             self.llm = LlamaCppServer(
                 gguf, model_alias=model, n_threads=threads, prompt_cache_bytes=cache
             )
+        self.llm.own_session = True
         endpoint = await self.llm.start()
         return endpoint.api_url
 

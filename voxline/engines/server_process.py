@@ -3,8 +3,9 @@
 The Runtime launches OpenAI-compatible servers (llama.cpp, vLLM) as child
 processes on 127.0.0.1. Each runs in its own process group, so stopping it stops
 everything it started; on Linux it also receives SIGTERM if voxline dies without
-cleaning up. Its output is drained continuously (a full pipe would block it) and
-the last lines are kept for error messages.
+cleaning up. It stays in voxline's session, so that Linux's scheduler weighs its threads
+with voxline's own (see :attr:`SupervisedServer.own_session`). Its output is drained
+continuously (a full pipe would block it) and the last lines are kept for error messages.
 
 A server that exits on its own (a crash, the OOM killer, someone's ``kill``) is
 restarted on the same address, after 1 s, then 2, 4, 8, 16 and at most 30 s
@@ -136,6 +137,16 @@ class SupervisedServer:
     """
 
     ready_marker = "Uvicorn running on"
+    own_session = False
+    """Start the server in a session of its own (``setsid``) instead of voxline's.
+
+    Linux's autogroup scheduling (on by default in most distributions) shares the cores
+    between sessions first and between threads only inside a session: a server in a
+    session of its own gets a whole core at the peaks while voxline's event loop, Whisper
+    and Piper share the other one. voxline's servers stay in its session, where every
+    engine thread counts alike, as its CPU budget assumes (docs/cpu.md); the benchmarks
+    start stock pipecat's LLM server apart, as its users run it.
+    """
     # Lines that would crowd the useful ones out of the error tail.
     chatty_prefixes: tuple[str, ...] = ()
 
@@ -208,7 +219,8 @@ class SupervisedServer:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
-                start_new_session=True,
+                # A group of its own either way: stop() ends everything it started.
+                **({"start_new_session": True} if self.own_session else {"process_group": 0}),
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
