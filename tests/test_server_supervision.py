@@ -100,3 +100,31 @@ async def test_a_stopped_server_is_not_restarted(tmp_path):
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(server.restarted.wait(), 1.0)
     assert server.pid is None and server.restarts == 0
+
+
+def autogroup(pid: int) -> str | None:
+    """The scheduler's autogroup of a process ("/autogroup-12 nice 0"), where Linux has it."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+async def test_a_server_runs_in_a_group_of_its_own_and_in_voxlines_session(tmp_path, own_session):
+    server = TinyServer(tmp_path / "marker")
+    server.own_session = own_session
+    await server.start()
+    try:
+        pid = server.pid
+        assert pid is not None
+        assert os.getpgid(pid) == pid  # stop() ends the group: everything it started
+        if own_session:  # as the bench starts stock pipecat's server
+            assert os.getsid(pid) == pid
+        else:  # the scheduler weighs its threads with voxline's (docs/cpu.md)
+            assert os.getsid(pid) == os.getsid(0)
+            assert autogroup(pid) == autogroup(os.getpid())
+    finally:
+        await server.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
