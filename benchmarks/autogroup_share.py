@@ -25,8 +25,8 @@ SPIN = "import time\nend = time.monotonic() + {secs}\nwhile time.monotonic() < e
 
 def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
     """Wait for a child and return the CPU seconds it used (user and system)."""
-    _, _, usage = os.wait4(process.pid, 0)
-    process.returncode = 0  # reaped here: Popen must not wait for it again
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     return usage.ru_utime + usage.ru_stime
 
 

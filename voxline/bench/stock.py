@@ -70,9 +70,14 @@ class StockStack:
         return [pid for pid in pids if pid is not None]
 
     async def _start_llm(self, model: str) -> str:
-        if self.llm is not None:
-            self.llm.own_session = True  # a service of its own, as pipecat's users run it
-            return (await self.llm.start()).api_url
+        if self.llm is None:
+            self.llm = await self._voxline_llm(model)
+        self.llm.own_session = True  # a service of its own, as pipecat's users run it
+        endpoint = await self.llm.start()
+        return endpoint.api_url
+
+    async def _voxline_llm(self, model: str) -> SupervisedServer:
+        """An LLM server of the bench's backend with voxline's own settings."""
         gguf = resolve_llm_gguf(model)
         if self.backend == "vllm":
             # voxline's own settings, its CPU budget's threads included (docs/cpu.md).
@@ -82,19 +87,14 @@ class StockStack:
             )
             # Sized as voxline sizes it for one persona and the same calls.
             kv_cache = kv_cache_bytes(checkpoint, 1 + self.max_calls, settings.max_model_len)
-            self.llm = vllm_server(checkpoint, settings, model_alias=model, kv_cache=kv_cache)
-        else:
-            settings = ServerConfig().engines.llm
-            if settings.reencode_q4_1:  # the file voxline's own llama.cpp server loads
-                gguf = await fast_weights(gguf, settings.reencoded_dir)
-            cache = await asyncio.to_thread(prompt_cache_bytes, gguf, 1 + self.max_calls)
-            threads = settings.n_threads
-            self.llm = LlamaCppServer(
-                gguf, model_alias=model, n_threads=threads, prompt_cache_bytes=cache
-            )
-        self.llm.own_session = True
-        endpoint = await self.llm.start()
-        return endpoint.api_url
+            return vllm_server(checkpoint, settings, model_alias=model, kv_cache=kv_cache)
+        settings = ServerConfig().engines.llm
+        if settings.reencode_q4_1:  # the file voxline's own llama.cpp server loads
+            gguf = await fast_weights(gguf, settings.reencoded_dir)
+        cache = await asyncio.to_thread(prompt_cache_bytes, gguf, 1 + self.max_calls)
+        return LlamaCppServer(
+            gguf, model_alias=model, n_threads=settings.n_threads, prompt_cache_bytes=cache
+        )
 
     async def start(self) -> None:
         """Start the LLM server, then the bot; return once the bot takes calls.

@@ -220,7 +220,8 @@ class SupervisedServer:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
                 # A group of its own either way: stop() ends everything it started.
-                **({"start_new_session": True} if self.own_session else {"process_group": 0}),
+                start_new_session=self.own_session,
+                process_group=None if self.own_session else 0,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
