@@ -103,11 +103,17 @@ async def test_a_stopped_server_is_not_restarted(tmp_path):
 
 
 def autogroup(pid: int) -> str | None:
-    """The scheduler's autogroup of a process ("/autogroup-12 nice 0"), where Linux has it."""
+    """The scheduler's autogroup of a process ("/autogroup-12 nice 0"), where Linux has it.
+
+    None without autogroups, and also for a process in a CPU cgroup of its own (a container,
+    a systemd service with CPU accounting): Linux applies autogroups only in the root CPU
+    cgroup and prints nothing for the others.
+    """
     try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        fields = Path(f"/proc/{pid}/autogroup").read_text().split()
     except OSError:
         return None
+    return fields[0] if fields else None
 
 
 @pytest.mark.parametrize("own_session", [False, True])
