@@ -271,13 +271,19 @@ def ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f}"
 
 
+def clock(at: float) -> str:
+    """A ``time.time()`` as the server's log prints it (local time, milliseconds)."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
 def report_phase(name: str, phase: Phase) -> None:
     calls = phase.calls
     for c in calls:
         shown = " ".join("-" if v is None else f"{v:.0f}" for v in c.latencies)
         extra = f" ERROR {c.error}" if c.error else ""
-        if c.underruns or c.greeting_underruns:
-            extra += f" underruns={[round(g * 1000) for g in c.underruns + c.greeting_underruns]}"
+        if c.underruns_at:  # when, on the server log's clock, to read what the server did
+            moments = ", ".join(f"{gap * 1000:.0f} ms at {clock(at)}" for gap, at in c.underruns_at)
+            extra += f" underruns: {moments} ({c.call_sid})"
         print(f"  [{name} N={phase.n} caller {c.script.caller}] heard ms: {shown}{extra}")
     if phase.n == 1:
         trend = [c.first_reply for c in calls]

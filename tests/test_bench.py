@@ -255,9 +255,12 @@ def test_underruns_are_stalls_inside_one_bot_utterance():
         heard=heard,
         played=played,
         clear_times=[2.8],
+        opened_at=1000.0,
     )
     call = analyse(Script(0, ("en-us", 150, 50), (1,), ()), result, underrun_secs=0.06)
     assert [round(g, 3) for g in call.greeting_underruns] == [0.1]
+    # dated on the wall clock: the greeting's first 100 ms frame ended at 0.1 s
+    assert [(round(g, 3), round(at, 3)) for g, at in call.underruns_at] == [(0.1, 1000.1)]
     assert call.underruns == []
     assert round(call.stall_secs, 3) == 0.13
     assert call.latencies == [500.0] and call.answered and not call.refused

@@ -56,6 +56,9 @@ class Call:
     greeting_underruns: list[float] = field(default_factory=list)
     stall_secs: float = 0.0
     """All stalls inside bot utterances, however short."""
+    underruns_at: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds, wall-clock start as ``time.time()``) of every underrun, the greeting's too,
+    in the order heard: to find them in the server's log."""
     call_sid: str = ""
 
     @property
@@ -90,14 +93,15 @@ def bot_voiced_at(heard: np.ndarray, start: float, end: float) -> bool:
     return any(is_voiced(heard[at : at + size]) for at in range(begin, stop - size + 1, size))
 
 
-def stalls(result: DialResult) -> list[tuple[int, float]]:
-    """(bot utterance, seconds) of every stall inside a bot utterance (module docstring).
+def stalls(result: DialResult) -> list[tuple[int, float, float]]:
+    """(bot utterance, seconds, when) of every stall inside a bot utterance (module docstring).
 
     Bot utterance 0 is the greeting; utterance k is what the bot said after the caller
-    began its k-th turn and before it began the next.
+    began its k-th turn and before it began the next. ``when`` is the caller's clock at
+    the stall's start.
     """
     starts = [turn.caller_start for turn in result.turns if turn.caller_start is not None]
-    found: list[tuple[int, float]] = []
+    found: list[tuple[int, float, float]] = []
     chunks = [
         (start, start + pcm.size / PHONE_RATE, is_voiced(pcm)) for start, pcm in result.played
     ]
@@ -112,7 +116,7 @@ def stalls(result: DialResult) -> list[tuple[int, float]]:
                 gap = start - before
                 cleared = any(before - 0.001 <= at <= start for at in result.clear_times)
                 if gap > 0.001 and not cleared:
-                    found.append((window, gap))
+                    found.append((window, gap, before))
             spoken = spoken or voiced
     return found
 
@@ -133,10 +137,11 @@ def analyse(script: Script, result: DialResult, underrun_secs: float) -> Call:
         following = result.turns[index + 1].caller_start if index + 1 < len(result.turns) else None
         late = turn.bot_start is not None and following is not None and turn.bot_start >= following
         call.latencies.append(None if overheard or late else turn.latency_ms)
-    for window, gap in stalls(result):
+    for window, gap, when in stalls(result):
         call.stall_secs += gap
         if gap >= underrun_secs:
             (call.greeting_underruns if window == 0 else call.underruns).append(gap)
+            call.underruns_at.append((gap, result.opened_at + when))
     return call
 
 

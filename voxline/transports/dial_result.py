@@ -52,3 +52,6 @@ class DialResult:
     """Each ``media`` message of the bot's as (time it started playing, its samples)."""
     most_ahead_secs: float = 0.0
     """The most bot audio that waited to be played at once (received, not yet heard)."""
+    opened_at: float = 0.0
+    """Wall-clock time (``time.time()``) of the caller's clock's zero, to find its moments in
+    the server's log."""

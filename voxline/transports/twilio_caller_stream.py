@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -76,7 +77,12 @@ async def stream_call(
     origin = loop.time()
     clock = lambda: loop.time() - origin  # noqa: E731
     stream_sid = "MZ" + secrets.token_hex(16)
-    result = DialResult(call_sid=call_sid, turns=[], heard=np.zeros(0, dtype=np.int16))
+    result = DialResult(
+        call_sid=call_sid,
+        turns=[],
+        heard=np.zeros(0, dtype=np.int16),
+        opened_at=time.time() - clock(),
+    )
     ear = CallerEar(RATE)
     first_mark = asyncio.Event()
     bot_spoke = asyncio.Event()
