@@ -170,30 +170,6 @@ async def test_the_later_piece_needed_soonest_goes_first():
         engine.close()
 
 
-async def test_the_later_chunks_recent_wait_is_what_the_queue_made_them_wait():
-    """``later_chunk_wait``: None on an idle voice; then the queue-to-audio time of later
-    chunks (a first chunk does not count), so a chunk queued behind a long sentence
-    raises it."""
-    engine = _engine(workers=1, threads=1)
-    try:
-        assert engine.later_chunk_wait() is None
-        await _speak(engine, FIRST_CHUNK, first=True, label="first")
-        assert engine.later_chunk_wait() is None, "a first chunk is not a later chunk"
-        alone = await _speak(engine, FIRST_CHUNK, first=False, label="alone")
-        idle_wait = engine.later_chunk_wait()
-        assert idle_wait is not None and abs(idle_wait - alone) < 0.05
-        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="long"))
-        await _until(lambda: engine.busy >= 1)
-        await _speak(engine, FIRST_CHUNK, first=False, label="behind")
-        await busy
-        (behind,) = _records(engine, "behind")
-        busy_wait = engine.later_chunk_wait(quantile=1.0)
-        assert busy_wait is not None and busy_wait >= behind.ended_at - behind.queued_at - 1e-6
-        assert busy_wait > idle_wait + 0.05, (idle_wait, busy_wait)
-    finally:
-        engine.close()
-
-
 @pytest.mark.parametrize("urgent_secs", [0.5, None])
 async def test_an_urgent_later_piece_may_take_the_worker_kept_for_first_chunks(urgent_secs):
     """Two workers, one kept for first chunks: a later piece whose caller runs out of

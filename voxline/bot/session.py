@@ -337,12 +337,6 @@ def build_call(
                 max_chars=persona.chunking.max_chars,
                 speech_chars_per_sec=persona.chunking.speech_chars_per_sec,
                 runway_lead_ms=persona.chunking.runway_lead_ms,
-                # The shared voice falls behind when calls share the cores: cut sooner.
-                tts_wait=(
-                    None
-                    if persona.tts.engine == "orpheus"
-                    else runtime.piper(persona).later_chunk_wait
-                ),
             ),
             tts,
             SpeculativeAudioGate(),

@@ -66,9 +66,6 @@ DEFAULT_BUSY_FIRST_PHONEMES: int | None = None
 first replies but stalls in the greetings and a question heard by nobody (docs/tts.md)."""
 SLOW_FIRST_SECS = 1.0
 """A reply's first audio later than this after its request is logged (a caller waits)."""
-RECENT_SECS = 10.0
-"""How far back :meth:`PiperEngine.later_chunk_wait` looks: the voice's load now, not a
-burst a minute ago."""
 LATE_PIECE_SECS = 0.06
 """A piece ready this much after its caller ran out of audio is logged at DEBUG (three
 phone frames: a gap the caller hears)."""
@@ -199,27 +196,6 @@ class PiperEngine:
     def queued(self) -> int:
         """Pieces waiting for a worker."""
         return self._queue.queued
-
-    def later_chunk_wait(self, quantile: float = 0.9) -> float | None:
-        """How long a reply's later chunks have lately waited for their first audio.
-
-        The ``quantile`` of the times from request to audio of the first pieces of later
-        chunks (not first chunks, which have a worker of their own) ready in the last
-        :data:`RECENT_SECS`; ``None`` when there were none (the voice is idle). On an idle
-        2-core CPU ~0.05-0.1 s; several times that when calls share the cores, which is
-        how long before a caller runs out of audio its next words must reach the voice.
-        """
-        since = time.perf_counter() - RECENT_SECS
-        waits: list[float] = []
-        for record in reversed(list(self.records)):  # list(): workers append meanwhile
-            if record.ended_at < since:
-                break
-            if not record.first and record.piece == 0:
-                waits.append(record.ended_at - record.queued_at)
-        if not waits:
-            return None
-        waits.sort()
-        return waits[min(len(waits) - 1, int(quantile * len(waits)))]
 
     @property
     def busy(self) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 
 from pipecat.frames.frames import (
     AggregatedTextFrame,
@@ -62,9 +61,6 @@ MARKDOWN = re.compile(
 )
 EMOJI = re.compile("[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d]+")
 LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+$")
-RUNWAY_MARGIN_SECS = 0.35
-"""With ``tts_wait``: how much sooner than the voice's recent wait an unfinished sentence is
-cut, for the error of the audio's estimated length and the next words' tokens."""
 RUNWAY_MIN_WORDS = 4
 """The fewest words a chunk cut for the runway holds (more if ``min_first_words`` is
 higher): a mid-sentence cut of one or two words sounds broken, where a short first
@@ -236,10 +232,6 @@ class ChunkerProcessor(FrameProcessor):
             audio sent runs out; a higher figure cuts earlier.
         runway_lead_ms: how long before the audio sent runs out an unfinished sentence
             is cut (time for TTS to voice it); ``None`` waits for whole sentences.
-        tts_wait: how long the voice has lately taken to start a later chunk (seconds;
-            ``None``: no recent figure), read when a cut is timed: the lead is at least
-            that plus ``RUNWAY_MARGIN_SECS``, so that when calls share the cores and the
-            voice falls behind, sentences are cut soon enough for it.
     """
 
     def __init__(
@@ -251,7 +243,6 @@ class ChunkerProcessor(FrameProcessor):
         max_chars: int = 250,
         speech_chars_per_sec: float = 20.0,
         runway_lead_ms: float | None = 500,
-        tts_wait: Callable[[], float | None] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -266,7 +257,6 @@ class ChunkerProcessor(FrameProcessor):
         self._first_overdue = False  # max_wait_ms passed before enough words came
         self._chars_per_sec = speech_chars_per_sec
         self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
-        self._tts_wait = tts_wait
         self._deadline: asyncio.Task[None] | None = None
         self._runway_timer: asyncio.Task[None] | None = None
         self._clock = ReplyClock(_loop_time)  # when the audio sent will have been heard
@@ -352,17 +342,12 @@ class ChunkerProcessor(FrameProcessor):
             self._first_overdue = False
         return chunk
 
-    def _runway_lead(self) -> float:
-        """How long before the audio sent runs out the sentence being written is cut."""
-        lead = self._lead_secs or 0.0
-        tts_wait = self._tts_wait() if self._tts_wait is not None else None
-        return lead if tts_wait is None else max(lead, tts_wait + RUNWAY_MARGIN_SECS)
-
     async def _runway_deadline(self) -> None:
         loop = asyncio.get_running_loop()
+        lead = self._lead_secs or 0.0
         # A sentence that ends meanwhile moves the deadline on: look again after it.
         while (ends_at := self._clock.ends_at) is not None and (
-            wait := ends_at - self._runway_lead() - loop.time()
+            wait := ends_at - lead - loop.time()
         ) > 0:
             await asyncio.sleep(wait)  # a deadline, not synchronisation
         self._runway_timer = None
