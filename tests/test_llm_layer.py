@@ -312,3 +312,19 @@ async def test_a_stream_without_a_single_chunk_is_an_error_not_silence():
     with pytest.raises(EmptyCompletionError, match="without a single chunk"):
         async for _ in stream:
             pass
+
+
+@pytest.mark.parametrize(
+    ("configured", "kind", "max_calls", "cap"),
+    [
+        (None, "vllm", 8, 8),  # one slot per call: vLLM batches them
+        (None, "vllm", 2, 4),  # never under the cap the other servers get
+        (None, "llama_cpp", 8, 4),  # one request at a time anyway
+        (None, "external", 8, 4),  # its room is unknown
+        (2, "vllm", 8, 2),  # a set cap is kept
+    ],
+)
+def test_the_llm_clients_cap_follows_the_server_and_the_calls(configured, kind, max_calls, cap):
+    from voxline.bot.llm_servers import concurrency_cap
+
+    assert concurrency_cap(configured, kind, max_calls) == cap

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voxline.bot.runtime import Runtime
 from voxline.config import ServerConfig
+from voxline.engine_config import DEFAULT_MAX_CONCURRENT
 from voxline.engines.llm import free_port
 from voxline.personas import Persona
 from voxline.server.app import create_app
@@ -131,6 +132,10 @@ async def test_metrics_scrapes_do_not_reach_the_llm_server_and_name_no_url(serve
         # The counters were read in the background once the server started.
         labels = await wait_for_ratio(client, url, 0.75)
         assert labels == {"kind": "external", "model": "smollm2", "personas": "desk"}
+        # An external server's room is unknown: the client's default cap.
+        page = (await client.get(url + "/metrics")).text
+        slots = re.search(r'voxline_llm_slots\{kind="external",[^}]*\} (\S+)', page)
+        assert slots and float(slots.group(1)) == DEFAULT_MAX_CONCURRENT, page
 
         before, started = llm.metrics_requests, time.monotonic()
         pages = [(await client.get(url + "/metrics")).text for _ in range(SCRAPES)]

@@ -82,6 +82,9 @@ def running(pid: int) -> bool:
 # --- the shared vLLM-backed server -------------------------------------------------------------
 
 
+MAX_CALLS = 6  # not the LLM client's cap for other servers (4)
+
+
 @pytest.fixture(scope="module")
 def vllm_serve(tmp_path_factory) -> Iterator[dict]:
     """``voxline serve`` with the default engines (vLLM), its checkpoint folder fresh."""
@@ -94,6 +97,7 @@ def vllm_serve(tmp_path_factory) -> Iterator[dict]:
             f"""\
             public_url: http://127.0.0.1:{port}
             default_persona: {BANK_PERSONA}
+            max_calls: {MAX_CALLS}
             engines:
               vllm: {{checkpoint_dir: {checkpoints}}}  # empty: this start converts the model
             """
@@ -199,6 +203,9 @@ def test_a_phone_call_is_answered_on_vllm(vllm_serve):
     # The reply came from vLLM: its prefix cache served the persona's warmed prompt.
     ratio = re.search(r'voxline_llm_prefix_cache_hit_ratio\{kind="vllm",[^}]*\} (\S+)', metrics)
     assert ratio and float(ratio.group(1)) > 0, metrics
+    # vLLM batches: every call may have a request at the server, none waits for a slot.
+    slots = re.search(r'voxline_llm_slots\{kind="vllm",[^}]*\} (\S+)', metrics)
+    assert slots and float(slots.group(1)) == MAX_CALLS, metrics
 
 
 @pytest.mark.slow

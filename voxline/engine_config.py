@@ -24,6 +24,11 @@ HomePath = Annotated[Path, AfterValidator(Path.expanduser)]
 """A path in voxline.yaml, where ``~`` is the user's home."""
 
 
+DEFAULT_MAX_CONCURRENT = 4
+"""Requests sent at once to a llama.cpp or external LLM server when ``max_concurrent`` is
+unset (llama.cpp answers one at a time: a higher cap only moves the queue to the server)."""
+
+
 class WhisperConfig(StrictModel):
     """The shared Whisper engine."""
 
@@ -148,8 +153,13 @@ class EmbeddedLLMConfig(StrictModel):
         description="Where the Q8_0 copies of Q4_1 models are kept and reused.",
     )
     startup_timeout_secs: float = Field(default=120.0, gt=0)
-    max_concurrent: int = Field(
-        default=4, ge=1, description="Requests sent at once to each LLM server."
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests sent at once to each LLM server. Default: max_calls for vLLM, "
+        "which batches them, so that no call waits for another call's whole reply; "
+        f"{DEFAULT_MAX_CONCURRENT} for llama.cpp (one request at a time) and external "
+        "servers (docs/llm.md).",
     )
     max_waiting: int = Field(
         default=32, ge=0, description="Requests waiting for a slot before new ones are refused."

@@ -18,7 +18,7 @@ from loguru import logger
 
 from voxline.bot.tool_wiring import persona_prefix
 from voxline.config import ServerConfig
-from voxline.engine_config import VLLMConfig
+from voxline.engine_config import DEFAULT_MAX_CONCURRENT, VLLMConfig
 from voxline.engines.gguf_reencode import fast_weights
 from voxline.engines.llm import (
     LlamaCppServer,
@@ -53,6 +53,20 @@ def vllm_server(model: str, settings: VLLMConfig, *, model_alias: str, kv_cache:
         extra_args=settings.extra_args,
         startup_timeout=settings.startup_timeout_secs,
     )
+
+
+def concurrency_cap(configured: int | None, kind: BackendKind, max_calls: int) -> int:
+    """Requests sent at once to one LLM server: ``engines.llm.max_concurrent`` when set.
+
+    Unset, vLLM gets one per call: it batches them (four at once on this CPU made a token
+    1.1x slower than one alone), and under a smaller cap the calls beyond it waited for the
+    others' whole replies (eight calls under the old cap of four: first tokens of 0.3-0.5 s
+    and of 2.8-3.4 s, docs/benchmarks.md). llama.cpp answers one request at a time, so a
+    higher cap only moves its queue to the server; an external server's room is unknown.
+    """
+    if configured is not None:
+        return configured
+    return max(max_calls, DEFAULT_MAX_CONCURRENT) if kind == "vllm" else DEFAULT_MAX_CONCURRENT
 
 
 class LLMServers:
@@ -115,7 +129,7 @@ class LLMServers:
         return LLMBackend(
             endpoint,
             kind=kind,
-            max_concurrent=settings.max_concurrent,
+            max_concurrent=concurrency_cap(settings.max_concurrent, kind, self._config.max_calls),
             max_waiting=settings.max_waiting,
             prefix_counter=server.prefix_counters if isinstance(server, LlamaCppServer) else None,
         )

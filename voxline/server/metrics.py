@@ -77,6 +77,11 @@ class VoxlineCollector(Collector):
             "Share of prompt tokens the LLM server served from its prefix cache.",
             labels=LLM_LABELS,
         )
+        slots = GaugeMetricFamily(
+            "voxline_llm_slots",
+            "LLM requests sent at once to the server (engines.llm.max_concurrent).",
+            labels=LLM_LABELS,
+        )
         running = GaugeMetricFamily(
             "voxline_llm_requests_running", "LLM requests holding a slot.", labels=LLM_LABELS
         )
@@ -92,10 +97,11 @@ class VoxlineCollector(Collector):
             labels = llm_labels(backend)
             if backend.prefix_cache_hit_ratio is not None:
                 hit_ratio.add_metric(labels, backend.prefix_cache_hit_ratio)
+            slots.add_metric(labels, backend.cap.max_concurrent)
             running.add_metric(labels, backend.cap.running)
             waiting.add_metric(labels, backend.cap.waiting)
             wait_p95.add_metric(labels, _p95(backend.cap.wait_secs))
-        yield from (hit_ratio, running, waiting, wait_p95)
+        yield from (hit_ratio, slots, running, waiting, wait_p95)
 
         batch_size = GaugeMetricFamily(
             "voxline_whisper_batch_size_mean",
