@@ -334,3 +334,30 @@ async def test_a_one_word_first_clause_goes_alone_but_runway_cuts_keep_four_word
     assert texts[0] == "Sure,", texts
     assert all(len(text.split()) >= RUNWAY_MIN_WORDS for text in texts[1:-1]), texts
     assert " ".join(texts) == "Sure, I can see, your account and your balance is fine today."
+
+
+async def first_chunk_of(chunker: ChunkerProcessor, text: str, token_secs: float) -> str:
+    """The first chunk of ``text`` streamed a word every ``token_secs``."""
+    collect = Collect()
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame())
+        for token in words(text):
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(token_secs)  # the LLM's token rate
+        await run.queue(LLMFullResponseEndFrame())
+    return collect.chunks[0][1]
+
+
+async def test_a_reply_written_slowly_starts_with_a_longer_first_chunk():
+    """Written slower than twice the voice (an LLM shared by many calls), a first clause
+    of two words would run out before the next words come: the first chunk waits for
+    ``slow_first_words``; written fast, the short clause goes alone."""
+    text = "I'm sorry, but I am unable to do that for you today."
+    fast = await first_chunk_of(ChunkerProcessor(), text, token_secs=0.01)
+    assert fast == "I'm sorry,"
+    # ~5 characters a word every 0.2 s: 25 characters a second, under 2 x 20
+    slow = await first_chunk_of(ChunkerProcessor(), text, token_secs=0.2)
+    assert len(slow.split()) >= 6, slow
+    assert slow == "I'm sorry, but I am unable", slow
+    off = await first_chunk_of(ChunkerProcessor(slow_first_words=None), text, token_secs=0.2)
+    assert off == "I'm sorry,"

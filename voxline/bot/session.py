@@ -337,6 +337,7 @@ def build_call(
                 max_chars=persona.chunking.max_chars,
                 speech_chars_per_sec=persona.chunking.speech_chars_per_sec,
                 runway_lead_ms=persona.chunking.runway_lead_ms,
+                slow_first_words=persona.chunking.slow_first_words,
             ),
             tts,
             SpeculativeAudioGate(),

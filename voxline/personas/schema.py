@@ -160,6 +160,14 @@ class ChunkingSettings(StrictModel):
         description="How long before the audio sent runs out a sentence still being written "
         "goes out in part (its last clause boundary or whole word); none: whole sentences.",
     )
+    slow_first_words: int | None = Field(
+        default=6,
+        ge=1,
+        le=40,
+        description="While the reply is written slower than twice the voice's speed (an LLM "
+        "shared by many calls at once), its first chunk holds this many words, so that it "
+        "lasts until the next words are written and voiced; none: no such rule.",
+    )
 
 
 class CallLimits(StrictModel):

@@ -61,6 +61,9 @@ MARKDOWN = re.compile(
 )
 EMOJI = re.compile("[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d]+")
 LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+$")
+SLOW_STREAM_FACTOR = 2.0
+"""A reply written slower than this many times the voice's speed (``speech_chars_per_sec``)
+is slow: its first chunk holds ``slow_first_words`` words."""
 RUNWAY_MIN_WORDS = 4
 """The fewest words a chunk cut for the runway holds (more if ``min_first_words`` is
 higher): a mid-sentence cut of one or two words sounds broken, where a short first
@@ -115,6 +118,11 @@ class SentenceChunker:
     def has_text(self) -> bool:
         """Whether words of the reply wait that have not gone out in a chunk."""
         return bool(self._buffer.strip())
+
+    @property
+    def before_first(self) -> bool:
+        """Whether the reply's first chunk has not gone out yet (its text may not have come)."""
+        return self._first
 
     @property
     def waiting_for_first(self) -> bool:
@@ -232,6 +240,11 @@ class ChunkerProcessor(FrameProcessor):
             audio sent runs out; a higher figure cuts earlier.
         runway_lead_ms: how long before the audio sent runs out an unfinished sentence
             is cut (time for TTS to voice it); ``None`` waits for whole sentences.
+        slow_first_words: the words a first chunk holds, at a clause boundary or when
+            ``max_wait_ms`` has passed, while the reply is written slower than
+            ``SLOW_STREAM_FACTOR`` times the voice's speed (an LLM shared by many calls at
+            once): a first clause of one or two words would run out before the next words
+            are written and voiced. ``None``: no such rule.
     """
 
     def __init__(
@@ -243,6 +256,7 @@ class ChunkerProcessor(FrameProcessor):
         max_chars: int = 250,
         speech_chars_per_sec: float = 20.0,
         runway_lead_ms: float | None = 500,
+        slow_first_words: int | None = 6,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -257,6 +271,10 @@ class ChunkerProcessor(FrameProcessor):
         self._first_overdue = False  # max_wait_ms passed before enough words came
         self._chars_per_sec = speech_chars_per_sec
         self._lead_secs = None if runway_lead_ms is None else runway_lead_ms / 1000
+        self._min_first_words = min_first_words
+        self._slow_first_words = slow_first_words
+        self._reply_began: float | None = None  # when the reply's first text came
+        self._reply_chars = 0  # characters of the reply after its first text
         self._deadline: asyncio.Task[None] | None = None
         self._runway_timer: asyncio.Task[None] | None = None
         self._clock = ReplyClock(_loop_time)  # when the audio sent will have been heard
@@ -265,6 +283,7 @@ class ChunkerProcessor(FrameProcessor):
         """Chunk LLM text; pass every other frame through."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMTextFrame) and not frame.skip_tts:
+            self._note_text(frame.text)
             chunks = self._chunker.push(frame.text)
             if chunks:
                 self._cancel_deadline()
@@ -286,11 +305,13 @@ class ChunkerProcessor(FrameProcessor):
             if rest:
                 await self._push_chunk(rest)
             self._forget_runway()
+            self._reply_began = None
         elif isinstance(
             frame, (LLMFullResponseStartFrame, InterruptionFrame, EagerEndOfTurnCancelFrame)
         ):
             self._cancel_timers()
             self._chunker.reset()
+            self._reply_began = None
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._forget_runway()
             else:
@@ -336,8 +357,32 @@ class ChunkerProcessor(FrameProcessor):
             self._watch_runway()
         # Too few words yet: each token looks again until there are enough.
 
+    def _note_text(self, text: str) -> None:
+        """Time the reply's writing, and while its first chunk waits, size it to the speed."""
+        now = _loop_time()
+        if self._reply_began is None:
+            self._reply_began, self._reply_chars = now, 0
+        else:
+            self._reply_chars += len(text)
+        if self._chunker.before_first:
+            slow = self._slow_first_words is not None and self._writing_slowly(now)
+            words = self._slow_first_words if slow else None
+            self._chunker.min_first_words = max(self._min_first_words, words or 0)
+
+    def _writing_slowly(self, now: float) -> bool:
+        """Whether the reply is written slower than ``SLOW_STREAM_FACTOR`` x the voice."""
+        if self._reply_began is None or now <= self._reply_began:
+            return False
+        rate = self._reply_chars / (now - self._reply_began)
+        return rate < SLOW_STREAM_FACTOR * self._chars_per_sec
+
+    def _first_words_needed(self) -> int:
+        if self._slow_first_words is not None and self._writing_slowly(_loop_time()):
+            return max(self._max_wait_min_words, self._slow_first_words)
+        return self._max_wait_min_words
+
     def _take_first_words(self) -> str | None:
-        chunk = self._chunker.take_first_words(self._max_wait_min_words)
+        chunk = self._chunker.take_first_words(self._first_words_needed())
         if not self._chunker.waiting_for_first:  # taken, or nothing left to wait for
             self._first_overdue = False
         return chunk
