@@ -45,7 +45,8 @@ from benchmarks.common import percentile  # noqa: E402
 from tests.pipelines import RunningPipeline  # noqa: E402
 from voxline.engines.piper import PiperEngine  # noqa: E402
 from voxline.models import PiperVoiceFiles, resolve_piper  # noqa: E402
-from voxline.processors.chunker import SENTENCE_END, ChunkerProcessor  # noqa: E402
+from voxline.processors.chunker import ChunkerProcessor  # noqa: E402
+from voxline.processors.sentence_chunker import SENTENCE_END  # noqa: E402
 from voxline.processors.tts import SharedPiperTTSService  # noqa: E402
 
 REPLIES = [

@@ -19,8 +19,9 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipelines import RunningPipeline
 
-from voxline.processors.chunker import RUNWAY_MIN_WORDS, ChunkerProcessor, SentenceChunker
+from voxline.processors.chunker import RUNWAY_MIN_WORDS, ChunkerProcessor
 from voxline.processors.frames import ReplySpeculationFrame
+from voxline.processors.sentence_chunker import SentenceChunker
 
 LONG = " ".join(["word"] * 80)
 

@@ -26,7 +26,7 @@ from voxline.bot.runtime import Runtime
 from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.personas import Persona, load_persona
-from voxline.processors.chunker import SentenceChunker
+from voxline.processors.sentence_chunker import SentenceChunker
 
 QUESTION = "Hi, what is my account balance?"
 SERVER_PID = re.compile(r"llama\.cpp server pid (\d+) starting")

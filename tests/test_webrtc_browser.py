@@ -258,7 +258,7 @@ def test_a_browser_barge_in_leaves_in_the_context_only_what_was_sent(server):
     from speech import caller_voice
 
     from voxline.personas import load_persona
-    from voxline.processors.chunker import SentenceChunker
+    from voxline.processors.sentence_chunker import SentenceChunker
 
     # The caller speaks on cue, not on a clock: the question once the greeting is over, the
     # barge-in once the page has heard the answer for a while, however late it started.
