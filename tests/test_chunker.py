@@ -214,7 +214,9 @@ class Collect(FrameProcessor):
 
 async def test_the_first_chunk_goes_out_after_max_wait_without_a_boundary():
     collect = Collect()
-    async with RunningPipeline([ChunkerProcessor(max_wait_ms=200), collect]) as run:
+    # 0.1 s a token is slow enough for the rule of replies written slowly, tested below.
+    chunker = ChunkerProcessor(max_wait_ms=200, slow_first_words=None)
+    async with RunningPipeline([chunker, collect]) as run:
         await run.queue(LLMFullResponseStartFrame())
         started = time.perf_counter()
         for token in ["Well", " let", " me", " think", " about"]:  # no boundary, slow tokens
@@ -351,7 +353,7 @@ async def first_chunk_of(chunker: ChunkerProcessor, text: str, token_secs: float
 
 
 async def test_a_reply_written_slowly_starts_with_a_longer_first_chunk():
-    """Written slower than twice the voice (an LLM shared by many calls), a first clause
+    """Written slower than three times the voice (an LLM shared by many calls), a first clause
     of two words would run out before the next words come: the first chunk waits for
     ``slow_first_words``; written fast, the short clause goes alone."""
     text = "I'm sorry, but I am unable to do that for you today."

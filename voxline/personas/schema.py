@@ -164,7 +164,7 @@ class ChunkingSettings(StrictModel):
         default=6,
         ge=1,
         le=40,
-        description="While the reply is written slower than twice the voice's speed (an LLM "
+        description="While the reply is written slower than three times the voice's speed (an LLM "
         "shared by many calls at once), its first chunk holds this many words, so that it "
         "lasts until the next words are written and voiced; none: no such rule.",
     )

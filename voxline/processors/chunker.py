@@ -4,8 +4,8 @@ The first chunk of a reply goes to TTS at its first clause boundary (``,`` ``;``
 ``:`` or a dash) once it holds ``min_first_words`` words, or at its first sentence
 end, or when ``max_wait_ms`` pass without either (with the whole words so far, once
 there are ``max_wait_min_words``) — whichever comes first: the caller hears the bot
-after a few words instead of a whole sentence. A reply written slower than twice the
-voice's speed (an LLM shared by many calls at once) waits for ``slow_first_words`` words
+after a few words instead of a whole sentence. A reply written slower than three times
+the voice's speed (an LLM shared by many calls at once) waits for ``slow_first_words`` words
 instead: a first clause of one or two words would run out before the next words are
 written and voiced. Later chunks
 are whole sentences (or lines of a list), at most ``max_chars`` long, which sound
@@ -43,7 +43,7 @@ from voxline.processors.frames import ReplySpeculationFrame
 from voxline.processors.reply_clock import ReplyClock
 from voxline.processors.sentence_chunker import SentenceChunker
 
-SLOW_STREAM_FACTOR = 2.0
+SLOW_STREAM_FACTOR = 3.0
 """A reply written slower than this many times the voice's speed (``speech_chars_per_sec``)
 is slow: its first chunk holds ``slow_first_words`` words."""
 RUNWAY_MIN_WORDS = 4
