@@ -207,21 +207,21 @@ class ChunkerProcessor(FrameProcessor):
         else:
             self._reply_chars += len(text)
         if self._chunker.before_first:
-            slow = self._slow_first_words is not None and self._writing_slowly(now)
-            words = self._slow_first_words if slow else None
-            self._chunker.min_first_words = max(self._min_first_words, words or 0)
+            self._chunker.min_first_words = max(self._min_first_words, self._slow_words(now))
 
-    def _writing_slowly(self, now: float) -> bool:
-        """Whether the reply is written slower than ``SLOW_STREAM_FACTOR`` x the voice."""
-        if self._reply_began is None or now <= self._reply_began:
-            return False
+    def _slow_words(self, now: float) -> int:
+        """``slow_first_words`` while the reply is written slower than
+        ``SLOW_STREAM_FACTOR`` x the voice, else 0 (no rule of its own)."""
+        if self._slow_first_words is None or self._reply_began is None:
+            return 0
+        if now <= self._reply_began:
+            return 0
         rate = self._reply_chars / (now - self._reply_began)
-        return rate < SLOW_STREAM_FACTOR * self._chars_per_sec
+        slow = rate < SLOW_STREAM_FACTOR * self._chars_per_sec
+        return self._slow_first_words if slow else 0
 
     def _first_words_needed(self) -> int:
-        if self._slow_first_words is not None and self._writing_slowly(_loop_time()):
-            return max(self._max_wait_min_words, self._slow_first_words)
-        return self._max_wait_min_words
+        return max(self._max_wait_min_words, self._slow_words(_loop_time()))
 
     def _take_first_words(self) -> str | None:
         chunk = self._chunker.take_first_words(self._first_words_needed())
