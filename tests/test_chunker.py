@@ -21,7 +21,7 @@ from pipelines import RunningPipeline
 
 from voxline.processors.chunker import RUNWAY_MIN_WORDS, ChunkerProcessor
 from voxline.processors.frames import ReplySpeculationFrame
-from voxline.processors.sentence_chunker import SentenceChunker
+from voxline.processors.sentence_chunker import MARKS_AT_WORD_END, SentenceChunker
 
 LONG = " ".join(["word"] * 80)
 
@@ -143,11 +143,33 @@ def words(text: str) -> list[str]:
     return [piece for piece in text.replace(" ", "\0 ").split("\0") if piece]
 
 
+def characters(text: str) -> list[str]:
+    """One character at a time, but a mark with the character after it when its word
+    goes on ("help.d"): a mark that arrives last after a word ends the chunk."""
+    pieces: list[str] = []
+    for char in text:
+        if pieces and pieces[-1][-1] in MARKS_AT_WORD_END and not char.isspace():
+            pieces[-1] += char
+        else:
+            pieces.append(char)
+    return pieces
+
+
+def split_at(text: str, cuts: list[int]) -> list[str]:
+    """``text`` split at ``cuts``, except right after a mark whose word goes on."""
+    points = sorted(
+        c
+        for c in set(cuts)
+        if 0 < c < len(text) and not (text[c - 1] in MARKS_AT_WORD_END and not text[c].isspace())
+    )
+    return [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+
+
 @pytest.mark.parametrize(("text", "expected"), CASES, ids=[c[0][:40] for c in CASES])
 def test_chunks(text: str, expected: list[str]):
     assert chunks_of(text, [text]) == expected
     assert chunks_of(text, words(text)) == expected
-    assert chunks_of(text, list(text)) == expected, "one character at a time"
+    assert chunks_of(text, characters(text)) == expected, "one character at a time"
 
 
 def test_the_table_is_big_enough():
@@ -166,9 +188,50 @@ VOCABULARY = ["Sure,", "the", "fee", "is", "$3.50.", "Dr.", "Lee", "said:", "e.g
 )
 def test_any_token_boundaries_give_the_same_chunks(tokens: list[str], cuts: list[int]):
     text = " ".join(tokens)
-    points = sorted({c for c in cuts if 0 < c < len(text)})
-    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
-    assert chunks_of(text, pieces) == chunks_of(text, [text]) == chunks_of(text, list(text))
+    pieces = split_at(text, cuts)
+    assert chunks_of(text, pieces) == chunks_of(text, [text]) == chunks_of(text, characters(text))
+
+
+@pytest.mark.parametrize(
+    ("first", "rest", "expected"),
+    [
+        ("I'm sorry,", " let me check.", ["I'm sorry,", "let me check."]),
+        ("Yes, I can do that.", " Anything else?", ["Yes, I can do that.", "Anything else?"]),
+        ("Really?", "!", ["Really?"]),  # "?!": the "!" has nothing to say
+        ('He said "call me."', " Then", ['He said "call me."', "Then"]),
+        ("Your card is blocked now.", "", ["Your card is blocked now."]),
+        ("It is well-known;", " sure.", ["It is well-known;", "sure."]),
+    ],
+)
+def test_a_mark_after_a_word_ends_a_chunk_before_the_next_token(
+    first: str, rest: str, expected: list[str]
+):
+    chunker = SentenceChunker(min_first_words=2)
+    assert chunker.push(first) == expected[:1], "cut as the mark arrives"
+    out = chunker.push(rest)
+    out += [r] if (r := chunker.flush()) else []
+    assert out == expected[1:]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The fee is $3.",  # "$3.50"
+        "Bring an ID, e.",  # "e.g."
+        "Talk to Dr.",
+        "It is form No.",  # "No. 5"
+        "It opens at 9 a.",
+        "Write to x@northwind.",
+        "Visit www.",
+        "We ship in the U.",
+        "The rate is 4.2.",
+        "Our guide is at https:",
+    ],
+)
+def test_a_mark_that_may_go_on_waits_for_the_next_character(text: str):
+    chunker = SentenceChunker(min_first_words=10)  # no clause ends a first chunk here
+    assert chunker.push(text) == []
+    assert chunker.has_text
 
 
 def test_take_first_words_and_reset():
@@ -181,10 +244,10 @@ def test_take_first_words_and_reset():
     first.push("Well, let me think about")
     assert first.take_first_words() == "Well, let me think"  # every whole word, not "Well,"
     assert not chunker.waiting_for_first
-    assert chunker.push(" you, okay. Next one.") == ["for you, okay."]
+    assert chunker.push(" you, okay. Next one.") == ["for you, okay.", "Next one."]
     chunker.reset()
-    assert chunker.push("One, two, three, four, five.") == ["One, two, three, four,"]
-    assert chunker.flush() == "five."
+    assert chunker.push("One, two, three, four, five") == ["One, two, three, four,"]
+    assert chunker.flush() == "five"
 
 
 def test_take_words_prefers_the_last_clause_boundary():
