@@ -168,9 +168,14 @@ async def test_the_warm_ups_send_a_byte_identical_prefix_of_the_calls_requests()
     assert any(REPLY in turn.bot_text for turn in result.turns), result.turns
 
     requests = [json.loads(raw) for raw in llm.bodies]
-    warm_prefix, warm_call, *turns = requests
+    warm_prefix, warm_call, *rest = requests
     assert not warm_prefix.get("stream") and not warm_call.get("stream"), requests
-    assert turns and all(turn.get("stream") for turn in turns), requests
+    turns = [request for request in rest if request.get("stream")]
+    # The caller's words so far, sent while they spoke (the server was idle): one-token
+    # requests before the turn's own (voxline/processors/turn_prefill.py).
+    prefills = rest[: rest.index(turns[0])] if turns else rest
+    assert turns and all(turn.get("stream") for turn in rest[len(prefills) :]), requests
+    assert prefills, "the caller's words went to the server only after their pause"
     call = encoded(turns[0]["messages"])
 
     # The persona's prefix: the prompt first, then the tools, in every request.
@@ -185,6 +190,13 @@ async def test_the_warm_ups_send_a_byte_identical_prefix_of_the_calls_requests()
     for turn in turns:
         assert encoded(turn["messages"])[: len(warmed)] == warmed
     assert call[len(warmed)].startswith(b"user\n"), call
+    # A prefill is the turn's request but for its last words: the same bytes up to the
+    # caller's message, which begins as the turn's does.
+    for prefill in prefills:
+        sent = encoded(prefill["messages"])
+        assert sent[:-1] == call[:-1] and sent[-1].startswith(b"user\n"), sent
+        first_word = prefill["messages"][-1]["content"].split()[0]
+        assert first_word == turns[0]["messages"][-1]["content"].split()[0], prefill
 
 
 async def test_a_forced_tool_call_gets_room_for_its_arguments_the_spoken_reply_does_not():

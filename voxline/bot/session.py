@@ -55,6 +55,7 @@ from voxline.processors.speculation import SpeculativeAudioGate
 from voxline.processors.tts import SharedPiperTTSService
 from voxline.processors.tts_orpheus import OrpheusTTSService
 from voxline.processors.turn import BotAudioHold, TurnTaker, TurnTakingSettings
+from voxline.processors.turn_state import IdleCheck
 from voxline.processors.turn_stop import OnceEagerUserTurnStrategies
 from voxline.processors.vad import SharedSileroVADAnalyzer
 from voxline.tools.builtins import CallControl
@@ -164,11 +165,14 @@ def turn_taker(
     runtime: Runtime,
     on_stt: Callable[[int, float], None] | None = None,
     hold: BotAudioHold | None = None,
+    llm_idle: IdleCheck | None = None,
 ) -> TurnTaker:
     """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model.
 
     ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces);
-    ``hold`` is the output transport's hold on the bot's audio, if it has one.
+    ``hold`` is the output transport's hold on the bot's audio, if it has one;
+    ``llm_idle`` says whether the call's LLM server has nothing to do (the caller's words
+    so far are then prefilled on it, :mod:`~voxline.processors.turn_prefill`).
     """
     turn = persona.turn
     whisper = runtime.whisper(persona)
@@ -201,6 +205,7 @@ def turn_taker(
         ),
         transcribe=transcribe,
         transcriber_idle=lambda: whisper.idle,
+        llm_idle=llm_idle,
         end_of_turn=decide if engine is not None else None,
         settings=TurnTakingSettings(
             **{
@@ -287,6 +292,7 @@ def build_call(
         backend=backend,
         # A call's own facts follow the cached persona prefix: computed as it starts.
         warm_context=call_prefix(persona, context) if facts else None,
+        context=context,
         first_token_timeout_secs=persona.llm.first_token_timeout_secs,
         total_timeout_secs=persona.llm.total_timeout_secs,
         tool_call_max_tokens=persona.llm.tool_call_max_tokens,
@@ -321,7 +327,11 @@ def build_call(
     )
     tts = persona_tts(persona, runtime)
     turns = turn_taker(
-        persona, runtime, on_stt=tracer.note_stt, hold=getattr(transport.output(), "hold", None)
+        persona,
+        runtime,
+        on_stt=tracer.note_stt,
+        hold=getattr(transport.output(), "hold", None),
+        llm_idle=lambda: backend.idle,
     )
     pipeline = Pipeline(
         [

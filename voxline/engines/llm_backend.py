@@ -169,6 +169,11 @@ class LLMBackend:
         """``async with backend.slot():`` around one request (see :class:`ConcurrencyCap`)."""
         return self.cap.slot()
 
+    @property
+    def idle(self) -> bool:
+        """No request of any call is running on the server or waiting for a slot."""
+        return self.cap.running == 0 and self.cap.waiting == 0
+
     async def stream_chat(self, **request) -> AsyncIterator:
         """Stream one chat completion while holding a slot; closing the iterator
         closes the HTTP stream, which makes the server stop generating.

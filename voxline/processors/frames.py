@@ -35,6 +35,18 @@ class SpeculationStartedFrame(SystemFrame):
 
 
 @dataclass
+class CallerWordsSoFarFrame(SystemFrame):
+    """What the caller has said so far, transcribed while they still speak, for the LLM
+    server to compute ahead of the turn's request (:mod:`~voxline.processors.turn_prefill`).
+
+    Parameters:
+        text: the transcript of the turn's audio so far.
+    """
+
+    text: str = ""
+
+
+@dataclass
 class SpeculationCancelledFrame(SystemFrame):
     """The caller spoke again before the turn was committed: the speculation is void.
 

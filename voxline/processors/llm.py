@@ -43,7 +43,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.llm import OpenAILLMService
 
 from voxline.engines.llm import LLMBackend
-from voxline.processors.frames import ReplySpeculationFrame
+from voxline.processors.frames import CallerWordsSoFarFrame, ReplySpeculationFrame
 from voxline.processors.speculation import SpeculationTracker
 from voxline.processors.tool_call_stream import (
     DEFAULT_FIRST_TOKEN_TIMEOUT_SECS,
@@ -65,6 +65,8 @@ class VoxlineLLMService(OpenAILLMService):
             request when the call starts, so that the server has computed it
             before the caller's first words (with the embedded llama.cpp server,
             facts after the cached persona prefix otherwise cost about 0.4 s).
+        context: the call's conversation (the one its aggregators keep), with which
+            :meth:`prefill` sends the caller's words so far; None: no prefill.
         first_token_timeout_secs: a completion with no first token this long after it
             was asked (slot wait included) fails with :class:`LLMTimeoutError`.
         total_timeout_secs: a completion still streaming this long after it was
@@ -83,6 +85,7 @@ class VoxlineLLMService(OpenAILLMService):
         *,
         backend: LLMBackend | None = None,
         warm_context: LLMContext | None = None,
+        context: LLMContext | None = None,
         first_token_timeout_secs: float = DEFAULT_FIRST_TOKEN_TIMEOUT_SECS,
         total_timeout_secs: float = DEFAULT_TOTAL_TIMEOUT_SECS,
         tool_call_max_tokens: int = 128,
@@ -95,6 +98,8 @@ class VoxlineLLMService(OpenAILLMService):
         self._total_timeout_secs = total_timeout_secs
         self._warm_context = warm_context
         self._warm_task: asyncio.Task | None = None
+        self._context = context
+        self._prefill_task: asyncio.Task | None = None
         self._speculation_gate = SpeculationTracker(name=f"{self}::SpeculationTracker")
         self._turn_settled = asyncio.Event()
         self._turn_settled.set()
@@ -135,6 +140,9 @@ class VoxlineLLMService(OpenAILLMService):
         """Announce whether each completion answers an open turn, ahead of its frames."""
         if isinstance(frame, (VADUserStartedSpeakingFrame, InterruptionFrame)):
             self._activity += 1
+        if isinstance(frame, CallerWordsSoFarFrame):
+            self.prefill(frame.text)
+            return  # for the server alone
         if isinstance(frame, StartFrame) and self._warm_context is not None:
             self._warm_task = self.create_task(self._warm_up(self._warm_context))
             self._warm_context = None
@@ -226,8 +234,8 @@ class VoxlineLLMService(OpenAILLMService):
         )
         return self.build_chat_completion_params(params)
 
-    async def _warm_up(self, context: LLMContext) -> None:
-        """Compute the call's prompt prefix on the server; a failure only costs latency."""
+    async def _warm_up(self, context: LLMContext, *, what: str = "call's prompt") -> None:
+        """Compute ``context`` on the server; a failure only costs latency."""
         if self._backend is None:
             return
         request = await self.chat_request(context)
@@ -236,15 +244,29 @@ class VoxlineLLMService(OpenAILLMService):
             async with asyncio.timeout(self._total_timeout_secs):
                 seconds = await self._backend.warm(**request)
         except Exception as exc:  # the first turn computes it instead
-            logger.warning(f"{self}: warming the call's prompt failed: {exc!r}")
+            logger.warning(f"{self}: warming the {what} failed: {exc!r}")
         else:
-            logger.debug(f"{self}: call prompt warmed in {seconds:.2f} s")
+            logger.debug(f"{self}: {what} warmed in {seconds:.2f} s")
+
+    def prefill(self, words: str) -> None:
+        """Have the server compute the conversation with the caller's ``words`` so far
+        (:mod:`~voxline.processors.turn_prefill`), if it has nothing else to do: the
+        request at the pause then finds all but the last words cached."""
+        backend, context = self._backend, self._context
+        if backend is None or context is None or not backend.idle:
+            return
+        if self._prefill_task is not None and not self._prefill_task.done():
+            return
+        messages = [*context.get_messages(), {"role": "user", "content": words}]
+        ahead = LLMContext(messages=messages, tools=context.tools)
+        self._prefill_task = self.create_task(self._warm_up(ahead, what="caller's words"))
 
     async def cleanup(self) -> None:
         """Stop a warm-up and what runs beside the call with the pipeline."""
-        if self._warm_task is not None:
-            await self.cancel_task(self._warm_task)
-            self._warm_task = None
+        for task in (self._warm_task, self._prefill_task):
+            if task is not None and not task.done():
+                await self.cancel_task(task)
+        self._warm_task = self._prefill_task = None
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

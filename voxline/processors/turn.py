@@ -68,6 +68,7 @@ from voxline.processors.frames import (
 )
 from voxline.processors.speech_level import MAX_HANGOVER_SECS, MIN_STOPPING_SECS, SpeechLevel
 from voxline.processors.turn_end import TurnEnd
+from voxline.processors.turn_prefill import TurnPrefill
 from voxline.processors.turn_state import (
     SAMPLE_RATE,
     BotAudioHold,
@@ -94,7 +95,7 @@ a pause the model had judged the turn's end, the reply sounded at 372 ms, and th
 the caller's question was timed as a barge-in, with the longer pause that follows one.)"""
 
 
-class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
+class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript, TurnPrefill):
     """Decides when the caller's turn ends and when the caller interrupts the bot.
 
     Args:
@@ -104,6 +105,8 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         transcriber_idle: whether that engine has nothing to do, or None: a pause goes
             to Whisper sooner when it is idle
             (:mod:`~voxline.processors.turn_transcript`).
+        llm_idle: whether the call's LLM server has nothing to do, or None: the
+            caller's words go to it only at the pause (:mod:`~voxline.processors.turn_prefill`).
         end_of_turn: asks the shared end-of-turn engine about the utterance, or
             None to end turns on ``stop_secs`` of silence alone.
         settings: the persona's turn settings.
@@ -128,6 +131,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         vad: VADAnalyzer,
         transcribe: Transcriber,
         transcriber_idle: IdleCheck | None = None,
+        llm_idle: IdleCheck | None = None,
         end_of_turn: EndOfTurnDecider | None,
         settings: TurnTakingSettings,
         counters: TurnCounters | None = None,
@@ -144,6 +148,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         self._vad = vad
         self._transcribe = transcribe
         self._transcriber_idle = transcriber_idle
+        self._llm_idle = llm_idle
         self._end_of_turn = end_of_turn
         self._settings = settings
         self._vad_state = VADState.QUIET
@@ -214,6 +219,8 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript):
         turn.quiet_secs = 0.0 if self._level.is_speech(frame.audio) else turn.quiet_secs + secs
         if not turn.paused:
             await self._head_start(turn, state, secs)
+            if state == VADState.SPEAKING:
+                self._maybe_prefill(turn)
         silent = state in (VADState.QUIET, VADState.STOPPING)
         if state == VADState.SPEAKING and previous != VADState.SPEAKING and turn.paused:
             await self._resume(turn)

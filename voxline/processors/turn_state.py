@@ -28,7 +28,8 @@ class Transcriber(Protocol):
 
 
 class IdleCheck(Protocol):
-    """Whether the shared Whisper engine has nothing to do (a request now runs at once)."""
+    """Whether a shared engine (Whisper, the LLM server) has nothing to do (a request now
+    runs at once)."""
 
     def __call__(self) -> bool: ...
 
@@ -118,3 +119,5 @@ class CallerTurn:
     dropped: bool = False  # the call ended
     words_checked_at: float = 0.0
     words_check: asyncio.Task[None] | None = None
+    prefill: asyncio.Task[None] | None = None  # the words so far, on their way to the LLM
+    prefilled_bytes: int = 0  # how much of the audio the last prefill heard

@@ -51,7 +51,11 @@ class TurnTranscript:
             head_start = self._settings.speculate and turn.transcript is None
             if head_start and (
                 self._silence_so_far(turn) >= self._settings.early_secs / 2
-                or (turn.quiet_secs >= IDLE_HEAD_START_SECS and self._whisper_idle())
+                or (
+                    turn.quiet_secs >= IDLE_HEAD_START_SECS
+                    # Whisper's only work is this turn's prefill: the head start runs beside it.
+                    and (self._whisper_idle() or self._prefilling(turn))
+                )
             ):
                 self._start_transcript(turn)
         elif state == VADState.SPEAKING and turn.stopping_secs:
