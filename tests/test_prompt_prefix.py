@@ -3,8 +3,9 @@ deprecated context system message.
 
 The persona's prompt is the LLM service's ``system_instruction``; the call's facts follow it
 as a second system message, then the conversation. The warm-ups (the persona's prefix when
-it loads, the call's facts and greeting when the call starts) send what the call's own
-requests start with, so the server's prefix cache serves them.
+it loads, the call's facts and greeting when the call starts, the caller's words while they
+speak) send what the call's own requests start with, so the server's prefix cache serves
+them.
 
 pipecat's deprecation warnings are raised under ``warnings.simplefilter("always")`` of its
 own, which overrides ``-W error::DeprecationWarning``: the tests record warnings instead and

@@ -14,7 +14,7 @@ from test_head_start import CountingVAD
 from test_speech_end import RATE, SPEAK, STOP, Q, script, silent, tone
 
 from voxline.processors.frames import CallerWordsSoFarFrame, SpeculationStartedFrame
-from voxline.processors.turn import TurnTaker, TurnTakingSettings
+from voxline.processors.turn import TurnCounters, TurnTaker, TurnTakingSettings
 from voxline.processors.turn_prefill import PREFILL_EVERY_SECS
 
 SPEECH_FRAMES = 100  # 2 s of words
@@ -26,6 +26,7 @@ async def call(*, llm_idle: bool, speculate: bool = True, whisper_idle: bool = T
     states = script((Q, 10), (SPEAK, SPEECH_FRAMES), (SPEAK, 1), (STOP, 10), (Q, 10))
     audio = silent(10) + tone(-20, SPEECH_FRAMES) + silent(21)
     heard: list[float] = []
+    counters = TurnCounters()
 
     async def transcribe(samples) -> str:
         heard.append(round(len(samples) / RATE - 0.2, 2))  # less Whisper's trailing silence
@@ -38,11 +39,13 @@ async def call(*, llm_idle: bool, speculate: bool = True, whisper_idle: bool = T
         llm_idle=lambda: llm_idle,
         end_of_turn=None,
         settings=TurnTakingSettings(early_secs=0.2, stop_secs=5.0, speculate=speculate),
+        counters=counters,
     )
     frames = [InputAudioRawFrame(audio=pcm, sample_rate=RATE, num_channels=1) for pcm in audio]
     down, _ = await run_test(taker, frames_to_send=frames)
     so_far = [f.text for f in down if isinstance(f, CallerWordsSoFarFrame)]
     answered = [f.text for f in down if isinstance(f, SpeculationStartedFrame)]
+    assert counters.prefills == len(so_far)  # voxline_prefills_total on /metrics
     return heard, so_far, answered
 
 

@@ -210,6 +210,7 @@ def test_full_call(phone):
     decisions = re.findall(r"^voxline_end_of_turn_decisions_total\{.*\} (\S+)", metrics, re.M)
     assert sum(float(count) for count in decisions) >= float(commits["model"]), metrics
     assert re.search(r'^voxline_speculations_total\{outcome="reused"\} ', metrics, re.M)
+    assert re.search(r"^voxline_prefills_total \d", metrics, re.M)
 
 
 def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):

@@ -67,4 +67,5 @@ class TurnPrefill:
             logger.debug(f"{self}: no words so far to prefill: {exc}")
             return
         if text and self._turn is turn and not turn.paused and not turn.committing:
+            self._counters.prefills += 1
             await self.push_frame(CallerWordsSoFarFrame(text=self._with_carried(text)))

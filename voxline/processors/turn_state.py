@@ -59,6 +59,7 @@ class TurnCounters:
     speculations: int = 0
     speculations_cancelled: int = 0
     speculations_reused: int = 0
+    prefills: int = 0
     commits_by_model: int = 0
     commits_by_silence: int = 0
     commits_by_question: int = 0

@@ -227,6 +227,12 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
     speculations.add_metric(["started"], counters.speculations)
     speculations.add_metric(["cancelled"], counters.speculations_cancelled)
     speculations.add_metric(["reused"], counters.speculations_reused)
+    prefills = CounterMetricFamily(
+        "voxline_prefills",
+        "The caller's words so far, sent to the LLM server while they spoke "
+        "(turn.speculate, when Whisper and the server had nothing else to do).",
+    )
+    prefills.add_metric([], counters.prefills)
     commits = CounterMetricFamily(
         "voxline_turn_commits", "Caller turns committed, by what ended them.", labels=["reason"]
     )
@@ -264,6 +270,7 @@ def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
     decision_p95.add_metric([], _p95(counters.decision_secs))
     yield from (
         speculations,
+        prefills,
         commits,
         barge_ins,
         overheard,
