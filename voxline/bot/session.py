@@ -171,8 +171,8 @@ def turn_taker(
 
     ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces);
     ``hold`` is the output transport's hold on the bot's audio, if it has one;
-    ``llm_idle`` says whether the call's LLM server has nothing to do (the caller's words
-    so far are then prefilled on it, :mod:`~voxline.processors.turn_prefill`).
+    ``llm_idle`` says whether the call's LLM server (and its voice) has nothing to do (the
+    caller's words so far are then prefilled on it, :mod:`~voxline.processors.turn_prefill`).
     """
     turn = persona.turn
     whisper = runtime.whisper(persona)
@@ -326,12 +326,15 @@ def build_call(
         ),
     )
     tts = persona_tts(persona, runtime)
+    voice = runtime.piper(persona) if persona.tts.engine == "piper" else None
     turns = turn_taker(
         persona,
         runtime,
         on_stt=tracer.note_stt,
         hold=getattr(transport.output(), "hold", None),
-        llm_idle=lambda: backend.idle,
+        # A prefill must not delay a reply: neither the call's LLM server nor the
+        # voice may have work (the voice's syntheses need the cores a Whisper run takes).
+        llm_idle=lambda: backend.idle and (voice is None or voice.idle),
     )
     pipeline = Pipeline(
         [

@@ -203,6 +203,11 @@ class PiperEngine:
         return self._queue.busy
 
     @property
+    def idle(self) -> bool:
+        """Nothing is being synthesized and nothing waits."""
+        return self._queue.busy == 0 and self._queue.queued == 0
+
+    @property
     def max_queue(self) -> int:
         """Pieces waiting beyond which a new request is refused."""
         return self._queue.max_queue

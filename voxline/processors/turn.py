@@ -105,7 +105,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript, TurnPrefill):
         transcriber_idle: whether that engine has nothing to do, or None: a pause goes
             to Whisper sooner when it is idle
             (:mod:`~voxline.processors.turn_transcript`).
-        llm_idle: whether the call's LLM server has nothing to do, or None: the
+        llm_idle: whether the call's LLM server (and voice) has nothing to do, or None: the
             caller's words go to it only at the pause (:mod:`~voxline.processors.turn_prefill`).
         end_of_turn: asks the shared end-of-turn engine about the utterance, or
             None to end turns on ``stop_secs`` of silence alone.

@@ -11,8 +11,8 @@ llama.cpp server a caller's question of ~30 tokens took ~150 ms to compute befor
 first token of the reply (5 ms a token on the one thread the CPU budget gives it on two
 cores), and the speculative reply waits for that after the pause.
 
-Nothing here makes a caller wait: a prefill starts only when neither engine has work
-(another call's words, a reply being written), never while the bot speaks, and its
+Nothing here makes a caller wait: a prefill starts only when the engines have no work
+(another call's words, a reply being written or voiced), never while the bot speaks, and its
 transcript is dropped once the caller has paused (the speculation then asks with the
 whole utterance). :class:`TurnPrefill` is a part of
 :class:`~voxline.processors.turn.TurnTaker`, kept here to keep each concern in a module
