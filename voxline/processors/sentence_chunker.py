@@ -14,7 +14,8 @@ vLLM at their peak), time the voice then lacks. A mark after a number, an abbrev
 a single letter ("e." of "e.g.") or a word with ``@ / . :`` in it still waits for the
 next character. The price: a word that an LLM streams as a word, then ``.``, then more
 of an address in separate tokens ("help" "." "desk@...") is cut after its first part.
- When a chunk goes out on time rather than at a boundary is the business of
+
+When a chunk goes out on time rather than at a boundary is the business of
 :class:`~voxline.processors.chunker.ChunkerProcessor`.
 """
 
@@ -176,7 +177,7 @@ class SentenceChunker:
         (module doc); a ``.`` needs two of them and no abbreviation."""
         if text[index] not in MARKS_AT_WORD_END:
             return False
-        word = (text[:index].split()[-1:] or [""])[0].lstrip(CLOSERS + "(\"'«“‘")
+        word = _word_before(text, index).lstrip(CLOSERS + "(\"'«“‘")
         if not PLAIN_WORD.fullmatch(word):
             return False
         if text[index] == ".":
@@ -187,8 +188,8 @@ class SentenceChunker:
     def _is_abbreviation(text: str, index: int) -> bool:
         if text[index] != ".":
             return False
-        word = text[:index].split()[-1:] or [""]
-        token = word[0].lower().lstrip("(\"'")
+        word = _word_before(text, index)
+        token = word.lower().lstrip("(\"'")
         if token in ABBREVIATIONS:
             return True
         if token in NUMBER_ABBREVIATIONS:
@@ -196,13 +197,19 @@ class SentenceChunker:
             # Undecided until the next word begins: "No. " may become "No. 5".
             return not following or following[0].isdigit()
         # A single capital initial ("J. Smith") or a dotted acronym ("U.S.").
-        return len(token) == 1 and token.isalpha() and word[0][-1].isupper()
+        return len(token) == 1 and token.isalpha() and word[-1].isupper()
 
 
 def speakable(chunk: str) -> bool:
     """Whether a chunk holds anything to say: a mark that came after its word had
     gone out ("!" of "?!", a closing quote) is not."""
     return any(char.isalnum() for char in chunk)
+
+
+def _word_before(text: str, index: int) -> str:
+    """The word that ends just before ``index`` (the mark there), as written."""
+    words = text[:index].split()
+    return words[-1] if words else ""
 
 
 def _is_dash(text: str, index: int) -> bool:
