@@ -20,7 +20,7 @@ from voxline.processors.turn_prefill import PREFILL_EVERY_SECS
 SPEECH_FRAMES = 100  # 2 s of words
 
 
-async def call(*, llm_idle: bool, speculate: bool = True, whisper_idle: bool = True):
+async def call(*, engines_idle: bool, speculate: bool = True, whisper_idle: bool = True):
     """One 2 s utterance and its pause: (seconds of audio each transcript heard, the
     words pushed as words so far, the words the speculation answered)."""
     states = script((Q, 10), (SPEAK, SPEECH_FRAMES), (SPEAK, 1), (STOP, 10), (Q, 10))
@@ -36,7 +36,7 @@ async def call(*, llm_idle: bool, speculate: bool = True, whisper_idle: bool = T
         vad=CountingVAD(states),
         transcribe=transcribe,
         transcriber_idle=lambda: whisper_idle,
-        llm_idle=lambda: llm_idle,
+        reply_engines_idle=lambda: engines_idle,
         end_of_turn=None,
         settings=TurnTakingSettings(early_secs=0.2, stop_secs=5.0, speculate=speculate),
         counters=counters,
@@ -50,7 +50,7 @@ async def call(*, llm_idle: bool, speculate: bool = True, whisper_idle: bool = T
 
 
 async def test_the_words_so_far_go_to_an_idle_llm_every_prefill_interval():
-    heard, so_far, answered = await call(llm_idle=True)
+    heard, so_far, answered = await call(engines_idle=True)
     prefills = [secs for secs in heard if f"words of {secs:.2f} s" in so_far]
     # The VAD's pre-roll and 0.6 s of words, then every 0.6 s while the caller speaks.
     assert len(prefills) == int(2.0 / PREFILL_EVERY_SECS), heard
@@ -62,12 +62,12 @@ async def test_the_words_so_far_go_to_an_idle_llm_every_prefill_interval():
 
 
 async def test_nothing_is_prefilled_while_the_llm_or_whisper_has_work():
-    for llm_idle, whisper_idle in ((False, True), (True, False)):
-        heard, so_far, answered = await call(llm_idle=llm_idle, whisper_idle=whisper_idle)
-        assert so_far == [] and len(heard) == 1, (llm_idle, whisper_idle, heard)
+    for engines_idle, whisper_idle in ((False, True), (True, False)):
+        heard, so_far, answered = await call(engines_idle=engines_idle, whisper_idle=whisper_idle)
+        assert so_far == [] and len(heard) == 1, (engines_idle, whisper_idle, heard)
         assert len(answered) == 1
 
 
 async def test_without_speculation_nothing_goes_to_the_llm_before_the_commit():
-    _, so_far, answered = await call(llm_idle=True, speculate=False)
+    _, so_far, answered = await call(engines_idle=True, speculate=False)
     assert so_far == [] and answered == []

@@ -165,14 +165,15 @@ def turn_taker(
     runtime: Runtime,
     on_stt: Callable[[int, float], None] | None = None,
     hold: BotAudioHold | None = None,
-    llm_idle: IdleCheck | None = None,
+    reply_engines_idle: IdleCheck | None = None,
 ) -> TurnTaker:
     """The call's turn-taking: its own VAD state, the shared Whisper and end-of-turn model.
 
     ``on_stt(batch_size, queue_wait_secs)`` hears each transcript's Whisper batch (traces);
     ``hold`` is the output transport's hold on the bot's audio, if it has one;
-    ``llm_idle`` says whether the call's LLM server (and its voice) has nothing to do (the
-    caller's words so far are then prefilled on it, :mod:`~voxline.processors.turn_prefill`).
+    ``reply_engines_idle`` says whether the call's LLM server and voice have nothing to do
+    (the caller's words so far are then prefilled on the LLM server,
+    :mod:`~voxline.processors.turn_prefill`).
     """
     turn = persona.turn
     whisper = runtime.whisper(persona)
@@ -205,7 +206,7 @@ def turn_taker(
         ),
         transcribe=transcribe,
         transcriber_idle=lambda: whisper.idle,
-        llm_idle=llm_idle,
+        reply_engines_idle=reply_engines_idle,
         end_of_turn=decide if engine is not None else None,
         settings=TurnTakingSettings(
             **{
@@ -334,7 +335,7 @@ def build_call(
         hold=getattr(transport.output(), "hold", None),
         # A prefill must not delay a reply: neither the call's LLM server nor the
         # voice may have work (the voice's syntheses need the cores a Whisper run takes).
-        llm_idle=lambda: backend.idle and (voice is None or voice.idle),
+        reply_engines_idle=lambda: backend.idle and (voice is None or voice.idle),
     )
     pipeline = Pipeline(
         [

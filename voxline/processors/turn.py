@@ -105,8 +105,9 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript, TurnPrefill):
         transcriber_idle: whether that engine has nothing to do, or None: a pause goes
             to Whisper sooner when it is idle
             (:mod:`~voxline.processors.turn_transcript`).
-        llm_idle: whether the call's LLM server (and voice) has nothing to do, or None: the
-            caller's words go to it only at the pause (:mod:`~voxline.processors.turn_prefill`).
+        reply_engines_idle: whether the engines of the call's replies (its LLM server and
+            voice) have nothing to do, or None: the caller's words go to the LLM only at
+            the pause (:mod:`~voxline.processors.turn_prefill`).
         end_of_turn: asks the shared end-of-turn engine about the utterance, or
             None to end turns on ``stop_secs`` of silence alone.
         settings: the persona's turn settings.
@@ -131,7 +132,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript, TurnPrefill):
         vad: VADAnalyzer,
         transcribe: Transcriber,
         transcriber_idle: IdleCheck | None = None,
-        llm_idle: IdleCheck | None = None,
+        reply_engines_idle: IdleCheck | None = None,
         end_of_turn: EndOfTurnDecider | None,
         settings: TurnTakingSettings,
         counters: TurnCounters | None = None,
@@ -148,7 +149,7 @@ class TurnTaker(FrameProcessor, BargeIn, TurnEnd, TurnTranscript, TurnPrefill):
         self._vad = vad
         self._transcribe = transcribe
         self._transcriber_idle = transcriber_idle
-        self._llm_idle = llm_idle
+        self._llm_idle = reply_engines_idle
         self._end_of_turn = end_of_turn
         self._settings = settings
         self._vad_state = VADState.QUIET
