@@ -6,16 +6,21 @@ each transcript heard, and the frames the turn-taker pushes say what went to the
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
+from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.tests.utils import run_test
+from pipecat.utils.asyncio.task_manager import TaskManager
 from test_head_start import CountingVAD
 from test_speech_end import RATE, SPEAK, STOP, Q, script, silent, tone
 
 from voxline.processors.frames import CallerWordsSoFarFrame, SpeculationStartedFrame
 from voxline.processors.turn import TurnCounters, TurnTaker, TurnTakingSettings
 from voxline.processors.turn_prefill import PREFILL_EVERY_SECS
+from voxline.processors.turn_state import SAMPLE_RATE, CallerTurn
 
 SPEECH_FRAMES = 100  # 2 s of words
 
@@ -71,3 +76,46 @@ async def test_nothing_is_prefilled_while_the_llm_or_whisper_has_work():
 async def test_without_speculation_nothing_goes_to_the_llm_before_the_commit():
     _, so_far, answered = await call(engines_idle=True, speculate=False)
     assert so_far == [] and answered == []
+
+
+async def test_calls_that_find_whisper_idle_at_once_start_one_prefill_between_them():
+    """Callers of a burst reach a prefill's interval in the same moment: each call finds
+    Whisper idle before any prefill has queued its audio. The first prefill to run takes
+    Whisper; the others wait for their next interval instead of queuing behind it (where
+    the transcripts of callers who had stopped speaking would wait too)."""
+    decoding: list[int] = []  # the shared Whisper's queue: utterances queued, not yet done
+    heard: list[int] = []
+
+    async def transcribe(samples) -> str:
+        decoding.append(len(samples))  # queued as the call is made, as the engine does
+        heard.append(len(samples))
+        await asyncio.sleep(0)  # decoding: the other calls' prefills take their first step
+        decoding.pop()
+        return "my card was"
+
+    def taker() -> TurnTaker:
+        return TurnTaker(
+            vad=CountingVAD([]),
+            transcribe=transcribe,
+            transcriber_idle=lambda: not decoding,
+            reply_engines_idle=lambda: True,
+            end_of_turn=None,
+            settings=TurnTakingSettings(early_secs=0.2, stop_secs=5.0, speculate=True),
+        )
+
+    takers = [taker() for _ in range(3)]
+    setup = FrameProcessorSetup(
+        clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None
+    )
+    for each in takers:
+        await each.setup(setup)
+    turns = [CallerTurn(audio=bytearray(int(SAMPLE_RATE * 2 * 0.7))) for _ in takers]
+    try:
+        for each, turn in zip(takers, turns, strict=True):  # one moment: no task ran yet
+            each._maybe_prefill(turn)
+        assert all(turn.prefill is not None for turn in turns)
+        await asyncio.gather(*(turn.prefill for turn in turns if turn.prefill is not None))
+    finally:
+        for each in takers:
+            await each.cleanup()
+    assert len(heard) == 1, heard  # the others found Whisper busy and queued nothing

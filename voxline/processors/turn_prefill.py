@@ -61,6 +61,12 @@ class TurnPrefill:
         return turn.prefill is not None and not turn.prefill.done()
 
     async def _prefill(self: TurnTaker, turn: CallerTurn, audio: bytes) -> None:
+        # Callers of a burst reach a prefill's interval in the same moment, and each call
+        # found the engines idle before any of their prefills ran. The first to run queues
+        # its audio before it yields (the Whisper engine queues synchronously); the others
+        # find Whisper busy here and wait for their next interval.
+        if not self._whisper_idle() or self._llm_idle is None or not self._llm_idle():
+            return
         try:
             text = await self._transcript_of(samples(audio))
         except (ValueError, Overloaded, BatcherClosed) as exc:
