@@ -86,10 +86,10 @@ class PiperConfig(StrictModel):
         "phonemes, e.g. 16) are voiced alone and the rest of its first chunk next; "
         "null (the default): whole.",
     )
-    # benchmarks/reply_stalls.py --compare tts-urgent: lending the worker (500 ms) gave
-    # fewer stalls at four calls in one run, more in the next, more at eight calls.
+    # Eight-call bursts, six runs each way (docs/benchmarks.md, "Eight callers: the worker
+    # kept for first chunks lent"): 11 underruns never lent, 5 with 500 ms.
     urgent_ms: float | None = Field(
-        default=None,
+        default=500,
         ge=0,
         le=10_000,
         description="A later sentence whose caller runs out of audio within this time (and "

@@ -12,9 +12,10 @@ anything else, then the piece whose caller runs out of audio soonest. With two w
 or more, one is kept for first chunks; ``urgent_secs`` lets a later piece needed within
 that time take it too. When four calls' replies start at once, their second sentences
 are all needed within a second, and on one worker the last of them came after its
-caller's first clause had played; lending the worker gave no gain that held from one run
-to the next, so it is off by default (four and eight calls on two cores,
-docs/benchmarks.md, "Stalls inside replies").
+caller's first clause had played. The Runtime lends it to a piece needed within 500 ms
+(``engines.piper.urgent_ms``): in eight-call bursts on two cores the callers heard half
+as many stalls (docs/benchmarks.md, "Eight callers: the worker kept for first chunks
+lent"); the engine alone never lends it unless told.
 
 A running piece is never preempted, so a first chunk can still wait for the
 pieces already running; cutting long sentences (``max_phonemes``) keeps each of
@@ -121,8 +122,9 @@ class PiperEngine:
             first-in, first-out.
         reserve_first: with two workers or more, keep one of them for first chunks: other
             pieces run on at most ``workers - 1`` workers at once, so a first chunk never
-            waits for a long sentence to end. A worker produces speech ~28x faster than
-            it is spoken (measured here), so the later pieces of a few calls lose nothing.
+            waits for a long sentence to end. A worker of one thread produces speech ~13x
+            faster than it is spoken (benchmarks/piper_speed.py), so the later pieces of a
+            few calls lose nothing.
         urgent_secs: a later piece whose caller runs out of audio within this many
             seconds, and has not yet, may run on the worker kept for first chunks;
             ``None``: never.
