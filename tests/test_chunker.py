@@ -386,10 +386,13 @@ async def test_without_a_runway_lead_chunks_are_whole_sentences():
 
 
 async def test_a_one_word_first_clause_goes_alone_but_runway_cuts_keep_four_words():
-    """``min_first_words: 1`` sends "Sure," at once; a cut for the runway still waits for
-    RUNWAY_MIN_WORDS words ("I can see your," not "I,")."""
+    """``min_first_words: 1`` sends "Sure," at once; while the caller has more than half
+    the lead to hear, a cut for the runway waits for RUNWAY_MIN_WORDS words ("I can see,
+    your", not "I")."""
     collect = Collect()
-    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=10, runway_lead_ms=800)
+    # "Sure," lasts 1.25 s at 4 characters a second: the cut is due 0.45 s after it, and
+    # any whole word would go from 0.85 s.
+    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=4, runway_lead_ms=800)
     async with RunningPipeline([chunker, collect]) as run:
         await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
         rest = "I can see, your account and your balance is fine today."
@@ -399,8 +402,29 @@ async def test_a_one_word_first_clause_goes_alone_but_runway_cuts_keep_four_word
         await run.queue(LLMFullResponseEndFrame())
     texts = [text for _, text in collect.chunks]
     assert texts[0] == "Sure,", texts
-    assert all(len(text.split()) >= RUNWAY_MIN_WORDS for text in texts[1:-1]), texts
+    assert len(texts) > 2 and all(len(text.split()) >= RUNWAY_MIN_WORDS for text in texts[1:-1])
     assert " ".join(texts) == "Sure, I can see, your account and your balance is fine today."
+
+
+async def test_a_runway_cut_takes_any_whole_word_when_the_caller_is_about_to_run_out():
+    """A long word written token by token ("07:00-18:00,") keeps a fourth whole word from
+    coming before the caller runs out of audio: half the lead before, the whole words so
+    far go, instead of a stop in the voice while the LLM writes."""
+    collect = Collect()
+    # "Sure," lasts 1 s at 5 characters a second; the cut is due 0.2 s after it, and any
+    # whole word goes from 0.6 s.
+    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=5, runway_lead_ms=800)
+    tokens = [" Our", " hours", " are", " 07", ":", "00", "-", "18", ":", "00,", " Monday", " on."]
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
+        for token in tokens:
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        await run.queue(LLMFullResponseEndFrame())
+    (first_at, first), (cut_at, cut), *_ = collect.chunks
+    assert (first, cut) == ("Sure,", "Our hours are"), collect.chunks
+    assert 0.6 - 0.05 < cut_at - first_at < 1.0, "cut before half the lead, or after the end"
+    assert " ".join(text for _, text in collect.chunks) == "Sure, " + "".join(tokens).strip()
 
 
 async def first_chunk_of(chunker: ChunkerProcessor, text: str, token_secs: float) -> str:

@@ -13,8 +13,9 @@ more natural -- unless the audio already sent is about to run out: the chunker
 keeps an estimate of when the caller will have heard everything it sent (each
 chunk lasts about ``len(chunk) / speech_chars_per_sec`` seconds), and
 ``runway_lead_ms`` before that moment the words of an unfinished sentence go out
-at their last clause boundary, or their last whole word, so the voice does not
-stop in mid-reply while the LLM finishes the sentence. A speculative reply is held
+at their last clause boundary, or their last whole word (four words at least, any
+whole word once half the lead is left), so the voice does not stop in mid-reply while
+the LLM finishes the sentence. A speculative reply is held
 after TTS until the caller's turn is committed: its audio is heard from the commit,
 so its sentences are not cut for the runway before it.
 
@@ -48,8 +49,9 @@ SLOW_STREAM_FACTOR = 3.0
 is slow: its first chunk holds ``slow_first_words`` words."""
 RUNWAY_MIN_WORDS = 4
 """The fewest words a chunk cut for the runway holds (more if ``min_first_words`` is
-higher): a mid-sentence cut of one or two words sounds broken, where a short first
-clause ("Sure,", "Of course,") is a natural pause."""
+higher) until the caller is half the runway lead from running out of audio: a
+mid-sentence cut of one or two words sounds broken, where a short first clause ("Sure,",
+"Of course,") is a natural pause. From then on any whole word goes."""
 
 
 def _loop_time() -> float:
@@ -183,10 +185,15 @@ class ChunkerProcessor(FrameProcessor):
             or self._clock.held  # heard from the commit: no runway to watch yet
             or self._clock.ends_at is None
             or self._chunker.waiting_for_first
-            or self._runway_timer is not None
             or not self._chunker.has_text
         ):
             return
+        if self._runway_timer is not None:
+            if not self._runway_due():
+                return  # the timer cuts at the deadline
+            # Past the deadline the timer waits for the caller to be nearly out of audio:
+            # these words may make a cut of RUNWAY_MIN_WORDS now.
+            self._runway_timer.cancel()
         self._runway_timer = self.create_task(self._runway_deadline())
 
     async def _first_chunk_deadline(self) -> None:
@@ -229,6 +236,11 @@ class ChunkerProcessor(FrameProcessor):
             self._first_overdue = False
         return chunk
 
+    def _runway_due(self) -> bool:
+        """The cut's deadline has passed: the words waiting may be cut now."""
+        ends_at, lead = self._clock.ends_at, self._lead_secs or 0.0
+        return ends_at is not None and ends_at - lead <= _loop_time()
+
     async def _runway_deadline(self) -> None:
         loop = asyncio.get_running_loop()
         lead = self._lead_secs or 0.0
@@ -237,12 +249,19 @@ class ChunkerProcessor(FrameProcessor):
             wait := ends_at - lead - loop.time()
         ) > 0:
             await asyncio.sleep(wait)  # a deadline, not synchronisation
-        self._runway_timer = None
         chunk = self._chunker.take_words(min_words=self._runway_min_words)
+        if chunk is None and (ends_at := self._clock.ends_at) is not None:
+            # Too few words: each token looks again, and once the caller is half the lead
+            # from running out any whole word goes; a broken phrase is heard as less of a
+            # stop than silence while the LLM writes a long word ("07:00-18:00," is ten
+            # tokens, 1.5 s with eight calls on the server).
+            if (wait := ends_at - lead / 2 - loop.time()) > 0:
+                await asyncio.sleep(wait)  # a deadline, not synchronisation
+            chunk = self._chunker.take_words(min_words=1)
+        self._runway_timer = None  # from here a new token may start the next one
         if chunk:
             await self._push_chunk(chunk)
             self._watch_runway()
-        # Too few words yet: the next token looks again (the deadline has passed).
 
     def _cancel_deadline(self) -> None:
         self._first_overdue = False
