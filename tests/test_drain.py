@@ -13,17 +13,21 @@ the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
 import signal
+import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 import soxr
+from loguru import logger
 
 from tests.servers import start_rest_standin, start_voxline
 from tests.speech import caller_voice, normalize
@@ -32,6 +36,7 @@ from voxline.engines.whisper import SAMPLE_RATE, WhisperEngine
 from voxline.models import resolve_whisper
 from voxline.server.admission import Admission
 from voxline.server.drain import Drain
+from voxline.server.signals import DrainOnSignal
 from voxline.transports.caller_frames import RATE
 from voxline.transports.dial_result import DialError
 from voxline.transports.levels import is_voiced
@@ -62,6 +67,44 @@ class StandInCall:
     async def goodbye(self) -> None:
         self.ended_by_goodbye = True
         self.done.set()
+
+
+class NobodyReads(io.TextIOBase):
+    """A stderr whose reader is gone: every write fails as on a closed pipe."""
+
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_signals_drain_and_stop_a_server_whose_stderr_nobody_reads(monkeypatch):
+    """The parent that read the server's stderr was killed (a supervisor, a benchmark): the
+    lines about the signal cannot be written, and SIGTERM still drains and stops the server
+    (it had ignored any number of them)."""
+    broken = NobodyReads()
+    monkeypatch.setattr(sys, "stderr", broken)
+    sink = logger.add(broken, level="INFO", catch=True)
+    try:
+        drained = SimpleNamespace(started=True, should_exit=False, force_exit=False)
+        handler = DrainOnSignal(drained, Drain(Admission(max_calls=2), timeout_secs=5))
+        handler._handle(signal.SIGTERM)  # the first drains: no call in progress, at once
+        assert handler._task is not None
+        await asyncio.wait_for(handler._task, 5)
+        assert drained.should_exit and handler.drain.draining
+
+        stopped = SimpleNamespace(started=True, should_exit=False, force_exit=False)
+        drain = Drain(Admission(max_calls=2), timeout_secs=60)
+        call = StandInCall(drain, "a call that goes on")
+        held = asyncio.create_task(call.run())
+        await asyncio.sleep(0)  # the call takes its slot
+        assert drain.admission.held == 1
+        handler = DrainOnSignal(stopped, drain)
+        handler._handle(signal.SIGTERM)  # drains, the call goes on
+        handler._handle(signal.SIGTERM)  # the second stops at once
+        assert stopped.should_exit and handler.stopped_by == signal.SIGTERM
+        call.done.set()
+        await held
+    finally:
+        logger.remove(sink)
 
 
 async def test_calls_that_end_in_time_hear_no_goodbye():

@@ -50,7 +50,9 @@ class StartupError(RuntimeError):
 
 def progress(line: str) -> None:
     """Print one line of start-up progress on stderr, whatever the log level."""
-    print(f"voxline: {line}", file=sys.stderr, flush=True)
+    from voxline.server.signals import say
+
+    say(f"voxline: {line}")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -184,7 +186,12 @@ async def _serve(
     from voxline.models import ModelNotAvailableError
     from voxline.records.writer import attached
     from voxline.server.app import create_app
-    from voxline.server.signals import EXIT_BY_SIGNAL, DrainOnSignal, signals_cancel_this_task
+    from voxline.server.signals import (
+        EXIT_BY_SIGNAL,
+        DrainOnSignal,
+        say,
+        signals_cancel_this_task,
+    )
     from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()
@@ -202,11 +209,9 @@ async def _serve(
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # listening: scripts and people wait for this line
-                print(
+                say(
                     f"voxline ready in {time.monotonic() - started:.1f} s: personas {names}; "
-                    f"serving on {url}",
-                    file=sys.stderr,
-                    flush=True,
+                    f"serving on {url}"
                 )
 
     async with Runtime(config, progress=progress) as runtime, attached(records, runtime.calls):
@@ -220,7 +225,7 @@ async def _serve(
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 listener.close()
                 name = signal.Signals(received[0]).name
-                print(f"voxline: {name} during start-up: stopping", file=sys.stderr, flush=True)
+                say(f"voxline: {name} during start-up: stopping")
                 return EXIT_BY_SIGNAL[received[0]]
             except (LLMServerError, ModelNotAvailableError) as exc:
                 listener.close()

@@ -9,6 +9,7 @@ third does not wait for anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -51,19 +52,17 @@ class DrainOnSignal:
         name = sig.name
         if len(self.received) == 1 and self.server.started:
             calls = self.drain.admission.active
-            print(
+            say(
                 f"voxline: {name}: draining: no new calls; {calls} in progress may go on for "
                 f"up to {self.drain.timeout_secs:g} s (drain_timeout_secs); {name} again stops "
-                "at once",
-                file=sys.stderr,
-                flush=True,
+                "at once"
             )
             self._task = asyncio.ensure_future(self._drain_then_stop())
             return
         if self.server.should_exit and self.stopped_by is not None:
             self.server.force_exit = True
             return
-        print(f"voxline: {name}: stopping now", file=sys.stderr, flush=True)
+        say(f"voxline: {name}: stopping now")
         self.stopped_by = sig
         self.drain.begin()
         if self._task is not None:
@@ -72,8 +71,16 @@ class DrainOnSignal:
 
     async def _drain_then_stop(self) -> None:
         await self.drain.run()
-        print("voxline: drained: stopping", file=sys.stderr, flush=True)
+        say("voxline: drained: stopping")
         self.server.should_exit = True
+
+
+def say(message: str) -> None:
+    """Tell the operator on stderr, if anyone still reads it: a server whose parent has
+    gone (its stderr a pipe nobody reads) must still drain and stop on a signal, and a
+    failed write here would leave the signal unanswered."""
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe or file
+        print(message, file=sys.stderr, flush=True)
 
 
 class signals_cancel_this_task:
