@@ -427,6 +427,24 @@ async def test_a_runway_cut_takes_any_whole_word_when_the_caller_is_about_to_run
     assert " ".join(text for _, text in collect.chunks) == "Sure, " + "".join(tokens).strip()
 
 
+async def test_a_sentence_that_ends_while_the_cut_waits_gives_the_next_words_their_time():
+    """The cut waits for a fourth word, a sentence ends meanwhile and adds its audio: the
+    words after it are not cut short at the moment the audio before would have run out."""
+    collect = Collect()
+    # "Sure," lasts 1 s at 5 characters a second: the cut is due 0.2 s after it, and any
+    # whole word would go from 0.6 s; "I can do that." adds 2.8 s at 0.3 s.
+    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=5, runway_lead_ms=800)
+    tokens = [" I", " can", " do", " that.", " Your", " card", " is", " on", " its", " way."]
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
+        for token in tokens:
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        await run.queue(LLMFullResponseEndFrame())
+    texts = [text for _, text in collect.chunks]
+    assert texts == ["Sure,", "I can do that.", "Your card is on its way."], texts
+
+
 async def first_chunk_of(chunker: ChunkerProcessor, text: str, token_secs: float) -> str:
     """The first chunk of ``text`` streamed a word every ``token_secs``."""
     collect = Collect()

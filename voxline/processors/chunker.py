@@ -244,20 +244,23 @@ class ChunkerProcessor(FrameProcessor):
     async def _runway_deadline(self) -> None:
         loop = asyncio.get_running_loop()
         lead = self._lead_secs or 0.0
-        # A sentence that ends meanwhile moves the deadline on: look again after it.
-        while (ends_at := self._clock.ends_at) is not None and (
-            wait := ends_at - lead - loop.time()
-        ) > 0:
-            await asyncio.sleep(wait)  # a deadline, not synchronisation
-        chunk = self._chunker.take_words(min_words=self._runway_min_words)
-        if chunk is None and (ends_at := self._clock.ends_at) is not None:
-            # Too few words: each token looks again, and once the caller is half the lead
-            # from running out any whole word goes; a broken phrase is heard as less of a
-            # stop than silence while the LLM writes a long word ("07:00-18:00," is ten
-            # tokens, 1.5 s with eight calls on the server).
-            if (wait := ends_at - lead / 2 - loop.time()) > 0:
-                await asyncio.sleep(wait)  # a deadline, not synchronisation
-            chunk = self._chunker.take_words(min_words=1)
+        chunk = None
+        # A sentence that ends meanwhile moves the deadlines on: each wait looks again.
+        while chunk is None and (ends_at := self._clock.ends_at) is not None:
+            now = loop.time()
+            if now < ends_at - lead:
+                await asyncio.sleep(ends_at - lead - now)  # a deadline, not synchronisation
+            elif now < ends_at - lead / 2:
+                chunk = self._chunker.take_words(min_words=self._runway_min_words)
+                if chunk is None:
+                    # Too few words: each token looks again, and half the lead before the
+                    # caller runs out any whole word goes. A broken phrase is heard as
+                    # less of a stop than silence while the LLM writes a long word
+                    # ("07:00-18:00," is ten tokens, 1.5 s with eight calls on the server).
+                    await asyncio.sleep(ends_at - lead / 2 - now)
+            else:
+                chunk = self._chunker.take_words(min_words=1)
+                break  # no whole word yet: the next token looks again
         self._runway_timer = None  # from here a new token may start the next one
         if chunk:
             await self._push_chunk(chunk)
