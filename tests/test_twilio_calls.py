@@ -317,6 +317,17 @@ def test_end_call_tool_says_goodbye_and_hangs_up_through_the_rest_api(phone):
     assert voiced_secs(after_turn, RATE) >= 0.85 * spoken, (heard, spoken)
 
 
+def test_the_start_up_heap_is_frozen_before_the_server_is_ready(phone):
+    """Full garbage collections during calls look only at what calls allocate
+    (voxline/server/startup_heap.py): start-up's objects were frozen before "ready"."""
+    lines = phone["server"].lines
+    frozen = [i for i, line in enumerate(lines) if "objects frozen out of full collections" in line]
+    ready = [i for i, line in enumerate(lines) if line.startswith("voxline ready")]
+    assert frozen and ready and frozen[0] < ready[0], lines[:40]
+    count = re.search(r"start-up heap: (\d+) objects", lines[frozen[0]])
+    assert count and int(count.group(1)) > 50_000, lines[frozen[0]]
+
+
 def test_unsigned_and_wrongly_signed_webhooks_are_refused(phone):
     with pytest.raises(DialError, match="HTTP 403"):
         asyncio.run(caller(phone).request_stream(signature=""))

@@ -180,6 +180,7 @@ async def _serve(
         StartupError: vLLM is missing or the address cannot be bound.
     """
     import uvicorn
+    from loguru import logger
 
     from voxline.bot.runtime import Runtime
     from voxline.engines.llm import LLMServerError
@@ -192,6 +193,7 @@ async def _serve(
         say,
         signals_cancel_this_task,
     )
+    from voxline.server.startup_heap import freeze_startup_heap
     from voxline.transports.twilio import MAX_WEBSOCKET_MESSAGE_BYTES
 
     started = time.monotonic()
@@ -209,6 +211,8 @@ async def _serve(
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # listening: scripts and people wait for this line
+                frozen = freeze_startup_heap()
+                logger.info(f"start-up heap: {frozen} objects frozen out of full collections")
                 say(
                     f"voxline ready in {time.monotonic() - started:.1f} s: personas {names}; "
                     f"serving on {url}"
