@@ -385,63 +385,57 @@ async def test_without_a_runway_lead_chunks_are_whole_sentences():
     assert [text for _, text in chunks] == ["Sure, of course.", SLOW_SENTENCE.strip()]
 
 
+async def sure_and_then(tokens: list[str], *, chars_per_sec: float) -> list[tuple[float, str]]:
+    """(when, text) of the chunks of a reply that says "Sure," at once (``min_first_words:
+    1``) and goes on with ``tokens``, one every 0.1 s; the runway lead is 800 ms."""
+    collect = Collect()
+    chunker = ChunkerProcessor(
+        min_first_words=1, speech_chars_per_sec=chars_per_sec, runway_lead_ms=800
+    )
+    async with RunningPipeline([chunker, collect]) as run:
+        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
+        for token in tokens:
+            await run.queue(LLMTextFrame(token))
+            await asyncio.sleep(0.1)  # the LLM's token rate
+        await run.queue(LLMFullResponseEndFrame())
+    return collect.chunks
+
+
 async def test_a_one_word_first_clause_goes_alone_but_runway_cuts_keep_four_words():
     """``min_first_words: 1`` sends "Sure," at once; while the caller has more than half
     the lead to hear, a cut for the runway waits for RUNWAY_MIN_WORDS words ("I can see,
     your", not "I")."""
-    collect = Collect()
     # "Sure," lasts 1.25 s at 4 characters a second: the cut is due 0.45 s after it, and
     # any whole word would go from 0.85 s.
-    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=4, runway_lead_ms=800)
-    async with RunningPipeline([chunker, collect]) as run:
-        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
-        rest = "I can see, your account and your balance is fine today."
-        for token in rest.split():
-            await run.queue(LLMTextFrame(" " + token))
-            await asyncio.sleep(0.1)  # the LLM's token rate
-        await run.queue(LLMFullResponseEndFrame())
-    texts = [text for _, text in collect.chunks]
+    rest = "I can see, your account and your balance is fine today."
+    chunks = await sure_and_then([" " + word for word in rest.split()], chars_per_sec=4)
+    texts = [text for _, text in chunks]
     assert texts[0] == "Sure,", texts
     assert len(texts) > 2 and all(len(text.split()) >= RUNWAY_MIN_WORDS for text in texts[1:-1])
-    assert " ".join(texts) == "Sure, I can see, your account and your balance is fine today."
+    assert " ".join(texts) == "Sure, " + rest
 
 
 async def test_a_runway_cut_takes_any_whole_word_when_the_caller_is_about_to_run_out():
     """A long word written token by token ("07:00-18:00,") keeps a fourth whole word from
     coming before the caller runs out of audio: half the lead before, the whole words so
     far go, instead of a stop in the voice while the LLM writes."""
-    collect = Collect()
     # "Sure," lasts 1 s at 5 characters a second; the cut is due 0.2 s after it, and any
     # whole word goes from 0.6 s.
-    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=5, runway_lead_ms=800)
     tokens = [" Our", " hours", " are", " 07", ":", "00", "-", "18", ":", "00,", " Monday", " on."]
-    async with RunningPipeline([chunker, collect]) as run:
-        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
-        for token in tokens:
-            await run.queue(LLMTextFrame(token))
-            await asyncio.sleep(0.1)  # the LLM's token rate
-        await run.queue(LLMFullResponseEndFrame())
-    (first_at, first), (cut_at, cut), *_ = collect.chunks
-    assert (first, cut) == ("Sure,", "Our hours are"), collect.chunks
+    chunks = await sure_and_then(tokens, chars_per_sec=5)
+    (first_at, first), (cut_at, cut), *_ = chunks
+    assert (first, cut) == ("Sure,", "Our hours are"), chunks
     assert 0.6 - 0.05 < cut_at - first_at < 1.0, "cut before half the lead, or after the end"
-    assert " ".join(text for _, text in collect.chunks) == "Sure, " + "".join(tokens).strip()
+    assert " ".join(text for _, text in chunks) == "Sure, " + "".join(tokens).strip()
 
 
 async def test_a_sentence_that_ends_while_the_cut_waits_gives_the_next_words_their_time():
     """The cut waits for a fourth word, a sentence ends meanwhile and adds its audio: the
     words after it are not cut short at the moment the audio before would have run out."""
-    collect = Collect()
     # "Sure," lasts 1 s at 5 characters a second: the cut is due 0.2 s after it, and any
     # whole word would go from 0.6 s; "I can do that." adds 2.8 s at 0.3 s.
-    chunker = ChunkerProcessor(min_first_words=1, speech_chars_per_sec=5, runway_lead_ms=800)
     tokens = [" I", " can", " do", " that.", " Your", " card", " is", " on", " its", " way."]
-    async with RunningPipeline([chunker, collect]) as run:
-        await run.queue(LLMFullResponseStartFrame(), LLMTextFrame("Sure,"))
-        for token in tokens:
-            await run.queue(LLMTextFrame(token))
-            await asyncio.sleep(0.1)  # the LLM's token rate
-        await run.queue(LLMFullResponseEndFrame())
-    texts = [text for _, text in collect.chunks]
+    texts = [text for _, text in await sure_and_then(tokens, chars_per_sec=5)]
     assert texts == ["Sure,", "I can do that.", "Your card is on its way."], texts
 
 
