@@ -31,6 +31,7 @@ from voxline.models import resolve_whisper
 from voxline.personas import load_persona
 from voxline.transports.caller_frames import RATE
 from voxline.transports.dial_result import DialError
+from voxline.transports.levels import is_voiced
 from voxline.transports.twilio_caller import TwilioCaller
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,8 @@ SHORT_NUMBER = "+15550100001"
 CLOSER_NUMBER = "+15550100002"
 QUESTION = "Hi, what is my account balance?"
 GOODBYE = "Thank you for calling. Goodbye."
+STOP_WITHIN_SECS = 0.6
+"""How soon after the caller's speech onset the bot falls silent on a barge-in."""
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +226,27 @@ def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):
     server = phone["server"]
     wait_for_log(server, f"call {dialer.call_sid} context")
 
-    assert len(result.speech_onsets) >= 2
+    assert len(result.speech_onsets) >= 2 and len(result.turns) == 2
     onset = result.speech_onsets[1]
+    # The reply the caller interrupted, as heard: Twilio's playout after any clear (the
+    # answer to the interruption comes after its last word).
+    interrupted_reply = [
+        start + pcm.size / RATE
+        for start, pcm in result.played
+        if start < result.turns[1].caller_end and is_voiced(pcm)
+    ]
+    stopped = max(interrupted_reply) - onset
     clears = [at for at in result.clear_times if at >= onset]
-    assert clears, f"no clear after the barge-in at {onset:.2f} s: {result.received[-20:]}"
-    print(f"\nclear received {1e3 * (clears[0] - onset):.0f} ms after the caller's speech onset")
-    assert result.received.index("clear") > result.received.index("media")
+    if clears:
+        print(f"\nclear received {1e3 * (clears[0] - onset):.0f} ms after the caller's onset")
+        assert result.received.index("clear") > result.received.index("media")
+    else:
+        # The barge-in fell between two chunks: Twilio had played (and echoed the mark
+        # of) all it was sent, the next chunk was held, and there was nothing to clear.
+        print(f"\nnothing to clear: the reply paused {1e3 * stopped:.0f} ms after the onset")
+    # The VAD's 0.15 s to confirm speech, then at most the 0.12 s written ahead plays
+    # (twilio.send_ahead_ms): the caller hears the bot stop, words or no words yet.
+    assert stopped <= STOP_WITHIN_SECS, (stopped, clears, result.received[-20:])
 
     context = json.loads(call_log(server, dialer.call_sid)["context"])
     # The barge-in cut off a reply the caller was hearing; a reply cut off before it was

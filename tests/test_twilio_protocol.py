@@ -8,12 +8,17 @@ import xml.etree.ElementTree as ElementTree
 from collections import deque
 
 import pytest
+from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     InputDTMFFrame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
+    OutputAudioRawFrame,
     TTSTextFrame,
     UserSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.utils.asyncio.task_manager import TaskManager
 from twilio.request_validator import RequestValidator
 
 from tests.fake_clock import FakeClock
@@ -195,6 +200,41 @@ async def test_mark_gate_releases_text_only_once_played():
     assert gate.heard == ["Your balance is"]
     await gate.on_mark("chunk-2")  # Twilio echoes cleared marks too: ignored
     assert released == [first, end]
+
+
+async def test_clear_goes_out_only_while_twilio_may_hold_unplayed_audio():
+    """A barge-in that falls between two chunks (the first played out, its mark echoed,
+    the next not yet written) has nothing to clear; one during a chunk clears it."""
+    stream = TwilioStream(stream_sid=SID, call_sid="CA1")
+    serializer = TwilioMediaSerializer(stream)
+    setup = FrameProcessorSetup(
+        clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None
+    )
+    await serializer.setup(setup)
+
+    async def send_mark(name: str) -> None:
+        pass
+
+    async def release(frame) -> None:
+        pass
+
+    gate = MarkGate(send_mark, on_drained=lambda: setattr(stream, "audio_outstanding", False))
+    gate.bind(release)
+    assert await serializer.serialize(InterruptionFrame()) is None  # nothing sent yet
+
+    audio = OutputAudioRawFrame(audio=bytes(960), sample_rate=8000, num_channels=1)
+    assert json.loads(await serializer.serialize(audio))["event"] == "media"
+    assert await gate.admit(TTSTextFrame("Our branches open", text_type="sentence"))
+    await gate.on_mark("chunk-1")  # Twilio played the whole chunk
+    assert await serializer.serialize(InterruptionFrame()) is None
+
+    assert json.loads(await serializer.serialize(audio))["event"] == "media"
+    assert await gate.admit(TTSTextFrame("at nine.", text_type="sentence"))
+    assert json.loads(await serializer.serialize(InterruptionFrame())) == {
+        "event": "clear",
+        "streamSid": SID,
+    }
+    assert await serializer.serialize(InterruptionFrame()) is None  # cleared once
 
 
 @pytest.fixture

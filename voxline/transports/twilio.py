@@ -28,10 +28,9 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
-    StartFrame,
     TTSTextFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketOutputTransport,
@@ -172,11 +171,11 @@ class TwilioMediaSerializer(FrameSerializer):
         self._in_resampler = StreamUpsampler()
         self._out_resampler = create_stream_resampler()
 
-    async def setup(self, frame: StartFrame):
+    async def setup(self, setup: FrameProcessorSetup):
         """Learn the pipeline's audio rates."""
-        await super().setup(frame)
-        self._in_rate = frame.audio_in_sample_rate
-        self._out_rate = frame.audio_out_sample_rate
+        await super().setup(setup)
+        self._in_rate = setup.audio_in_sample_rate
+        self._out_rate = setup.audio_out_sample_rate
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         """Outbound audio as ``media``, interruptions as ``clear``, marks as ``mark``."""
