@@ -95,14 +95,21 @@ CASES: list[tuple[str, list[str]]] = [
         "Write to help.desk@northwind.example.com today.",
         ["Write to help.desk@northwind.example.com today."],
     ),
+    # a web address said as a person says it (the voice says "dot" and "slash")
     (
         "Visit www.northwind.example.com/cards for details.",
-        ["Visit www.northwind.example.com/cards for details."],
+        ["Visit northwind.example.com/cards for details."],
     ),
     (
         "See https://example.com/a.b?x=1. It has the form.",
-        ["See https://example.com/a.b?x=1.", "It has the form."],
+        ["See example.com/a.b.", "It has the form."],
     ),
+    (
+        "Go to https://www.northwind.com/account/change-address/, then sign in.",
+        ["Go to northwind.com/account/change-address, then sign in."],
+    ),
+    ("It is (https://northwind.com/help#faq) there.", ["It is (northwind.com/help) there."]),
+    ("We are open 24/7, and/or online.", ["We are open 24/7,", "and/or online."]),
     # quotes and brackets stay with their sentence
     ('He said "call me." Then he left.', ['He said "call me."', "Then he left."]),
     ("Your card (the blue one.) is blocked.", ["Your card (the blue one.)", "is blocked."]),

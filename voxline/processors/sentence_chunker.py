@@ -5,7 +5,10 @@ first at its first clause boundary once it holds ``min_first_words`` words, or i
 sentence end; later ones whole sentences (or lines of a list), at most ``max_chars`` long.
 Sentence ends inside abbreviations (Dr., e.g., U.S.), numbers ($3.50, 1,200), times (10:30),
 e-mail addresses and URLs are not boundaries, and markdown, list bullets and emoji are
-removed.
+removed. A web address is said as a person says it: "northwind.com/cards" (the voice says
+"dot" and "slash"), without "https://", "www.", a trailing slash, or a query the caller
+cannot type. Spelled out, the caller would hear "h t t p s colon slash slash w w w"
+first, and the voice would take that much longer to make it.
 
 A mark that ends a plain word ("sorry,", "help?", "confusion.") ends a chunk as soon as it
 arrives: waiting for the next token to show a space after it costs a token's time at
@@ -47,13 +50,23 @@ MARKDOWN = re.compile(
 )
 EMOJI = re.compile("[\U0001f000-\U0001faff\U00002600-\U000027bf\U00002b00-\U00002bff\ufe0f\u200d]+")
 LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*\d+$")
+WEB_ADDRESS = re.compile(
+    r"\b(?:https?://(?:www\.)?|www\.)([^\s?#]*?)(?:[?#]\S*?)?(?=[.,;:!?)\]]*(?:\s|$))", re.I
+)
+"""A web address from its scheme or ``www.``; group 1 is what is said (host and path)."""
 
 
 def clean_for_speech(text: str) -> str:
-    """Remove markdown, bullets and emoji a voice must not read, and fold white space."""
+    """Remove markdown, bullets and emoji a voice must not read, say web addresses as a
+    person does, and fold white space."""
     text = MARKDOWN_LINK.sub(r"\1", text)
+    text = WEB_ADDRESS.sub(_said_address, text)
     text = EMOJI.sub(" ", text)
     return " ".join(MARKDOWN.sub(" ", text).split())
+
+
+def _said_address(match: re.Match[str]) -> str:
+    return match.group(1).rstrip("/")
 
 
 class SentenceChunker:
