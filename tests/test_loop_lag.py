@@ -1,4 +1,5 @@
-"""The event-loop lag monitor: a loop held by blocking work shows as lag on /metrics."""
+"""The event-loop lag monitor: a loop held by blocking work shows as lag on /metrics, and
+in the log with its time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 
 from voxline.server.loop_lag import LoopLag
@@ -22,8 +24,10 @@ def _samples(registry: CollectorRegistry) -> dict[str, float]:
     }
 
 
-async def test_a_held_loop_is_counted_as_lag():
+async def test_a_held_loop_is_counted_as_lag_and_logged():
     registry = CollectorRegistry()
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{message}")
     monitor = LoopLag(registry, interval_secs=0.02)
     monitor.start()
     try:
@@ -35,10 +39,14 @@ async def test_a_held_loop_is_counted_as_lag():
         held = _samples(registry)
     finally:
         await monitor.stop()
+        logger.remove(sink)
     assert held["count"] > idle["count"]
     assert held["count"] - held["within_40ms"] == 1  # the one wake-up the block delayed
     assert held["sum"] - idle["sum"] >= 0.1
     assert b"voxline_event_loop_lag_seconds_bucket" in generate_latest(registry)
+    late = [line for line in lines if line.startswith("event loop ran")]
+    assert len(late) == 1, lines  # the idle wake-ups are not logged
+    assert int(late[0].split()[3]) >= 100, late
 
 
 async def test_stop_ends_the_sampling():
