@@ -45,13 +45,11 @@ class TurnPrefill:
         are idle."""
         if (
             not self._settings.speculate
-            or self._llm_idle is None
             or turn.paused
             or turn.over_bot
             or self._prefilling(turn)
             or len(turn.audio) - turn.prefilled_bytes < PREFILL_EVERY_SECS * SAMPLE_RATE * 2
-            or not self._whisper_idle()
-            or not self._llm_idle()
+            or not self._engines_idle()
         ):
             return
         turn.prefilled_bytes = len(turn.audio)
@@ -60,12 +58,17 @@ class TurnPrefill:
     def _prefilling(self: TurnTaker, turn: CallerTurn) -> bool:
         return turn.prefill is not None and not turn.prefill.done()
 
+    def _engines_idle(self: TurnTaker) -> bool:
+        """The shared Whisper engine and the call's LLM server have nothing else to do
+        (without a way to ask the LLM server, never)."""
+        return self._llm_idle is not None and self._whisper_idle() and self._llm_idle()
+
     async def _prefill(self: TurnTaker, turn: CallerTurn, audio: bytes) -> None:
         # Callers of a burst reach a prefill's interval in the same moment, and each call
         # found the engines idle before any of their prefills ran. The first to run queues
         # its audio before it yields (the Whisper engine queues synchronously); the others
         # find Whisper busy here and wait for their next interval.
-        if not self._whisper_idle() or self._llm_idle is None or not self._llm_idle():
+        if not self._engines_idle():
             return
         try:
             text = await self._transcript_of(samples(audio))
