@@ -67,3 +67,17 @@ def test_frame_length_reaches_the_transport_and_bad_lengths_are_refused():
         TwilioConfig(out_frame_ms=25)
     with pytest.raises(ValueError, match="less than or equal"):
         TwilioConfig(send_ahead_ms=5000)
+
+
+def test_a_frame_after_the_reserve_ran_out_leaves_a_gap_but_not_after_a_clear():
+    clock = FakeClock()
+    pacer = SendAhead(0.12, clock)
+    pacer.wrote(FRAME)
+    assert pacer.gap_secs == 0.0  # a stretch's first frame
+    clock.now += FRAME + 0.25
+    pacer.wrote(FRAME)
+    assert pacer.gap_secs == pytest.approx(0.25)
+    pacer.reset()  # an interruption: what comes next begins a new stretch
+    clock.now += 1.0
+    pacer.wrote(FRAME)
+    assert pacer.gap_secs == 0.0

@@ -195,3 +195,15 @@ def test_serve_refuses_to_start_when_voxline_yaml_asks_for_traces_it_cannot_send
     errors = [line for line in done.stderr.splitlines() if line.startswith("voxline: error:")]
     assert len(errors) == 1 and "voxline[otel]" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_audio_underruns_are_counted_with_their_seconds_per_persona_and_transport():
+    registry = CollectorRegistry()
+    metrics = CallMetrics(registry, Counter())
+    info = CallInfo(persona="desk", transport="twilio", call_sid="CA123")
+    metrics.audio_underrun(info, 0.25)
+    metrics.audio_underrun(info, 0.07)
+    labels = {"persona": "desk", "transport": "twilio"}
+    assert registry.get_sample_value("voxline_audio_underruns_total", labels) == 2
+    seconds = registry.get_sample_value("voxline_audio_underrun_seconds_total", labels)
+    assert seconds == pytest.approx(0.32)

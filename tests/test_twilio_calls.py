@@ -214,6 +214,11 @@ def test_full_call(phone):
     assert sum(float(count) for count in decisions) >= float(commits["model"]), metrics
     assert re.search(r'^voxline_speculations_total\{outcome="reused"\} ', metrics, re.M)
     assert re.search(r"^voxline_prefills_total \d", metrics, re.M)
+    # The output reports the gaps the caller heard inside the bot's speech (one quiet
+    # call on loopback has none to report, but it says so).
+    assert "# TYPE voxline_audio_underruns_total counter" in metrics
+    ended = next(line for line in server.lines if f"call {dialer.call_sid} ended:" in line)
+    assert re.search(r"; \d+ audio underruns \(\d+\.\d\d s\)$", ended), ended
 
 
 def test_barge_in_clears_and_context_keeps_only_what_was_heard(phone):

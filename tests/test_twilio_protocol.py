@@ -24,10 +24,10 @@ from twilio.request_validator import RequestValidator
 from tests.fake_clock import FakeClock
 from voxline.transports.twilio import (
     InboundBudget,
-    MarkGate,
     TwilioMediaSerializer,
     TwilioStream,
 )
+from voxline.transports.twilio_output import MarkGate
 from voxline.transports.twilio_protocol import (
     DTMF,
     Connected,

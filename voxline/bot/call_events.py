@@ -145,6 +145,10 @@ class CallListener:
     def turn_finished(self, info: CallInfo, turn: TurnTrace) -> None:
         """A caller turn is over (answered, interrupted or failed), with its trace."""
 
+    def audio_underrun(self, info: CallInfo, secs: float) -> None:
+        """The caller ran out of the bot's audio in mid-speech and heard ``secs`` of
+        nothing before the next came (phone calls)."""
+
     def call_ended(self, info: CallInfo, reason: str, unfinished: TurnTrace | None) -> None:
         """The call ended; ``unfinished`` is a turn still in progress then (or None).
 
@@ -238,6 +242,11 @@ class CallEventsForCall(BaseObserver):
         """A :class:`LatencyTracer` ``on_turn`` callback: announce the finished turn."""
         if self._started and not self._ended:
             self.hub.emit("turn_finished", self.info, turn)
+
+    def audio_underrun(self, secs: float) -> None:
+        """An output's ``on_underrun`` callback: announce the gap the caller heard."""
+        if self._started and not self._ended:
+            self.hub.emit("audio_underrun", self.info, secs)
 
     async def _assistant_started(self, _aggregator: object) -> None:
         self._reply_turn = len(self._tracer.turns) if self._tracer is not None else 0

@@ -13,7 +13,8 @@ from pipecat.pipeline.worker import PipelineWorker
 
 from voxline import logcontent
 from voxline.processors.frames import spoken_line
-from voxline.transports.twilio import MarkGate, TwilioStream
+from voxline.transports.twilio import TwilioStream
+from voxline.transports.twilio_output import MarkGate
 from voxline.transports.twilio_webhook import TwilioRestClient, dial_twiml
 
 GOODBYE_TIMEOUT_SECS = 15.0

@@ -106,6 +106,20 @@ class CallMetrics(CallListener):
             ["persona", "failed"],
             registry=registry,
         )
+        self.underruns = Counter(
+            "voxline_audio_underruns",
+            "Gaps of 60 ms or more the caller heard inside the bot's speech: the audio "
+            "before had played out and the next came late (phone calls; the output's model "
+            "of the caller's playout).",
+            ["persona", "transport"],
+            registry=registry,
+        )
+        self.underrun_seconds = Counter(
+            "voxline_audio_underrun_seconds",
+            "Seconds of those gaps, summed.",
+            ["persona", "transport"],
+            registry=registry,
+        )
         self.calls_ended = Counter(
             "voxline_calls_ended",
             "Calls that ended, by reason: caller_hung_up, connection_lost, bot_ended, "
@@ -129,6 +143,11 @@ class CallMetrics(CallListener):
     def turn_finished(self, info: CallInfo, turn: TurnTrace) -> None:
         """A turn is over: observe it."""
         self.observe_turn(info.persona, turn)
+
+    def audio_underrun(self, info: CallInfo, secs: float) -> None:
+        """The caller ran out of the bot's audio in mid-speech for ``secs``: count it."""
+        self.underruns.labels(info.persona, info.transport).inc()
+        self.underrun_seconds.labels(info.persona, info.transport).inc(secs)
 
     def call_ended(self, info: CallInfo, reason: str, unfinished: TurnTrace | None) -> None:
         """A call ended: count it by reason, and the turn it ended during, if any."""

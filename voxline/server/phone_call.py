@@ -121,6 +121,14 @@ async def run_call(
         persona.limits.max_call_secs,
         lambda: asyncio.ensure_future(_end_call(control, events)),
     )
+    underruns: list[float] = []
+
+    def underrun(secs: float) -> None:
+        underruns.append(secs)
+        logger.debug(f"call {info.call_sid}: the caller ran out of audio for {secs * 1e3:.0f} ms")
+        events.audio_underrun(secs)
+
+    transport.output().on_underrun = underrun
     events.attach(call.worker, tracer)
     try:
         await run_pipeline(call.worker, events, control, drain=drain, name=f"call {info.call_sid}")
@@ -130,7 +138,8 @@ async def run_call(
         log = events.bound_logger()  # the end-of-call lines carry the call's ids too
         log.info(
             f"call {info.call_sid} ended: events {run_lengths(stream.events)}; "
-            f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns"
+            f"{len(stream.dropped)} dropped; {len(tracer.turns)} turns; "
+            f"{len(underruns)} audio underruns ({sum(underruns):.2f} s)"
         )
         # The persona's own prompt is not in the context (the LLM service's
         # system_instruction): the context starts with the call's facts.

@@ -17,6 +17,11 @@ the caller's patience, and catches up by writing without waiting. Twilio keeps
 what it was sent in its own buffer and drops it on ``clear``, which voxline sends
 on every interruption; while a barge-in is being decided (the output is held) the
 reserve plays out, which bounds the lead to a fraction of a second.
+
+The same clock tells when the caller ran out of audio: a frame written after the
+audio before it had finished playing leaves a gap (:attr:`SendAhead.gap_secs`), an
+underrun inside a stretch of speech and the natural quiet before one
+(:meth:`SendAhead.begin_stretch`).
 """
 
 from __future__ import annotations
@@ -40,10 +45,19 @@ class SendAhead:
         self.lead_secs = lead_secs
         self._clock = clock
         self._played_until = 0.0
+        self._stretch_begins = True
+        self.gap_secs = 0.0
+        """How long the far end had nothing to play before the last frame written (0 for
+        the first frame of a stretch of speech)."""
 
     def reset(self) -> None:
         """The far end was cleared (an interruption): nothing written is left to play."""
         self._played_until = 0.0
+        self._stretch_begins = True
+
+    def begin_stretch(self) -> None:
+        """The next frame begins a stretch of speech: the quiet before it is no gap."""
+        self._stretch_begins = True
 
     def ahead_secs(self) -> float:
         """Seconds of written audio the far end has not played yet."""
@@ -52,5 +66,7 @@ class SendAhead:
     def wrote(self, frame_secs: float) -> float:
         """A frame of ``frame_secs`` was written: seconds to wait before the next write."""
         now = self._clock()
+        self.gap_secs = 0.0 if self._stretch_begins else max(0.0, now - self._played_until)
+        self._stretch_begins = False
         self._played_until = max(self._played_until, now) + frame_secs
         return max(0.0, self._played_until - now - self.lead_secs)

@@ -1,15 +1,15 @@
-"""Phone calls through Twilio: the media-stream serializer, the mark gate and the transport.
+"""Phone calls through Twilio: the media-stream serializer and the transport.
 
 A call runs over one Media Streams websocket (the webhook side is in
 ``twilio_webhook``). What the caller has actually
 heard is tracked with marks: each spoken chunk's text is held back from the LLM
 context until Twilio echoes the mark sent after its audio, so on barge-in (when
-voxline sends ``clear``) the context keeps only the words that were played.
+voxline sends ``clear``) the context keeps only the words that were played
+(:mod:`~voxline.transports.twilio_output`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import deque
@@ -28,21 +28,17 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
-    TTSTextFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import (
-    FastAPIWebsocketOutputTransport,
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
 from starlette.websockets import WebSocketState
 
-from voxline.transports.hold import OutputHold
-from voxline.transports.playout import HeardTextGate
 from voxline.transports.rate_limit import RateLimiter
-from voxline.transports.send_ahead import SendAhead
+from voxline.transports.twilio_output import MarkGate, TwilioOutputTransport
 from voxline.transports.twilio_protocol import (
     DTMF,
     Mark,
@@ -250,85 +246,6 @@ class TwilioMediaSerializer(FrameSerializer):
         return None
 
 
-class MarkGate(HeardTextGate):
-    """Holds each spoken chunk's text until Twilio confirms its audio played.
-
-    The output transport pushes a chunk's ``TTSTextFrame`` right after writing
-    the chunk's audio; the gate sends a mark there and holds the text (and every
-    later downstream frame, to keep their order) until the mark is echoed. On an
-    interruption the unconfirmed texts are dropped, so the assistant's turn in
-    the LLM context ends with the last words the caller heard. The holding and
-    ordering are :class:`~voxline.transports.playout.HeardTextGate`'s.
-    """
-
-    def __init__(
-        self,
-        send_mark: Callable[[str], Awaitable[None]],
-        on_drained: Callable[[], None] | None = None,
-    ):
-        super().__init__(on_drained)
-        self._send_mark = send_mark
-        self._sequence = 0
-
-    def _key(self, frame: TTSTextFrame) -> object:
-        self._sequence += 1
-        return f"chunk-{self._sequence}"
-
-    async def _after_hold(self, key: object) -> None:
-        await self._send_mark(str(key))
-
-    async def on_mark(self, name: str) -> None:
-        """Release everything up to and including the chunk whose mark was echoed."""
-        keys = self._held_keys()
-        if name not in keys:
-            return  # an echo for audio that was cleared
-        await self._release_texts(keys.index(name) + 1)
-
-
-class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
-    """The websocket output transport with a :class:`MarkGate` on its downstream side,
-    an :class:`~voxline.transports.hold.OutputHold` before each audio write, and
-    writes paced by :class:`~voxline.transports.send_ahead.SendAhead`."""
-
-    def __init__(self, *args, gate: MarkGate, send_ahead_secs: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._gate = gate
-        self.hold = OutputHold()
-        self.pacer = SendAhead(send_ahead_secs)
-        gate.bind(self._release)
-
-    async def _write_audio_sleep(self):
-        """Wait only while more than the lead is still to play at Twilio (the module
-        :mod:`~voxline.transports.send_ahead` says why pipecat's sleep is replaced)."""
-        wait = self.pacer.wrote(self._send_interval)
-        if wait > 0:
-            await asyncio.sleep(wait)  # pacing to the caller's playout clock
-
-    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Send the frame to Twilio, once the caller is not possibly barging in."""
-        if not await self.hold.wait(frame):
-            return False
-        return await super().write_audio_frame(frame)
-
-    async def _release(self, frame: Frame) -> None:
-        await super().push_frame(frame, FrameDirection.DOWNSTREAM)
-
-    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
-        """Hold frames behind unconfirmed chunks; everything else flows as usual."""
-        if direction == FrameDirection.DOWNSTREAM and await self._gate.admit(frame):
-            return
-        await super().push_frame(frame, direction)
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        """On barge-in, drop unplayed text before ``clear`` goes out."""
-        if isinstance(frame, InterruptionFrame):
-            await self._gate.interrupt()
-        await super().process_frame(frame, direction)
-        if isinstance(frame, InterruptionFrame):
-            self.pacer.reset()  # the serializer sent clear: Twilio holds nothing now
-            self.hold.interrupt()  # after pipecat dropped the queued audio
-
-
 class TwilioTransport(FastAPIWebsocketTransport):
     """pipecat's FastAPI websocket transport speaking Twilio Media Streams with marks."""
 
@@ -344,7 +261,7 @@ class TwilioTransport(FastAPIWebsocketTransport):
         self.stream = stream
         self.gate = MarkGate(self._send_mark, on_drained=self._played_all)
         stream.on_mark = self.gate.on_mark
-        self._output = TwilioOutputTransport(
+        self._output = self._twilio_output = TwilioOutputTransport(
             self,
             self._client,
             self._params,
@@ -352,6 +269,10 @@ class TwilioTransport(FastAPIWebsocketTransport):
             send_ahead_secs=send_ahead_secs,
             name=self._output_name,
         )
+
+    def output(self) -> TwilioOutputTransport:
+        """The output processor: paced, held on possible barge-ins, reporting underruns."""
+        return self._twilio_output
 
     def _played_all(self) -> None:
         self.stream.audio_outstanding = False
