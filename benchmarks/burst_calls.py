@@ -39,7 +39,9 @@ Measured per system and N:
   it had finished playing and the next frame arrived that much later, with voiced
   bot audio before it since the utterance began and after it, and no caller
   utterance starting nor ``clear`` in between. The greeting's underruns are
-  counted apart from the replies'.
+  counted apart from the replies'. Beside them, voxline's own count ("server"): the
+  underruns its phone output reported on each call's end line (greetings included),
+  from its model of the caller's playout.
 * **calls not answered**: refused, failed, or without a heard latency for the first
   question: no reply before the caller gave up (30 s), or the bot spoke during it.
 * **memory**: RSS of every process of the stack (voxline serve and its LLM server
@@ -89,6 +91,8 @@ BACKENDS = ("vllm", "llama_cpp")
 SYSTEMS = ("voxline", "stock")
 STAGES = ("stt", "llm_first_token", "first_chunk", "tts_first_audio", "voice_to_voice", "commit")
 TURN_LINE = re.compile(r"\bturn (\{.*\})\s*$")
+UNDERRUN_LINE = re.compile(r" ended: events .*; (\d+) audio underruns \(")
+"""voxline's end-of-call line: the underruns its phone output counted for the call."""
 
 
 # --- the stacks under test ----------------------------------------------------------------------
@@ -183,6 +187,7 @@ class Phase:
     memory_total: float
     cpu: CpuUse
     secs: float
+    server_underruns: int | None = None
 
     @property
     def first(self) -> list[float]:
@@ -207,6 +212,13 @@ class Phase:
     @property
     def paused_turns(self) -> int:
         return sum(UTTERANCES[u].paused for c in self.calls for u in c.script.utterances)
+
+
+def server_underruns(lines: Sequence[str]) -> int | None:
+    """The underruns voxline's phone output counted in the calls that ended (None: no
+    voxline end-of-call line, as from a stock pipecat bot)."""
+    counts = [int(match.group(1)) for line in lines if (match := UNDERRUN_LINE.search(line))]
+    return sum(counts) if counts else None
 
 
 def server_turns(lines: Sequence[str]) -> list[dict[str, float | None]]:
@@ -254,6 +266,7 @@ async def run_system(
                 memory_total=usage.peak_total,
                 cpu=usage.cpu(),
                 secs=time.monotonic() - phase_began,
+                server_underruns=server_underruns(stack.lines[offset:]),
             )
             phases[n] = phase
             report_phase(name, phase)
@@ -298,8 +311,9 @@ def report_phase(name: str, phase: Phase) -> None:
         f"all turns p50={ms(p50(every))} p95={ms(p95(every))} ms (n={len(every)}) | "
         f"half-sentence replies {sum(c.half_sentence() for c in calls)}/{phase.paused_turns} | "
         f"talk-over {sum(c.talk_over() for c in calls)} | "
-        f"underruns {phase.underruns} (greeting {phase.greeting_underruns}), "
-        f"stalls {sum(c.stall_secs for c in calls):.2f}s | "
+        f"underruns {phase.underruns} (greeting {phase.greeting_underruns}"
+        + ("" if phase.server_underruns is None else f"; server {phase.server_underruns}")
+        + f"), stalls {sum(c.stall_secs for c in calls):.2f}s | "
         f"stack RSS {phase.memory_total:.0f} MB | {phase.secs:.0f}s",
         flush=True,
     )
