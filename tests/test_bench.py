@@ -85,6 +85,7 @@ def test_bench_prints_the_table_and_json(served):
     assert cpu["machine"] >= 0.9 * sum(cpu["by_label"].values()) and 0 <= cpu["saturated"] <= 1
     for key in ("underruns", "greeting_underruns", "server_stages_ms", "server_errors"):
         assert key in phase
+    assert phase["server_underruns"] is not None  # counted from the call's start, at 0
     lag = phase["server_loop_lag_ms"]  # voxline serve samples its loop ten times a second
     assert lag["n"] >= 10 and 0 <= lag["p50"] <= lag["p95"] <= lag["max_bound"]
     (call,) = phase["call_reports"]
@@ -150,6 +151,8 @@ voxline_turn_stage_seconds_sum{persona="bank",stage="stt"} 0.05
 voxline_errors_total{kind="llm"} 1.0
 # TYPE voxline_calls_refused_total counter
 voxline_calls_refused_total 0.0
+# TYPE voxline_audio_underruns_total counter
+voxline_audio_underruns_total{persona="bank",transport="twilio"} 1.0
 # TYPE voxline_calls_active gauge
 voxline_calls_active 2.0
 """
@@ -171,6 +174,9 @@ voxline_errors_total{kind="llm"} 2.0
 voxline_errors_total{kind="tts"} 1.0
 # TYPE voxline_calls_refused_total counter
 voxline_calls_refused_total 3.0
+# TYPE voxline_audio_underruns_total counter
+voxline_audio_underruns_total{persona="bank",transport="twilio"} 2.0
+voxline_audio_underruns_total{persona="other",transport="twilio"} 1.0
 # TYPE voxline_calls_active gauge
 voxline_calls_active 0.0
 # TYPE process_resident_memory_bytes gauge
@@ -210,6 +216,7 @@ def test_server_figures_are_what_the_calls_added():
     assert stt["p50"] == 175.0  # rank 3 of the 4 in (0.1, 0.2]: 0.1 + 0.1 * 3/4
     assert stt["p95"] == 200.0  # in +Inf: the largest finite bound
     assert figures.errors == 2 and figures.refused == 3 and figures.rss_mb == 1000.0
+    assert figures.underruns == 2  # every persona's, summed
     assert set(figures.stage_ms) == {"stt"}
     assert bucket_quantile(0.5, {}) != bucket_quantile(0.5, {})  # NaN when empty
     assert difference(None, after).stage_ms == {} and difference(before, None).errors is None

@@ -201,9 +201,11 @@ def test_audio_underruns_are_counted_with_their_seconds_per_persona_and_transpor
     registry = CollectorRegistry()
     metrics = CallMetrics(registry, Counter())
     info = CallInfo(persona="desk", transport="twilio", call_sid="CA123")
+    labels = {"persona": "desk", "transport": "twilio"}
+    metrics.call_started(info)  # a call with none shows 0, not a missing series
+    assert registry.get_sample_value("voxline_audio_underruns_total", labels) == 0
     metrics.audio_underrun(info, 0.25)
     metrics.audio_underrun(info, 0.07)
-    labels = {"persona": "desk", "transport": "twilio"}
     assert registry.get_sample_value("voxline_audio_underruns_total", labels) == 2
     seconds = registry.get_sample_value("voxline_audio_underrun_seconds_total", labels)
     assert seconds == pytest.approx(0.32)

@@ -85,6 +85,8 @@ def render(report: BenchReport) -> str:
                 extra += f", server refusals {phase.server_refused:.0f}"
             if phase.server_not_understood is not None:
                 extra += f", asked to repeat {phase.server_not_understood:.0f}"
+            if phase.server_underruns is not None:
+                extra += f", server-counted underruns {phase.server_underruns:.0f}"
             if phase.memory_by_process_mb:
                 extra += "; peak MB " + ", ".join(
                     f"{k} {v:.0f}" for k, v in phase.memory_by_process_mb.items()

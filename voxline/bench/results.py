@@ -89,6 +89,11 @@ class Phase(BaseModel):
         description="Increase of voxline_not_understood: turns whose speech recognition "
         "made no words, answered with the persona's not_understood line.",
     )
+    server_underruns: float | None = Field(
+        default=None,
+        description="Increase of voxline_audio_underruns: gaps the server's phone output "
+        "counted inside the bot's speech, greetings included (its model of the playout).",
+    )
     server_loop_lag_ms: dict[str, float] | None = Field(
         default=None,
         description="The server's event-loop lag over the phase (voxline_event_loop_lag_seconds): "

@@ -123,6 +123,7 @@ def summarize(
         server_errors=figures.errors,
         server_refused=figures.refused,
         server_not_understood=figures.not_understood,
+        server_underruns=figures.underruns,
         server_loop_lag_ms=figures.loop_lag_ms,
         memory_mb=None if peak is None else round(peak, 1),
         memory_source=source,

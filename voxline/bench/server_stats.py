@@ -11,7 +11,8 @@ does, so they are as fine as the buckets. Memory is the largest
 reports). Errors are the increase of every counter whose name says ``error``;
 refusals the increase of ``voxline_calls_refused``, and callers asked to say it again
 (speech recognition made no words of their speech) the increase of
-``voxline_not_understood``. A server that does not expose
+``voxline_not_understood``, and the gaps its phone output counted inside the bot's
+speech the increase of ``voxline_audio_underruns``. A server that does not expose
 a figure leaves it out; a scrape that fails leaves all of them out.
 """
 
@@ -158,6 +159,8 @@ class ServerFigures:
     refused: float | None
     rss_mb: float | None
     not_understood: float | None = None
+    underruns: float | None = None
+    """Gaps the server's phone output counted inside the bot's speech (greetings too)."""
     loop_lag_ms: dict[str, float] | None = None
     """The server's event-loop lag over the run: p50, p95, p99, max bound (ms) and n."""
 
@@ -186,6 +189,7 @@ def difference(before: Scrape | None, after: Scrape | None) -> ServerFigures:
         refused=refused,
         rss_mb=round(max(rss) / 2**20, 1) if rss else None,
         not_understood=_increase(before, after, "voxline_not_understood_total"),
+        underruns=_increase(before, after, "voxline_audio_underruns_total"),
         loop_lag_ms=_lag(before, after),
     )
 

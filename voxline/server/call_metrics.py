@@ -144,6 +144,12 @@ class CallMetrics(CallListener):
         """A turn is over: observe it."""
         self.observe_turn(info.persona, turn)
 
+    def call_started(self, info: CallInfo) -> None:
+        """A call started: its underrun series exist from now on, at 0 until one comes."""
+        if info.transport == "twilio":
+            self.underruns.labels(info.persona, info.transport)
+            self.underrun_seconds.labels(info.persona, info.transport)
+
     def audio_underrun(self, info: CallInfo, secs: float) -> None:
         """The caller ran out of the bot's audio in mid-speech for ``secs``: count it."""
         self.underruns.labels(info.persona, info.transport).inc()
