@@ -7,7 +7,11 @@ import json
 
 import pytest
 from pipecat.clocks.system_clock import SystemClock
-from pipecat.frames.frames import BotStartedSpeakingFrame, OutputAudioRawFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    OutputAudioRawFrame,
+)
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.utils.asyncio.task_manager import TaskManager
 
@@ -79,6 +83,9 @@ class Output:
     async def starts_speaking(self) -> None:
         await self.transport.push_frame(BotStartedSpeakingFrame())
 
+    async def stops_speaking(self) -> None:
+        await self.transport.push_frame(BotStoppedSpeakingFrame())
+
 
 async def test_a_late_frame_inside_speech_is_an_underrun_of_the_gap_heard():
     output = Output()
@@ -109,9 +116,13 @@ async def test_the_quiet_before_a_stretch_of_speech_is_no_underrun():
     await output.start()
     await output.starts_speaking()  # the greeting
     await output.speak(4)
+    await output.stops_speaking()
     output.clock.now += 5.0  # the caller's turn
     await output.starts_speaking()  # the reply
     await output.speak(4)
+    await output.stops_speaking()
+    output.clock.now += 3.0
+    await output.speak(1)  # the silence pipecat writes after an EndFrame
     assert output.underruns == []
 
 

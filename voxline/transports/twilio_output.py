@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
     OutputAudioRawFrame,
@@ -86,6 +87,7 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
         self.pacer = SendAhead(send_ahead_secs)
         self.on_underrun: Callable[[float], None] | None = None
         self._holds_seen = 0
+        self._speaking = False
         gate.bind(self._release)
 
     async def _write_audio_sleep(self):
@@ -104,7 +106,7 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
             self.pacer.begin_stretch()  # the quiet of a hold is no underrun
         written = await super().write_audio_frame(frame)
         gap = self.pacer.gap_secs
-        if written and gap >= UNDERRUN_SECS and self.on_underrun is not None:
+        if written and self._speaking and gap >= UNDERRUN_SECS and self.on_underrun is not None:
             self.on_underrun(gap)
         return written
 
@@ -115,7 +117,10 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
         """Hold frames behind unconfirmed chunks; everything else flows as usual."""
         if isinstance(frame, BotStartedSpeakingFrame):
             # Pushed just before the first frame of a stretch of speech is written.
+            self._speaking = True
             self.pacer.begin_stretch()
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._speaking = False  # what follows (the silence after an EndFrame) is no speech
         if direction == FrameDirection.DOWNSTREAM and await self._gate.admit(frame):
             return
         await super().push_frame(frame, direction)
