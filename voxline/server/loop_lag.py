@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Histogram
@@ -25,15 +24,6 @@ LAG_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (s): fine below the 60 ms of a phone message, where stalls begin to be heard."""
 LOGGED_LAG_SECS = 0.06
 """A wake-up this late is logged (DEBUG) with its time, to match with the stalls callers heard."""
-
-
-async def lateness(interval_secs: float) -> AsyncIterator[float]:
-    """Ask the running loop to wake every ``interval_secs``; yield how much later than
-    asked each wake-up came (seconds)."""
-    while True:
-        due = time.monotonic() + interval_secs
-        await asyncio.sleep(interval_secs)  # the sampling interval, not a sync
-        yield max(0.0, time.monotonic() - due)
 
 
 class LoopLag(BackgroundJob):
@@ -57,7 +47,10 @@ class LoopLag(BackgroundJob):
         )
 
     async def _run(self) -> None:
-        async for lag in lateness(self.interval_secs):
+        while True:
+            due = time.monotonic() + self.interval_secs
+            await asyncio.sleep(self.interval_secs)  # the sampling interval, not a sync
+            lag = max(0.0, time.monotonic() - due)
             self.seconds.observe(lag)
             if lag >= LOGGED_LAG_SECS:
                 logger.debug(f"event loop ran {lag * 1e3:.0f} ms late")
