@@ -12,10 +12,26 @@ and differ only in the settings of the chosen comparison (``--compare``):
 
 * ``tts-urgent`` (the shared Piper engine's worker kept for first chunks):
 
-  * **reserved**: the defaults (``urgent_ms: null``): later sentences never use the
-    worker kept for first chunks;
-  * **urgent**: ``engines: {piper: {urgent_ms: 500}}``: a later sentence needed within
+  * **reserved**: ``engines: {piper: {urgent_ms: null}}``: later sentences never use
+    the worker kept for first chunks;
+  * **urgent**: the defaults (``urgent_ms: 500``): a later sentence needed within
     500 ms, and not late yet, may use it.
+
+* ``tts-urgent-first`` (whether such a sentence goes before waiting first chunks):
+
+  * **first**: ``engines: {piper: {urgent_before_first: false}}``: first chunks go
+    before every later sentence;
+  * **urgent**: the defaults: a later sentence whose caller runs out of audio within
+    ``urgent_ms``, or has already, goes before them.
+
+* ``tts-split`` (a later sentence that cannot be ready in time):
+
+  * **whole**: the defaults (``split_late_pieces: false``): voiced whole;
+  * **split**: ``engines: {piper: {split_late_pieces: true}}``: voiced in two, the
+    words that can be ready in time first.
+
+* ``tts-pieces`` (how long a piece may be): **long**, the defaults (``max_phonemes:
+  100``), against **short** (``max_phonemes: 50``).
 
 Rounds alternate between the two (first, second, first, ...), so background load
 falls on both alike. In each round N Twilio-protocol callers (``voxline.bench``:
@@ -29,6 +45,10 @@ heard voice-to-voice p50/p95, with the ratios first / second on the last line.
     # N=4, 3 rounds each; or --calls 8 --rounds 2
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.reply_stalls --compare send-ahead
     flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.reply_stalls --compare tts-urgent
+    # each server at DEBUG, its output kept: the engine's line for every piece ready
+    # after its caller ran out of audio, the output's for every gap
+    flock /tmp/voxline-heavy.lock .venv/bin/python -m benchmarks.reply_stalls \
+        --compare tts-urgent-first --calls 12 --log-level DEBUG --logs /tmp/stalls
 """
 
 from __future__ import annotations
@@ -57,8 +77,20 @@ COMPARISONS: dict[str, dict[str, dict[str, Any]]] = {
         "ahead": {},  # the defaults
     },
     "tts-urgent": {
-        "reserved": {},  # the defaults
-        "urgent": {"engines": {"piper": {"urgent_ms": 500}}},
+        "reserved": {"engines": {"piper": {"urgent_ms": None}}},
+        "urgent": {},  # the defaults: urgent_ms 500
+    },
+    "tts-urgent-first": {
+        "first": {"engines": {"piper": {"urgent_before_first": False}}},
+        "urgent": {},  # the defaults: urgent_before_first true
+    },
+    "tts-split": {
+        "whole": {},  # the defaults: split_late_pieces false
+        "split": {"engines": {"piper": {"split_late_pieces": True}}},
+    },
+    "tts-pieces": {
+        "long": {},  # the defaults
+        "short": {"engines": {"piper": {"max_phonemes": 50}}},
     },
 }
 
@@ -98,6 +130,7 @@ async def run(args: argparse.Namespace) -> None:
                     max_calls=max(8, args.calls),
                     engines=engines,
                     twilio=settings.get("twilio"),
+                    log_level=args.log_level,
                 )
                 print(f"reply_stalls: {name} ready ({settings or 'defaults'})", flush=True)
             clips = Clips(tmp)
@@ -114,8 +147,12 @@ async def run(args: argparse.Namespace) -> None:
                     calls[name] += await burst(line, scripts, clips, args.underrun_ms / 1000)
                     await settle(url)  # the last call's teardown, off the next round
         finally:
-            for server, _ in servers.values():
+            for name, (server, _) in servers.items():
                 await asyncio.to_thread(server.stop)
+                if args.logs is not None:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    (args.logs / f"{name}.log").write_text(server.output)
+                    print(f"reply_stalls: {name}'s server output in {args.logs / name}.log")
     print(
         f"\n{args.calls} calls at once, {args.rounds} rounds each, {args.backend}, "
         f"stall >= {args.underrun_ms:.0f} ms:"
@@ -138,6 +175,8 @@ def main() -> None:
     parser.add_argument("--backend", choices=["vllm", "llama_cpp"], default="vllm")
     parser.add_argument("--underrun-ms", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--log-level", help="the servers' log level (DEBUG: every stall's cause)")
+    parser.add_argument("--logs", type=Path, help="a folder to keep each server's output in")
     args = parser.parse_args()
     asyncio.run(run(args))
 

@@ -78,6 +78,28 @@ async def test_later_pieces_run_in_the_order_their_callers_need_them():
     queue.close()
 
 
+@pytest.mark.parametrize("before_first", [True, False])
+async def test_a_piece_about_to_be_missed_may_go_before_first_chunks(before_first):
+    """With ``urgent_before_first``, pieces whose callers run out of audio within
+    ``urgent_secs`` (or have already) go before a waiting first chunk, the soonest first;
+    one needed later does not. Without it, first chunks go first."""
+    jobs, queue, blocker = await busy_queue(urgent_secs=0.5, urgent_before_first=before_first)
+    now = time.monotonic()
+    futures = [
+        queue.submit((FIRST, 0.0, 1, 0), jobs.job("first"), admission=True),
+        queue.submit((LATER, now + 3.0, 2, 0), jobs.job("in 3 s"), admission=True),
+        queue.submit((LATER, now + 0.3, 3, 0), jobs.job("in 0.3 s"), admission=True),
+        queue.submit((LATER, now - 0.2, 4, 0), jobs.job("0.2 s late"), admission=True),
+    ]
+    jobs.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *futures), 5)
+    if before_first:
+        assert jobs.ran == ["held", "0.2 s late", "in 0.3 s", "first", "in 3 s"]
+    else:
+        assert jobs.ran == ["held", "first", "0.2 s late", "in 0.3 s", "in 3 s"]
+    queue.close()
+
+
 async def test_without_priorities_jobs_run_first_in_first_out():
     jobs, queue, blocker = await busy_queue(prioritize_first=False)
     futures = [

@@ -12,7 +12,10 @@ worker threads, never on the event loop:
 
 With two workers or more, one is kept for first chunks; with ``urgent_secs`` set, a
 later piece whose caller runs out of audio within that time, and has not yet, may take
-it too. A running job is never preempted. The queue is bounded: a new request finding
+it too. With ``urgent_before_first`` as well, such a piece (or one whose caller has
+already run out) goes before waiting first chunks: a caller who is listening would hear
+a gap, one who waits for a reply to begin hears it a moment later. A running job is
+never preempted. The queue is bounded: a new request finding
 ``max_queue`` jobs waiting is refused at once with
 :class:`~voxline.engines.batcher.Overloaded`.
 
@@ -74,6 +77,8 @@ class SynthesisQueue:
         urgent_secs: a later piece whose caller runs out of audio within this many
             seconds, and has not yet, may run on the worker kept for first chunks;
             ``None``: never.
+        urgent_before_first: a later piece whose caller runs out of audio within
+            ``urgent_secs``, or has already, goes before the first chunks waiting.
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class SynthesisQueue:
         prioritize_first: bool = True,
         reserve_first: bool = True,
         urgent_secs: float | None = None,
+        urgent_before_first: bool = False,
     ):
         self.name = name
+        self.urgent_before_first = urgent_before_first
         self.prioritize_first = prioritize_first
         self.max_queue = max_queue
         self.urgent_secs = urgent_secs
@@ -196,16 +203,37 @@ class SynthesisQueue:
             heapq.heappop(self._heap)
         if not self._heap:
             return None
-        if self._heap[0].key[0] == FIRST or self._later_running < self._later_slots:
+        first_waits = self._heap[0].key[0] == FIRST
+        if (
+            first_waits
+            and self.urgent_before_first
+            and isinstance(urgent := self._take_urgent(late_too=True), _Job)
+        ):
+            return urgent  # in place of the first chunk: no more workers run
+        if first_waits or self._later_running < self._later_slots:
             return heapq.heappop(self._heap)
-        if self.urgent_secs is None:
-            return None
         # The worker kept for first chunks: lent to the piece needed soonest that is not
         # late yet. One already late is heard as a stall whatever runs now; lent then,
         # the worker only adds a thread to a CPU that is behind (eight calls on two
         # cores had more stalls, docs/benchmarks.md).
+        return self._take_urgent(late_too=False)
+
+    def _take_urgent(self, *, late_too: bool) -> _Job | float | None:
+        """The later piece needed soonest, taken off the queue if its caller runs out of
+        audio within ``urgent_secs``; else how long until it does, or None (no such
+        piece). ``late_too``: a piece whose caller has already run out counts.
+        Call with the lock held."""
+        if self.urgent_secs is None:
+            return None
         now = time.monotonic()
-        pending = [job for job in self._heap if not job.cancelled and now < job.key[1] < math.inf]
+        pending = [
+            job
+            for job in self._heap
+            if job.key[0] == LATER
+            and not job.cancelled
+            and job.key[1] < math.inf
+            and (late_too or now < job.key[1])
+        ]
         if not pending:
             return None
         job = min(pending)
