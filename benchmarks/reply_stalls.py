@@ -24,12 +24,6 @@ and differ only in the settings of the chosen comparison (``--compare``):
   * **urgent**: the defaults: a later sentence whose caller runs out of audio within
     ``urgent_ms``, or has already, goes before them.
 
-* ``tts-split`` (a later sentence that cannot be ready in time):
-
-  * **whole**: the defaults (``split_late_pieces: false``): voiced whole;
-  * **split**: ``engines: {piper: {split_late_pieces: true}}``: voiced in two, the
-    words that can be ready in time first.
-
 * ``tts-pieces`` (how long a piece may be): **long**, the defaults (``max_phonemes:
   100``), against **short** (``max_phonemes: 50``).
 
@@ -83,10 +77,6 @@ COMPARISONS: dict[str, dict[str, dict[str, Any]]] = {
     "tts-urgent-first": {
         "first": {"engines": {"piper": {"urgent_before_first": False}}},
         "urgent": {},  # the defaults: urgent_before_first true
-    },
-    "tts-split": {
-        "whole": {},  # the defaults: split_late_pieces false
-        "split": {"engines": {"piper": {"split_late_pieces": True}}},
     },
     "tts-pieces": {
         "long": {},  # the defaults

@@ -27,9 +27,7 @@ from pipelines import RunningPipeline
 from voxline.engines import piper
 from voxline.engines.piper import Overloaded, PiperEngine, SynthesisRecord
 from voxline.engines.piper_pieces import (
-    MIN_SPLIT_PHONEMES,
     ONSET_LEVEL,
-    VoicePace,
     split_first,
     split_phonemes,
     trim_leading_silence,
@@ -423,63 +421,3 @@ def test_the_first_words_end_at_a_clause_or_a_word():
     assert "".join(head) == "aɪm sˈɑːɹi,"
     assert "".join(rest) == "fɔːɹ ˈɛni ɪnkənvˈiːniəns."
     assert split_first(list("ʃˈʊɹ."), 16) == [list("ʃˈʊɹ.")]
-
-
-LATE_SENTENCE = "The transfer you asked about last Tuesday went through, without any fee at all."
-
-
-@pytest.mark.parametrize("split", [True, False])
-async def test_a_later_piece_that_cannot_be_ready_in_time_is_voiced_in_two(split):
-    """Needed sooner than the voice can say it all, a later chunk's first words go
-    alone and the rest next, every phoneme once; needed in a minute, it goes whole; and
-    whole whatever its need without ``split_late_pieces``."""
-    engine = _engine(workers=1, threads=1, split_late_pieces=split)
-    try:
-        assert engine.pace.secs_per_phoneme is not None  # the warm-up measured the pace
-        await _speak_by(engine, LATE_SENTENCE, "relaxed", needed_in=60.0)
-        await _speak_by(engine, LATE_SENTENCE, "hurried", needed_in=0.12)
-    finally:
-        engine.close()
-    (whole,) = _records(engine, "relaxed")
-    hurried = _records(engine, "hurried")
-    if not split:
-        assert [r.phonemes for r in hurried] == [whole.phonemes]
-        assert engine.split_pieces == 0
-        return
-    assert len(hurried) == 2 and engine.split_pieces == 1
-    head, rest = hurried
-    assert head.phonemes <= MIN_SPLIT_PHONEMES < rest.phonemes  # little time: few words
-    assert head.phonemes + rest.phonemes + 1 == whole.phonemes  # the space between
-    assert head.ended_at - head.started_at < whole.ended_at - whole.started_at
-
-
-async def test_the_time_a_later_piece_waited_counts_against_its_need():
-    """Needed in 0.8 s, a sentence the idle voice says whole in time is voiced in two
-    once it has waited for another call's long sentence (one run of ~0.8 s)."""
-    engine = _engine(workers=1, threads=1, split_late_pieces=True, max_phonemes=None)
-    try:
-        await _speak_by(engine, LATE_SENTENCE, "alone", needed_in=0.8)
-        busy = asyncio.create_task(_speak(engine, LONG_SENTENCE, first=False, label="busy"))
-        await _until(lambda: engine.busy >= 1)
-        await _speak_by(engine, LATE_SENTENCE, "waited", needed_in=0.8)
-        await busy
-    finally:
-        engine.close()
-    assert len(_records(engine, "alone")) == 1
-    (running,) = _records(engine, "busy")
-    head, _ = _records(engine, "waited")
-    assert head.started_at >= running.ended_at
-
-
-def test_the_voice_pace_follows_its_runs_and_says_what_fits():
-    pace = VoicePace()
-    phonemes = list("ðə tɹˈænsfɜː juː ˈæskt əbˌaʊt lˈæst tjˈuːzdeɪ wɛnt θɹˈuː.")
-    assert pace.fit(phonemes, 0.0) == [phonemes]  # no pace yet: whole
-    pace.note(0.3, 100)
-    assert pace.secs_per_phoneme == pytest.approx(0.003)
-    pace.note(1.5, 100)  # a burst: runs take five times as long
-    assert pace.secs_per_phoneme == pytest.approx(0.003 + 0.25 * 0.012)
-    assert pace.fit(phonemes, 1.0) == [phonemes]
-    head, rest = pace.fit(phonemes, 0.1)
-    assert [*head, " ", *rest] == phonemes and len(head) <= MIN_SPLIT_PHONEMES  # at a word
-    assert pace.fit(phonemes[:30], 0.0) == [phonemes[:30]]  # too short to be worth two runs

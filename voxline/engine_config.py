@@ -100,12 +100,6 @@ class PiperConfig(StrictModel):
         description="A later sentence whose caller runs out of audio within urgent_ms (or "
         "has already) goes before the replies' first chunks waiting.",
     )
-    split_late_pieces: bool = Field(
-        default=False,
-        description="A later sentence that cannot be voiced before its caller runs out of "
-        "audio, at the voice's recent pace, is voiced in two: the words that can be ready "
-        "in time, then the rest.",
-    )
 
 
 LLMBackendName = Literal["llama_cpp", "vllm"]

@@ -169,7 +169,6 @@ class Runtime:
                 busy_first_phonemes=piper.busy_first_phonemes,
                 urgent_secs=None if piper.urgent_ms is None else piper.urgent_ms / 1000,
                 urgent_before_first=piper.urgent_before_first,
-                split_late_pieces=piper.split_late_pieces,
             )
             self._piper[persona.tts.voice].warm_up()
             loaded.append(f"piper voice {persona.tts.voice}")

@@ -23,11 +23,7 @@ chunk").
 
 A running piece is never preempted, so a first chunk can still wait for the
 pieces already running; cutting long sentences (``max_phonemes``) keeps each of
-them short, and ``workers`` run several at once. When a worker takes a later piece
-that cannot be ready before its caller runs out of audio at the pace the voice runs
-now (every call's work shares the cores), ``split_late_pieces`` voices as many of its
-words as can be, and the rest as the next piece: the caller hears a clause break
-instead of a silence. The queue is bounded: a new
+them short, and ``workers`` run several at once. The queue is bounded: a new
 request finding ``max_queue`` jobs waiting is refused at once with
 :class:`~voxline.engines.batcher.Overloaded`.
 
@@ -56,12 +52,7 @@ import numpy as np
 from loguru import logger
 
 from voxline.engines.batcher import BatcherClosed, Overloaded
-from voxline.engines.piper_pieces import (
-    VoicePace,
-    split_first,
-    split_phonemes,
-    trim_leading_silence,
-)
+from voxline.engines.piper_pieces import split_first, split_phonemes, trim_leading_silence
 from voxline.engines.synthesis_queue import FIRST, LATER, SynthesisQueue
 
 __all__ = [
@@ -83,11 +74,6 @@ SLOW_FIRST_SECS = 1.0
 LATE_PIECE_SECS = 0.06
 """A piece ready this much after its caller ran out of audio is logged at DEBUG (three
 phone frames: a gap the caller hears)."""
-DELIVERY_SECS = 0.1
-"""Between a piece's audio being ready and the caller hearing it: the event loop's
-wake-up, resampling, the pipeline's hops and the transport's pacing, on a busy loop."""
-PACE_SENTENCE = "Thanks for calling, how can I help you today?"
-"""Voiced once at warm-up to measure the pace before the first call."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +134,6 @@ class PiperEngine:
             ``None``: never.
         urgent_before_first: a later piece whose caller runs out of audio within
             ``urgent_secs``, or has already, goes before the first chunks waiting.
-        split_late_pieces: a later piece that a worker cannot finish before its caller
-            runs out of audio, at the voice's recent pace, is voiced in two: the words
-            that can be ready in time (cut at a clause or a word), then the rest.
         history: how many :class:`SynthesisRecord` entries to keep.
     """
 
@@ -169,7 +152,6 @@ class PiperEngine:
         reserve_first: bool = True,
         urgent_secs: float | None = None,
         urgent_before_first: bool = False,
-        split_late_pieces: bool = False,
         history: int = 1024,
     ):
         from piper import PiperVoice
@@ -192,10 +174,6 @@ class PiperEngine:
         self.max_phonemes = max_phonemes
         self.busy_first_phonemes = busy_first_phonemes
         self.prioritize_first = prioritize_first
-        self.split_late_pieces = split_late_pieces
-        self.pace = VoicePace()
-        self.split_pieces = 0
-        """Later pieces voiced in two because they could not be ready in time."""
         with open(config, encoding="utf-8") as config_file:
             voice_config = PiperConfig.from_dict(json.load(config_file))
         self._voice = PiperVoice(
@@ -292,8 +270,6 @@ class PiperEngine:
                 return None, []
             if first and self.busy_first_phonemes is not None and self._queue.queued:
                 pieces[:1] = split_first(pieces[0], self.busy_first_phonemes)
-            if priority == LATER:
-                pieces[:1] = self._fit_to_need(pieces[0], needed, label, 0)
             audio = self._run_piece(pieces[0], label, request, 0, first, queued_at, slack)
             if first:
                 # Piper starts each sentence with 0-75 ms of silence (measured on the
@@ -308,27 +284,16 @@ class PiperEngine:
                 needed = time.monotonic()  # the caller starts hearing the reply now
             needed += len(audio) / 2 / self.sample_rate
             yield audio
-        pending = deque(rest)
-        for index in itertools.count(1):
-            if not pending:
-                break
-            phonemes = pending.popleft()
+        for index, phonemes in enumerate(rest, start=1):
             queued_at = time.perf_counter()
             slack = needed - time.monotonic()
 
-            def piece(
-                phonemes=phonemes, index=index, queued_at=queued_at, slack=slack, needed=needed
-            ) -> tuple[bytes, list[list[str]]]:
-                now_voiced = self._fit_to_need(phonemes, needed, label, index)
-                audio = self._run_piece(
-                    now_voiced[0], label, request, index, first, queued_at, slack
-                )
-                return audio, now_voiced[1:]
+            def piece(phonemes=phonemes, index=index, queued_at=queued_at, slack=slack) -> bytes:
+                return self._run_piece(phonemes, label, request, index, first, queued_at, slack)
 
-            audio, left = await self._queue.submit(
+            audio = await self._queue.submit(
                 (LATER, needed, request, index), piece, admission=False
             )
-            pending.extendleft(left)
             needed += len(audio) / 2 / self.sample_rate
             yield audio
 
@@ -339,13 +304,8 @@ class PiperEngine:
         return b"".join(self._audio(phonemes) for phonemes in sentences if phonemes)
 
     def warm_up(self) -> None:
-        """Synthesise a word so the first reply does not pay for ONNX session init, then
-        a sentence to measure the voice's pace on an idle machine."""
+        """Synthesise a word so the first reply does not pay for ONNX session init."""
         self.synthesize_all("Hello.")
-        for phonemes in self._pieces(PACE_SENTENCE):
-            started = time.perf_counter()
-            self._audio(phonemes)
-            self.pace.note(time.perf_counter() - started, len(phonemes))
 
     def close(self) -> None:
         """Refuse new work, fail queued pieces, let running ones finish, stop the workers."""
@@ -360,25 +320,6 @@ class PiperEngine:
             if sentence
             for piece in split_phonemes(sentence, self.max_phonemes)
         ]
-
-    def _fit_to_need(
-        self, phonemes: list[str], needed: float, label: str, index: int
-    ) -> list[list[str]]:
-        """``phonemes`` whole, or as the words that can be ready by ``needed`` and the rest.
-
-        Called by the worker about to voice them, so the time they waited counts."""
-        if not self.split_late_pieces or needed == math.inf:
-            return [phonemes]
-        left = needed - time.monotonic() - DELIVERY_SECS
-        parts = self.pace.fit(phonemes, left)
-        if len(parts) > 1:
-            self.split_pieces += 1
-            logger.debug(
-                f"{self.model_path.stem}: piece {index} of {label} voiced in two "
-                f"({len(parts[0])} + {len(parts[1])} phonemes): {left:.2f} s to its need "
-                f"at {self.pace.secs_per_phoneme * 1000:.1f} ms a phoneme"
-            )
-        return parts
 
     def _run_piece(
         self,
@@ -426,7 +367,6 @@ class PiperEngine:
         with self._totals_lock:
             self.synthesis_secs_total += record.ended_at - record.started_at
             self.audio_secs_total += record.audio_secs
-        self.pace.note(record.ended_at - record.started_at, len(phonemes))
         return audio
 
     def _audio(self, phonemes: list[str]) -> bytes:

@@ -1,15 +1,13 @@
 """Cutting Piper's work into pieces, and its audio's leading silence.
 
 Piper voices a whole sentence per model run, so :class:`~voxline.engines.piper.PiperEngine`
-cuts long sentences (at a clause mark, else a word boundary) to keep every run short, can
-voice a reply's first words alone, and a later piece that cannot be ready in time in two
-(:class:`VoicePace`); it trims the quiet before a reply's first sound, which the caller
-would otherwise wait through. Pure functions of phonemes and PCM, and one running average.
+cuts long sentences (at a clause mark, else a word boundary) to keep every run short, and
+can voice a reply's first words alone; it trims the quiet before a reply's first sound,
+which the caller would otherwise wait through. Pure functions of phonemes and PCM.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,13 +18,6 @@ ONSET_LEVEL = 0.005
 before a reply's first sound are silence the caller would wait through."""
 ONSET_MARGIN_SECS = 0.01
 """Kept before the first sample at ``ONSET_LEVEL``, so a soft onset is not clipped."""
-MIN_SPLIT_PHONEMES = 16
-"""A late piece's first part may hold up to this many phonemes however little time is
-left (a few words, cut at a word), and its rest at least this many: shorter parts win
-less time than the model's fixed cost per run."""
-PACE_WEIGHT = 0.25
-"""Weight of the newest run in the voice's pace (a moving average): a burst of calls
-slows every run within a second or two, and the pace must follow it."""
 
 
 def trim_leading_silence(pcm: bytes, sample_rate: int) -> bytes:
@@ -72,36 +63,3 @@ def split_first(phonemes: Sequence[str], max_phonemes: int) -> list[list[str]]:
     if rest and rest[0] == " ":
         rest = rest[1:]
     return [head, rest] if rest else [head]
-
-
-class VoicePace:
-    """How fast the voice runs now (seconds per phoneme), and what fits in a time.
-
-    Every call's work shares the cores: a run that took 3 ms a phoneme on an idle
-    machine takes four times that while eight calls reply at once. The pace is a
-    moving average over the runs, safe to update from several worker threads.
-    """
-
-    def __init__(self) -> None:
-        self.secs_per_phoneme: float | None = None
-        """``None`` until a run was noted."""
-        self._lock = threading.Lock()
-
-    def note(self, secs: float, phonemes: int) -> None:
-        """A run voiced ``phonemes`` in ``secs``."""
-        pace = secs / max(1, phonemes)
-        with self._lock:
-            last = self.secs_per_phoneme
-            self.secs_per_phoneme = pace if last is None else last + PACE_WEIGHT * (pace - last)
-
-    def fit(self, phonemes: list[str], secs: float) -> list[list[str]]:
-        """``phonemes`` whole if the voice can say them within ``secs`` at its pace, else
-        the words that fit (at least a few, cut as :func:`split_first` cuts) and the rest.
-        """
-        pace = self.secs_per_phoneme
-        if pace is None or len(phonemes) * pace <= secs:
-            return [phonemes]
-        fits = max(MIN_SPLIT_PHONEMES, int(secs / pace))
-        if len(phonemes) - fits < MIN_SPLIT_PHONEMES:
-            return [phonemes]
-        return split_first(phonemes, fits)

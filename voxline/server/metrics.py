@@ -189,12 +189,6 @@ def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
         "Syntheses refused because the voice's queue was full (overload).",
         labels=["voice"],
     )
-    split = CounterMetricFamily(
-        "voxline_tts_split_pieces",
-        "Later sentences voiced in two because they could not be ready before their "
-        "caller ran out of audio (engines.piper.split_late_pieces).",
-        labels=["voice"],
-    )
     remembered = CounterMetricFamily(
         "voxline_tts_remembered_lines",
         "Fixed lines (greeting, phrases) played from memory instead of synthesized again.",
@@ -218,8 +212,7 @@ def _tts_metrics(runtime: Runtime) -> Iterator[Metric]:
         synth.add_metric(label, engine.synthesis_secs_total)
         audio.add_metric(label, engine.audio_secs_total)
         refused.add_metric(label, engine.refused)
-        split.add_metric(label, engine.split_pieces)
-    yield from (rtf, synth, audio, refused, split, remembered, kept)
+    yield from (rtf, synth, audio, refused, remembered, kept)
 
 
 def _turn_metrics(runtime: Runtime) -> Iterator[Metric]:
