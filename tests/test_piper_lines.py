@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 from pipecat.frames.frames import Frame, InterruptionFrame, TTSAudioRawFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipelines import RunningPipeline
@@ -150,3 +151,20 @@ async def test_two_orpheus_servers_with_one_voice_name_are_one_metric_label():
     for lines in (first, second, second):
         await _spoken(lines, GREETING)  # played from memory
     assert runtime.remembered_lines == {"tara": (2, 3)}
+
+
+@pytest.mark.parametrize(
+    ("piper", "urgent_secs", "before_first"),
+    [({}, 0.5, True), ({"urgent_ms": 300, "urgent_before_first": False}, 0.3, False)],
+)
+async def test_the_runtime_gives_the_voice_its_urgency_settings(piper, urgent_secs, before_first):
+    """``engines.piper.urgent_ms`` and ``urgent_before_first`` reach the shared voice."""
+    runtime = Runtime(ServerConfig.model_validate({"engines": {"piper": piper}}))
+    persona = Persona(name="p", prompt="p", greeting=GREETING)
+    try:
+        await asyncio.to_thread(runtime._load_local_engines, persona)
+        (engine,) = runtime.piper_engines.values()
+        assert engine.urgent_secs == pytest.approx(urgent_secs)
+        assert engine.urgent_before_first is before_first
+    finally:
+        await runtime.close()

@@ -228,6 +228,11 @@ class PiperEngine:
         return self._queue.urgent_secs
 
     @property
+    def urgent_before_first(self) -> bool:
+        """Whether such a piece goes before the first chunks waiting."""
+        return self._queue.urgent_before_first
+
+    @property
     def refused(self) -> int:
         """Requests refused because the queue was full (overload), for metrics."""
         return self._queue.refused
