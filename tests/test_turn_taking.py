@@ -506,6 +506,27 @@ async def test_speech_without_words_is_asked_again_not_met_with_silence(runtime,
 
 
 @asyncio_module
+async def test_speech_without_words_that_stopped_the_bot_is_asked_again(runtime, tmp_path):
+    """Humming over the greeting long enough to stop it leaves the caller waiting: they
+    hear "Sorry, I didn't catch that", not silence (a burst of eight callers left one in
+    silence for 30 s when Whisper made no words of the rest of a question said over a
+    reply). Nothing reaches the LLM."""
+    bank = persona(tmp_path, "hum_over", greeting=LONG_GREETING)
+    audio = np.concatenate([espeak("mmmmmmmmmmmmmmmmm", ("en", 175, 50), tmp_path), silence(0.2)])
+    assert whisper().transcribe_blocking(audio).text == ""
+    counted = runtime.turn_counters.not_understood
+    result = await talk(bank, runtime, audio, SAMPLE_RATE, timeout=90, over_greeting_after_secs=1.5)
+
+    onset = result.caller_voiced[0]
+    heard = heard_text(result.audio, result.sample_rate, until=onset + 12.0)
+    print(f"heard {heard!r}; turns {[t.as_dict() for t in result.turns]}")
+    assert "what you need today" not in heard, heard  # the hum stopped the greeting
+    assert "catch that" in heard and "say it again" in heard, heard
+    assert user_messages(result) == []
+    assert runtime.turn_counters.not_understood == counted + 1
+
+
+@asyncio_module
 async def test_turn_model_fallback_and_refusal(runtime, tmp_path):
     """A corrupt model file: with ``model_fallback`` the persona runs on silence alone."""
     broken = tmp_path / "broken.onnx"

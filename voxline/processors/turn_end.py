@@ -161,7 +161,10 @@ class TurnEnd:
             await self._settle_without_reply(turn, "error")
             return
         if not text:
-            ask = spoken_secs >= NOT_UNDERSTOOD_SECS and not (turn.over_bot or self._bot_busy())
+            # Over the bot, speech without words is a murmur it talks on through; but once
+            # it stopped the bot, the caller waits in silence for an answer to something.
+            quiet_bot = turn.interrupted_bot or not (turn.over_bot or self._bot_busy())
+            ask = spoken_secs >= NOT_UNDERSTOOD_SECS and quiet_bot
             # The line goes first: once the utterance is settled the call may look idle
             # (voxline talk ends it then); a speculation is cancelled before it, though.
             if ask and turn.eager_text is None:
